@@ -1,0 +1,252 @@
+"""The jaxyard command line: parse, resolve through the library, print.
+
+``python cli.py ARGS`` in a checkout and the installed ``jaxyard ARGS`` are the same program.
+``--help``, ``list``, ``show`` and ``plugins`` never import jax, flax, optax or orbax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from jaxyard.core import describe as D
+from jaxyard.core.entries import KINDS
+from jaxyard.core.errors import JaxyardError
+
+ENV_NO_CACHE = "JAXYARD_NO_COMPILE_CACHE"
+
+
+class Session:
+    """Global options, and the registry loaded on first use."""
+
+    def __init__(self, registry_file, plugins, disable, strict, debug):
+        self.registry_file, self.plugins, self.disable = registry_file, plugins, disable
+        self.strict, self.debug = strict, debug
+        self._registry = self._settings = None
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            from jaxyard.core.settings import load_settings
+
+            self._settings = load_settings(self.registry_file)
+        return self._settings
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from jaxyard.core.registry import build_registry
+
+            def warn(info):
+                click.echo(f"Warning: plugin {info.label()} failed to load and was skipped: {info.error}", err=True)
+
+            self._registry = build_registry(
+                self.settings, plugins=self.plugins, disable=self.disable, strict=self.strict or None, on_failure=warn
+            )
+        return self._registry
+
+
+class JaxyardGroup(click.Group):
+    """Turns a JaxyardError into one line on stderr and its exit code (a traceback with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except JaxyardError as err:
+            if (ctx.obj and ctx.obj.debug) or os.environ.get("JAXYARD_DEBUG"):
+                raise
+            error = click.ClickException(str(err))
+            error.exit_code = err.exit_code
+            raise error from None
+
+
+@click.group(cls=JaxyardGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--registry", "registry_file", metavar="FILE", envvar="JAXYARD_REGISTRY", help="A registry.toml merged over the shipped one [env JAXYARD_REGISTRY].")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE|FILE.py", help="Load a local plugin (repeatable).")
+@click.option("--disable", multiple=True, metavar="NAME", help="Block a plugin by name (repeatable) [env JAXYARD_DISABLE_PLUGINS].")
+@click.option("--strict-plugins", is_flag=True, help="Fail if any plugin fails to load [env JAXYARD_STRICT_PLUGINS=1].")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="jaxyard")
+@click.pass_context
+def cli(ctx, registry_file, plugins, disable, strict_plugins, debug):
+    """jaxyard: train with swappable optimizers, schedules, models, loaders and checkpointers.
+
+    Components come from plugins: jaxyard's built-ins, installed packages (entry points in the
+    group "jaxyard") and local modules. `jaxyard list` shows them; `jaxyard run` trains.
+    """
+    ctx.obj = Session(registry_file, plugins, disable, strict_plugins, debug)
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@cli.command("list")
+@click.argument("kind", required=False)
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def list_(session, kind, pattern, as_json):
+    """List registered components, optionally of one KIND and matching a glob PATTERN.
+
+    \b
+    Examples:
+      jaxyard list
+      jaxyard list optimizers 'adam*'
+    """
+    registry = session.registry
+    entries = registry.entries(kind, pattern)
+    if as_json:
+        return _echo_json([D.entry_dict(e, registry) for e in entries])
+    if not entries:
+        click.echo("No components match.")
+        return
+    rows = {k: [[e.name, e.description, f"[{e.plugin}]"] for e in entries if e.kind == k] for k in KINDS}
+    widths = D.table([r for rs in rows.values() for r in rs])  # align every kind alike
+    lines = iter(widths)
+    for k in KINDS:
+        if rows[k]:
+            click.echo(f"{k}s:")
+            for _ in rows[k]:
+                click.echo(next(lines))
+
+
+@cli.command()
+@click.argument("kind")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show(session, kind, name, as_json):
+    """Show a component's parameters, or the [run] settings with `show run`.
+
+    \b
+    Examples:
+      jaxyard show optimizer adamw
+      jaxyard show run
+    """
+    if kind == "run":
+        from jaxyard.core.config import RunSettings
+
+        data = {"kind": "run", "name": "run", "description": "the [run] table of registry and config files", "params": D.params_list(RunSettings)}
+    else:
+        if not name:
+            raise click.UsageError("missing NAME: jaxyard show KIND NAME")
+        registry = session.registry
+        data = D.entry_dict(registry.get(kind, name), registry, params=True)
+    if as_json:
+        return _echo_json(data)
+    click.echo(f"{data['kind']} {data['name']}: {data['description']}")
+    if data.get("plugin"):
+        dist = f" ({data['distribution']} {data['version']})" if data["distribution"] else ""
+        click.echo(f"  plugin: {data['plugin']}{dist}")
+    if not data["params"]:
+        click.echo("  parameters: none")
+        return
+    click.echo("  parameters:")
+    rows = [[p["name"], p["type"], f"= {json.dumps(p['default'], default=str)}", p["doc"]] for p in data["params"]]
+    for line in D.table(rows, indent="    "):
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def plugins(session, as_json):
+    """Show the plugins loaded (and those that failed), their hooks and components."""
+    infos = session.registry.plugins
+    if as_json:
+        return _echo_json([D.plugin_dict(p) for p in infos])
+    for p in infos:
+        status = "ok" if p.ok else "FAILED"
+        dist = f"{p.distribution} {p.version}" if p.distribution else "-"
+        click.echo(f"{p.name}  [{p.source}, {dist}]  {status}")
+        if p.ok:
+            click.echo(f"  hooks: {', '.join(p.hooks) or '-'}")
+            click.echo(f"  components: {', '.join(p.components) or '-'}")
+        else:
+            click.echo(f"  error: {p.error}")
+
+
+def _run_options(f):
+    options = [
+        click.option("--config", "config_file", metavar="FILE", help="An experiment TOML file ([run] and [KIND.NAME] tables)."),
+        *[click.option(f"--{k}", metavar="NAME", help=f"The {k} to use (jaxyard list {k}s).") for k in KINDS],
+        click.option("--epochs", type=int, help="Number of epochs."),
+        click.option("--batch-size", type=int, help="Examples per step."),
+        click.option("--lr", "learning_rate", type=float, help="Peak learning rate."),
+        click.option("--seed", type=int, help="Random seed."),
+        click.option("--set", "sets", multiple=True, metavar="KIND.KEY=VALUE", help="Set a parameter of a chosen component or of run (repeatable)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _resolve(session, config_file, sets, **options):
+    from jaxyard.core.config import resolve_config
+
+    return resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets)
+
+
+def _compile_cache(no_cache: bool):
+    if no_cache or os.environ.get(ENV_NO_CACHE, "") not in ("", "0"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jaxyard" / "jax"
+
+
+@cli.command()
+@_run_options
+@click.option("--out", metavar="DIR", help="The run's directory (default: run.out/<timestamp>-<model>-<optimizer>-<loader>).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
+@click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
+@click.pass_obj
+def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
+    """Train a model with the chosen components and write a run directory.
+
+    \b
+    Examples:
+      jaxyard run
+      jaxyard run --optimizer sgd --set optimizer.momentum=0.9 --set optimizer.nesterov=true
+      jaxyard run --loader digits --epochs 20 --config experiment.toml --dry-run
+    """
+    config = _resolve(session, config_file, sets, **options)
+    if dry_run:
+        click.echo(config.to_toml(), nl=False)
+        return
+    from jaxyard.core.engine import train
+
+    train(config, out_dir=out, echo=click.echo, compile_cache=_compile_cache(no_compile_cache))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--no-compile-cache", is_flag=True, help="Do not use JAX's persistent compilation cache.")
+@click.pass_obj
+def resume(session, run_dir, no_compile_cache):
+    """Continue an interrupted run from its newest intact checkpoint."""
+    from jaxyard.core.engine import resume as resume_run
+
+    resume_run(run_dir, registry=session.registry, echo=click.echo, compile_cache=_compile_cache(no_compile_cache))
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--checkpoint", default="latest", show_default=True, help="latest, best or a step number.")
+@click.pass_obj
+def eval_(session, run_dir, checkpoint):
+    """Evaluate a run's saved model on the test split, without training."""
+    from jaxyard.core.engine import evaluate
+
+    evaluate(run_dir, checkpoint=checkpoint, registry=session.registry, echo=click.echo)
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="jaxyard")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The jaxyard core: hook specifications, the registry, configuration and the training engine."""

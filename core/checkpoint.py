@@ -1,0 +1,268 @@
+"""The checkpointer interface the training engine calls, its errors and helpers.
+
+A *checkpointer* saves the engine's state at a training step and restores it
+later. The engine hands it a **flat** dict of arrays keyed by dotted path
+strings plus a JSON-serializable ``meta`` dict; it gets back a
+:class:`Restored`. Third-party checkpointers implement :class:`Checkpointer`
+(a :class:`typing.Protocol`: no base class needed) and register a factory
+through the ``jaxyard_register_checkpointers`` hook.
+
+This module is imported when components are listed, so it imports neither
+jax, orbax nor numpy.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, Mapping, Protocol, Sequence
+
+import attrs
+
+if typing.TYPE_CHECKING:  # pragma: no cover - for annotations only
+    import jax
+    import numpy
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatch",
+    "Checkpointer",
+    "Restored",
+    "compare_structures",
+    "describe_exception",
+    "structure_of",
+]
+
+#: ``(shape, dtype)`` of one array; dtype may be a numpy dtype or its name.
+Spec = tuple[tuple[int, ...], Any]
+
+_MAX_CAUSE_CHARS = 400
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line naming an exception and its cause: ``"TypeName: first line"``.
+
+    Long messages (orbax and tensorstore like to embed JSON specs) are cut at a
+    few hundred characters, tracebacks never appear.
+    """
+    text = str(exc).strip()
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]  # str(KeyError) adds quotes around the message
+    first = text.splitlines()[0].strip() if text else ""
+    out = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return _shorten(out)
+
+
+def _shorten(text: str, limit: int = _MAX_CAUSE_CHARS) -> str:
+    text = " ".join(str(text).split())  # one line, collapsed whitespace
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be saved or restored.
+
+    The message is a single line naming where (directory, step) and why::
+
+        CheckpointError("checksum mismatch", directory="/runs/a/checkpoints", step=300)
+        # -> "checkpoint step 300 in /runs/a/checkpoints: checksum mismatch"
+
+    ``cause``, ``directory`` and ``step`` stay available as attributes.
+    """
+
+    def __init__(self, cause: str, *, directory: Any = None, step: int | None = None):
+        self.cause = _shorten(cause, 2000)
+        self.directory = None if directory is None else str(directory)
+        self.step = step
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if self.step is not None and self.directory is not None:
+            where = f"checkpoint step {self.step} in {self.directory}"
+        elif self.step is not None:
+            where = f"checkpoint step {self.step}"
+        elif self.directory is not None:
+            where = f"checkpoint directory {self.directory}"
+        else:
+            return self.cause
+        return f"{where}: {self.cause}"
+
+
+class CheckpointMismatch(CheckpointError):
+    """The arrays in a checkpoint do not match the structure the engine expects.
+
+    Build it from :func:`compare_structures`' output; ``differences`` keeps the
+    full list, the message shows the first few::
+
+        diffs = compare_structures(expected, structure_of(restored.arrays))
+        if diffs:
+            raise CheckpointMismatch(diffs, directory=ckpt_dir, step=restored.step)
+    """
+
+    _SHOWN = 5
+
+    def __init__(
+        self,
+        differences: Sequence[str],
+        *,
+        directory: Any = None,
+        step: int | None = None,
+    ):
+        self.differences = tuple(differences)
+        n = len(self.differences)
+        shown = "; ".join(self.differences[: self._SHOWN])
+        more = f"; and {n - self._SHOWN} more" if n > self._SHOWN else ""
+        noun = "difference" if n == 1 else "differences"
+        super().__init__(
+            f"saved arrays do not match the expected structure ({n} {noun}): {shown}{more}",
+            directory=directory,
+            step=step,
+        )
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = getattr(dtype, "name", None)  # numpy dtype (also ml_dtypes' bfloat16)
+    if isinstance(name, str):
+        return name
+    if isinstance(dtype, type):  # e.g. numpy.float32, jnp.float32
+        return getattr(dtype, "__name__", str(dtype))
+    return str(dtype)
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    shape = tuple(int(d) for d in shape)
+    return str(shape)
+
+
+def compare_structures(
+    expected: Mapping[str, Spec],
+    saved: Mapping[str, Spec],
+) -> list[str]:
+    """Human-readable differences between two ``{path: (shape, dtype)}`` maps.
+
+    Returns an empty list when they match. Messages, in path order::
+
+        missing in checkpoint: model.layers.2.kernel (128, 10)
+        unexpected in checkpoint: model.layers.3.bias (10,)
+        shape differs: model.layers.0.kernel saved (784, 256) vs expected (784, 512)
+        dtype differs: model.layers.0.kernel saved float16 vs expected float32
+
+    Dtypes compare by name, so ``numpy.dtype("float32")``, ``numpy.float32``,
+    ``jnp.float32`` and ``"float32"`` are all equal.
+    """
+    out: list[str] = []
+    for path in sorted(set(expected) | set(saved)):
+        if path not in saved:
+            shape, _ = expected[path]
+            out.append(f"missing in checkpoint: {path} {_shape_text(shape)}")
+            continue
+        if path not in expected:
+            shape, _ = saved[path]
+            out.append(f"unexpected in checkpoint: {path} {_shape_text(shape)}")
+            continue
+        (e_shape, e_dtype), (s_shape, s_dtype) = expected[path], saved[path]
+        if tuple(int(d) for d in e_shape) != tuple(int(d) for d in s_shape):
+            out.append(
+                f"shape differs: {path} saved {_shape_text(s_shape)} vs expected {_shape_text(e_shape)}"
+            )
+        if _dtype_name(e_dtype) != _dtype_name(s_dtype):
+            out.append(
+                f"dtype differs: {path} saved {_dtype_name(s_dtype)} vs expected {_dtype_name(e_dtype)}"
+            )
+    return out
+
+
+def structure_of(arrays: Mapping[str, Any]) -> dict[str, Spec]:
+    """``{path: (shape, dtype)}`` of a flat dict of arrays (anything with
+    ``.shape`` and ``.dtype``: numpy arrays, jax arrays, ShapeDtypeStructs)."""
+    return {k: (tuple(int(d) for d in v.shape), v.dtype) for k, v in arrays.items()}
+
+
+@attrs.frozen
+class Restored:
+    """What :meth:`Checkpointer.restore` returns.
+
+    - ``step``: the training step of the restored checkpoint.
+    - ``arrays``: the flat ``{dotted path: numpy.ndarray}`` dict as saved (host
+      arrays; the engine puts them on devices).
+    - ``meta``: the JSON ``meta`` dict as saved.
+    - ``skipped``: ``(step, cause)`` for each damaged checkpoint that was passed
+      over to get here (newest first); empty when the first choice was intact.
+    """
+
+    step: int
+    arrays: "dict[str, numpy.ndarray]"
+    meta: dict
+    skipped: tuple[tuple[int, str], ...] = ()
+
+
+@typing.runtime_checkable
+class Checkpointer(Protocol):
+    """Saves and restores training state. The reference for checkpointer authors.
+
+    A factory registered with ``register(name, factory, params=ParamsClass)``
+    is called as ``factory(params, *, directory=pathlib.Path)`` and returns an
+    object with these methods. ``directory`` belongs to the checkpointer alone.
+    Every failure is reported as :class:`CheckpointError` with a one-line
+    message naming the directory, the step and the cause; a failed save must
+    never delete checkpoints that were already saved.
+    """
+
+    def save(self, step: int, arrays: "dict[str, jax.Array]", meta: dict) -> None:
+        """Save the state at ``step`` (may return before the data is on disk).
+
+        ``arrays`` is a FLAT dict from dotted path strings to arrays, e.g.
+        ``"model.layers.0.kernel"``, ``"optimizer.opt_state.0.mu.layers.0.kernel"``,
+        ``"rng.dropout.key"``. Values are ``jax.Array`` (or numpy arrays) of plain
+        numeric dtypes (float32, int32, uint32; RNG keys arrive as uint32 key
+        data). The checkpointer must take its own copy before returning: the
+        engine may donate or overwrite the buffers right after.
+
+        ``meta`` is JSON-serializable: ``{"epoch": int, "step": int,
+        "metrics": {"train_loss": ..., "train_acc": ..., "val_loss": ...,
+        "val_acc": ..., ...}, ...}`` plus other engine state. Metrics that rank
+        checkpoints (e.g. "best by val_loss") are read from ``meta["metrics"]``.
+
+        May be asynchronous: errors of a background save are raised as
+        :class:`CheckpointError` by the next ``save``, ``wait`` or ``close``.
+        Saving a step that already holds an intact checkpoint raises
+        :class:`CheckpointError`.
+        """
+        ...
+
+    def steps(self) -> list[int]:
+        """Steps of the finished checkpoints present on disk, ascending.
+
+        A save still in progress is not listed; a damaged checkpoint is listed
+        (damage is found by :meth:`restore`).
+        """
+        ...
+
+    def restore(self, step: int | None = None, *, which: str = "latest") -> Restored:
+        """Load a checkpoint, verified intact.
+
+        - ``restore()`` / ``which="latest"``: the newest intact checkpoint;
+          newer damaged ones are passed over and listed in ``Restored.skipped``
+          with their cause.
+        - ``which="best"``: the best checkpoint by the configured metric among
+          those kept (damaged ones passed over the same way).
+        - ``restore(step)``: exactly that step (``which`` is ignored); raises
+          :class:`CheckpointError` with the cause if it is missing or damaged.
+
+        Raises :class:`CheckpointError` when no intact checkpoint exists.
+        Waits for pending saves first.
+        """
+        ...
+
+    def wait(self) -> None:
+        """Block until pending saves are finished and durable on disk.
+
+        Raises :class:`CheckpointError` if a pending save failed.
+        """
+        ...
+
+    def close(self) -> None:
+        """Finish pending saves (as :meth:`wait`) and release resources.
+
+        Idempotent. Raises :class:`CheckpointError` if the last pending save
+        failed (resources are released regardless).
+        """
+        ...

@@ -1,0 +1,138 @@
+"""The resolved configuration of a run: ``[run]`` settings plus one validated choice per kind.
+
+Layers, later ones winning: the shipped registry.toml, the user's registry file, the
+experiment file (``run --config``), command-line options, then ``--set KIND.KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+from jaxyard.core import params as P
+from jaxyard.core.entries import KINDS, Entry
+from jaxyard.core.errors import UsageError
+from jaxyard.core.settings import Settings, dump_toml, merge, read_config_file
+
+
+@attrs.frozen
+class RunSettings:
+    """The ``[run]`` table: which components to use and how to train."""
+
+    optimizer: str = P.param("adam", "optimizer to use (`jaxyard list optimizers`)")
+    scheduler: str = P.param("cosine", "learning-rate schedule to use")
+    model: str = P.param("mlp", "model to train")
+    loader: str = P.param("synthetic", "data set to train on")
+    checkpointer: str = P.param("orbax", "how checkpoints are saved")
+    epochs: int = P.param(10, "number of passes over the training split", validator=v.ge(1))
+    batch_size: int = P.param(32, "examples per training step", validator=v.ge(1))
+    learning_rate: float = P.param(1e-3, "peak learning rate, given to the schedule", validator=v.gt(0.0))
+    warmup_steps: int = P.param(0, "linear warmup from 0 to the peak rate, before any schedule", validator=v.ge(0))
+    clip_norm: float = P.param(0.0, "clip gradients to this global norm (0: off)", validator=v.ge(0.0))
+    seed: int = P.param(0, "seeds the data, the initialisation, dropout and the shuffle")
+    drop_last: bool = P.param(False, "drop the last partial batch instead of padding and masking it")
+    eval_batch_size: int = P.param(1000, "examples per evaluation step (speed only)", validator=v.ge(1))
+    save_every: int = P.param(5, "save a checkpoint every N epochs (the last epoch is always saved)", validator=v.ge(1))
+    patience: int = P.param(0, "stop after this many epochs without improvement of `monitor` (0: off)", validator=v.ge(0))
+    min_delta: float = P.param(0.0, "smallest change of `monitor` that counts as an improvement", validator=v.ge(0.0))
+    monitor: str = P.param("val_loss", "metric for early stopping", validator=v.in_(("val_loss", "val_acc")))
+    out: str = P.param("runs", "directory under which each run gets its own directory")
+
+
+@attrs.frozen
+class Choice:
+    """One component of a run: its registry entry and its validated parameters."""
+
+    entry: Entry
+    params: Any
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def create(self, **context: Any) -> Any:
+        return self.entry.create(self.params, **context)
+
+
+@attrs.frozen
+class RunConfig:
+    """Everything a run needs, validated: nothing here can fail later for a bad value."""
+
+    run: RunSettings
+    choices: dict[str, Choice]
+
+    def __getattr__(self, kind: str) -> Choice:
+        if kind in KINDS:
+            return self.choices[kind]
+        raise AttributeError(kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"run": P.to_plain(self.run)}
+        for kind in KINDS:
+            choice = self.choices[kind]
+            out[kind] = {choice.name: P.to_plain(choice.params)}
+        return out
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+def check_run_table(table: dict[str, Any]) -> None:
+    """Check a ``[run]`` table's keys and value types (used when reading files)."""
+    types = P.field_types(RunSettings)
+    valid = [f.name for f in attrs.fields(RunSettings)]
+    for key, value in table.items():
+        if key not in types:
+            raise UsageError(P.unknown_key_message("run", key, valid))
+        P.coerce(value, types[key], where=f"run.{key}")
+
+
+def resolve_config(
+    registry,
+    settings: Settings,
+    *,
+    config_file: str | None = None,
+    options: dict[str, Any] | None = None,
+    sets: Iterable[str] = (),
+) -> RunConfig:
+    """Merge the configuration layers and validate every value against the registry.
+
+    :param options: ``[run]`` values from command-line options (None values are ignored).
+    :param sets: ``KIND.KEY=VALUE`` or ``run.KEY=VALUE`` strings; ``KIND`` is the chosen component.
+    """
+    values = settings.values
+    if config_file:
+        values = merge(values, read_config_file(config_file))
+    run_values = dict(values.get("run", {}))
+    run_values.update({k: val for k, val in (options or {}).items() if val is not None})
+    component_sets: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    for item in sets:
+        section, key, value = parse_set(item)
+        if section == "run":
+            run_values[key] = value
+        else:
+            component_sets[section][key] = value
+    run = P.build(RunSettings, run_values, where="run")
+
+    choices = {}
+    for kind in KINDS:
+        entry = registry.get(kind, getattr(run, kind))
+        table = dict(values.get(kind, {}).get(entry.name, {}))
+        table.update(component_sets[kind])
+        choices[kind] = Choice(entry, P.build(entry.params, table, where=f"{kind} {entry.name!r}"))
+    return RunConfig(run, choices)
+
+
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """Split ``optimizer.momentum=0.9`` into ``("optimizer", "momentum", 0.9)``."""
+    target, sep, text = item.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not key:
+        raise UsageError(f"--set {item!r}: expected SECTION.KEY=VALUE, for example optimizer.momentum=0.9")
+    sections = ("run", *KINDS)
+    if section not in sections:
+        raise UsageError(f"--set {item!r}: unknown section {section!r} (valid: {', '.join(sections)})")
+    return section, key, P.parse_value(text.strip())

@@ -1,0 +1,406 @@
+"""The training engine: ``train(config)``, ``resume(run_dir)`` and ``evaluate(run_dir)``.
+
+The engine builds each component through the registry, puts in-memory data on the device,
+compiles one epoch (shuffle, batches and optimizer steps in a single ``lax.scan``) and one
+evaluation, and brings metrics back to the host once per epoch. Printing goes through the
+``echo`` callback so the library stays silent unless asked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxyard.core import rundir as rd
+from jaxyard.core import state as st
+from jaxyard.core import steps
+from jaxyard.core.checkpoint import CheckpointError
+from jaxyard.core.config import RunConfig
+from jaxyard.core.data import Dataset, StreamingDataset
+from jaxyard.core.errors import TrainingError, UsageError
+
+Echo = Callable[[str], None]
+RULE = "-" * 40
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+@attrs.frozen
+class RunResult:
+    run_dir: Path
+    history: list[dict]
+    test: dict[str, float]
+    stopped_early: bool
+    timings: dict[str, float]
+
+
+@attrs.define
+class Built:
+    """A run's components, built and on the device, ready to train or evaluate."""
+
+    config: RunConfig
+    data: Dataset | StreamingDataset
+    train_graphdef: Any
+    eval_graphdef: Any
+    state: Any
+    schedule: Callable[[int], Any]
+    steps_per_epoch: int
+    device_data: dict[str, tuple[jax.Array, jax.Array]]
+    num_params: int
+
+
+def enable_compile_cache(directory: str | os.PathLike) -> None:
+    """Persist compiled programs under ``directory`` so a rerun of a configuration skips compiling."""
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def build(config: RunConfig, echo: Echo = _silent) -> Built:
+    """Load the data, build the model, schedule and optimizer, and check they fit together."""
+    run = config.run
+    echo(f"\n2. Loading data ({config.loader.name})...")
+    data = config.loader.create(seed=run.seed)
+    if not isinstance(data, (Dataset, StreamingDataset)):
+        raise UsageError(f"loader {config.loader.name!r} returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
+    sizes = data.sizes()
+    for split, label in (("train", "Train"), ("val", "Validation"), ("test", "Test")):
+        echo(f"  {label} samples: {sizes[split] if sizes[split] is not None else 'streamed'}")
+    if sizes["train"] is None:
+        raise UsageError(f"loader {config.loader.name!r} must give the size of its train split (StreamingDataset sizes=...)")
+    steps_per_epoch, _ = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last) if sizes["train"] else (0, 0)
+
+    echo("\n3. Creating model...")
+    key = jax.random.key(run.seed)
+    rngs = nnx.Rngs(params=jax.random.fold_in(key, 0), dropout=jax.random.fold_in(key, 1))
+    model = config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
+    if not isinstance(model, nnx.Module):
+        raise UsageError(f"model {config.model.name!r} returned {type(model).__name__}, not an nnx.Module")
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    _check_fit(config, model, data)
+    echo(f"  Model created: {config.model.name}, {num_params:,} parameters ({_describe(config.model.params)})")
+
+    echo("\n4. Setting up optimizer and scheduler...")
+    total = steps_per_epoch * run.epochs
+    warmup = min(run.warmup_steps, total)
+    decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
+    if warmup:
+        ramp = optax.linear_schedule(0.0, run.learning_rate, warmup)
+        schedule = optax.join_schedules([ramp, decay], [warmup])
+    else:
+        schedule = decay
+    tx = config.optimizer.create(learning_rate=schedule)
+    if run.clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(run.clip_norm), tx)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    echo(f"  Optimizer: {config.optimizer.name} ({_describe(config.optimizer.params)})")
+    echo(
+        f"  Scheduler: {config.scheduler.name}, peak lr {run.learning_rate:g}, "
+        f"warmup {warmup} steps, {total} steps in all ({steps_per_epoch} per epoch)"
+    )
+    model.eval()
+    eval_graphdef, _ = nnx.split((model, optimizer))
+    model.train()
+    train_graphdef, state = nnx.split((model, optimizer))
+    device_data = {}
+    if isinstance(data, Dataset):
+        device_data = {s: (jnp.asarray(getattr(data, s).x), jnp.asarray(getattr(data, s).y)) for s in ("train", "val", "test")}
+    return Built(config, data, train_graphdef, eval_graphdef, state, schedule, steps_per_epoch, device_data, num_params)
+
+
+def _check_fit(config: RunConfig, model, data) -> None:
+    """A model whose output is not (batch, num_classes) for the loader's inputs is refused now."""
+    x = jax.ShapeDtypeStruct((2, *data.input_shape), jnp.float32)
+    graphdef, state = nnx.split(model)
+    try:
+        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+    except Exception as err:
+        msg = " ".join(str(err).split())[:300]
+        raise UsageError(
+            f"model {config.model.name!r} does not accept inputs of shape {tuple(data.input_shape)} "
+            f"from loader {config.loader.name!r}: {msg}"
+        ) from None
+    if getattr(out, "shape", None) != (2, data.num_classes):
+        raise UsageError(
+            f"model {config.model.name!r} returns shape {getattr(out, 'shape', type(out).__name__)} for a batch of 2, "
+            f"but loader {config.loader.name!r} has {data.num_classes} classes: expected (2, {data.num_classes})"
+        )
+
+
+class _Loop:
+    """Runs epochs of a built run; the compiled functions are made once, on the first epoch."""
+
+    def __init__(self, built: Built):
+        self.b = built
+        run = built.config.run
+        self.key = jax.random.fold_in(jax.random.key(run.seed), 2)
+        self.evaluate_fn = steps.make_evaluate(built.eval_graphdef, run.eval_batch_size)
+        if isinstance(built.data, Dataset):
+            x, y = built.device_data["train"]
+            self.epoch_fn = steps.make_train_epoch(built.train_graphdef, len(y), run.batch_size, run.drop_last)
+        else:
+            self.step_fn = steps.make_train_step(built.train_graphdef)
+            self.eval_step = steps.eval_step(built.eval_graphdef)
+        self.compile_seconds = 0.0
+
+    def train_epoch(self, epoch: int):
+        b = self.b
+        key = jax.random.fold_in(self.key, epoch)
+        if isinstance(b.data, Dataset):
+            x, y = b.device_data["train"]
+            if not hasattr(self, "compiled"):
+                t0 = time.perf_counter()
+                self.compiled = self.epoch_fn.lower(b.state, x, y, key).compile()
+                self.compile_seconds += time.perf_counter() - t0
+            b.state, sums = self.compiled(b.state, x, y, key)
+            return sums
+        total = jnp.zeros(3)
+        bs = b.config.run.batch_size
+        for xb, yb in b.data.batches("train", bs, epoch):
+            xb, yb, mask = _pad(xb, yb, bs)
+            if b.config.run.drop_last and len(xb) and mask.sum() < bs:
+                continue
+            b.state, sums = self.step_fn(b.state, xb, yb, mask)
+            total = total + sums
+        return total
+
+    def evaluate(self, split: str):
+        b = self.b
+        if isinstance(b.data, Dataset):
+            return self.evaluate_fn(b.state, *b.device_data[split])
+        total = jnp.zeros(3)
+        bs = b.config.run.eval_batch_size
+        for xb, yb in b.data.batches(split, bs, 0):
+            total = total + self.eval_step(b.state, *_pad(xb, yb, bs))
+        return total
+
+
+def _pad(x, y, size):
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    n = len(y)
+    mask = np.zeros(size, np.float32)
+    mask[:n] = 1.0
+    if n < size:
+        x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
+        y = np.concatenate([y, np.zeros(size - n, y.dtype)])
+    return x, y, mask
+
+
+def _means(sums) -> tuple[float, float]:
+    loss_sum, correct, count = (float(s) for s in sums)
+    return loss_sum / max(count, 1.0), correct / max(count, 1.0)
+
+
+def train(
+    config: RunConfig,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    echo: Echo = _silent,
+    compile_cache: str | os.PathLike | None = None,
+) -> RunResult:
+    """Train ``config`` in a new run directory and evaluate on the test split.
+
+    :param out_dir: the run's directory (must be new or empty); default ``run.out/<timestamp>-...``.
+    :param echo: called with each line of progress (the CLI passes ``click.echo``).
+    :param compile_cache: a directory for JAX's persistent compilation cache (None: off).
+    """
+    run = config.run
+    path = Path(out_dir) if out_dir else rd.default_run_dir(run.out, run.optimizer, run.model, run.loader)
+    run_dir = rd.RunDir(path)
+    _header(echo, config, path)
+    run_dir.create(config.to_toml())
+    return _fit(config, run_dir, echo, compile_cache, resume_from=None)
+
+
+def resume(run_dir: str | os.PathLike, *, registry=None, echo: Echo = _silent, compile_cache=None) -> RunResult:
+    """Continue an interrupted run from its newest intact checkpoint, with its saved config."""
+    config = load_run_config(run_dir, registry)
+    _header(echo, config, Path(run_dir))
+    return _fit(config, rd.RunDir(run_dir), echo, compile_cache, resume_from="latest")
+
+
+def evaluate(run_dir: str | os.PathLike, *, checkpoint: str = "latest", registry=None, echo: Echo = _silent) -> dict[str, Any]:
+    """Evaluate a saved checkpoint (``latest``, ``best`` or a step number) on the test split."""
+    config = load_run_config(run_dir, registry)
+    built = build(config, echo)
+    ckpt = config.checkpointer.create(directory=Path(run_dir) / rd.CHECKPOINTS)
+    try:
+        restored = _restore(ckpt, built, checkpoint, echo)
+    finally:
+        ckpt.close()
+    loss, acc = _means(jax.device_get(_Loop(built).evaluate("test")))
+    echo(f"\nTest (checkpoint step {restored.step}, epoch {restored.meta.get('epoch')}):")
+    echo(f"  Test Loss: {loss:.4f}")
+    echo(f"  Test Accuracy: {acc:.4f}")
+    return {"step": restored.step, "epoch": restored.meta.get("epoch"), "test_loss": loss, "test_acc": acc}
+
+
+def load_run_config(run_dir: str | os.PathLike, registry=None) -> RunConfig:
+    from jaxyard.core.config import resolve_config
+    from jaxyard.core.registry import build_registry
+    from jaxyard.core.settings import Settings
+
+    path = Path(run_dir) / rd.CONFIG
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a jaxyard run directory (no {rd.CONFIG})")
+    registry = registry or build_registry()
+    return resolve_config(registry, Settings(), config_file=str(path))
+
+
+def _restore(ckpt, built: Built, which: str, echo: Echo):
+    if which in ("latest", "best"):
+        restored = ckpt.restore(which=which)
+    elif which.isdigit():
+        restored = ckpt.restore(int(which))
+    else:
+        raise UsageError(f"--checkpoint {which!r}: expected latest, best or a step number")
+    for step, cause in restored.skipped:
+        echo(f"  Skipped damaged checkpoint step {step}: {cause}")
+    built.state = st.unflatten(built.state, restored.arrays, step=restored.step)
+    return restored
+
+
+def _header(echo: Echo, config: RunConfig, path: Path) -> None:
+    run = config.run
+    echo("=" * 60)
+    echo("jaxyard training run")
+    echo("=" * 60)
+    echo("\n1. Setting up configuration...")
+    echo(f"  Run directory: {path}")
+    for kind in ("model", "optimizer", "scheduler", "loader", "checkpointer"):
+        choice = config.choices[kind]
+        echo(f"  {kind.capitalize()}: {choice.name}")
+    echo(f"  Epochs: {run.epochs}")
+    echo(f"  Batch size: {run.batch_size}")
+    echo(f"  Seed: {run.seed}")
+
+
+def _fit(config: RunConfig, run_dir: rd.RunDir, echo: Echo, compile_cache, resume_from: str | None) -> RunResult:
+    if compile_cache:
+        enable_compile_cache(compile_cache)
+    run = config.run
+    t_start = time.perf_counter()
+    built = build(config, echo)
+    ckpt = config.checkpointer.create(directory=run_dir / rd.CHECKPOINTS)
+    loop = _Loop(built)
+    history: list[dict] = []
+    early = {"best": None, "bad_epochs": 0, "stopped": False}
+    try:
+        start = 0
+        if resume_from:
+            try:
+                restored = _restore(ckpt, built, resume_from, echo)
+            except CheckpointError as err:
+                if ckpt.steps():
+                    raise
+                echo(f"  No checkpoint to resume from ({err}); starting from epoch 1")
+            else:
+                start, history, early = restored.meta["epoch"], list(restored.meta["history"]), dict(restored.meta["early_stopping"])
+                echo(f"  Resuming after epoch {start} (checkpoint step {restored.step})")
+            run_dir.rewrite_metrics(history)
+
+        echo("\n5. Starting training...")
+        echo(RULE)
+        t_train = time.perf_counter()
+        last_saved = None
+        for epoch in range(start + 1, run.epochs + 1):
+            if early["stopped"]:
+                break
+            t0 = time.perf_counter()
+            train_sums = loop.train_epoch(epoch)
+            val_sums = loop.evaluate("val")
+            train_sums, val_sums = jax.device_get((train_sums, val_sums))
+            (train_loss, train_acc), (val_loss, val_acc) = _means(train_sums), _means(val_sums)
+            step = epoch * built.steps_per_epoch
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                where = f"the last good checkpoint is step {last_saved}" if last_saved else "no checkpoint was saved"
+                raise TrainingError(
+                    f"training diverged at epoch {epoch}: train loss {train_loss}, val loss {val_loss}; {where} "
+                    f"in {run_dir / rd.CHECKPOINTS}. Lower run.learning_rate or set run.clip_norm"
+                )
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "lr": float(built.schedule(step)),
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "time": round(time.perf_counter() - t0, 6),
+            }
+            history.append(record)
+            run_dir.append_metrics(record)
+            echo(f"Epoch {epoch}/{run.epochs}")
+            echo(f"  Train - Loss: {train_loss:.4f}, Acc: {train_acc:.4f}")
+            echo(f"  Val   - Loss: {val_loss:.4f}, Acc: {val_acc:.4f}")
+            _early_stopping(early, record, run)
+            if early["stopped"]:
+                echo(f"  Early stopping: {run.monitor} did not improve for {run.patience} epochs")
+            if epoch % run.save_every == 0 or epoch == run.epochs or early["stopped"]:
+                meta = {"epoch": epoch, "step": step, "metrics": record, "history": history, "early_stopping": early}
+                ckpt.save(step, st.flatten(built.state), meta)
+                last_saved = step
+                echo(f"  Checkpoint saved: step {step} (epoch {epoch})")
+        echo(RULE)
+        train_seconds = time.perf_counter() - t_train
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    echo(f"  Training took {train_seconds:.2f} s (compiling {loop.compile_seconds:.2f} s)")
+
+    echo("\n6. Evaluating on test set...")
+    test_loss, test_acc = _means(jax.device_get(loop.evaluate("test")))
+    echo(f"  Test Loss: {test_loss:.4f}")
+    echo(f"  Test Accuracy: {test_acc:.4f}")
+
+    echo("\n7. Plotting training curves...")
+    if history:
+        from jaxyard.core.plot import plot_curves
+
+        png = plot_curves(history, run_dir / rd.CURVES)
+        echo(f"  Training curves saved to {png}")
+    timings = {
+        "total_s": time.perf_counter() - t_start,
+        "train_s": train_seconds,
+        "compile_s": loop.compile_seconds,
+    }
+    test = {"test_loss": test_loss, "test_acc": test_acc}
+    rd.write_atomic(run_dir / rd.SUMMARY, _json({"test": test, "epochs_run": len(history), "stopped_early": early["stopped"], "timings": timings}))
+    echo(f"\nRun finished in {timings['total_s']:.1f} s: {run_dir.path}")
+    return RunResult(run_dir.path, history, test, early["stopped"], timings)
+
+
+def _early_stopping(early: dict, record: dict, run) -> None:
+    if not run.patience:
+        return
+    value = record[run.monitor]
+    sign = 1.0 if run.monitor.endswith("loss") else -1.0
+    if early["best"] is None or sign * (early["best"] - value) > run.min_delta:
+        early["best"], early["bad_epochs"] = value, 0
+    else:
+        early["bad_epochs"] += 1
+        early["stopped"] = early["bad_epochs"] >= run.patience
+
+
+def _describe(params) -> str:
+    values = attrs.asdict(params, recurse=False)
+    return ", ".join(f"{k}={v!r}" for k, v in values.items()) or "no parameters"
+
+
+def _json(data) -> str:
+    import json
+
+    return json.dumps(data, indent=2) + "\n"

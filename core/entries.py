@@ -1,0 +1,60 @@
+"""The records the registry holds: one per component, one per plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+KINDS = ("optimizer", "scheduler", "model", "loader", "checkpointer")
+HOOKS = {kind: f"jaxyard_register_{kind}s" for kind in KINDS}
+
+
+class RegisterFn(Protocol):
+    def __call__(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        params: type | None = None,
+        description: str | None = None,
+    ) -> None: ...
+
+
+@attrs.frozen
+class Entry:
+    """A registered component: what ``list`` and ``show`` print and what ``run`` builds."""
+
+    kind: str
+    name: str
+    description: str
+    params: type
+    factory: Callable[..., Any] = attrs.field(repr=False)
+    plugin: str
+
+    def create(self, params: Any, **context: Any) -> Any:
+        """Build the component (this is where heavy libraries get imported)."""
+        return self.factory(params, **context)
+
+
+@attrs.frozen
+class PluginInfo:
+    """A plugin that was loaded, or that failed to load (``error`` set)."""
+
+    name: str
+    source: str  # "builtin", "entry point" or "local"
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    hooks: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()  # "kind:name"
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def label(self) -> str:
+        dist = f" ({self.distribution} {self.version})" if self.distribution else ""
+        return f"{self.name}{dist}"

@@ -1,0 +1,25 @@
+"""Errors a user can act on. The CLI prints their message as one line and exits with `exit_code`."""
+
+
+class JaxyardError(Exception):
+    """Base class: a failure with a message that names the thing, the value and the fix."""
+
+    exit_code = 1
+
+
+class UsageError(JaxyardError):
+    """Bad input: an unknown name, a bad value, a malformed configuration file."""
+
+    exit_code = 2
+
+
+class UnknownComponent(UsageError):
+    """A component name that no loaded plugin registered."""
+
+
+class PluginError(JaxyardError):
+    """A plugin failed to load or registered something invalid (fatal only in strict mode)."""
+
+
+class TrainingError(JaxyardError):
+    """Training stopped on a condition the user must look at (a NaN loss, for instance)."""

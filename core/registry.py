@@ -1,0 +1,254 @@
+"""The registry: plugins discovered, loaded one at a time, and their components validated.
+
+:func:`build_registry` makes a :class:`Registry` object; nothing is filled in at import time.
+Built-in plugins (modules in ``jaxyard.plugins``), third-party plugins (entry points in the
+group ``jaxyard``) and local plugins (modules or ``.py`` files named in registry.toml or with
+``--plugin``) all go through the same path. A plugin that fails is reported and skipped, or is
+fatal in strict mode.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pluggy
+
+from jaxyard.core import hookspecs
+from jaxyard.core.entries import HOOKS, KINDS, Entry, PluginInfo
+from jaxyard.core.errors import PluginError, UnknownComponent, UsageError
+from jaxyard.core.params import NoParams, describe
+from jaxyard.core.settings import Settings
+
+ENTRY_POINT_GROUP = "jaxyard"
+ENV_LOAD = "JAXYARD_LOAD_PLUGINS"  # allow-list of entry-point plugins; empty loads none
+ENV_DISABLE = "JAXYARD_DISABLE_PLUGINS"  # block-list, any kind of plugin
+ENV_STRICT = "JAXYARD_STRICT_PLUGINS"  # "1": a failing plugin is fatal
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+@attrs.frozen
+class Candidate:
+    """A plugin found but not yet imported."""
+
+    name: str
+    source: str
+    module: str
+    load: Callable[[], Any] = attrs.field(repr=False)
+    distribution: str | None = None
+    version: str | None = None
+
+
+class Registry:
+    """Components by kind and name, and the plugins that did (or did not) provide them."""
+
+    def __init__(self, entries: Iterable[Entry], plugins: Iterable[PluginInfo], pm: pluggy.PluginManager):
+        self._entries = {(e.kind, e.name): e for e in entries}
+        self.plugins = tuple(plugins)
+        self.plugin_manager = pm
+
+    def get(self, kind: str, name: str) -> Entry:
+        kind = normalize_kind(kind)
+        try:
+            return self._entries[kind, name]
+        except KeyError:
+            raise UnknownComponent(unknown_name_message(kind, name, self.names(kind))) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(n for k, n in self._entries if k == kind)
+
+    def entries(self, kind: str | None = None, pattern: str | None = None) -> list[Entry]:
+        """Entries sorted by kind then name, optionally of one kind and matching a glob pattern."""
+        kind = normalize_kind(kind) if kind else None
+        return [
+            e
+            for e in sorted(self._entries.values(), key=lambda e: (KINDS.index(e.kind), e.name))
+            if (kind is None or e.kind == kind) and (pattern is None or fnmatch.fnmatchcase(e.name, pattern))
+        ]
+
+    def plugin(self, name: str) -> PluginInfo:
+        return next(p for p in self.plugins if p.name == name)
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if not p.ok]
+
+
+def normalize_kind(kind: str) -> str:
+    """Accept ``optimizer`` or ``optimizers``; refuse anything else with the valid kinds."""
+    singular = kind[:-1] if kind.endswith("s") and kind[:-1] in KINDS else kind
+    if singular not in KINDS:
+        raise UsageError(unknown_name_message("kind", kind, list(KINDS)))
+    return singular
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    choices = ", ".join(valid) if valid else "none registered"
+    return f"unknown {kind} {name!r}{hint} (valid: {choices})"
+
+
+def build_registry(
+    settings: Settings | None = None,
+    *,
+    plugins: Iterable[str] = (),
+    disable: Iterable[str] = (),
+    strict: bool | None = None,
+    on_failure: Callable[[PluginInfo], None] | None = None,
+) -> Registry:
+    """Discover and load every plugin, returning the registry of their components.
+
+    :param settings: the merged registry.toml (default: :func:`jaxyard.load_settings`).
+    :param plugins: extra local plugins (module names or ``.py`` paths), as ``--plugin``.
+    :param disable: plugin names to block, on top of registry.toml and ``$JAXYARD_DISABLE_PLUGINS``.
+    :param strict: make a failing plugin fatal (default: ``$JAXYARD_STRICT_PLUGINS``).
+    :param on_failure: called with each failed plugin's record as it fails (the CLI warns).
+    """
+    if settings is None:
+        from jaxyard.core.settings import load_settings
+
+        settings = load_settings()
+    if strict is None:
+        strict = os.environ.get(ENV_STRICT, "") not in ("", "0", "false")
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    blocked = {*settings.disabled, *disable, *_env_list(ENV_DISABLE)}
+    for name in blocked:
+        pm.set_blocked(name)
+
+    entries: dict[tuple[str, str], Entry] = {}
+    infos: list[PluginInfo] = []
+    for candidate in _candidates(settings, plugins):
+        if pm.is_blocked(candidate.name):
+            continue
+        info = _load(pm, candidate, entries)
+        infos.append(info)
+        if not info.ok:
+            if strict:
+                raise PluginError(f"plugin {info.label()} failed: {info.error}")
+            if on_failure:
+                on_failure(info)
+    return Registry(entries.values(), infos, pm)
+
+
+def _candidates(settings: Settings, extra: Iterable[str]) -> Iterator[Candidate]:
+    from jaxyard import __name__ as package
+
+    version = _own_version()
+    for short in settings.builtin:
+        module = f"{package}.plugins.{short}"
+        yield Candidate(module, "builtin", module, _importer(module), "jaxyard", version)
+    allow = _env_list(ENV_LOAD) if ENV_LOAD in os.environ else None
+    seen = set()
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        dist = ep.dist.name if ep.dist else None
+        if ep.name in seen or (allow is not None and ep.name not in allow and dist not in allow):
+            continue
+        seen.add(ep.name)
+        yield Candidate(ep.name, "entry point", ep.value, ep.load, dist, ep.dist.version if ep.dist else None)
+    for spec in (*settings.local, *extra):
+        yield Candidate(spec, "local", spec, _importer(spec))
+
+
+def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str], Entry]) -> PluginInfo:
+    """Import, register and call one plugin; on any failure leave no trace of it but its record."""
+    info = PluginInfo(c.name, c.source, c.module, c.distribution, c.version)
+    plugin = None
+    try:
+        plugin = c.load()
+        pm.register(plugin, name=c.name)
+        hooks = _check_hooks(pm, plugin)
+        staged: dict[tuple[str, str], Entry] = {}
+        for kind in KINDS:
+            for impl in pm.get_hookcallers(plugin) or ():
+                if impl.name != HOOKS[kind]:
+                    continue
+                for hookimpl in impl.get_hookimpls():
+                    if hookimpl.plugin is plugin:
+                        hookimpl.function(register=_register_fn(kind, c.name, staged, entries))
+    except Exception as err:  # a plugin's own bug must not take the registry down
+        if plugin is not None and pm.is_registered(plugin):
+            pm.unregister(plugin)
+        return attrs.evolve(info, error=_one_line(err))
+    entries.update(staged)
+    return attrs.evolve(info, hooks=hooks, components=tuple(f"{k}:{n}" for k, n in staged))
+
+
+def _check_hooks(pm: pluggy.PluginManager, plugin: Any) -> tuple[str, ...]:
+    """The hooks ``plugin`` implements; a misspelled one is an error (pluggy's check_pending)."""
+    callers = pm.get_hookcallers(plugin) or []
+    for caller in callers:
+        if not caller.has_spec():
+            close = difflib.get_close_matches(caller.name, list(HOOKS.values()), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise PluginError(f"implements unknown hook {caller.name}{hint}")
+    return tuple(sorted(c.name for c in callers))
+
+
+def _register_fn(kind: str, plugin: str, staged: dict, committed: dict) -> Callable[..., None]:
+    def register(name: str, factory: Callable[..., Any], *, params: type | None = None, description: str | None = None) -> None:
+        where = f"{kind} {name!r}"
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise PluginError(f"invalid {kind} name {name!r}: use lower case letters, digits, '-' and '_'")
+        if not callable(factory):
+            raise PluginError(f"{where}: factory must be callable, got {factory!r}")
+        params = NoParams if params is None else params
+        if not (isinstance(params, type) and attrs.has(params)):
+            raise PluginError(f"{where}: params must be an attrs class, got {params!r}")
+        for info in describe(params):
+            if info.default is attrs.NOTHING:
+                raise PluginError(f"{where}: parameter {info.name!r} of {params.__name__} needs a default")
+        doc = (description or (factory.__doc__ or "").strip().split("\n", 1)[0]).strip()
+        if not doc:
+            raise PluginError(f"{where}: needs a description (argument or factory docstring)")
+        for table in (staged, committed):
+            if (kind, name) in table:
+                other = table[kind, name].plugin
+                raise PluginError(f"{where} is already registered by plugin {other!r}; plugin {plugin!r} registers it again")
+        staged[kind, name] = Entry(kind, name, doc, params, factory, plugin)
+
+    return register
+
+
+def _importer(spec: str) -> Callable[[], Any]:
+    def load() -> Any:
+        if spec.endswith(".py"):
+            path = Path(spec).resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file {path}")
+            name = f"jaxyard_local_{path.stem}"
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(spec)
+
+    return load
+
+
+def _env_list(var: str) -> list[str]:
+    return [s.strip() for s in os.environ.get(var, "").split(",") if s.strip()]
+
+
+def _own_version() -> str | None:
+    try:
+        return metadata.version("jaxyard")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "(no message)"
+    return text if isinstance(err, PluginError) else f"{type(err).__name__}: {text}"

@@ -1,0 +1,61 @@
+"""Training state as a flat dict of named arrays, the form checkpointers save and restore."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jaxyard.core.checkpoint import CheckpointMismatch, compare_structures
+
+_ROOTS = ("model", "optimizer")
+
+
+def flatten(state) -> dict[str, np.ndarray]:
+    """``{"model.hidden.0.kernel": array, ...}``: host copies, RNG keys as their uint32 key data."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        out[_name(path)] = np.array(leaf, copy=True)  # a copy: the device buffer is donated next step
+    return out
+
+
+def shapes(state) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {k: (tuple(v.shape), str(v.dtype)) for k, v in flatten_abstract(state).items()}
+
+
+def flatten_abstract(state) -> dict:
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.eval_shape(jax.random.key_data, leaf)
+        out[_name(path)] = leaf
+    return out
+
+
+def unflatten(template, arrays: dict[str, np.ndarray], *, step: int | None = None):
+    """Put ``arrays`` into the structure of ``template``; a differing structure names each path."""
+    saved = {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
+    differences = compare_structures(shapes(template), saved)
+    if differences:
+        raise CheckpointMismatch(differences, step=step)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    new = []
+    for path, leaf in leaves:
+        value = jax.numpy.asarray(arrays[_name(path)])
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
+        new.append(value)
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _name(path) -> str:
+    parts = []
+    for key in path:
+        if isinstance(key, jax.tree_util.GetAttrKey) and key.name == "value":
+            continue
+        part = getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))
+        parts.append(str(part))
+    if parts and parts[0] in ("0", "1"):
+        parts[0] = _ROOTS[int(parts[0])]
+    return ".".join(parts)

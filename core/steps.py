@@ -1,0 +1,102 @@
+"""The compiled hot path: one epoch as a ``lax.scan`` with the shuffle inside, a per-batch step
+for streaming data, and a masked evaluation. Every function returns sums (loss, correct,
+count) that stay on the device until the epoch ends."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def _masked_loss(model, x, y, mask):
+    logits = model(x)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+    count = jnp.sum(mask)
+    loss = jnp.sum(per_example * mask) / jnp.maximum(count, 1.0)
+    return loss, jnp.stack([jnp.sum(per_example * mask), jnp.sum(correct * mask), count])
+
+
+def _step(graphdef, state, x, y, mask):
+    """One optimizer step on a (possibly padded) batch; padding rows carry mask 0."""
+    model, optimizer = nnx.merge(graphdef, state)
+    grad_fn = nnx.value_and_grad(_masked_loss, has_aux=True)
+    (_, sums), grads = grad_fn(model, x, y, mask)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), sums
+
+
+def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
+    """Steps per epoch and the padded length they cover."""
+    steps = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if steps < 1:
+        raise ValueError(f"{n} training examples make no full batch of {batch_size} (drop_last is on)")
+    return steps, steps * batch_size
+
+
+def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool):
+    """``epoch(state, x, y, key) -> (state, sums)``: shuffle, batch and step, all compiled once."""
+    steps, padded = batch_plan(n, batch_size, drop_last)
+
+    @partial(jax.jit, donate_argnums=0)
+    def epoch(state, x, y, key):
+        order = jax.random.permutation(key, n)
+        if padded > n:
+            order = jnp.concatenate([order, jnp.zeros(padded - n, order.dtype)])
+        else:
+            order = order[:padded]
+        mask = (jnp.arange(padded) < n).astype(jnp.float32)
+
+        def body(state, batch):
+            idx, m = batch
+            return _step(graphdef, state, x[idx], y[idx], m)
+
+        state, sums = jax.lax.scan(body, state, (order.reshape(steps, batch_size), mask.reshape(steps, batch_size)))
+        return state, jnp.sum(sums, axis=0)
+
+    return epoch
+
+
+def make_train_step(graphdef):
+    """``step(state, x, y, mask) -> (state, sums)`` for batches fed from Python (padded to one shape)."""
+    return jax.jit(partial(_step, graphdef), donate_argnums=0)
+
+
+def make_evaluate(graphdef, batch_size: int):
+    """``evaluate(state, x, y) -> sums`` with dropout off, in padded chunks of ``batch_size``."""
+
+    @jax.jit
+    def evaluate(state, x, y):
+        model, _ = nnx.merge(graphdef, state)
+        n = x.shape[0]
+        chunk = min(batch_size, n)
+        chunks = math.ceil(n / chunk)
+        pad = chunks * chunk - n
+        mask = (jnp.arange(chunks * chunk) < n).astype(jnp.float32).reshape(chunks, chunk)
+        xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, chunk, *x.shape[1:])
+        ys = jnp.pad(y, (0, pad)).reshape(chunks, chunk)
+
+        def body(total, batch):
+            _, sums = _masked_loss(model, *batch)
+            return total + sums, None
+
+        total, _ = jax.lax.scan(body, jnp.zeros(3), (xs, ys, mask))
+        return total
+
+    return evaluate
+
+
+def eval_step(graphdef):
+    """Evaluation of one Python-fed batch (streaming data)."""
+
+    @jax.jit
+    def step(state, x, y, mask):
+        model, _ = nnx.merge(graphdef, state)
+        return _masked_loss(model, x, y, mask)[1]
+
+    return step

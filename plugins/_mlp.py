@@ -1,0 +1,25 @@
+"""The MLP module (imports flax; loaded only when a model is built)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from flax import nnx
+
+
+class MLP(nnx.Module):
+    """Flattens its input, then Linear -> activation -> Dropout per hidden layer, then Linear logits."""
+
+    def __init__(self, input_shape, hidden_dims, num_classes, *, activation="relu", dropout_rate=0.1, rngs: nnx.Rngs):
+        sizes = [math.prod(input_shape), *hidden_dims]
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+        self.activation = getattr(jax.nn, activation)
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.hidden:
+            x = self.dropout(self.activation(layer(x)))
+        return self.head(x)

@@ -1,0 +1,34 @@
+"""Built-in models."""
+
+from __future__ import annotations
+
+import attrs
+from attrs import validators as v
+
+from jaxyard import hookimpl, param
+
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu")
+
+
+def _positive_sizes(instance, attribute, value):
+    if not value or any(d < 1 for d in value):
+        raise ValueError("needs one or more positive layer sizes, for example 256,128", attribute, None, value)
+
+
+@attrs.frozen
+class MLPParams:
+    hidden_dims: tuple[int, ...] = param((256, 128), "sizes of the hidden layers", validator=_positive_sizes)
+    activation: str = param("relu", f"activation after each hidden layer: {', '.join(ACTIVATIONS)}", validator=v.in_(ACTIVATIONS))
+    dropout_rate: float = param(0.1, "dropout after each hidden layer, active only in training", validator=[v.ge(0.0), v.lt(1.0)])
+
+
+def mlp(p: MLPParams, *, input_shape, num_classes, rngs):
+    """Multi-layer perceptron classifier: Linear, activation, dropout per hidden layer."""
+    from jaxyard.plugins._mlp import MLP
+
+    return MLP(input_shape, p.hidden_dims, num_classes, activation=p.activation, dropout_rate=p.dropout_rate, rngs=rngs)
+
+
+@hookimpl
+def jaxyard_register_models(register):
+    register("mlp", mlp, params=MLPParams)
