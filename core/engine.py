@@ -140,7 +140,7 @@ def _check_fit(config: RunConfig, model, data) -> None:
         )
 
 
-class _Loop:
+class Loop:
     """Runs epochs of a built run; the compiled functions are made once, on the first epoch."""
 
     def __init__(self, built: Built):
@@ -220,16 +220,22 @@ def train(
     run = config.run
     path = Path(out_dir) if out_dir else rd.default_run_dir(run.out, run.optimizer, run.model, run.loader)
     run_dir = rd.RunDir(path)
+    run_dir.check_new()
+    if compile_cache:
+        enable_compile_cache(compile_cache)
     _header(echo, config, path)
+    built = build(config, echo)  # every component is built and checked before anything is written
     run_dir.create(config.to_toml())
-    return _fit(config, run_dir, echo, compile_cache, resume_from=None)
+    return _fit(built, run_dir, echo, resume_from=None)
 
 
 def resume(run_dir: str | os.PathLike, *, registry=None, echo: Echo = _silent, compile_cache=None) -> RunResult:
     """Continue an interrupted run from its newest intact checkpoint, with its saved config."""
     config = load_run_config(run_dir, registry)
+    if compile_cache:
+        enable_compile_cache(compile_cache)
     _header(echo, config, Path(run_dir))
-    return _fit(config, rd.RunDir(run_dir), echo, compile_cache, resume_from="latest")
+    return _fit(build(config, echo), rd.RunDir(run_dir), echo, resume_from="latest")
 
 
 def evaluate(run_dir: str | os.PathLike, *, checkpoint: str = "latest", registry=None, echo: Echo = _silent) -> dict[str, Any]:
@@ -241,7 +247,7 @@ def evaluate(run_dir: str | os.PathLike, *, checkpoint: str = "latest", registry
         restored = _restore(ckpt, built, checkpoint, echo)
     finally:
         ckpt.close()
-    loss, acc = _means(jax.device_get(_Loop(built).evaluate("test")))
+    loss, acc = _means(jax.device_get(Loop(built).evaluate("test")))
     echo(f"\nTest (checkpoint step {restored.step}, epoch {restored.meta.get('epoch')}):")
     echo(f"  Test Loss: {loss:.4f}")
     echo(f"  Test Accuracy: {acc:.4f}")
@@ -288,14 +294,11 @@ def _header(echo: Echo, config: RunConfig, path: Path) -> None:
     echo(f"  Seed: {run.seed}")
 
 
-def _fit(config: RunConfig, run_dir: rd.RunDir, echo: Echo, compile_cache, resume_from: str | None) -> RunResult:
-    if compile_cache:
-        enable_compile_cache(compile_cache)
-    run = config.run
+def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, resume_from: str | None) -> RunResult:
+    config, run = built.config, built.config.run
     t_start = time.perf_counter()
-    built = build(config, echo)
     ckpt = config.checkpointer.create(directory=run_dir / rd.CHECKPOINTS)
-    loop = _Loop(built)
+    loop = Loop(built)
     history: list[dict] = []
     early = {"best": None, "bad_epochs": 0, "stopped": False}
     try:

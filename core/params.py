@@ -148,8 +148,9 @@ def to_plain(params) -> dict[str, Any]:
 
 
 def _validator_message(err: Exception) -> str:
-    # attrs validators raise ValueError(msg, attribute, validator, value); keep the readable part.
-    if isinstance(err, ValueError) and len(err.args) >= 4 and isinstance(err.args[1], attrs.Attribute):
+    # attrs validators raise ValueError(msg, attribute, validator, value); keep the readable part;
+    # instance_of and other type validators raise TypeError with the same arguments.
+    if isinstance(err, (ValueError, TypeError)) and len(err.args) >= 4 and isinstance(err.args[1], attrs.Attribute):
         attr, value = err.args[1], err.args[3]
         return f"{attr.name} = {value!r} is invalid: {err.args[0]}"
     return str(err)

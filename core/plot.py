@@ -15,6 +15,7 @@ def plot_curves(history: list[dict], path: Path) -> Path:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
@@ -28,6 +29,8 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     ax_lr.plot(epochs, [r["lr"] for r in history], "o-", color="tab:green")
     ax_lr.set(title="Learning rate (end of epoch)", xlabel="epoch")
     ax_lr.grid(alpha=0.3)
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)

@@ -150,13 +150,19 @@ def _candidates(settings: Settings, extra: Iterable[str]) -> Iterator[Candidate]
         module = f"{package}.plugins.{short}"
         yield Candidate(module, "builtin", module, _importer(module), "jaxyard", version)
     allow = _env_list(ENV_LOAD) if ENV_LOAD in os.environ else None
-    seen = set()
+    seen: dict[str, str | None] = {}  # entry-point name -> its distribution
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         dist = ep.dist.name if ep.dist else None
-        if ep.name in seen or (allow is not None and ep.name not in allow and dist not in allow):
+        version = ep.dist.version if ep.dist else None
+        if allow is not None and ep.name not in allow and dist not in allow:
             continue
-        seen.add(ep.name)
-        yield Candidate(ep.name, "entry point", ep.value, ep.load, dist, ep.dist.version if ep.dist else None)
+        if ep.name in seen:  # the same distribution found twice on sys.path is no conflict
+            if dist != seen[ep.name]:
+                msg = f"entry point name {ep.name!r} is already used by distribution {seen[ep.name]!r}"
+                yield Candidate(ep.name, "entry point", ep.value, _failing(msg), dist, version)
+            continue
+        seen[ep.name] = dist
+        yield Candidate(ep.name, "entry point", ep.value, ep.load, dist, version)
     for spec in (*settings.local, *extra):
         yield Candidate(spec, "local", spec, _importer(spec))
 
@@ -221,6 +227,13 @@ def _register_fn(kind: str, plugin: str, staged: dict, committed: dict) -> Calla
     return register
 
 
+def _failing(message: str) -> Callable[[], Any]:
+    def load() -> Any:
+        raise PluginError(message)
+
+    return load
+
+
 def _importer(spec: str) -> Callable[[], Any]:
     def load() -> Any:
         if spec.endswith(".py"):
@@ -231,7 +244,11 @@ def _importer(spec: str) -> Callable[[], Any]:
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
-            module_spec.loader.exec_module(module)
+            try:
+                module_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]  # as importlib does: no half-imported module left behind
+                raise
             return module
         return importlib.import_module(spec)
 

@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from jaxyard.core.errors import UsageError
+
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 CURVES = "training_curves.png"
@@ -36,11 +38,13 @@ class RunDir:
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    def create(self, config_toml: str) -> None:
-        from jaxyard.core.errors import UsageError
-
-        if self.path.exists() and any(self.path.iterdir()):
+    def check_new(self) -> None:
+        """Refuse a directory that already holds something: a run is never overwritten."""
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise UsageError(f"run directory {self.path} is not empty; choose another --out, or `jaxyard resume {self.path}`")
+
+    def create(self, config_toml: str) -> None:
+        self.check_new()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             write_atomic(self / CONFIG, config_toml)

@@ -79,17 +79,17 @@ def read_config_file(path: str | os.PathLike, *, allow_plugins: bool = False) ->
             raise UsageError(_at(path, text, key, f"{key!r} must be a table ([{key}]), got {value!r}"))
     for key, value in data.get("plugins", {}).items():
         if key not in PLUGIN_KEYS:
-            raise UsageError(_at(path, text, key, unknown_key_message("[plugins]", key, list(PLUGIN_KEYS))))
+            raise UsageError(_at(path, text, key, unknown_key_message("[plugins]", key, list(PLUGIN_KEYS)), table="plugins"))
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise UsageError(_at(path, text, key, f"plugins.{key} must be a list of strings, got {value!r}"))
+            raise UsageError(_at(path, text, key, f"plugins.{key} must be a list of strings, got {value!r}", table="plugins"))
     if "run" in data:
         from jaxyard.core.config import check_run_table
 
-        try:
-            check_run_table(data["run"])
-        except UsageError as err:
-            key = str(err).split("run.", 1)[-1].split(":", 1)[0].split(" ", 1)[0]
-            raise UsageError(_at(path, text, key, str(err))) from None
+        for key, value in data["run"].items():  # one key at a time, so the error names its line
+            try:
+                check_run_table({key: value})
+            except UsageError as err:
+                raise UsageError(_at(path, text, key, str(err), table="run")) from None
     for kind in KINDS:
         for name, table in data.get(kind, {}).items():
             if not isinstance(table, dict):
@@ -151,9 +151,14 @@ def _relative_to(path: Path, item: str) -> str:
     return item
 
 
-def _at(path: Path, text: str, key: str, message: str) -> str:
-    """Prefix ``message`` with the file and, where it can be found, the line defining ``key``."""
+def _at(path: Path, text: str, key: str, message: str, *, table: str | None = None) -> str:
+    """Prefix ``message`` with the file and, where it can be found, the line defining ``key``
+    (searched for after the ``[table]`` header, when the file has one)."""
+    start = 0
+    if table:
+        header = re.search(rf"^\s*\[\s*[\"']?{re.escape(table)}[\"']?\s*\]", text, re.M)
+        start = header.end() if header else 0
     pattern = re.compile(rf"^\s*(\[\s*)?[\"']?{re.escape(key)}[\"']?\s*(=|\]|\.)", re.M)
-    match = pattern.search(text)
+    match = pattern.search(text, start) or pattern.search(text)
     line = f", line {text.count(chr(10), 0, match.start()) + 1}" if match else ""
     return f"{path}{line}: {message}"
