@@ -18,6 +18,8 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import attrs
 
+from jaxyard.core.errors import JaxyardError
+
 if typing.TYPE_CHECKING:  # pragma: no cover - for annotations only
     import jax
     import numpy
@@ -57,7 +59,7 @@ def _shorten(text: str, limit: int = _MAX_CAUSE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class CheckpointError(Exception):
+class CheckpointError(JaxyardError):
     """A checkpoint could not be saved or restored.
 
     The message is a single line naming where (directory, step) and why::
