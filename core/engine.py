@@ -323,9 +323,10 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, resume_from: str | None) 
             if early["stopped"]:
                 break
             t0 = time.perf_counter()
-            train_sums = loop.train_epoch(epoch)
-            val_sums = loop.evaluate("val")
-            train_sums, val_sums = jax.device_get((train_sums, val_sums))
+            train_sums = jax.device_get(loop.train_epoch(epoch))
+            t1 = time.perf_counter()
+            val_sums = jax.device_get(loop.evaluate("val"))
+            t2 = time.perf_counter()
             (train_loss, train_acc), (val_loss, val_acc) = _means(train_sums), _means(val_sums)
             step = epoch * built.steps_per_epoch
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
@@ -342,7 +343,8 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, resume_from: str | None) 
                 "train_acc": train_acc,
                 "val_loss": val_loss,
                 "val_acc": val_acc,
-                "time": round(time.perf_counter() - t0, 6),
+                "train_time": round(t1 - t0, 6),
+                "val_time": round(t2 - t1, 6),
             }
             history.append(record)
             run_dir.append_metrics(record)

@@ -28,7 +28,7 @@ from jaxyard.core import hookspecs
 from jaxyard.core.entries import HOOKS, KINDS, Entry, PluginInfo
 from jaxyard.core.errors import PluginError, UnknownComponent, UsageError
 from jaxyard.core.params import NoParams, describe
-from jaxyard.core.settings import Settings
+from jaxyard.core.settings import Settings, env_flag
 
 ENTRY_POINT_GROUP = "jaxyard"
 ENV_LOAD = "JAXYARD_LOAD_PLUGINS"  # allow-list of entry-point plugins; empty loads none
@@ -120,7 +120,7 @@ def build_registry(
 
         settings = load_settings()
     if strict is None:
-        strict = os.environ.get(ENV_STRICT, "") not in ("", "0", "false")
+        strict = env_flag(ENV_STRICT)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     blocked = {*settings.disabled, *disable, *_env_list(ENV_DISABLE)}
@@ -163,7 +163,7 @@ def _candidates(settings: Settings, extra: Iterable[str]) -> Iterator[Candidate]
             continue
         seen[ep.name] = dist
         yield Candidate(ep.name, "entry point", ep.value, ep.load, dist, version)
-    for spec in (*settings.local, *extra):
+    for spec in dict.fromkeys((*settings.local, *extra)):  # a plugin named twice loads once
         yield Candidate(spec, "local", spec, _importer(spec))
 
 
@@ -192,7 +192,11 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
 
 
 def _check_hooks(pm: pluggy.PluginManager, plugin: Any) -> tuple[str, ...]:
-    """The hooks ``plugin`` implements; a misspelled one is an error (pluggy's check_pending)."""
+    """The hooks ``plugin`` implements; a misspelled or undecorated one is an error."""
+    for attr in dir(plugin):
+        if attr.startswith(f"{hookspecs.PROJECT}_") and pm.parse_hookimpl_opts(plugin, attr) is None:
+            if callable(getattr(plugin, attr, None)):  # pluggy would silently ignore it
+                raise PluginError(f"defines {attr} without the @jaxyard.hookimpl decorator")
     callers = pm.get_hookcallers(plugin) or []
     for caller in callers:
         if not caller.has_spec():

@@ -1,7 +1,7 @@
 """A run's directory: its resolved config, metrics.jsonl, curves and checkpoints.
 
-metrics.jsonl gets one whole line per epoch, written in a single call and fsynced, so a crash
-never leaves a torn line. On resume it is rewritten (atomically) from the history stored in
+metrics.jsonl gets one whole line per epoch, written by a single ``write`` to a file opened for
+appending, so a killed process never leaves a torn line. On resume it is rewritten (atomically) from the history stored in
 the checkpoint, so it never holds epochs the resumed run will write again.
 """
 
@@ -56,7 +56,6 @@ class RunDir:
         fd = os.open(self / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line.encode())
-            os.fsync(fd)
         finally:
             os.close(fd)
 

@@ -38,6 +38,11 @@ class Settings:
     files: tuple[str, ...] = ()
 
 
+def env_flag(name: str) -> bool:
+    """Whether environment variable ``name`` is on: set, and not "", "0", "false", "no" or "off"."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def shipped_registry() -> Path:
     return Path(str(resources.files("jaxyard") / "registry.toml"))
 

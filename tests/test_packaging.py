@@ -1,0 +1,70 @@
+"""The wheel built from the checkout holds one top-level package, `jaxyard`, and works on its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from helpers import REPO, clean_environ
+
+# What a build must not see: build outputs and caches (the rest of the tree is copied as is, so a
+# packaging mistake that would ship tests/, benchmarks/ or examples/ shows up).
+IGNORE = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "*.whl")
+
+
+def _pip(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pip", *args], cwd=cwd, env=clean_environ(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """Build a wheel of a copy of the checkout, offline where the venv's setuptools is recent enough."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src, out = tmp / "src", tmp / "out"
+    shutil.copytree(REPO, src, ignore=IGNORE)
+    proc = _pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", out, src, cwd=tmp)
+    if proc.returncode != 0:  # e.g. setuptools < 77 cannot read `license = "Apache-2.0"`: use an isolated build
+        first = proc.stdout + proc.stderr
+        proc = _pip("wheel", "--no-deps", "-w", out, src, cwd=tmp)
+        assert proc.returncode == 0, first + proc.stdout + proc.stderr
+    [whl] = out.glob("jaxyard-*.whl")
+    return whl
+
+
+@pytest.mark.slow
+def test_wheel_has_only_the_jaxyard_package(wheel):
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    top = {n.split("/", 1)[0] for n in names}
+    assert top == {"jaxyard", "jaxyard-0.1.0.dist-info"}, top
+    assert {"core", "plugins", "cli.py", "tests", "benchmarks", "examples"}.isdisjoint(top)
+    assert "jaxyard/registry.toml" in names
+    for module in ("__init__.py", "cli.py", "core/registry.py", "core/hookspecs.py", "plugins/optimizers.py", "plugins/checkpointers.py"):
+        assert f"jaxyard/{module}" in names, module
+    assert not [n for n in names if n.startswith(("jaxyard/tests/", "jaxyard/benchmarks/", "jaxyard/examples/", "jaxyard/.venv/"))]
+    assert "jaxyard = jaxyard.cli:main" in entry_points
+
+
+@pytest.mark.slow
+def test_wheel_works_on_its_own(wheel, tmp_path):
+    """Installed from the wheel (not the checkout), the shipped registry.toml is found and list works."""
+    target = tmp_path / "site"
+    proc = _pip("install", "--no-deps", "--no-index", "--target", target, wheel, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    probe = (
+        "import json, jaxyard, jaxyard.core.settings as s, jaxyard.core.registry as r\n"
+        "reg = r.build_registry(s.load_settings())\n"
+        "print(json.dumps([jaxyard.__file__, str(s.shipped_registry()), r.metadata.version('jaxyard'), reg.names('optimizer')]))\n"
+    )
+    env = clean_environ(PYTHONPATH=str(target), JAXYARD_LOAD_PLUGINS="")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    module, registry_toml, version, optimizers = json.loads(proc.stdout)
+    assert module.startswith(str(target)) and registry_toml == str(target / "jaxyard" / "registry.toml")
+    assert version == "0.1.0" and "adam" in optimizers

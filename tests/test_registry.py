@@ -1,0 +1,330 @@
+"""The registry as a library: discovery, validation of entries, failures, filters, and every entry."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import metadata
+from unittest import mock
+
+import pytest
+
+import jaxyard
+from jaxyard.core import params as P
+from jaxyard.core.entries import KINDS
+from jaxyard.core.errors import PluginError, UnknownComponent, UsageError
+from jaxyard.core.registry import build_registry, normalize_kind
+from jaxyard.core.settings import load_settings
+
+from helpers import BROKEN, BROKEN_CASES, EXAMPLE_DIST, fake_entry_point, fake_entry_points
+
+BUILTIN_PLUGINS = [f"jaxyard.plugins.{m}" for m in ("optimizers", "schedulers", "models", "loaders", "checkpointers")]
+
+
+
+def _registry(**kwargs):
+    return build_registry(load_settings(), **kwargs)
+
+
+# --- discovery -------------------------------------------------------------------------------------
+
+
+def test_builtins_and_example_plugin_are_loaded(example_plugin):
+    reg = _registry()
+    names = [p.name for p in reg.plugins]
+    assert names[: len(BUILTIN_PLUGINS)] == BUILTIN_PLUGINS
+    assert all(p.ok and p.source == "builtin" and p.distribution == "jaxyard" for p in reg.plugins[:5])
+    example = reg.plugin("example")
+    assert (example.source, example.module, example.distribution, example.version) == (
+        "entry point",
+        "jaxyard_example_plugin",
+        EXAMPLE_DIST,
+        example_plugin,
+    )
+    assert example.ok and set(example.components) == {"optimizer:signsgd", "scheduler:linear", "model:logreg"}
+    assert example.hooks == ("jaxyard_register_models", "jaxyard_register_optimizers", "jaxyard_register_schedulers")
+    assert reg.get("optimizer", "signsgd").plugin == "example"
+    assert {"adam", "adamw", "sgd", "signsgd"} <= set(reg.names("optimizer"))
+    assert reg.failures == []
+
+
+def test_registry_is_built_fresh_each_time():
+    first = _registry(disable=["example"])
+    second = _registry()
+    assert "signsgd" not in first.names("optimizer")
+    assert "signsgd" in second.names("optimizer")
+
+
+def test_local_plugin_by_path_and_by_module_name(monkeypatch):
+    reg = _registry(plugins=[str(BROKEN / "good_local.py")])
+    info = reg.plugin(str(BROKEN / "good_local.py"))
+    assert info.ok and info.source == "local" and info.components == ("scheduler:halving",)
+    assert reg.get("scheduler", "halving").description == "Half the peak learning rate throughout."
+
+    monkeypatch.syspath_prepend(str(BROKEN))
+    monkeypatch.delitem(sys.modules, "good_local", raising=False)
+    reg = _registry(plugins=["good_local"])
+    assert reg.plugin("good_local").ok and "halving" in reg.names("scheduler")
+    sys.modules.pop("good_local", None)
+
+
+def test_missing_local_plugin_is_reported(tmp_path):
+    reg = _registry(plugins=[str(tmp_path / "nope.py"), "no_such_module_xyz"])
+    errors = {p.name: p.error for p in reg.failures}
+    assert "no such file" in errors[str(tmp_path / "nope.py")]
+    assert "ModuleNotFoundError" in errors["no_such_module_xyz"]
+
+
+# --- broken plugins --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stem, error, leftover", BROKEN_CASES, ids=[c[0] for c in BROKEN_CASES])
+def test_broken_plugin_is_reported_and_skipped(stem, error, leftover):
+    path = str(BROKEN / f"{stem}.py")
+    seen = []
+    reg = _registry(plugins=[path], on_failure=seen.append)
+    [failed] = reg.failures
+    assert seen == [failed]
+    assert failed.name == path and failed.source == "local" and not failed.ok
+    assert error in failed.error and "\n" not in failed.error
+    assert failed.components == () and failed.hooks == ()
+    if leftover:
+        assert leftover[1] not in reg.names(leftover[0])
+    # everything else is intact: every built-in and the example
+    assert all(reg.plugin(name).ok for name in [*BUILTIN_PLUGINS, "example"])
+    assert reg.get("optimizer", "adam").plugin == "jaxyard.plugins.optimizers"
+    assert reg.plugin_manager.get_plugin(path) is None  # unregistered from pluggy too
+    if stem == "raises_on_import":
+        assert "jaxyard_local_raises_on_import" not in sys.modules  # no half-imported module left
+
+
+@pytest.mark.parametrize("stem, error, leftover", BROKEN_CASES, ids=[c[0] for c in BROKEN_CASES])
+def test_broken_plugin_is_fatal_in_strict_mode(stem, error, leftover, monkeypatch):
+    path = str(BROKEN / f"{stem}.py")
+    with pytest.raises(PluginError) as exc:
+        _registry(plugins=[path], strict=True)
+    message = str(exc.value)
+    assert message.startswith(f"plugin {path} failed: ") and error in message and "\n" not in message
+    monkeypatch.setenv("JAXYARD_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError):
+        _registry(plugins=[path])
+    assert _registry(plugins=[path], strict=False).failures  # an explicit argument beats the env
+
+
+@pytest.mark.parametrize("value, strict", [("1", True), ("true", True), ("yes", True), ("0", False), ("false", False), ("off", False), ("", False)])
+def test_strict_env_values(monkeypatch, value, strict):
+    monkeypatch.setenv("JAXYARD_STRICT_PLUGINS", value)
+    path = str(BROKEN / "raises_on_import.py")
+    if strict:
+        with pytest.raises(PluginError):
+            _registry(plugins=[path])
+    else:
+        assert _registry(plugins=[path]).failures
+
+
+def test_a_plugin_named_twice_loads_once():
+    path = str(BROKEN / "good_local.py")
+    reg = _registry(plugins=[path, path], strict=True)
+    assert [p.name for p in reg.plugins].count(path) == 1 and "halving" in reg.names("scheduler")
+
+
+def test_duplicate_message_names_both_plugins():
+    path = str(BROKEN / "duplicate_name.py")
+    [failed] = _registry(plugins=[path]).failures
+    assert "'jaxyard.plugins.optimizers'" in failed.error and f"plugin {path!r} registers it again" in failed.error
+
+
+def test_two_local_plugins_registering_the_same_name(tmp_path):
+    for stem in ("first", "second"):
+        (tmp_path / f"{stem}.py").write_text(
+            "import jaxyard\n\n"
+            "def f(p, *, learning_rate):\n    '''Same name twice.'''\n\n"
+            "@jaxyard.hookimpl\ndef jaxyard_register_optimizers(register):\n    register('twin', f)\n"
+        )
+    first, second = str(tmp_path / "first.py"), str(tmp_path / "second.py")
+    reg = _registry(plugins=[first, second])
+    assert reg.get("optimizer", "twin").plugin == first
+    [failed] = reg.failures
+    assert failed.name == second and repr(first) in failed.error and repr(second) in failed.error
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        ("register('Bad Name', f)", "invalid optimizer name 'Bad Name'"),
+        ("register('ok', 42)", "factory must be callable"),
+        ("register('ok', lambda p, **k: None)", "needs a description"),
+        ("register('ok', f, params=dict)", "params must be an attrs class"),
+    ],
+)
+def test_register_validates_each_entry(tmp_path, call, error):
+    plugin = tmp_path / "invalid_entry.py"
+    plugin.write_text(
+        "import jaxyard\n\ndef f(p, *, learning_rate):\n    '''Doc.'''\n\n"
+        f"@jaxyard.hookimpl\ndef jaxyard_register_optimizers(register):\n    {call}\n"
+    )
+    [failed] = _registry(plugins=[str(plugin)]).failures
+    assert error in failed.error
+
+
+# --- entry points (faked, as core/registry.py reads them) -----------------------------------------
+
+
+@pytest.fixture
+def broken_entry_point(monkeypatch):
+    monkeypatch.syspath_prepend(str(BROKEN))
+    fake_entry_points(monkeypatch, fake_entry_point("broken", "raises_on_import"))
+    yield
+    sys.modules.pop("raises_on_import", None)
+
+
+def test_broken_entry_point_is_reported(broken_entry_point):
+    reg = _registry()
+    failed = reg.plugin("broken")
+    assert (failed.source, failed.distribution, failed.version) == ("entry point", "broken-dist", "6.6.6")
+    assert "RuntimeError: raises_on_import" in failed.error
+    assert failed.label() == "broken (broken-dist 6.6.6)"
+    assert reg.plugin("example").ok
+    with pytest.raises(PluginError, match=r"^plugin broken \(broken-dist 6\.6\.6\) failed: RuntimeError"):
+        _registry(strict=True)
+
+
+def test_entry_point_allow_list(broken_entry_point, monkeypatch):
+    monkeypatch.setenv("JAXYARD_LOAD_PLUGINS", "")
+    reg = _registry()
+    assert [p.name for p in reg.plugins] == BUILTIN_PLUGINS  # built-ins are not entry points
+    monkeypatch.setenv("JAXYARD_LOAD_PLUGINS", "example")
+    assert [p.name for p in _registry().plugins] == [*BUILTIN_PLUGINS, "example"]
+    monkeypatch.setenv("JAXYARD_LOAD_PLUGINS", f" {EXAMPLE_DIST} , broken-dist")  # distribution names too
+    assert [p.name for p in _registry().plugins] == [*BUILTIN_PLUGINS, "broken", "example"]
+
+
+def test_entry_point_name_taken_by_another_distribution(monkeypatch, example_plugin):
+    fake_entry_points(monkeypatch, fake_entry_point("example", "jaxyard_example_plugin", dist="impostor"))
+    reg = _registry()
+    records = [p for p in reg.plugins if p.name == "example"]
+    assert len(records) == 2
+    ok, clash = (records if records[0].ok else records[::-1])
+    assert ok.distribution == EXAMPLE_DIST and "signsgd" in reg.names("optimizer")
+    assert clash.distribution == "impostor"
+    assert clash.error == f"entry point name 'example' is already used by distribution {EXAMPLE_DIST!r}"
+
+
+def test_same_distribution_found_twice_is_not_a_conflict(monkeypatch):
+    [example] = [ep for ep in metadata.entry_points(group="jaxyard") if ep.name == "example"]
+    fake_entry_points(monkeypatch, example)
+    reg = _registry()
+    assert [p.name for p in reg.plugins].count("example") == 1 and reg.failures == []
+
+
+# --- blocking ---------------------------------------------------------------------------------------
+
+
+def test_disable_by_argument_env_and_registry_file(tmp_path, monkeypatch):
+    assert "example" not in [p.name for p in _registry(disable=["example"]).plugins]
+
+    monkeypatch.setenv("JAXYARD_DISABLE_PLUGINS", "example, jaxyard.plugins.models")
+    reg = _registry()
+    assert {"example", "jaxyard.plugins.models"}.isdisjoint(p.name for p in reg.plugins)
+    assert reg.names("model") == []
+    monkeypatch.delenv("JAXYARD_DISABLE_PLUGINS")
+
+    user = tmp_path / "registry.toml"
+    user.write_text('[plugins]\ndisabled = ["example"]\n')
+    reg = build_registry(load_settings(user))
+    assert "example" not in [p.name for p in reg.plugins] and "signsgd" not in reg.names("optimizer")
+
+
+def test_disabled_broken_plugin_is_never_imported():
+    path = str(BROKEN / "raises_on_import.py")
+    reg = _registry(plugins=[path], disable=[path], strict=True)
+    assert reg.failures == [] and path not in [p.name for p in reg.plugins]
+
+
+def test_local_plugins_from_registry_file_are_relative_to_it(tmp_path):
+    user = tmp_path / "sub" / "registry.toml"
+    user.parent.mkdir()
+    (tmp_path / "mine.py").write_text((BROKEN / "good_local.py").read_text())
+    user.write_text('[plugins]\nlocal = ["../mine.py"]\n')
+    reg = build_registry(load_settings(user))
+    assert reg.get("scheduler", "halving").plugin == str((tmp_path / "mine.py").resolve())
+
+
+# --- lookups and filters ----------------------------------------------------------------------------
+
+
+def test_unknown_name_lists_valid_names_and_close_matches():
+    reg = _registry()
+    with pytest.raises(UnknownComponent) as exc:
+        reg.get("optimizer", "adamx")
+    message = str(exc.value)
+    assert message.startswith("unknown optimizer 'adamx'; did you mean adam, adamw?")
+    assert "(valid: adafactor, adam, adamw, lamb, lion, rmsprop, sgd, signsgd)" in message
+    with pytest.raises(UnknownComponent, match=r"valid: .*mlp"):
+        reg.get("models", "zzz")
+
+
+def test_kinds_accept_singular_and_plural_and_refuse_others():
+    assert [normalize_kind(k) for k in ("optimizer", "optimizers", "loaders")] == ["optimizer", "optimizer", "loader"]
+    with pytest.raises(UsageError, match=r"unknown kind 'optimiser'; did you mean optimizer\?"):
+        normalize_kind("optimiser")
+    with pytest.raises(UsageError, match="valid: optimizer, scheduler, model, loader, checkpointer"):
+        _registry().entries("layers")
+
+
+def test_entries_filter_by_kind_and_pattern():
+    reg = _registry()
+    assert [e.name for e in reg.entries("optimizers", "adam*")] == ["adam", "adamw"]
+    assert [e.name for e in reg.entries("optimizer", "*sgd")] == ["sgd", "signsgd"]
+    assert {e.kind for e in reg.entries("scheduler")} == {"scheduler"}
+    everything = reg.entries()
+    assert [KINDS.index(e.kind) for e in everything] == sorted(KINDS.index(e.kind) for e in everything)
+    assert reg.entries(pattern="nothing-matches-*") == []
+
+
+# --- every registered entry -------------------------------------------------------------------------
+
+
+def _all_entries():
+    with mock.patch.dict(os.environ, {k: v for k, v in os.environ.items() if not k.startswith("JAXYARD_")}, clear=True):
+        return _registry().entries()
+
+
+ALL_ENTRIES = _all_entries()
+ALL_IDS = [f"{e.kind}:{e.name}" for e in ALL_ENTRIES]
+
+
+def test_parametrization_covers_builtins_and_example():
+    assert {"optimizer:adam", "model:mlp", "loader:synthetic", "checkpointer:orbax"} <= set(ALL_IDS)
+    assert {"optimizer:signsgd", "scheduler:linear", "model:logreg"} <= set(ALL_IDS)
+    assert all(kind in {e.kind for e in ALL_ENTRIES} for kind in KINDS)
+
+
+@pytest.mark.parametrize("entry", ALL_ENTRIES, ids=ALL_IDS)
+def test_every_entry_is_complete(entry):
+    assert entry.description.strip() and "\n" not in entry.description
+    assert callable(entry.factory)
+    params = P.build(entry.params, {}, where=f"{entry.kind} {entry.name!r}")
+    assert isinstance(params, entry.params)
+    for info in P.describe(entry.params):
+        assert info.doc.strip(), f"{entry.kind} {entry.name}: parameter {info.name} has no doc"
+        assert info.type and info.type != "any", f"{entry.kind} {entry.name}: parameter {info.name} has no type"
+        assert getattr(params, info.name) == info.default
+
+
+@pytest.mark.parametrize("entry", ALL_ENTRIES, ids=ALL_IDS)
+def test_every_entry_shows(entry, run_cli):
+    result = run_cli(["show", entry.kind, entry.name])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{entry.kind} {entry.name}: {entry.description}"
+    params = P.describe(entry.params)
+    if not params:
+        assert "  parameters: none" in lines
+    for info in params:
+        assert any(line.split()[:2] == [info.name, info.type.split()[0]] for line in lines), info.name
+
+
+def test_public_api():
+    assert jaxyard.build_registry is build_registry
+    assert jaxyard.KINDS == KINDS
