@@ -15,6 +15,7 @@ import click
 from jaxyard.core import describe as D
 from jaxyard.core.entries import KINDS
 from jaxyard.core.errors import JaxyardError
+from jaxyard.core.settings import env_flag
 
 ENV_NO_CACHE = "JAXYARD_NO_COMPILE_CACHE"
 
@@ -56,7 +57,7 @@ class JaxyardGroup(click.Group):
         try:
             return super().invoke(ctx)
         except JaxyardError as err:
-            if (ctx.obj and ctx.obj.debug) or os.environ.get("JAXYARD_DEBUG"):
+            if (ctx.obj and ctx.obj.debug) or env_flag("JAXYARD_DEBUG"):
                 raise
             error = click.ClickException(str(err))
             error.exit_code = err.exit_code
@@ -96,8 +97,11 @@ def list_(session, kind, pattern, as_json):
     Examples:
       jaxyard list
       jaxyard list optimizers 'adam*'
+      jaxyard list '*sgd*'
     """
     registry = session.registry
+    if kind and pattern is None and kind.rstrip("s") not in KINDS and any(c in kind for c in "*?["):
+        kind, pattern = None, kind  # `jaxyard list 'adam*'`: a pattern over every kind
     entries = registry.entries(kind, pattern)
     if as_json:
         return _echo_json([D.entry_dict(e, registry) for e in entries])
@@ -130,12 +134,15 @@ def show(session, kind, name, as_json):
     if kind == "run":
         from jaxyard.core.config import RunSettings
 
-        data = {"kind": "run", "name": "run", "description": "the [run] table of registry and config files", "params": D.params_list(RunSettings)}
+        params = D.params_list(RunSettings, session.settings.values.get("run"))
+        data = {"kind": "run", "name": "run", "description": "the [run] table of registry and config files", "params": params}
     else:
         if not name:
             raise click.UsageError("missing NAME: jaxyard show KIND NAME")
         registry = session.registry
-        data = D.entry_dict(registry.get(kind, name), registry, params=True)
+        entry = registry.get(kind, name)
+        configured = session.settings.values.get(entry.kind, {}).get(entry.name)
+        data = D.entry_dict(entry, registry, params=True, configured=configured)
     if as_json:
         return _echo_json(data)
     click.echo(f"{data['kind']} {data['name']}: {data['description']}")
@@ -146,9 +153,17 @@ def show(session, kind, name, as_json):
         click.echo("  parameters: none")
         return
     click.echo("  parameters:")
-    rows = [[p["name"], p["type"], f"= {json.dumps(p['default'], default=str)}", p["doc"]] for p in data["params"]]
+    rows = [[p["name"], p["type"], _value_text(p), p["doc"]] for p in data["params"]]
     for line in D.table(rows, indent="    "):
         click.echo(line)
+
+
+def _value_text(p: dict) -> str:
+    """``= default``, or ``= value`` and where it differs the default, when a registry file sets it."""
+    value = f"= {json.dumps(p.get('configured', p['default']), default=str)}"
+    if "configured" in p and p["configured"] != p["default"]:
+        value += f" (registry; default {json.dumps(p['default'], default=str)})"
+    return value
 
 
 @cli.command()
@@ -192,7 +207,7 @@ def _resolve(session, config_file, sets, **options):
 
 
 def _compile_cache(no_cache: bool):
-    if no_cache or os.environ.get(ENV_NO_CACHE, "") not in ("", "0"):
+    if no_cache or env_flag(ENV_NO_CACHE):
         return None
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "jaxyard" / "jax"

@@ -8,7 +8,7 @@ from jaxyard.core.entries import Entry, PluginInfo
 from jaxyard.core.params import describe
 
 
-def entry_dict(entry: Entry, registry, *, params: bool = False) -> dict[str, Any]:
+def entry_dict(entry: Entry, registry, *, params: bool = False, configured: dict | None = None) -> dict[str, Any]:
     plugin = registry.plugin(entry.plugin)
     out: dict[str, Any] = {
         "kind": entry.kind,
@@ -19,15 +19,23 @@ def entry_dict(entry: Entry, registry, *, params: bool = False) -> dict[str, Any
         "version": plugin.version,
     }
     if params:
-        out["params"] = params_list(entry.params)
+        out["params"] = params_list(entry.params, configured)
     return out
 
 
-def params_list(cls: type) -> list[dict[str, Any]]:
-    return [
-        {"name": p.name, "type": p.type, "default": list(p.default) if isinstance(p.default, tuple) else p.default, "doc": p.doc}
-        for p in describe(cls)
-    ]
+def params_list(cls: type, configured: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each parameter's name, type, default and doc; ``configured``: the value the registry files set."""
+    out = []
+    for p in describe(cls):
+        item = {"name": p.name, "type": p.type, "default": _plain(p.default), "doc": p.doc}
+        if configured and p.name in configured:
+            item["configured"] = _plain(configured[p.name])
+        out.append(item)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def plugin_dict(info: PluginInfo) -> dict[str, Any]:

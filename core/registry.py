@@ -10,6 +10,7 @@ fatal in strict mode.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import fnmatch
 import importlib
 import importlib.util
@@ -244,7 +245,8 @@ def _importer(spec: str) -> Callable[[], Any]:
             path = Path(spec).resolve()
             if not path.is_file():
                 raise FileNotFoundError(f"no such file {path}")
-            name = f"jaxyard_local_{path.stem}"
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]  # same stem, other folder: another module
+            name = f"jaxyard_local_{path.stem}_{digest}"
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module

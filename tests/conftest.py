@@ -88,13 +88,12 @@ def example_plugin() -> str:
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    """No JAXYARD_* settings leak in from the shell; no persistent compile cache; a scratch cwd."""
+def clean_env(monkeypatch):
+    """No JAXYARD_* settings leak in from the shell, and no persistent compile cache."""
     for var in list(os.environ):
         if var.startswith("JAXYARD_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("JAXYARD_NO_COMPILE_CACHE", "1")
-    monkeypatch.chdir(tmp_path)
 
 
 # --- CLI helpers --------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def _lines(run_dir):
 
 def _saving(run_dir):
     ckpts = run_dir / "checkpoints"
-    return ckpts.exists() and any("tmp" in p.name for p in ckpts.iterdir())
+    return ckpts.exists() and any("orbax-checkpoint-tmp" in p.name for p in ckpts.iterdir())
 
 
 KILL_POINTS = {
