@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -206,6 +208,13 @@ def _resolve(session, config_file, sets, **options):
     return resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets)
 
 
+def _progress():
+    """A progress-bar factory when stdout is a terminal; none otherwise (logs stay clean)."""
+    if not sys.stdout.isatty():
+        return None
+    return functools.partial(click.progressbar, show_pos=True)
+
+
 def _compile_cache(no_cache: bool):
     if no_cache or env_flag(ENV_NO_CACHE):
         return None
@@ -234,7 +243,7 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
         return
     from jaxyard.core.engine import train
 
-    train(config, out_dir=out, echo=click.echo, compile_cache=_compile_cache(no_compile_cache))
+    train(config, out_dir=out, echo=click.echo, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
 
 
 @cli.command()
@@ -245,7 +254,7 @@ def resume(session, run_dir, no_compile_cache):
     """Continue an interrupted run from its newest intact checkpoint."""
     from jaxyard.core.engine import resume as resume_run
 
-    resume_run(run_dir, registry=session.registry, echo=click.echo, compile_cache=_compile_cache(no_compile_cache))
+    resume_run(run_dir, registry=session.registry, echo=click.echo, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
 
 
 @cli.command("eval")

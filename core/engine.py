@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from jaxyard.core.data import Dataset, StreamingDataset
 from jaxyard.core.errors import TrainingError, UsageError
 
 Echo = Callable[[str], None]
+Progress = Callable[..., Any]  # click.progressbar's signature: (length=, label=) -> context manager
 RULE = "-" * 40
 
 
@@ -156,7 +158,12 @@ class Loop:
             self.eval_step = steps.eval_step(built.eval_graphdef)
         self.compile_seconds = 0.0
 
-    def train_epoch(self, epoch: int):
+    def train_epoch(self, epoch: int, progress: Progress | None = None):
+        """Train one epoch; returns the device-side (loss sum, correct, count).
+
+        ``progress(length=steps, label=...)`` makes a bar (click.progressbar) for data fed
+        from Python; an in-memory epoch is a single compiled call with nothing to report.
+        """
         b = self.b
         key = jax.random.fold_in(self.key, epoch)
         if isinstance(b.data, Dataset):
@@ -169,12 +176,15 @@ class Loop:
             return sums
         total = jnp.zeros(3)
         bs = b.config.run.batch_size
-        for xb, yb in b.data.batches("train", bs, epoch):
-            xb, yb, mask = _pad(xb, yb, bs)
-            if b.config.run.drop_last and len(xb) and mask.sum() < bs:
-                continue
-            b.state, sums = self.step_fn(b.state, xb, yb, mask)
-            total = total + sums
+        with progress(length=b.steps_per_epoch, label=f"Epoch {epoch}") if progress else nullcontext() as bar:
+            for xb, yb in b.data.batches("train", bs, epoch):
+                xb, yb, mask = _pad(xb, yb, bs)
+                if b.config.run.drop_last and mask.sum() < bs:
+                    continue
+                b.state, sums = self.step_fn(b.state, xb, yb, mask)
+                total = total + sums
+                if bar is not None:
+                    bar.update(1)
         return total
 
     def evaluate(self, split: str):
@@ -209,12 +219,15 @@ def train(
     *,
     out_dir: str | os.PathLike | None = None,
     echo: Echo = _silent,
+    progress: Progress | None = None,
     compile_cache: str | os.PathLike | None = None,
 ) -> RunResult:
     """Train ``config`` in a new run directory and evaluate on the test split.
 
     :param out_dir: the run's directory (must be new or empty); default ``run.out/<timestamp>-...``.
     :param echo: called with each line of progress (the CLI passes ``click.echo``).
+    :param progress: makes a per-epoch progress bar for streamed data (the CLI passes
+        ``click.progressbar`` when writing to a terminal).
     :param compile_cache: a directory for JAX's persistent compilation cache (None: off).
     """
     run = config.run
@@ -226,16 +239,18 @@ def train(
     _header(echo, config, path)
     built = build(config, echo)  # every component is built and checked before anything is written
     run_dir.create(config.to_toml())
-    return _fit(built, run_dir, echo, resume_from=None)
+    return _fit(built, run_dir, echo, progress, resume_from=None)
 
 
-def resume(run_dir: str | os.PathLike, *, registry=None, echo: Echo = _silent, compile_cache=None) -> RunResult:
+def resume(
+    run_dir: str | os.PathLike, *, registry=None, echo: Echo = _silent, progress: Progress | None = None, compile_cache=None
+) -> RunResult:
     """Continue an interrupted run from its newest intact checkpoint, with its saved config."""
     config = load_run_config(run_dir, registry)
     if compile_cache:
         enable_compile_cache(compile_cache)
     _header(echo, config, Path(run_dir))
-    return _fit(build(config, echo), rd.RunDir(run_dir), echo, resume_from="latest")
+    return _fit(build(config, echo), rd.RunDir(run_dir), echo, progress, resume_from="latest")
 
 
 def evaluate(run_dir: str | os.PathLike, *, checkpoint: str = "latest", registry=None, echo: Echo = _silent) -> dict[str, Any]:
@@ -246,7 +261,8 @@ def evaluate(run_dir: str | os.PathLike, *, checkpoint: str = "latest", registry
     try:
         restored = _restore(ckpt, built, checkpoint, echo)
     finally:
-        ckpt.close()
+        with suppress(Exception):  # only reads were made: nothing pending to lose
+            ckpt.close()
     loss, acc = _means(jax.device_get(Loop(built).evaluate("test")))
     echo(f"\nTest (checkpoint step {restored.step}, epoch {restored.meta.get('epoch')}):")
     echo(f"  Test Loss: {loss:.4f}")
@@ -294,7 +310,7 @@ def _header(echo: Echo, config: RunConfig, path: Path) -> None:
     echo(f"  Seed: {run.seed}")
 
 
-def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, resume_from: str | None) -> RunResult:
+def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None, resume_from: str | None) -> RunResult:
     config, run = built.config, built.config.run
     t_start = time.perf_counter()
     ckpt = config.checkpointer.create(directory=run_dir / rd.CHECKPOINTS)
@@ -323,7 +339,7 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, resume_from: str | None) 
             if early["stopped"]:
                 break
             t0 = time.perf_counter()
-            train_sums = jax.device_get(loop.train_epoch(epoch))
+            train_sums = jax.device_get(loop.train_epoch(epoch, progress))
             t1 = time.perf_counter()
             val_sums = jax.device_get(loop.evaluate("val"))
             t2 = time.perf_counter()
@@ -362,8 +378,11 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, resume_from: str | None) 
         echo(RULE)
         train_seconds = time.perf_counter() - t_train
         ckpt.wait()
-    finally:
-        ckpt.close()
+    except BaseException:
+        with suppress(Exception):  # the error on its way out is the one to report
+            ckpt.close()
+        raise
+    ckpt.close()
     echo(f"  Training took {train_seconds:.2f} s (compiling {loop.compile_seconds:.2f} s)")
 
     echo("\n6. Evaluating on test set...")

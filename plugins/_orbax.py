@@ -201,6 +201,7 @@ class OrbaxCheckpointer:
         self.best_mode = best_mode
         self.async_save = bool(async_save)
         self._pending: int | None = None  # step of a save not yet settled
+        self._synced: set[int] = set()  # steps whose files were fsynced before publication
         self._deferred: CheckpointError | None = None  # failure seen by restore()
         self._closed = False
 
@@ -225,6 +226,17 @@ class OrbaxCheckpointer:
             best_fn=self._metric_value,
             best_mode=self.best_mode,
             enable_async_checkpointing=self.async_save,
+            # Create the step's temporary directory inside save(), not in the
+            # background: if that fails (unwritable directory) in the background,
+            # orbax 0.12.8 leaves its writer threads waiting for a "directory
+            # created" signal that never comes, and the process hangs for 5
+            # minutes at exit. Synchronously, save() simply raises.
+            async_options=ocp.options.AsyncOptions(
+                create_directories_asynchronously=False,
+                # runs in orbax's background thread after all items are written
+                # and before the temporary directory is renamed into place
+                post_finalization_callback=self._sync_before_publish if self.async_save else None,
+            ),
             cleanup_tmp_directories=True,  # leftovers of killed/failed saves
             create=True,
         )
@@ -303,6 +315,7 @@ class OrbaxCheckpointer:
         try:
             # force=True: without it orbax silently skips (returns False) when a
             # save is still in progress or step <= latest step.
+            self._pending = step
             self._mgr.save(
                 step,
                 args=ocp.args.Composite(**items),
@@ -310,13 +323,13 @@ class OrbaxCheckpointer:
                 force=True,
             )
         except Exception as exc:
+            self._pending = None
             self._resync()
             raise CheckpointError(
                 f"saving failed: {describe_exception(exc)}; earlier checkpoints were left in place",
                 directory=self._dir,
                 step=step,
             ) from exc
-        self._pending = step
         if not self.async_save:
             self._settle()
 
@@ -375,7 +388,7 @@ class OrbaxCheckpointer:
             try:
                 restored = self._load(candidate)
             except _Damaged as d:
-                log.warning(
+                log.info(  # the caller reports Restored.skipped itself
                     "checkpoint step %s in %s is damaged, passing over it: %s",
                     candidate,
                     self._dir,
@@ -487,16 +500,18 @@ class OrbaxCheckpointer:
         """Wait for the pending save; make it durable; raise CheckpointError if it failed."""
         if self._pending is None:
             return
-        step, self._pending = self._pending, None
+        step = self._pending
         try:
             self._mgr.wait_until_finished()
         except Exception as exc:
+            self._pending = None
             self._resync()
             raise CheckpointError(
                 f"saving failed: {describe_exception(exc)}; earlier checkpoints were left in place",
                 directory=self._dir,
                 step=step,
             ) from exc
+        self._pending = None  # only now: the background callback reads it
         final = self._dir / str(step)
         if not final.is_dir():
             self._resync()
@@ -507,14 +522,29 @@ class OrbaxCheckpointer:
                 step=step,
             )
         try:
-            _fsync_tree(final)
-            _fsync_dir(self._dir)
+            if step in self._synced:
+                self._synced.discard(step)
+            else:
+                _fsync_tree(final)
+            _fsync_dir(self._dir)  # the rename
         except OSError as exc:
             raise CheckpointError(
                 f"could not flush the checkpoint to disk: {describe_exception(exc)}",
                 directory=self._dir,
                 step=step,
             ) from exc
+
+    def _sync_before_publish(self) -> None:
+        """fsync the pending step's files before orbax renames its directory into
+        place (async saves only), so a finished step is a durable one."""
+        step = self._pending
+        if step is None:
+            return
+        tmp_dirs = [p for p in self._dir.glob(f"{step}.orbax-checkpoint-tmp*") if p.is_dir()]
+        for tmp in tmp_dirs:
+            _fsync_tree(tmp)
+        if tmp_dirs:
+            self._synced.add(step)
 
     def _resync(self) -> None:
         """Re-read the step list from disk (orbax drops steps from its in-memory

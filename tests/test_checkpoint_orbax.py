@@ -151,6 +151,27 @@ def test_async_save_returns_then_wait_makes_it_durable(tmp_path):
         assert_bit_exact(c2.restore().arrays, make_arrays(6))
 
 
+@pytest.mark.parametrize("async_save", [True, False])
+def test_files_are_fsynced(tmp_path, monkeypatch, async_save):
+    import jaxyard.plugins._orbax as impl
+
+    calls = []
+    real = impl._fsync_tree
+
+    def spy(root):
+        calls.append((pathlib.Path(root).name, (tmp_path / "ckpt" / "4").exists()))
+        real(root)
+
+    monkeypatch.setattr(impl, "_fsync_tree", spy)
+    with OrbaxCheckpointer(tmp_path / "ckpt", async_save=async_save) as c:
+        c.save(4, make_arrays(4), make_meta(4))
+        c.wait()
+    if async_save:  # in the background, before the step is renamed into place
+        assert len(calls) == 1 and calls[0][0].startswith("4.orbax-checkpoint-tmp") and not calls[0][1]
+    else:
+        assert calls == [("4", True)]
+
+
 def test_save_copies_jax_cpu_buffers(tmp_path):
     """np.asarray of a jax CPU array is a view of the device buffer: must be copied."""
     import jax
@@ -564,6 +585,40 @@ def test_step_directory_deleted_behind_its_back(tmp_path):
         c.save(3, make_arrays(3), make_meta(3))
         c.save(4, make_arrays(4), make_meta(4))
         assert c.steps() == [3, 4]
+
+
+def test_unwritable_directory_does_not_hang_the_process(tmp_path):
+    """A step directory that cannot be created must fail save() promptly; orbax
+    creating it in the background left threads waiting 5 minutes at exit."""
+    code = textwrap.dedent(
+        """
+        import os, pathlib, sys
+        import numpy as np
+        from jaxyard.core.checkpoint import CheckpointError
+        from jaxyard.plugins._orbax import OrbaxCheckpointer
+        d = pathlib.Path(sys.argv[1]) / "ckpt"
+        c = OrbaxCheckpointer(d, async_save=True)
+        c.save(1, {"a": np.ones(100, np.float32)}, {})
+        c.wait()
+        os.rename(d, d.with_name("moved"))
+        d.write_text("a file where the directory was")  # mkdir inside fails, even as root
+        try:
+            c.save(2, {"a": np.ones(100, np.float32)}, {})
+            c.wait()
+        except CheckpointError as e:
+            print("CheckpointError:", e)
+        try:
+            c.close()
+        except CheckpointError:
+            pass
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CheckpointError: checkpoint step 2" in out.stdout
+    assert (tmp_path / "moved" / "1").is_dir()
 
 
 # ----------------------------------------------------------- bad arguments

@@ -173,3 +173,25 @@ def test_an_existing_run_is_never_overwritten(tmp_path, registry):
     with pytest.raises(jaxyard.UsageError, match="is not empty"):
         jaxyard.train(config(registry), out_dir=out)
     assert (out / "metrics.jsonl").read_bytes() == before
+
+
+def test_streaming_epochs_report_progress_per_step(registry):
+    """The per-epoch progress bar (click.progressbar in a terminal) advances once per batch."""
+    updates = []
+
+    class Bar:
+        def __init__(self, length, label):
+            updates.append((label, length))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            updates.append(n)
+
+    built = engine.build(config(registry, loader="stream"))
+    engine.Loop(built).train_epoch(1, progress=Bar)
+    assert updates == [("Epoch 1", 7), *[1] * 7]
