@@ -83,7 +83,9 @@ def build(config: RunConfig, echo: Echo = _silent) -> Built:
         echo(f"  {label} samples: {sizes[split] if sizes[split] is not None else 'streamed'}")
     if sizes["train"] is None:
         raise UsageError(f"loader {config.loader.name!r} must give the size of its train split (StreamingDataset sizes=...)")
-    steps_per_epoch, _ = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last) if sizes["train"] else (0, 0)
+    if isinstance(data, Dataset):
+        _check_dataset(config.loader.name, data)
+    steps_per_epoch, _ = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)
 
     echo("\n3. Creating model...")
     key = jax.random.key(run.seed)
@@ -121,6 +123,19 @@ def build(config: RunConfig, echo: Echo = _silent) -> Built:
     if isinstance(data, Dataset):
         device_data = {s: (jnp.asarray(getattr(data, s).x), jnp.asarray(getattr(data, s).y)) for s in ("train", "val", "test")}
     return Built(config, data, train_graphdef, eval_graphdef, state, schedule, steps_per_epoch, device_data, num_params)
+
+
+def _check_dataset(name: str, data: Dataset) -> None:
+    """Splits with as many labels as examples, at least one of each, labels below num_classes."""
+    for split in ("train", "val", "test"):
+        part = getattr(data, split)
+        if len(part.x) != len(part.y) or len(part.y) == 0:
+            raise UsageError(f"loader {name!r}: the {split} split has {len(part.x)} examples and {len(part.y)} labels")
+        low, high = int(np.min(part.y)), int(np.max(part.y))
+        if low < 0 or high >= data.num_classes:
+            raise UsageError(
+                f"loader {name!r}: {split} labels range over {low}..{high}, outside 0..{data.num_classes - 1} (num_classes)"
+            )
 
 
 def _check_fit(config: RunConfig, model, data) -> None:
@@ -317,6 +332,7 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None
     loop = Loop(built)
     history: list[dict] = []
     early = {"best": None, "bad_epochs": 0, "stopped": False}
+    last_saved = None
     try:
         start = 0
         if resume_from:
@@ -328,13 +344,13 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None
                 echo(f"  No checkpoint to resume from ({err}); starting from epoch 1")
             else:
                 start, history, early = restored.meta["epoch"], list(restored.meta["history"]), dict(restored.meta["early_stopping"])
+                last_saved = restored.step
                 echo(f"  Resuming after epoch {start} (checkpoint step {restored.step})")
             run_dir.rewrite_metrics(history)
 
         echo("\n5. Starting training...")
         echo(RULE)
         t_train = time.perf_counter()
-        last_saved = None
         for epoch in range(start + 1, run.epochs + 1):
             if early["stopped"]:
                 break

@@ -177,13 +177,13 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
         pm.register(plugin, name=c.name)
         hooks = _check_hooks(pm, plugin)
         staged: dict[tuple[str, str], Entry] = {}
+        callers = {caller.name: caller for caller in pm.get_hookcallers(plugin) or ()}
         for kind in KINDS:
-            for impl in pm.get_hookcallers(plugin) or ():
-                if impl.name != HOOKS[kind]:
-                    continue
-                for hookimpl in impl.get_hookimpls():
-                    if hookimpl.plugin is plugin:
-                        hookimpl.function(register=_register_fn(kind, c.name, staged, entries))
+            caller = callers.get(HOOKS[kind])
+            for impl in caller.get_hookimpls() if caller else ():
+                if impl.plugin is plugin:  # pluggy passes an implementation only the arguments it names
+                    register = _register_fn(kind, c.name, staged, entries)
+                    impl.function(**{name: register for name in impl.argnames})
     except Exception as err:  # a plugin's own bug must not take the registry down
         if plugin is not None and pm.is_registered(plugin):
             pm.unregister(plugin)

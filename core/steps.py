@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxyard.core.errors import UsageError
+
 
 def _masked_loss(model, x, y, mask):
     logits = model(x)
@@ -35,7 +37,7 @@ def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
     """Steps per epoch and the padded length they cover."""
     steps = n // batch_size if drop_last else math.ceil(n / batch_size)
     if steps < 1:
-        raise ValueError(f"{n} training examples make no full batch of {batch_size} (drop_last is on)")
+        raise UsageError(f"{n} training examples make no full batch of run.batch_size = {batch_size} (run.drop_last is on)")
     return steps, steps * batch_size
 
 

@@ -1,0 +1,94 @@
+"""`jaxyard run`, `resume` and `eval` through click's CliRunner: real training, tiny data."""
+
+import json
+import tomllib
+
+from helpers import assert_one_line_error
+
+TINY = [
+    "--set", "loader.train_size=96",
+    "--set", "loader.val_size=32",
+    "--set", "loader.test_size=32",
+    "--set", "loader.features=16",
+    "--set", "run.warmup_steps=2",
+]
+
+
+def test_run_prints_the_seed_stages_and_writes_the_run(run_cli, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(["run", *TINY, "--set", "model.hidden_dims=32", "--epochs", "2", "--out", out])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    stages = ["1. Setting up configuration", "2. Loading data", "3. Creating model", "4. Setting up optimizer",
+              "5. Starting training", "6. Evaluating on test set", "7. Plotting training curves"]
+    positions = [result.stdout.index(stage) for stage in stages]
+    assert positions == sorted(positions)
+    for line in ("Epoch 2/2", "  Train - Loss: ", "  Val   - Loss: ", "Checkpoint saved: step 6 (epoch 2)",
+                 "  Test Loss: ", "  Test Accuracy: ", f"Training curves saved to {out}"):
+        assert line in result.stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["6"]
+
+
+def test_third_party_components_run_end_to_end(run_cli, tmp_path):
+    """The example package's optimizer, schedule and model, found through its entry point, train."""
+    out = tmp_path / "run"
+    args = ["run", *TINY, "--optimizer", "signsgd", "--scheduler", "linear", "--model", "logreg",
+            "--checkpointer", "none", "--epochs", "3", "--lr", "1e-3", "--out", out]
+    result = run_cli(args)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    saved = tomllib.loads((out / "config.toml").read_text())
+    assert saved["optimizer"] == {"signsgd": {"weight_decay": 0.0}}
+    assert saved["model"] == {"logreg": {}} or "logreg" in saved["model"]
+
+
+def test_config_file_then_command_line(run_cli, tmp_path):
+    experiment = tmp_path / "experiment.toml"
+    experiment.write_text('[run]\noptimizer = "sgd"\nepochs = 7\n\n[optimizer.sgd]\nmomentum = 0.9\nnesterov = true\n')
+    out = tmp_path / "run"
+    result = run_cli(["run", "--config", experiment, *TINY, "--epochs", "1", "--checkpointer", "none", "--out", out])
+    assert result.exit_code == 0, result.stderr
+    saved = tomllib.loads((out / "config.toml").read_text())
+    assert saved["run"]["epochs"] == 1 and saved["run"]["optimizer"] == "sgd"
+    assert saved["optimizer"]["sgd"] == {"momentum": 0.9, "nesterov": True, "weight_decay": 0.0}
+
+
+def test_saved_config_repeats_the_run(run_cli, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run_cli(["run", *TINY, "--epochs", "2", "--checkpointer", "none", "--seed", "5", "--out", first]).exit_code == 0
+    assert run_cli(["run", "--config", first / "config.toml", "--out", second]).exit_code == 0
+
+    def numbers(d):
+        return [{k: v for k, v in json.loads(line).items() if not k.endswith("time")} for line in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert numbers(first) == numbers(second)
+
+
+def test_a_diverging_run_is_one_line_and_exit_1(run_cli, tmp_path):
+    args = ["run", *TINY, "--optimizer", "sgd", "--lr", "1e30", "--set", "model.dropout_rate=0.0", "--out", tmp_path / "run"]
+    assert_one_line_error(run_cli(args), "training diverged at epoch 1", exit_code=1)
+
+
+def test_refused_values_write_nothing(run_cli, tmp_path):
+    out = tmp_path / "run"
+    for bad in (["--lr", "-1"], ["--batch-size", "0"], ["--set", "model.dropout_rate=1.0"], ["--set", "optimizer.b1=high"]):
+        assert_one_line_error(run_cli(["run", *TINY, *bad, "--out", out]), exit_code=2)
+    assert not out.exists()
+
+
+def test_eval_and_resume_of_a_finished_run(run_cli, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["run", *TINY, "--epochs", "2", "--out", out]).exit_code == 0
+    before = (out / "metrics.jsonl").read_text()
+    result = run_cli(["eval", out, "--checkpoint", "latest"])
+    assert result.exit_code == 0 and "Test Accuracy:" in result.stdout
+    assert_one_line_error(run_cli(["eval", out, "--checkpoint", "99"]), "99", exit_code=1)
+    assert_one_line_error(run_cli(["eval", out, "--checkpoint", "newest"]), "expected latest, best or a step number")
+    result = run_cli(["resume", out])
+    assert result.exit_code == 0, result.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_resume_of_something_else_is_refused(run_cli, tmp_path):
+    assert_one_line_error(run_cli(["resume", tmp_path]), "not a jaxyard run directory")
