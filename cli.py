@@ -53,16 +53,20 @@ class Session:
 
 
 class JaxyardGroup(click.Group):
-    """Turns a JaxyardError into one line on stderr and its exit code (a traceback with --debug)."""
+    """Turns a JaxyardError (or an OSError) into one line on stderr and its exit code; --debug re-raises."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except JaxyardError as err:
+        except (JaxyardError, OSError) as err:
             if (ctx.obj and ctx.obj.debug) or env_flag("JAXYARD_DEBUG"):
                 raise
-            error = click.ClickException(str(err))
-            error.exit_code = err.exit_code
+            if isinstance(err, OSError):  # a full disk, a file that vanished: name it, exit 1
+                where = f"{err.filename}: " if err.filename else ""
+                error = click.ClickException(f"{where}{err.strerror or err}")
+            else:
+                error = click.ClickException(str(err))
+                error.exit_code = err.exit_code
             raise error from None
 
 
@@ -244,6 +248,38 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
     from jaxyard.core.engine import train
 
     train(config, out_dir=out, echo=click.echo, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
+
+
+@cli.command()
+@_run_options
+@click.option("--points", default=11, show_default=True, help="Rows of the table.")
+@click.option("--png", metavar="FILE", help="Also plot the rate at every step to this PNG.")
+@click.pass_obj
+def schedule(session, config_file, sets, points, png, **options):
+    """Print the learning rate over a run of the given configuration (nothing is trained).
+
+    \b
+    Examples:
+      jaxyard schedule
+      jaxyard schedule --scheduler exponential --set scheduler.decay_rate=0.9 --epochs 20 --png lr.png
+    """
+    config = _resolve(session, config_file, sets, **options)
+    from jaxyard.core.engine import schedule_points
+
+    info = schedule_points(config, points)
+    run = config.run
+    click.echo(
+        f"{config.scheduler.name}: peak {run.learning_rate:g}, warmup {info['warmup_steps']} steps, "
+        f"{info['total_steps']} steps ({run.epochs} epochs of {info['steps_per_epoch']})"
+    )
+    for line in D.table([["step", "epoch", "learning rate"]] + [
+        [str(step), f"{step / info['steps_per_epoch']:.1f}", f"{lr:.6g}"] for step, lr in info["table"]
+    ]):
+        click.echo(line)
+    if png:
+        from jaxyard.core.plot import plot_schedule
+
+        click.echo(f"Plot saved to {plot_schedule(info['every_step'], Path(png), title=config.scheduler.name)}")
 
 
 @cli.command()

@@ -32,7 +32,7 @@ class RunSettings:
     learning_rate: float = P.param(1e-3, "peak learning rate, given to the schedule", validator=v.gt(0.0))
     warmup_steps: int = P.param(0, "linear warmup from 0 to the peak rate, before any schedule", validator=v.ge(0))
     clip_norm: float = P.param(0.0, "clip gradients to this global norm (0: off)", validator=v.ge(0.0))
-    seed: int = P.param(0, "seeds the data, the initialisation, dropout and the shuffle")
+    seed: int = P.param(0, "seeds the initialisation, dropout and the shuffle", validator=[v.ge(0), v.lt(2**31)])
     drop_last: bool = P.param(False, "drop the last partial batch instead of padding and masking it")
     eval_batch_size: int = P.param(1000, "examples per evaluation step (speed only)", validator=v.ge(1))
     save_every: int = P.param(5, "save a checkpoint every N epochs (the last epoch is always saved)", validator=v.ge(1))
@@ -105,7 +105,9 @@ def resolve_config(
     """
     values = settings.values
     if config_file:
-        values = merge(values, read_config_file(config_file))
+        experiment = read_config_file(config_file)
+        _check_component_tables(registry, experiment, config_file)
+        values = merge(values, experiment)
     run_values = dict(values.get("run", {}))
     run_values.update({k: val for k, val in (options or {}).items() if val is not None})
     component_sets: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
@@ -126,6 +128,21 @@ def resolve_config(
     return RunConfig(run, choices)
 
 
+def _check_component_tables(registry, data: dict[str, Any], path: str) -> None:
+    """Every ``[KIND.NAME]`` table of an experiment file names a registered component and its keys,
+    chosen or not: a typo there is caught now, not in a later run."""
+    for kind in KINDS:
+        for name, table in data.get(kind, {}).items():
+            try:
+                entry = registry.get(kind, name)
+            except UsageError as err:
+                raise UsageError(f"{path}: [{kind}.{name}]: {err}") from None
+            try:
+                P.build(entry.params, table, where=f"[{kind}.{name}]")
+            except UsageError as err:
+                raise UsageError(f"{path}: {err}") from None
+
+
 def parse_set(item: str) -> tuple[str, str, Any]:
     """Split ``optimizer.momentum=0.9`` into ``("optimizer", "momentum", 0.9)``."""
     target, sep, text = item.partition("=")
@@ -135,4 +152,4 @@ def parse_set(item: str) -> tuple[str, str, Any]:
     sections = ("run", *KINDS)
     if section not in sections:
         raise UsageError(f"--set {item!r}: unknown section {section!r} (valid: {', '.join(sections)})")
-    return section, key, P.parse_value(text.strip())
+    return section, key, P.CommandLineText(text.strip())

@@ -75,20 +75,10 @@ def build(config: RunConfig, echo: Echo = _silent) -> Built:
     """Load the data, build the model, schedule and optimizer, and check they fit together."""
     run = config.run
     echo(f"\n2. Loading data ({config.loader.name})...")
-    data = config.loader.create(seed=run.seed)
-    if not isinstance(data, (Dataset, StreamingDataset)):
-        raise UsageError(f"loader {config.loader.name!r} returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
-    sizes = data.sizes()
-    for split, label in (("train", "Train"), ("val", "Validation"), ("test", "Test")):
-        echo(f"  {label} samples: {sizes[split] if sizes[split] is not None else 'streamed'}")
-    if sizes["train"] is None:
-        raise UsageError(f"loader {config.loader.name!r} must give the size of its train split (StreamingDataset sizes=...)")
-    if isinstance(data, Dataset):
-        _check_dataset(config.loader.name, data)
-    steps_per_epoch, _ = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)
+    data, steps_per_epoch = load_data(config, echo)
 
     echo("\n3. Creating model...")
-    key = jax.random.key(run.seed)
+    key = jax.random.key(run.seed, impl="threefry2x32")  # not the global default: resume elsewhere matches
     rngs = nnx.Rngs(params=jax.random.fold_in(key, 0), dropout=jax.random.fold_in(key, 1))
     model = config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
     if not isinstance(model, nnx.Module):
@@ -98,14 +88,9 @@ def build(config: RunConfig, echo: Echo = _silent) -> Built:
     echo(f"  Model created: {config.model.name}, {num_params:,} parameters ({_describe(config.model.params)})")
 
     echo("\n4. Setting up optimizer and scheduler...")
-    total = steps_per_epoch * run.epochs
-    warmup = min(run.warmup_steps, total)
-    decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
-    if warmup:
-        ramp = optax.linear_schedule(0.0, run.learning_rate, warmup)
-        schedule = optax.join_schedules([ramp, decay], [warmup])
-    else:
-        schedule = decay
+    schedule, warmup, total = make_schedule(config, steps_per_epoch)
+    if run.warmup_steps >= total:
+        echo(f"  Note: run.warmup_steps = {run.warmup_steps} covers the whole run of {total} steps: the rate only rises")
     tx = config.optimizer.create(learning_rate=schedule)
     if run.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(run.clip_norm), tx)
@@ -125,12 +110,63 @@ def build(config: RunConfig, echo: Echo = _silent) -> Built:
     return Built(config, data, train_graphdef, eval_graphdef, state, schedule, steps_per_epoch, device_data, num_params)
 
 
+def load_data(config: RunConfig, echo: Echo = _silent) -> tuple[Dataset | StreamingDataset, int]:
+    """The loader's data, checked, and the number of training steps per epoch."""
+    run, name = config.run, config.loader.name
+    data = config.loader.create(seed=run.seed)
+    if not isinstance(data, (Dataset, StreamingDataset)):
+        raise UsageError(f"loader {name!r} returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
+    sizes = data.sizes()
+    for split, label in (("train", "Train"), ("val", "Validation"), ("test", "Test")):
+        echo(f"  {label} samples: {sizes[split] if sizes[split] is not None else 'streamed'}")
+    if not sizes["train"]:
+        raise UsageError(f"loader {name!r} must give the size of its train split (StreamingDataset sizes=...)")
+    if isinstance(data, Dataset):
+        _check_dataset(name, data)
+    return data, steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
+
+
+def make_schedule(config: RunConfig, steps_per_epoch: int) -> tuple[Callable[[int], Any], int, int]:
+    """The run's learning-rate schedule: linear warmup, then the chosen schedule to the last step.
+
+    Returns ``(schedule, warmup_steps, total_steps)``; the chosen schedule spans
+    ``total_steps - warmup_steps``, the steps the run will actually take.
+    """
+    run = config.run
+    total = steps_per_epoch * run.epochs
+    warmup = min(run.warmup_steps, total)
+    decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
+    if not warmup:
+        return decay, 0, total
+    ramp = optax.linear_schedule(0.0, run.learning_rate, warmup)
+    return optax.join_schedules([ramp, decay], [warmup]), warmup, total
+
+
+def schedule_points(config: RunConfig, points: int = 11) -> dict[str, Any]:
+    """The learning rate at ``points`` evenly spaced steps of the run (and every step for a plot)."""
+    _, steps_per_epoch = load_data(config)
+    schedule, warmup, total = make_schedule(config, steps_per_epoch)
+    every = np.asarray(jax.vmap(schedule)(jnp.arange(total + 1)))
+    marks = sorted({round(i * total / max(points - 1, 1)) for i in range(points)} | ({warmup} if warmup else set()))
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "warmup_steps": warmup,
+        "total_steps": total,
+        "table": [(int(m), float(every[m])) for m in marks],
+        "every_step": every,
+    }
+
+
 def _check_dataset(name: str, data: Dataset) -> None:
     """Splits with as many labels as examples, at least one of each, labels below num_classes."""
     for split in ("train", "val", "test"):
         part = getattr(data, split)
-        if len(part.x) != len(part.y) or len(part.y) == 0:
-            raise UsageError(f"loader {name!r}: the {split} split has {len(part.x)} examples and {len(part.y)} labels")
+        if len(part.x) != len(part.y) or len(part.y) == 0 or np.ndim(part.y) != 1:
+            raise UsageError(f"loader {name!r}: the {split} split has {len(part.x)} examples and labels of shape {np.shape(part.y)}")
+        if part.x.shape[1:] != data.train.x.shape[1:]:
+            raise UsageError(f"loader {name!r}: {split} examples have shape {part.x.shape[1:]}, train examples {data.train.x.shape[1:]}")
+        if not np.issubdtype(part.y.dtype, np.integer):
+            raise UsageError(f"loader {name!r}: {split} labels must be integers, got dtype {part.y.dtype}")
         low, high = int(np.min(part.y)), int(np.max(part.y))
         if low < 0 or high >= data.num_classes:
             raise UsageError(
@@ -163,7 +199,7 @@ class Loop:
     def __init__(self, built: Built):
         self.b = built
         run = built.config.run
-        self.key = jax.random.fold_in(jax.random.key(run.seed), 2)
+        self.key = jax.random.fold_in(jax.random.key(run.seed, impl="threefry2x32"), 2)
         self.evaluate_fn = steps.make_evaluate(built.eval_graphdef, run.eval_batch_size)
         if isinstance(built.data, Dataset):
             x, y = built.device_data["train"]
@@ -171,7 +207,7 @@ class Loop:
         else:
             self.step_fn = steps.make_train_step(built.train_graphdef)
             self.eval_step = steps.eval_step(built.eval_graphdef)
-        self.compile_seconds = 0.0
+        self.compile_seconds: float | None = 0.0 if isinstance(built.data, Dataset) else None  # streamed: not separable
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
         """Train one epoch; returns the device-side (loss sum, correct, count).
@@ -246,14 +282,17 @@ def train(
     :param compile_cache: a directory for JAX's persistent compilation cache (None: off).
     """
     run = config.run
-    path = Path(out_dir) if out_dir else rd.default_run_dir(run.out, run.optimizer, run.model, run.loader)
-    run_dir = rd.RunDir(path)
-    run_dir.check_new()
+    config_toml = config.to_toml()
+    run_dir = rd.RunDir.new(out_dir, base=run.out, name=f"{run.model}-{run.optimizer}-{run.loader}")
     if compile_cache:
         enable_compile_cache(compile_cache)
-    _header(echo, config, path)
-    built = build(config, echo)  # every component is built and checked before anything is written
-    run_dir.create(config.to_toml())
+    try:
+        _header(echo, config, run_dir.path)
+        built = build(config, echo)  # every component is built and checked before anything is written
+    except BaseException:
+        run_dir.discard()
+        raise
+    run_dir.write_config(config_toml)
     return _fit(built, run_dir, echo, progress, resume_from=None)
 
 
@@ -341,7 +380,12 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None
             except CheckpointError as err:
                 if ckpt.steps():
                     raise
-                echo(f"  No checkpoint to resume from ({err}); starting from epoch 1")
+                if (run_dir / rd.SUMMARY).exists():
+                    raise UsageError(
+                        f"{run_dir.path} finished and has no checkpoint to resume from "
+                        f"(checkpointer {config.checkpointer.name!r}); nothing to do"
+                    ) from None
+                echo(f"  No checkpoint to resume from ({err}); starting again from epoch 1")
             else:
                 start, history, early = restored.meta["epoch"], list(restored.meta["history"]), dict(restored.meta["early_stopping"])
                 last_saved = restored.step
@@ -399,12 +443,18 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None
             ckpt.close()
         raise
     ckpt.close()
-    echo(f"  Training took {train_seconds:.2f} s (compiling {loop.compile_seconds:.2f} s)")
+    compiled = f" (compiling {loop.compile_seconds:.2f} s)" if loop.compile_seconds is not None else ""
+    echo(f"  Training took {train_seconds:.2f} s{compiled}")
 
     echo("\n6. Evaluating on test set...")
     test_loss, test_acc = _means(jax.device_get(loop.evaluate("test")))
     echo(f"  Test Loss: {test_loss:.4f}")
     echo(f"  Test Accuracy: {test_acc:.4f}")
+
+    timings = {"total_s": time.perf_counter() - t_start, "train_s": train_seconds, "compile_s": loop.compile_seconds}
+    test = {"test_loss": test_loss, "test_acc": test_acc}
+    summary = {"test": test, "epochs_run": len(history), "stopped_early": early["stopped"], "timings": timings, "versions": _versions()}
+    rd.write_atomic(run_dir / rd.SUMMARY, _json(summary))
 
     echo("\n7. Plotting training curves...")
     if history:
@@ -412,15 +462,16 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None
 
         png = plot_curves(history, run_dir / rd.CURVES)
         echo(f"  Training curves saved to {png}")
-    timings = {
-        "total_s": time.perf_counter() - t_start,
-        "train_s": train_seconds,
-        "compile_s": loop.compile_seconds,
-    }
-    test = {"test_loss": test_loss, "test_acc": test_acc}
-    rd.write_atomic(run_dir / rd.SUMMARY, _json({"test": test, "epochs_run": len(history), "stopped_early": early["stopped"], "timings": timings}))
     echo(f"\nRun finished in {timings['total_s']:.1f} s: {run_dir.path}")
     return RunResult(run_dir.path, history, test, early["stopped"], timings)
+
+
+def _versions() -> dict[str, str]:
+    """What produced the numbers: bit-identical results need the same libraries and backend."""
+    import flax
+    import jaxlib
+
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__, "backend": jax.default_backend()}
 
 
 def _early_stopping(early: dict, record: dict, run) -> None:

@@ -51,12 +51,16 @@ def field_types(cls: type) -> dict[str, Any]:
         return {f.name: (f.type if not isinstance(f.type, str) else Any) for f in attrs.fields(cls)}
 
 
+class CommandLineText(str):
+    """A value typed on the command line (``--set``): read once the type it is for is known."""
+
+
 def parse_value(text: str) -> Any:
     """Read a command-line value as a TOML literal (``0.9``, ``true``, ``[1, 2]``), else as a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        return str(text)
 
 
 def build(cls: type, values: dict[str, Any], *, where: str):
@@ -91,6 +95,9 @@ def coerce(value: Any, tp: Any, *, where: str) -> Any:
         return value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if isinstance(value, CommandLineText) and origin not in (typing.Union, types.UnionType):
+        parsed = parse_value(value)  # `--set run.out=2024` is a name, `--set run.out='"a b"'` one too
+        value = (parsed if isinstance(parsed, str) else str(value)) if tp is str else parsed
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() == "none" and type(None) in args):
             if type(None) in args:
@@ -119,6 +126,8 @@ def coerce(value: Any, tp: Any, *, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise UsageError(f"{where}: expected true or false, got {value!r}")

@@ -1,4 +1,4 @@
-"""The training-curves figure: loss and accuracy (train vs val) and the learning rate."""
+"""The figures jaxyard writes: a run's training curves, and a learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -11,9 +11,6 @@ DPI = 100
 
 def plot_curves(history: list[dict], path: Path) -> Path:
     """Write the curves of ``history`` (metrics.jsonl records) as a PNG, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -31,6 +28,23 @@ def plot_curves(history: list[dict], path: Path) -> Path:
     ax_lr.grid(alpha=0.3)
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, path)
+
+
+def plot_schedule(rates, path: Path, *, title: str = "") -> Path:
+    """Write the learning rate at every step as a PNG, atomically."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(range(len(rates)), rates, color="tab:green")
+    ax.set(title=f"Learning rate: {title}".rstrip(": "), xlabel="step", ylabel="learning rate")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Render to a temporary file, then rename: a killed process never leaves half a PNG."""
     tmp = path.with_name(path.name + ".tmp")
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)

@@ -173,8 +173,11 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
     info = PluginInfo(c.name, c.source, c.module, c.distribution, c.version)
     plugin = None
     try:
-        plugin = c.load()
-        pm.register(plugin, name=c.name)
+        loaded = c.load()
+        if pm.is_registered(loaded):
+            raise PluginError(f"is the same module as plugin {pm.get_name(loaded)!r}, which is already loaded")
+        pm.register(loaded, name=c.name)
+        plugin = loaded  # from here on, a failure must unregister it
         hooks = _check_hooks(pm, plugin)
         staged: dict[tuple[str, str], Entry] = {}
         callers = {caller.name: caller for caller in pm.get_hookcallers(plugin) or ()}
@@ -185,7 +188,7 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
                     register = _register_fn(kind, c.name, staged, entries)
                     impl.function(**{name: register for name in impl.argnames})
     except Exception as err:  # a plugin's own bug must not take the registry down
-        if plugin is not None and pm.is_registered(plugin):
+        if plugin is not None:
             pm.unregister(plugin)
         return attrs.evolve(info, error=_one_line(err))
     entries.update(staged)

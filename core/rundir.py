@@ -21,35 +21,51 @@ CHECKPOINTS = "checkpoints"
 SUMMARY = "summary.json"
 
 
-def default_run_dir(base: str, optimizer: str, model: str, loader: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(base) / f"{stamp}-{model}-{optimizer}-{loader}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(base) / f"{stamp}-{model}-{optimizer}-{loader}-{n}"
-    return path
-
-
 class RunDir:
-    def __init__(self, path: str | os.PathLike):
+    """A run's directory. ``RunDir.new`` claims a fresh one; ``RunDir(path)`` opens an existing one."""
+
+    def __init__(self, path: str | os.PathLike, *, created: bool = False):
         self.path = Path(path)
+        self.created = created
+
+    @classmethod
+    def new(cls, out: str | os.PathLike | None, *, base: str, name: str) -> RunDir:
+        """Claim ``out`` (new or empty), or else ``base/<timestamp>-<name>`` made exclusively.
+
+        Two runs started in the same second never share a directory: the default name gets a
+        ``-2``, ``-3``... suffix when ``mkdir`` finds it taken.
+        """
+        try:
+            if out is not None:
+                path = Path(out)
+                existed = path.is_dir()
+                if path.exists() and (not existed or any(path.iterdir())):
+                    raise UsageError(f"run directory {path} is not empty; choose another --out, or `jaxyard resume {path}`")
+                path.mkdir(parents=True, exist_ok=True)
+                return cls(path, created=not existed)
+            stem = Path(base) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+            Path(base).mkdir(parents=True, exist_ok=True)
+            for n in range(1, 1000):
+                path = stem if n == 1 else stem.with_name(f"{stem.name}-{n}")
+                try:
+                    path.mkdir()
+                    return cls(path, created=True)
+                except FileExistsError:
+                    continue
+            raise UsageError(f"could not find a free run directory name under {base}")
+        except OSError as err:
+            raise UsageError(f"cannot create the run directory {err.filename or out or base}: {err.strerror}") from None
+
+    def discard(self) -> None:
+        """Remove the directory if this run created it and wrote nothing into it."""
+        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
-    def check_new(self) -> None:
-        """Refuse a directory that already holds something: a run is never overwritten."""
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise UsageError(f"run directory {self.path} is not empty; choose another --out, or `jaxyard resume {self.path}`")
-
-    def create(self, config_toml: str) -> None:
-        self.check_new()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            write_atomic(self / CONFIG, config_toml)
-        except OSError as err:
-            raise UsageError(f"cannot write the run directory {self.path}: {err.strerror}") from None
+    def write_config(self, config_toml: str) -> None:
+        write_atomic(self / CONFIG, config_toml)
 
     def append_metrics(self, record: dict) -> None:
         line = json.dumps(record) + "\n"

@@ -72,6 +72,8 @@ def read_config_file(path: str | os.PathLike, *, allow_plugins: bool = False) ->
         raise UsageError(f"{path}: no such file") from None
     except OSError as err:
         raise UsageError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text; TOML files must be UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -12,6 +12,10 @@ from jaxyard import Dataset, Split, UsageError, hookimpl, param
 _fraction = [v.ge(0.0), v.lt(1.0)]
 
 
+def _split_seed():
+    return param(0, "seeds the split into train/val/test (the run's seed does not: every seed sees the same split)", validator=v.ge(0))
+
+
 @attrs.frozen
 class SyntheticParams:
     train_size: int = param(1000, "training examples", validator=v.ge(1))
@@ -21,13 +25,14 @@ class SyntheticParams:
     classes: int = param(10, "number of classes", validator=v.ge(2))
     class_sep: float = param(6.0, "expected distance between two class means, in noise standard deviations", validator=v.ge(0.0))
     random_labels: bool = param(False, "labels drawn at random, as in the Artifex example (nothing to learn)")
+    data_seed: int = param(0, "seeds the data; runs with other seeds train on the same data", validator=v.ge(0))
 
 
 def synthetic(p: SyntheticParams, *, seed):
     """Gaussian classes around random means (learnable), or the seed example's random labels."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(p.data_seed)
     means = rng.normal(size=(p.classes, p.features)) * (p.class_sep / np.sqrt(2.0 * p.features))
 
     def split(n):
@@ -44,6 +49,7 @@ def synthetic(p: SyntheticParams, *, seed):
 class DigitsParams:
     val_fraction: float = param(0.15, "share of the 1,797 images held out for validation", validator=_fraction)
     test_fraction: float = param(0.15, "share held out for testing", validator=_fraction)
+    split_seed: int = _split_seed()
 
 
 def digits(p: DigitsParams, *, seed):
@@ -56,7 +62,7 @@ def digits(p: DigitsParams, *, seed):
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)
-    return _split_arrays(x, data.target.astype(np.int32), p.val_fraction, p.test_fraction, seed, classes=10)
+    return _split_arrays(x, data.target.astype(np.int32), p.val_fraction, p.test_fraction, p.split_seed, classes=10)
 
 
 @attrs.frozen
@@ -64,6 +70,7 @@ class NpzParams:
     path: str = param("", "an .npz file holding x and y, or x_train, y_train, x_val, y_val, x_test, y_test")
     val_fraction: float = param(0.1, "share held out for validation when the file has only x and y", validator=_fraction)
     test_fraction: float = param(0.1, "share held out for testing when the file has only x and y", validator=_fraction)
+    split_seed: int = _split_seed()
 
 
 def npz(p: NpzParams, *, seed):
@@ -74,15 +81,15 @@ def npz(p: NpzParams, *, seed):
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as err:
-        raise UsageError(f"loader 'npz': cannot read {path}: {err}") from None
+    except Exception as err:  # not an npz, truncated, pickled objects: numpy raises several kinds
+        raise UsageError(f"loader 'npz': cannot read {path}: {type(err).__name__}: {err}") from None
     if all(f"{a}_{s}" in arrays for a in "xy" for s in ("train", "val", "test")):
         splits = [Split(_features(arrays[f"x_{s}"]), _labels(arrays[f"y_{s}"], path)) for s in ("train", "val", "test")]
         classes = int(max(int(s.y.max()) for s in splits)) + 1
         return Dataset(*splits, classes)
     if "x" in arrays and "y" in arrays:
         y = _labels(arrays["y"], path)
-        return _split_arrays(_features(arrays["x"]), y, p.val_fraction, p.test_fraction, seed)
+        return _split_arrays(_features(arrays["x"]), y, p.val_fraction, p.test_fraction, p.split_seed)
     raise UsageError(
         f"loader 'npz': {path} holds {', '.join(sorted(arrays)) or 'nothing'}; "
         "expected x and y, or x_train, y_train, x_val, y_val, x_test and y_test"
@@ -94,9 +101,10 @@ class CsvParams:
     path: str = param("", "a CSV file of numbers, one example per row")
     label_column: int = param(-1, "column holding the integer class label (-1: the last)")
     header: bool = param(True, "the first row holds column names")
-    delimiter: str = param(",", "field separator")
+    delimiter: str = param(",", "field separator (one character)", validator=v.and_(v.min_len(1), v.max_len(1)))
     val_fraction: float = param(0.1, "share held out for validation", validator=_fraction)
     test_fraction: float = param(0.1, "share held out for testing", validator=_fraction)
+    split_seed: int = _split_seed()
 
 
 def csv(p: CsvParams, *, seed):
@@ -106,11 +114,14 @@ def csv(p: CsvParams, *, seed):
     path = _existing(p.path, "csv")
     try:
         table = np.loadtxt(path, delimiter=p.delimiter, skiprows=int(p.header), dtype=np.float64, ndmin=2)
-    except ValueError as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise UsageError(f"loader 'csv': cannot parse {path}: {err}") from None
+    columns = table.shape[1]
+    if not -columns <= p.label_column < columns or columns < 2:
+        raise UsageError(f"loader 'csv': label_column = {p.label_column}, but {path} has {columns} columns")
     y = table[:, p.label_column]
-    x = np.delete(table, p.label_column % table.shape[1], axis=1)
-    return _split_arrays(_features(x), _labels(y, path), p.val_fraction, p.test_fraction, seed)
+    x = np.delete(table, p.label_column % columns, axis=1)
+    return _split_arrays(_features(x), _labels(y, path), p.val_fraction, p.test_fraction, p.split_seed)
 
 
 def _existing(path: str, loader: str) -> Path:

@@ -9,14 +9,14 @@ from jaxyard import hookimpl, param
 
 
 def constant(p, *, learning_rate, decay_steps):
-    """The peak learning rate throughout."""
+    """The peak learning rate, held after the run's warmup (run.warmup_steps; 0 for none)."""
     import optax
 
     return optax.constant_schedule(learning_rate)
 
 
 def warmup(p, *, learning_rate, decay_steps):
-    """Linear warmup over run.warmup_steps, then the peak rate held constant."""
+    """Linear warmup over run.warmup_steps, then the peak rate held (constant under its warmup name)."""
     import optax
 
     return optax.constant_schedule(learning_rate)

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "jaxyard-example-plugin"
 EXAMPLE_DIST = "jaxyard-example-plugin"
 BROKEN = Path(__file__).resolve().parent / "broken_plugins"
-HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax")
+HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "numpy", "matplotlib")
 
 # (file in tests/broken_plugins, a fragment of the recorded error, a component it must not leave behind)
 BROKEN_CASES = [

@@ -109,16 +109,22 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, registry):
 
 
 def test_dropout_is_on_in_training_and_off_in_evaluation(registry):
-    cfg = config(registry, "model.dropout_rate=0.5")
-    built = engine.build(cfg)
-    model, _ = __import__("flax").nnx.merge(built.train_graphdef, built.state)
-    x = built.device_data["val"][0]
-    model.eval()
+    """The engine's evaluation equals a dropout-free forward pass; its training graph drops units."""
+    import optax
+    from flax import nnx
+
+    built = engine.build(config(registry, "model.dropout_rate=0.9"))
+    x, y = built.device_data["val"]
+    no_dropout = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"batch_size": 16}, sets=[*TINY, "model.dropout_rate=0.0"])
+    plain, _ = nnx.merge(engine.build(no_dropout).train_graphdef, built.state)  # same weights, no dropout layer effect
+    expected = float(optax.softmax_cross_entropy_with_integer_labels(plain(x), y).sum())
+    loss_sum = float(engine.Loop(built).evaluate("val")[0])
+    assert loss_sum == pytest.approx(expected, rel=1e-5)
+
+    model, _ = nnx.merge(built.train_graphdef, built.state)
+    assert not np.array_equal(model(x), model(x))  # training mode: a new mask each call
+    model, _ = nnx.merge(built.eval_graphdef, built.state)
     np.testing.assert_array_equal(model(x), model(x))
-    model.train()
-    assert not np.array_equal(model(x), model(x))
-    loop = engine.Loop(built)
-    np.testing.assert_array_equal(loop.evaluate("val"), loop.evaluate("val"))
 
 
 def test_partial_last_batch_is_padded_and_masked(registry):
@@ -195,3 +201,36 @@ def test_streaming_epochs_report_progress_per_step(registry):
     built = engine.build(config(registry, loader="stream"))
     engine.Loop(built).train_epoch(1, progress=Bar)
     assert updates == [("Epoch 1", 7), *[1] * 7]
+
+
+def test_clip_norm_bounds_each_update(registry):
+    """With run.clip_norm, SGD at lr 1 moves the parameters by at most the clip norm per step."""
+    from flax import nnx
+
+    cfg = config(registry, "model.dropout_rate=0.0", "run.clip_norm=0.001", "run.warmup_steps=0",
+                 optimizer="sgd", scheduler="constant", learning_rate=1.0, batch_size=100)
+    built = engine.build(cfg)
+    before = [np.array(a) for a in jax.tree.leaves(nnx.state(nnx.merge(built.train_graphdef, built.state)[0], nnx.Param))]
+    engine.Loop(built).train_epoch(1)  # one step: 100 examples, batch 100
+    after = jax.tree.leaves(nnx.state(nnx.merge(built.train_graphdef, built.state)[0], nnx.Param))
+    moved = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(after, before)))
+    assert 0 < moved <= 0.001 + 1e-7
+
+
+def test_schedule_spans_the_run_and_warmup_composes(registry):
+    cfg = config(registry, "run.warmup_steps=7", epochs=3)  # 7 steps per epoch: 21 in all
+    info = engine.schedule_points(cfg, points=4)
+    assert info["total_steps"] == 21 and info["warmup_steps"] == 7
+    rates = info["every_step"]
+    assert rates[0] == 0 and rates[7] == pytest.approx(1e-3) and rates[21] == pytest.approx(0, abs=1e-9)
+    assert all(a <= b for a, b in zip(rates[:7], rates[1:8]))  # warmup rises, then cosine falls
+    assert all(a >= b for a, b in zip(rates[7:], rates[8:]))
+
+
+def test_schedule_command_prints_a_table_and_a_png(run_cli, tmp_path):
+    import matplotlib.image
+
+    result = run_cli(["schedule", "--scheduler", "exponential", "--set", "scheduler.decay_rate=0.5", "--png", tmp_path / "lr.png"])
+    assert result.exit_code == 0, result.stderr
+    assert "exponential: peak 0.001, warmup 100 steps, 320 steps (10 epochs of 32)" in result.stdout
+    assert matplotlib.image.imread(tmp_path / "lr.png").shape[:2] == (400, 800)

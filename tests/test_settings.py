@@ -243,7 +243,13 @@ def test_parse_value(text, value):
 
 
 def test_parse_set():
-    assert parse_set("optimizer.momentum=0.9") == ("optimizer", "momentum", 0.9)
+    """Values stay text until the parameter's type is known (a name may look like a number)."""
+    section, key, value = parse_set("optimizer.momentum=0.9")
+    assert (section, key, value) == ("optimizer", "momentum", "0.9") and isinstance(value, P.CommandLineText)
+    assert P.coerce(value, float, where="x") == 0.9
+    assert P.coerce(P.CommandLineText("2024"), str, where="x") == "2024"
+    assert P.coerce(P.CommandLineText('"a b"'), str, where="x") == "a b"
+    assert P.coerce(P.CommandLineText("1"), bool, where="x") is True
     assert parse_set(" run.out = runs/x ") == ("run", "out", "runs/x")
     assert parse_set("model.hidden_dims=1,2") == ("model", "hidden_dims", "1,2")
     with pytest.raises(UsageError, match="expected SECTION.KEY=VALUE"):
