@@ -59,6 +59,7 @@ class Built:
     eval_graphdef: Any
     state: Any
     schedule: Callable[[int], Any]
+    epoch_lr: np.ndarray  # the rate at the end of each epoch (index 0: before training)
     steps_per_epoch: int
     device_data: dict[str, tuple[jax.Array, jax.Array]]
     num_params: int
@@ -107,7 +108,9 @@ def build(config: RunConfig, echo: Echo = _silent) -> Built:
     device_data = {}
     if isinstance(data, Dataset):
         device_data = {s: (jnp.asarray(getattr(data, s).x), jnp.asarray(getattr(data, s).y)) for s in ("train", "val", "test")}
-    return Built(config, data, train_graphdef, eval_graphdef, state, schedule, steps_per_epoch, device_data, num_params)
+    # one small compiled program instead of eager schedule calls (each a compile the first time)
+    epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(run.epochs + 1) * steps_per_epoch))
+    return Built(config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, device_data, num_params)
 
 
 def load_data(config: RunConfig, echo: Echo = _silent) -> tuple[Dataset | StreamingDataset, int]:
@@ -414,7 +417,7 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None
             record = {
                 "epoch": epoch,
                 "step": step,
-                "lr": float(built.schedule(step)),
+                "lr": float(built.epoch_lr[epoch]),
                 "train_loss": train_loss,
                 "train_acc": train_acc,
                 "val_loss": val_loss,
