@@ -284,6 +284,7 @@ def train(
         ``click.progressbar`` when writing to a terminal).
     :param compile_cache: a directory for JAX's persistent compilation cache (None: off).
     """
+    started = time.perf_counter()
     run = config.run
     config_toml = config.to_toml()
     run_dir = rd.RunDir.new(out_dir, base=run.out, name=f"{run.model}-{run.optimizer}-{run.loader}")
@@ -296,18 +297,19 @@ def train(
         run_dir.discard()
         raise
     run_dir.write_config(config_toml)
-    return _fit(built, run_dir, echo, progress, resume_from=None)
+    return _fit(built, run_dir, echo, progress, resume_from=None, started=started)
 
 
 def resume(
     run_dir: str | os.PathLike, *, registry=None, echo: Echo = _silent, progress: Progress | None = None, compile_cache=None
 ) -> RunResult:
     """Continue an interrupted run from its newest intact checkpoint, with its saved config."""
+    started = time.perf_counter()
     config = load_run_config(run_dir, registry)
     if compile_cache:
         enable_compile_cache(compile_cache)
     _header(echo, config, Path(run_dir))
-    return _fit(build(config, echo), rd.RunDir(run_dir), echo, progress, resume_from="latest")
+    return _fit(build(config, echo), rd.RunDir(run_dir), echo, progress, resume_from="latest", started=started)
 
 
 def evaluate(run_dir: str | os.PathLike, *, checkpoint: str = "latest", registry=None, echo: Echo = _silent) -> dict[str, Any]:
@@ -367,9 +369,10 @@ def _header(echo: Echo, config: RunConfig, path: Path) -> None:
     echo(f"  Seed: {run.seed}")
 
 
-def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None, resume_from: str | None) -> RunResult:
+def _fit(
+    built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None, *, resume_from: str | None, started: float
+) -> RunResult:
     config, run = built.config, built.config.run
-    t_start = time.perf_counter()
     ckpt = config.checkpointer.create(directory=run_dir / rd.CHECKPOINTS)
     loop = Loop(built)
     history: list[dict] = []
@@ -454,7 +457,7 @@ def _fit(built: Built, run_dir: rd.RunDir, echo: Echo, progress: Progress | None
     echo(f"  Test Loss: {test_loss:.4f}")
     echo(f"  Test Accuracy: {test_acc:.4f}")
 
-    timings = {"total_s": time.perf_counter() - t_start, "train_s": train_seconds, "compile_s": loop.compile_seconds}
+    timings = {"total_s": time.perf_counter() - started, "train_s": train_seconds, "compile_s": loop.compile_seconds}
     test = {"test_loss": test_loss, "test_acc": test_acc}
     summary = {"test": test, "epochs_run": len(history), "stopped_early": early["stopped"], "timings": timings, "versions": _versions()}
     rd.write_atomic(run_dir / rd.SUMMARY, _json(summary))
