@@ -323,13 +323,7 @@ class OrbaxCheckpointer:
                 force=True,
             )
         except Exception as exc:
-            self._pending = None
-            self._resync()
-            raise CheckpointError(
-                f"saving failed: {describe_exception(exc)}; earlier checkpoints were left in place",
-                directory=self._dir,
-                step=step,
-            ) from exc
+            raise self._save_failed(step, exc) from exc
         if not self.async_save:
             self._settle()
 
@@ -496,6 +490,16 @@ class OrbaxCheckpointer:
                 directory=self._dir,
             )
 
+    def _save_failed(self, step: int, exc: Exception) -> CheckpointError:
+        """Forget the failed save, resynchronise with the disk, and describe the failure."""
+        self._pending = None
+        self._resync()
+        return CheckpointError(
+            f"saving failed: {describe_exception(exc)}; earlier checkpoints were left in place",
+            directory=self._dir,
+            step=step,
+        )
+
     def _settle(self) -> None:
         """Wait for the pending save; make it durable; raise CheckpointError if it failed."""
         if self._pending is None:
@@ -504,13 +508,7 @@ class OrbaxCheckpointer:
         try:
             self._mgr.wait_until_finished()
         except Exception as exc:
-            self._pending = None
-            self._resync()
-            raise CheckpointError(
-                f"saving failed: {describe_exception(exc)}; earlier checkpoints were left in place",
-                directory=self._dir,
-                step=step,
-            ) from exc
+            raise self._save_failed(step, exc) from exc
         self._pending = None  # only now: the background callback reads it
         final = self._dir / str(step)
         if not final.is_dir():
