@@ -210,6 +210,7 @@ class Loop:
         else:
             self.step_fn = steps.make_train_step(built.train_graphdef)
             self.eval_step = steps.eval_step(built.eval_graphdef)
+        self.compiled = None  # the epoch program, compiled ahead of time on the first epoch
         self.compile_seconds: float | None = 0.0 if isinstance(built.data, Dataset) else None  # streamed: not separable
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
@@ -222,7 +223,7 @@ class Loop:
         key = jax.random.fold_in(self.key, epoch)
         if isinstance(b.data, Dataset):
             x, y = b.device_data["train"]
-            if not hasattr(self, "compiled"):
+            if self.compiled is None:
                 t0 = time.perf_counter()
                 self.compiled = self.epoch_fn.lower(b.state, x, y, key).compile()
                 self.compile_seconds += time.perf_counter() - t0
@@ -253,8 +254,11 @@ class Loop:
 
 
 def _pad(x, y, size):
+    """A streamed batch padded to ``size`` rows (one compiled shape), with its mask."""
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
     n = len(y)
+    if n > size or len(x) != n:
+        raise UsageError(f"a streamed batch has {len(x)} examples and {n} labels; expected at most {size} of each")
     mask = np.zeros(size, np.float32)
     mask[:n] = 1.0
     if n < size:
