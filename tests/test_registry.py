@@ -328,3 +328,23 @@ def test_every_entry_shows(entry, run_cli):
 def test_public_api():
     assert jaxyard.build_registry is build_registry
     assert jaxyard.KINDS == KINDS
+
+
+def test_every_hook_is_documented_used_and_in_the_readme():
+    """Meta-test: a new hook needs its reference docstring, a built-in user and a README mention."""
+    import inspect
+    from pathlib import Path
+
+    from jaxyard.core import hookspecs
+    from jaxyard.core.entries import HOOKS
+
+    specs = {name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("jaxyard_")}
+    assert specs == set(HOOKS.values())
+    registry = jaxyard.build_registry(strict=True)
+    used = {hook for plugin in registry.plugins if plugin.source == "builtin" for hook in plugin.hooks}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in specs:
+        doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+        assert ":param register:" in doc and "factory" in doc, name
+        assert name in used, f"no built-in plugin implements {name}"
+        assert name.removeprefix("jaxyard_register") in readme, name
