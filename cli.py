@@ -7,17 +7,21 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
-import click
+if __name__ == "__main__" and not importlib.util.find_spec("jaxyard"):  # `python cli.py` before installing
+    sys.exit("jaxyard is not installed: run `python -m pip install -e .` in this checkout first")
 
-from jaxyard.core import describe as D
-from jaxyard.core.entries import KINDS
-from jaxyard.core.errors import JaxyardError
-from jaxyard.core.settings import env_flag
+import click  # noqa: E402
+
+from jaxyard.core import describe as D  # noqa: E402
+from jaxyard.core.entries import KINDS  # noqa: E402
+from jaxyard.core.errors import JaxyardError  # noqa: E402
+from jaxyard.core.settings import env_flag  # noqa: E402
 
 ENV_NO_CACHE = "JAXYARD_NO_COMPILE_CACHE"
 
