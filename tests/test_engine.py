@@ -114,7 +114,7 @@ def test_dropout_is_on_in_training_and_off_in_evaluation(registry):
     from flax import nnx
 
     built = engine.build(config(registry, "model.dropout_rate=0.9"))
-    x, y = built.device_data["val"]
+    x, y = built.data.val.x, built.data.val.y
     no_dropout = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"batch_size": 16}, sets=[*TINY, "model.dropout_rate=0.0"])
     plain, _ = nnx.merge(engine.build(no_dropout).train_graphdef, built.state)  # same weights, no dropout layer effect
     expected = float(optax.softmax_cross_entropy_with_integer_labels(plain(x), y).sum())
