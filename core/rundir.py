@@ -78,12 +78,6 @@ class RunDir:
     def rewrite_metrics(self, history: list[dict]) -> None:
         write_atomic(self / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
-    def read_metrics(self) -> list[dict]:
-        path = self / METRICS
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")

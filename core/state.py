@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxyard.core.checkpoint import CheckpointMismatch, compare_structures
+from jaxyard.core.checkpoint import CheckpointMismatch, compare_structures, structure_of
 
 _ROOTS = ("model", "optimizer")
 
@@ -20,23 +20,19 @@ def flatten(state) -> dict[str, np.ndarray]:
     return out
 
 
-def shapes(state) -> dict[str, tuple[tuple[int, ...], str]]:
-    return {k: (tuple(v.shape), str(v.dtype)) for k, v in flatten_abstract(state).items()}
-
-
-def flatten_abstract(state) -> dict:
+def shapes(state) -> dict[str, tuple[tuple[int, ...], object]]:
+    """``{name: (shape, dtype)}`` as :func:`flatten` would name and store it, without copying."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.eval_shape(jax.random.key_data, leaf)
-        out[_name(path)] = leaf
+        out[_name(path)] = (tuple(leaf.shape), leaf.dtype)
     return out
 
 
 def unflatten(template, arrays: dict[str, np.ndarray], *, step: int | None = None):
     """Put ``arrays`` into the structure of ``template``; a differing structure names each path."""
-    saved = {k: (tuple(v.shape), str(v.dtype)) for k, v in arrays.items()}
-    differences = compare_structures(shapes(template), saved)
+    differences = compare_structures(shapes(template), structure_of(arrays))
     if differences:
         raise CheckpointMismatch(differences, step=step)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
