@@ -4,27 +4,48 @@ The public API lives here. Importing :mod:`jaxyard` is cheap: the engine (which 
 flax and optax) loads on first use of :func:`train`, :func:`evaluate` or :func:`resume`.
 """
 
+from typing import TYPE_CHECKING
+
+from jaxyard.core.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch, Restored
 from jaxyard.core.config import RunConfig, resolve_config
 from jaxyard.core.data import Dataset, Split, StreamingDataset
 from jaxyard.core.entries import KINDS, Entry, PluginInfo
-from jaxyard.core.errors import JaxyardError, PluginError, UnknownComponent, UsageError
+from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UnknownComponent, UsageError
+from jaxyard.core.events import Run, RunResult
 from jaxyard.core.hookspecs import hookimpl
+from jaxyard.core.loggers import Logger, MissingExtra
 from jaxyard.core.params import param
+from jaxyard.core.policy import CheckpointPolicy, Monitor
 from jaxyard.core.registry import Registry, build_registry
 from jaxyard.core.settings import Settings, load_settings
 
+if TYPE_CHECKING:  # pragma: no cover - the engine imports jax: loaded on first use
+    from jaxyard.core.engine import Evaluation, evaluate, resume, train
+
 __all__ = [
     "KINDS",
+    "CheckpointError",
+    "CheckpointMismatch",
+    "CheckpointPolicy",
+    "Checkpointer",
     "Dataset",
     "Entry",
+    "Evaluation",
     "JaxyardError",
+    "Logger",
+    "MissingExtra",
+    "Monitor",
     "PluginError",
     "PluginInfo",
     "Registry",
+    "Restored",
+    "Run",
     "RunConfig",
+    "RunResult",
     "Settings",
     "Split",
     "StreamingDataset",
+    "TrainingError",
     "UnknownComponent",
     "UsageError",
     "build_registry",
@@ -37,7 +58,7 @@ __all__ = [
     "train",
 ]
 
-_ENGINE = ("train", "evaluate", "resume")
+_ENGINE = ("train", "evaluate", "resume", "Evaluation")
 
 
 def __getattr__(name):
@@ -46,3 +67,7 @@ def __getattr__(name):
 
         return getattr(engine, name)
     raise AttributeError(f"module 'jaxyard' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -19,7 +19,7 @@ if __name__ == "__main__" and not importlib.util.find_spec("jaxyard"):  # `pytho
 import click  # noqa: E402
 
 from jaxyard.core import describe as D  # noqa: E402
-from jaxyard.core.entries import KINDS  # noqa: E402
+from jaxyard.core.entries import CHOSEN, KINDS  # noqa: E402
 from jaxyard.core.errors import JaxyardError  # noqa: E402
 from jaxyard.core.settings import env_flag  # noqa: E402
 
@@ -198,7 +198,8 @@ def plugins(session, as_json):
 def _run_options(f):
     options = [
         click.option("--config", "config_file", metavar="FILE", help="An experiment TOML file ([run] and [KIND.NAME] tables)."),
-        *[click.option(f"--{k}", metavar="NAME", help=f"The {k} to use (jaxyard list {k}s).") for k in KINDS],
+        *[click.option(f"--{k}", metavar="NAME", help=f"The {k} to use (jaxyard list {k}s).") for k in CHOSEN],
+        click.option("--logger", "loggers", multiple=True, metavar="NAME", help="Add an experiment logger to run.loggers (repeatable; jaxyard list loggers)."),
         click.option("--epochs", type=int, help="Number of epochs."),
         click.option("--batch-size", type=int, help="Examples per step."),
         click.option("--lr", "learning_rate", type=float, help="Peak learning rate."),
@@ -210,10 +211,14 @@ def _run_options(f):
     return f
 
 
-def _resolve(session, config_file, sets, **options):
+def _resolve(session, config_file, sets, loggers=(), **options):
     from jaxyard.core.config import resolve_config
 
-    return resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets)
+    return resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets, loggers=loggers)
+
+
+def _warn(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _progress():
@@ -251,7 +256,7 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
         return
     from jaxyard.core.engine import train
 
-    train(config, out_dir=out, echo=click.echo, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
+    train(config, out_dir=out, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
 
 
 @cli.command()
@@ -268,7 +273,7 @@ def schedule(session, config_file, sets, points, png, **options):
       jaxyard schedule --scheduler exponential --set scheduler.decay_rate=0.9 --epochs 20 --png lr.png
     """
     config = _resolve(session, config_file, sets, **options)
-    from jaxyard.core.engine import schedule_points
+    from jaxyard.core.build import schedule_points
 
     info = schedule_points(config, points)
     run = config.run
@@ -294,12 +299,20 @@ def resume(session, run_dir, no_compile_cache):
     """Continue an interrupted run from its newest intact checkpoint."""
     from jaxyard.core.engine import resume as resume_run
 
-    resume_run(run_dir, registry=session.registry, echo=click.echo, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
+    resume_run(
+        run_dir, registry=session.registry, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache)
+    )
 
 
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--checkpoint", default="latest", show_default=True, help="latest, best or a step number.")
+@click.option(
+    "--checkpoint",
+    default="latest",
+    show_default=True,
+    metavar="latest|best|STEP",
+    help="The newest intact checkpoint, the one whose epoch is best by the run's monitor (run.monitor), or a step.",
+)
 @click.pass_obj
 def eval_(session, run_dir, checkpoint):
     """Evaluate a run's saved model on the test split, without training."""

@@ -5,12 +5,15 @@
 Fresh-process timings (bench.py) drift with the machine; here both loops train the same data
 with the same math, epoch by epoch in turn, and the ratio is taken pair by pair, so drift
 cancels out. The jaxyard side includes what the engine does per epoch (the shuffle key, the
-compiled epoch, bringing the metric sums to the host).
+compiled epoch, bringing the metric sums to the host) and the host side train() adds: the epoch-end
+event through every built-in plugin (report, NaN guard, early stopping, checkpoint cadence) and
+the jsonl logger writing metrics.jsonl.
 """
 
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -25,7 +28,11 @@ import baselines  # noqa: E402
 import jaxyard  # noqa: E402
 import jaxyard_variants  # noqa: E402
 from bench import WORKLOADS, workload_config  # noqa: E402
-from jaxyard.core import engine  # noqa: E402
+from jaxyard.core.build import build  # noqa: E402
+from jaxyard.core.engine import describe_components, make_loggers  # noqa: E402
+from jaxyard.core.events import Run, emit  # noqa: E402
+from jaxyard.core.loggers import LoggerHub  # noqa: E402
+from jaxyard.core.loop import make_loop, means  # noqa: E402
 
 
 def hand_scan_epoch(cfg, train):
@@ -56,20 +63,37 @@ def main():
 
     registry = jaxyard.build_registry(plugins=[jaxyard_variants.__file__], strict=True)
     sets = jaxyard_variants.settings(cfg, args.workload, None, args.epochs + 1)
-    built = engine.build(jaxyard.resolve_config(registry, jaxyard.load_settings(), sets=sets))
-    loop = engine.Loop(built)
+    config = jaxyard.resolve_config(registry, jaxyard.load_settings(), sets=sets)
+    built = build(config)
+    loop = make_loop(built)
+    # the host side of an epoch as train() runs it: every built-in event plugin, the jsonl logger
+    out = Path(tempfile.mkdtemp(prefix="jaxyard-side-by-side-"))
+    run = Run(config, out, describe_components(config), built.sizes, built.num_params, built.steps_per_epoch,
+              built.total_steps, built.warmup_steps, saver=lambda: run.history[-1]["step"])
+    pm = registry.plugin_manager
+    pm.register(LoggerHub(make_loggers(config, out), print))
+    emit(pm, "jaxyard_on_run_start", run=run)
+
+    def jaxyard_epoch(epoch):
+        t0 = time.perf_counter()
+        train_loss, train_acc = means(jax.device_get(loop.train_epoch(epoch)))
+        record = {"epoch": epoch, "step": epoch * built.steps_per_epoch, "lr": float(built.epoch_lr[min(epoch, config.run.epochs)]),
+                  "train_loss": train_loss, "train_acc": train_acc, "val_loss": train_loss, "val_acc": train_acc,
+                  "train_time": time.perf_counter() - t0, "val_time": 0.0}
+        run.history.append(record)
+        emit(pm, "jaxyard_on_epoch_end", run=run, record=record)
 
     train, _ = baselines.make_data(cfg)
     x, y = jax.device_put(train)
     state, hand_epoch = hand_scan_epoch(cfg, train)
     key = jax.random.key(1)
 
-    jax.device_get(loop.train_epoch(0))  # compile both
+    jaxyard_epoch(0)  # compile both
     state = jax.block_until_ready(hand_epoch(state, x, y, key))
     ours, hand = [], []
     for epoch in range(1, args.epochs + 1):
         t = time.perf_counter()
-        jax.device_get(loop.train_epoch(epoch))
+        jaxyard_epoch(epoch)
         ours.append(time.perf_counter() - t)
         t = time.perf_counter()
         state = jax.block_until_ready(hand_epoch(state, x, y, jax.random.fold_in(key, epoch)))

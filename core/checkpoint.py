@@ -30,6 +30,7 @@ __all__ = [
     "Checkpointer",
     "Restored",
     "compare_structures",
+    "missing_methods",
     "describe_exception",
     "structure_of",
 ]
@@ -180,7 +181,7 @@ def structure_of(arrays: Mapping[str, Any]) -> dict[str, Spec]:
 
 @attrs.frozen
 class Restored:
-    """What :meth:`Checkpointer.restore` returns.
+    """What :meth:`Checkpointer.load` and :meth:`CheckpointPolicy.restore` return.
 
     - ``step``: the training step of the restored checkpoint.
     - ``arrays``: the flat ``{dotted path: numpy.ndarray}`` dict as saved (host
@@ -198,64 +199,60 @@ class Restored:
 
 @typing.runtime_checkable
 class Checkpointer(Protocol):
-    """Saves and restores training state. The reference for checkpointer authors.
+    """Stores training state by step: storage only. The reference for checkpointer authors.
 
-    A factory registered with ``register(name, factory, params=ParamsClass)``
-    is called as ``factory(params, *, directory=pathlib.Path)`` and returns an
-    object with these methods. ``directory`` belongs to the checkpointer alone.
-    Every failure is reported as :class:`CheckpointError` with a one-line
-    message naming the directory, the step and the cause; a failed save must
-    never delete checkpoints that were already saved.
+    A factory registered with ``register(name, factory, params=ParamsClass)`` is called as
+    ``factory(params, *, directory=pathlib.Path)`` and returns an object with these six
+    methods (no base class needed). ``directory`` belongs to the checkpointer alone.
+
+    What is *not* the checkpointer's business: which step is the latest intact one, which
+    is best by the run's ``monitor`` metric, how many to keep, passing over damaged steps.
+    jaxyard decides those in one place (:class:`jaxyard.core.policy.CheckpointPolicy`) for
+    every checkpointer, from ``steps``, ``load`` and ``delete``.
+
+    Every failure is a :class:`CheckpointError` with a one-line message naming the
+    directory, the step and the cause; a failed save never deletes a step already saved.
     """
 
-    def save(self, step: int, arrays: "dict[str, jax.Array]", meta: dict) -> None:
+    def save(self, step: int, arrays: "dict[str, numpy.ndarray]", meta: dict) -> None:
         """Save the state at ``step`` (may return before the data is on disk).
 
-        ``arrays`` is a FLAT dict from dotted path strings to arrays, e.g.
+        ``arrays`` is a FLAT dict from dotted path strings to host (NumPy) arrays, e.g.
         ``"model.layers.0.kernel"``, ``"optimizer.opt_state.0.mu.layers.0.kernel"``,
-        ``"rng.dropout.key"``. Values are ``jax.Array`` (or numpy arrays) of plain
-        numeric dtypes (float32, int32, uint32; RNG keys arrive as uint32 key
-        data). The checkpointer must take its own copy before returning: the
-        engine may donate or overwrite the buffers right after.
+        ``"rng.dropout.key"``, of plain numeric dtypes (RNG keys arrive as uint32 key data).
+        They are the checkpointer's own copies: the engine does not touch them again.
 
-        ``meta`` is JSON-serializable: ``{"epoch": int, "step": int,
-        "metrics": {"train_loss": ..., "train_acc": ..., "val_loss": ...,
-        "val_acc": ..., ...}, ...}`` plus other engine state. Metrics that rank
-        checkpoints (e.g. "best by val_loss") are read from ``meta["metrics"]``.
+        ``meta`` is JSON-serializable: ``{"epoch": int, "step": int, "metrics": {...},
+        "history": [...]}``. Give it back unchanged from :meth:`load`.
 
-        May be asynchronous: errors of a background save are raised as
-        :class:`CheckpointError` by the next ``save``, ``wait`` or ``close``.
-        Saving a step that already holds an intact checkpoint raises
-        :class:`CheckpointError`.
+        May be asynchronous: an error of a background save is raised as
+        :class:`CheckpointError` by the next ``save``, ``wait`` or ``close``. Saving a
+        step that already holds an intact checkpoint raises :class:`CheckpointError`.
         """
         ...
 
     def steps(self) -> list[int]:
-        """Steps of the finished checkpoints present on disk, ascending.
+        """Steps of the finished checkpoints present, ascending.
 
-        A save still in progress is not listed; a damaged checkpoint is listed
-        (damage is found by :meth:`restore`).
+        A save still in progress is not listed; a damaged checkpoint is listed (damage is
+        found by :meth:`load`).
         """
         ...
 
-    def restore(self, step: int | None = None, *, which: str = "latest") -> Restored:
-        """Load a checkpoint, verified intact.
+    def load(self, step: int) -> Restored:
+        """Load exactly ``step``, verified as far as the storage can (``skipped`` empty).
 
-        - ``restore()`` / ``which="latest"``: the newest intact checkpoint;
-          newer damaged ones are passed over and listed in ``Restored.skipped``
-          with their cause.
-        - ``which="best"``: the best checkpoint by the configured metric among
-          those kept (damaged ones passed over the same way).
-        - ``restore(step)``: exactly that step (``which`` is ignored); raises
-          :class:`CheckpointError` with the cause if it is missing or damaged.
-
-        Raises :class:`CheckpointError` when no intact checkpoint exists.
-        Waits for pending saves first.
+        Raises :class:`CheckpointError` naming the cause when the step is missing or damaged.
+        Waits for a pending save of that step first.
         """
+        ...
+
+    def delete(self, step: int) -> None:
+        """Remove ``step`` (retention calls it only for committed steps, never the newest)."""
         ...
 
     def wait(self) -> None:
-        """Block until pending saves are finished and durable on disk.
+        """Block until pending saves are finished and durable.
 
         Raises :class:`CheckpointError` if a pending save failed.
         """
@@ -264,7 +261,15 @@ class Checkpointer(Protocol):
     def close(self) -> None:
         """Finish pending saves (as :meth:`wait`) and release resources.
 
-        Idempotent. Raises :class:`CheckpointError` if the last pending save
-        failed (resources are released regardless).
+        Idempotent. Raises :class:`CheckpointError` if the last pending save failed
+        (resources are released regardless).
         """
         ...
+
+
+CHECKPOINTER_METHODS = ("save", "steps", "load", "delete", "wait", "close")
+
+
+def missing_methods(obj: Any) -> list[str]:
+    """The :class:`Checkpointer` methods ``obj`` lacks (empty when it conforms)."""
+    return [m for m in CHECKPOINTER_METHODS if not callable(getattr(obj, m, None))]

@@ -13,8 +13,9 @@ import attrs
 from attrs import validators as v
 
 from jaxyard.core import params as P
-from jaxyard.core.entries import KINDS, Entry
+from jaxyard.core.entries import CHOSEN, KINDS, Entry
 from jaxyard.core.errors import UsageError
+from jaxyard.core.policy import MONITORS
 from jaxyard.core.settings import Settings, dump_toml, merge, read_config_file
 
 
@@ -38,7 +39,15 @@ class RunSettings:
     save_every: int = P.param(5, "save a checkpoint every N epochs (the last epoch is always saved)", validator=v.ge(1))
     patience: int = P.param(0, "stop after this many epochs without improvement of `monitor` (0: off)", validator=v.ge(0))
     min_delta: float = P.param(0.0, "smallest change of `monitor` that counts as an improvement", validator=v.ge(0.0))
-    monitor: str = P.param("val_loss", "metric for early stopping", validator=v.in_(("val_loss", "val_acc")))
+    monitor: str = P.param(
+        "val_loss",
+        "the metric that makes an epoch best, for early stopping, checkpoint retention and `eval --checkpoint best` "
+        "(*_loss: lower is better, *_acc: higher)",
+        validator=v.in_(MONITORS),
+    )
+    keep_latest: int = P.param(3, "checkpoints: keep the newest N", validator=v.ge(1))
+    keep_best: int = P.param(1, "checkpoints: also keep the N best by `monitor`", validator=v.ge(0))
+    loggers: tuple[str, ...] = P.param(("jsonl",), "experiment loggers (`jaxyard list loggers`); `--logger NAME` adds one")
     out: str = P.param("runs", "directory under which each run gets its own directory")
 
 
@@ -59,21 +68,32 @@ class Choice:
 
 @attrs.frozen
 class RunConfig:
-    """Everything a run needs, validated: nothing here can fail later for a bad value."""
+    """Everything a run needs, validated: nothing here can fail later for a bad value.
+
+    ``registry`` is the registry the configuration was resolved against: its plugins receive
+    the run's events.
+    """
 
     run: RunSettings
-    choices: dict[str, Choice]
+    optimizer: Choice
+    scheduler: Choice
+    model: Choice
+    loader: Choice
+    checkpointer: Choice
+    loggers: tuple[Choice, ...] = ()
+    registry: Any = attrs.field(default=None, eq=False, repr=False)
 
-    def __getattr__(self, kind: str) -> Choice:
-        if kind in KINDS:
-            return self.choices[kind]
-        raise AttributeError(kind)
+    @property
+    def choices(self) -> dict[str, Choice]:
+        """The five single choices by kind."""
+        return {kind: getattr(self, kind) for kind in CHOSEN}
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"run": P.to_plain(self.run)}
-        for kind in KINDS:
-            choice = self.choices[kind]
+        for kind, choice in self.choices.items():
             out[kind] = {choice.name: P.to_plain(choice.params)}
+        if self.loggers:
+            out["logger"] = {c.name: P.to_plain(c.params) for c in self.loggers}
         return out
 
     def to_toml(self) -> str:
@@ -97,11 +117,14 @@ def resolve_config(
     config_file: str | None = None,
     options: dict[str, Any] | None = None,
     sets: Iterable[str] = (),
+    loggers: Iterable[str] = (),
 ) -> RunConfig:
     """Merge the configuration layers and validate every value against the registry.
 
     :param options: ``[run]`` values from command-line options (None values are ignored).
-    :param sets: ``KIND.KEY=VALUE`` or ``run.KEY=VALUE`` strings; ``KIND`` is the chosen component.
+    :param sets: ``KIND.KEY=VALUE``, ``logger.NAME.KEY=VALUE`` or ``run.KEY=VALUE`` strings;
+        ``KIND`` is the chosen component.
+    :param loggers: logger names added to ``run.loggers`` (``--logger``).
     """
     values = settings.values
     if config_file:
@@ -118,14 +141,23 @@ def resolve_config(
         else:
             component_sets[section][key] = value
     run = P.build(RunSettings, run_values, where="run")
+    run = attrs.evolve(run, loggers=tuple(dict.fromkeys((*run.loggers, *loggers))))
 
-    choices = {}
-    for kind in KINDS:
-        entry = registry.get(kind, getattr(run, kind))
+    def choose(kind: str, name: str, sets_: dict[str, Any]) -> Choice:
+        entry = registry.get(kind, name)
         table = dict(values.get(kind, {}).get(entry.name, {}))
-        table.update(component_sets[kind])
-        choices[kind] = Choice(entry, P.build(entry.params, table, where=f"{kind} {entry.name!r}"))
-    return RunConfig(run, choices)
+        table.update(sets_)
+        return Choice(entry, P.build(entry.params, table, where=f"{kind} {entry.name!r}"))
+
+    choices = {kind: choose(kind, getattr(run, kind), component_sets[kind]) for kind in CHOSEN}
+    logger_sets: dict[str, dict[str, Any]] = {}
+    for key, value in component_sets["logger"].items():
+        name, _, param = key.partition(".")
+        if name not in run.loggers:
+            raise UsageError(f"--set logger.{key}: logger {name!r} is not in run.loggers ({', '.join(run.loggers) or 'none'}); add --logger {name}")
+        logger_sets.setdefault(name, {})[param] = value
+    chosen_loggers = tuple(choose("logger", name, logger_sets.get(name, {})) for name in run.loggers)
+    return RunConfig(run, **choices, loggers=chosen_loggers, registry=registry)
 
 
 def _check_component_tables(registry, data: dict[str, Any], path: str) -> None:
@@ -147,8 +179,10 @@ def parse_set(item: str) -> tuple[str, str, Any]:
     """Split ``optimizer.momentum=0.9`` into ``("optimizer", "momentum", 0.9)``."""
     target, sep, text = item.partition("=")
     section, dot, key = target.strip().partition(".")
-    if not sep or not dot or not key:
-        raise UsageError(f"--set {item!r}: expected SECTION.KEY=VALUE, for example optimizer.momentum=0.9")
+    if not sep or not dot or not key or (section == "logger" and "." not in key.strip(".")):
+        raise UsageError(
+            f"--set {item!r}: expected KIND.KEY=VALUE (logger.NAME.KEY=VALUE for a logger), for example optimizer.momentum=0.9"
+        )
     sections = ("run", *KINDS)
     if section not in sections:
         raise UsageError(f"--set {item!r}: unknown section {section!r} (valid: {', '.join(sections)})")

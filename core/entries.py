@@ -7,7 +7,8 @@ from typing import Any, Protocol
 
 import attrs
 
-KINDS = ("optimizer", "scheduler", "model", "loader", "checkpointer")
+KINDS = ("optimizer", "scheduler", "model", "loader", "checkpointer", "logger")
+CHOSEN = KINDS[:5]  # a run uses exactly one of each of these; loggers: any number (run.loggers)
 HOOKS = {kind: f"jaxyard_register_{kind}s" for kind in KINDS}
 
 

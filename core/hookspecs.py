@@ -30,7 +30,10 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from jaxyard.core.entries import RegisterFn
+    from jaxyard.core.events import Run, RunResult
 
 PROJECT = "jaxyard"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -102,5 +105,91 @@ def jaxyard_register_checkpointers(register: RegisterFn) -> None:
 
     The factory is called as ``factory(params, *, directory)`` with the run's checkpoint
     directory (a ``pathlib.Path``) and returns an object implementing
-    :class:`jaxyard.core.checkpoint.Checkpointer`.
+    :class:`jaxyard.Checkpointer`: storage only (``save``, ``load``, ``steps``, ``delete``,
+    ``wait``, ``close``). Which step is latest or best, which steps to keep and how damaged
+    steps are passed over is decided by jaxyard itself (:mod:`jaxyard.core.policy`), the same
+    way for every checkpointer.
+    """
+
+
+@hookspec
+def jaxyard_register_loggers(register: RegisterFn) -> None:
+    """Register experiment loggers (``--logger NAME``, repeatable, or ``run.loggers``).
+
+    :param register: ``register(name, factory, params=..., description=...)``.
+
+    The factory is called as ``factory(params, *, directory)`` with the run directory (a
+    ``pathlib.Path``) and returns an object implementing :class:`jaxyard.Logger`:
+    ``start(run)``, ``log_epoch(record)`` and ``finish(run, status)``. Import the logging
+    library inside the factory; when it is missing raise :class:`jaxyard.MissingExtra` so the
+    user is told which ``pip install`` to run.
+    """
+
+
+# --- events: the training loop, told to every plugin -------------------------------------
+#
+# Each event is called on every loaded plugin that implements it, on the host, between
+# compiled epochs (never inside the step). ``run`` is a :class:`jaxyard.Run`: the resolved
+# configuration, the run directory, the built components, the history so far, ``run.echo``
+# for printing and ``run.stop(reason)`` to end training after the current epoch.
+# Implementations may take any subset of the arguments. Usual pluggy ordering applies:
+# ``tryfirst``/``trylast`` move an implementation to the front or back, and a
+# ``wrapper=True`` implementation runs around all the others.
+#
+# A plugin that raises in an event stops the run with one line naming the plugin (exit code
+# 1). Every epoch finished before it is already in metrics.jsonl and, when saved, in a
+# checkpoint: ``jaxyard resume`` continues. Loggers are isolated further: a failing logger
+# is reported once and dropped, and the run goes on.
+
+
+@hookspec
+def jaxyard_on_run_start(run: Run) -> None:
+    """The run is built and about to train (or to continue: ``run.start_epoch > 0``).
+
+    :param run: the run. ``run.config`` (a :class:`jaxyard.RunConfig`), ``run.config_dict``
+        (the same as plain data, as config.toml holds it), ``run.directory``,
+        ``run.components`` (``{kind: "name (param=value, ...)"}``), ``run.sizes``,
+        ``run.num_params``, ``run.steps_per_epoch``, ``run.total_steps``,
+        ``run.warmup_steps``, ``run.history`` (epochs already trained when resuming).
+    """
+
+
+@hookspec
+def jaxyard_on_epoch_end(run: Run, record: dict) -> None:
+    """An epoch has been trained and evaluated on the validation split.
+
+    :param run: the run; call ``run.stop("reason")`` to end training after this epoch (the
+        checkpoint of the last epoch is still saved and the test split evaluated).
+    :param record: the epoch's metrics, the line metrics.jsonl gets: ``epoch``, ``step``,
+        ``lr`` (the rate at the end of the epoch), ``train_loss``, ``train_acc``,
+        ``val_loss``, ``val_acc``, ``train_time`` and ``val_time`` (seconds). It is already
+        in ``run.history``. Do not modify it.
+    """
+
+
+@hookspec
+def jaxyard_on_checkpoint_saved(run: Run, step: int, path: Path, record: dict) -> None:
+    """A checkpoint was handed to the checkpointer (with asynchronous saves it may still be
+    on its way to disk; it is durable before the next save or the end of the run).
+
+    :param step: the training step saved.
+    :param path: the run's checkpoint directory.
+    :param record: the metrics of the epoch that ended at ``step``.
+    """
+
+
+@hookspec
+def jaxyard_on_run_end(run: Run, result: RunResult) -> None:
+    """Training is over and the test split evaluated; summary.json is written.
+
+    :param result: a :class:`jaxyard.RunResult`: ``test`` (``test_loss``, ``test_acc``),
+        ``history``, ``stopped_early`` and ``stop_reason``, ``timings``, ``run_dir``.
+    """
+
+
+@hookspec
+def jaxyard_on_run_failed(run: Run, error: BaseException) -> None:
+    """The run stopped on an error (a diverged loss, a failed save, a plugin's exception, an
+    interrupt). Called once, before the error reaches the caller; an exception raised here
+    is reported and ignored so that the original error is the one the user sees.
     """

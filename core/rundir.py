@@ -1,14 +1,13 @@
-"""A run's directory: its resolved config, metrics.jsonl, curves and checkpoints.
+"""A run's directory: its resolved config, summary, curves, checkpoints and what loggers write.
 
-metrics.jsonl gets one whole line per epoch, written by a single ``write`` to a file opened for
-appending, so a killed process never leaves a torn line. On resume it is rewritten (atomically) from the history stored in
-the checkpoint, so it never holds epochs the resumed run will write again.
+config.toml is written (atomically) once every component has been built: a directory holding
+it is a run. metrics.jsonl belongs to the ``jsonl`` logger.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -57,26 +56,21 @@ class RunDir:
             raise UsageError(f"cannot create the run directory {err.filename or out or base}: {err.strerror}") from None
 
     def discard(self) -> None:
-        """Remove the directory if this run created it and wrote nothing into it."""
-        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
+        """Remove what this run wrote, before its config.toml was committed: a directory this run
+        created goes whole; a given empty one is emptied again (it held nothing of anyone's)."""
+        if not self.path.is_dir() or (self / CONFIG).exists():
+            return
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            for child in self.path.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
     def write_config(self, config_toml: str) -> None:
         write_atomic(self / CONFIG, config_toml)
-
-    def append_metrics(self, record: dict) -> None:
-        line = json.dumps(record) + "\n"
-        fd = os.open(self / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-
-    def rewrite_metrics(self, history: list[dict]) -> None:
-        write_atomic(self / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -93,7 +93,7 @@ def make_evaluate(graphdef, batch_size: int):
     return evaluate
 
 
-def eval_step(graphdef):
+def make_eval_step(graphdef):
     """Evaluation of one Python-fed batch (streaming data)."""
 
     @jax.jit

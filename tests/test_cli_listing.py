@@ -144,7 +144,11 @@ def test_plugins_text(run_cli):
 def test_plugins_json_lists_builtins_in_order(cli_json):
     plugins = cli_json(["plugins", "--json"])
     assert [p["name"] for p in plugins[:5]] == [f"jaxyard.plugins.{m}" for m in ("optimizers", "schedulers", "models", "loaders", "checkpointers")]
-    assert all(p["error"] is None and p["components"] and p["hooks"] for p in plugins)
+    assert all(p["error"] is None and p["hooks"] for p in plugins)
+    by_name = {p["name"]: p for p in plugins}
+    assert by_name["jaxyard.plugins.loggers"]["components"] == ["logger:jsonl", "logger:csv", "logger:tensorboard", "logger:mlflow", "logger:wandb"]
+    assert by_name["jaxyard.plugins.report"]["components"] == []  # an event plugin: hooks only
+    assert "jaxyard_on_epoch_end" in by_name["jaxyard.plugins.report"]["hooks"]
 
 
 def test_help_and_version(run_cli):

@@ -21,7 +21,7 @@ RUN = [
     "--set", "loader.train_size=3000",
     "--set", "loader.features=256",
     "--set", "model.hidden_dims=256,128",
-    "--set", "checkpointer.keep_latest=10",
+    "--set", "run.keep_latest=10",
 ]
 
 
@@ -51,11 +51,12 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def final_arrays(run_dir: Path):
+    from jaxyard import CheckpointPolicy, Monitor
     from jaxyard.plugins._orbax import OrbaxCheckpointer
 
     ckpt = OrbaxCheckpointer(run_dir / "checkpoints")
     try:
-        return ckpt.restore()
+        return CheckpointPolicy(ckpt, monitor=Monitor()).restore("latest")
     finally:
         ckpt.close()
 
@@ -136,15 +137,18 @@ def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, env, reference
     assert metrics(out) == metrics(reference)  # the last epochs were trained again, identically
 
 
-def test_eval_reads_the_best_and_latest_checkpoints(env, reference):
+def test_eval_reads_the_best_and_latest_checkpoints(reference, run_cli):
+    import jaxyard
+
     summary = json.loads((reference / "summary.json").read_text())
-    outputs = {}
-    for which in ("latest", "best", "376"):  # 94 steps per epoch: step 376 ends epoch 4
-        proc = cli("eval", str(reference), "--checkpoint", which, env=env)
-        outputs[which], _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, outputs[which]
     # the latest checkpoint is the end of training: the same test numbers as the run printed
-    assert f"Test Accuracy: {summary['test']['test_acc']:.4f}" in outputs["latest"]
-    assert f"Test Loss: {summary['test']['test_loss']:.4f}" in outputs["latest"]
-    assert "Test (checkpoint step 376, epoch 4):" in outputs["376"]
-    assert tomllib.loads((reference / "config.toml").read_text())["run"]["epochs"] == 8
+    latest = jaxyard.evaluate(reference, checkpoint="latest")
+    assert (latest.step, latest.test_loss, latest.test_acc) == (752, summary["test"]["test_loss"], summary["test"]["test_acc"])
+    # best: the saved step whose epoch has the lowest val_loss (run.monitor), not the latest
+    saved = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
+    expected = min((r for r in metrics(reference) if r["step"] in saved), key=lambda r: r["val_loss"])
+    best = jaxyard.evaluate(reference, checkpoint="best")
+    assert (best.step, best.epoch) == (expected["step"], expected["epoch"])
+    result = run_cli(["eval", reference, "--checkpoint", "376"])  # 94 steps per epoch: step 376 ends epoch 4
+    assert result.exit_code == 0, result.stderr
+    assert "at checkpoint step 376 (epoch 4, 376)" in result.stdout

@@ -38,7 +38,7 @@ def _write(path, text):
 def test_shipped_registry_is_the_one_in_the_checkout():
     assert shipped_registry().resolve() == (REPO / "registry.toml").resolve()
     settings = load_settings()
-    assert settings.builtin == ("optimizers", "schedulers", "models", "loaders", "checkpointers")
+    assert settings.builtin == ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards", "early_stopping", "checkpointing", "curves")
     assert settings.disabled == () and settings.local == ()
     assert settings.files == (str(shipped_registry()),)
 
@@ -48,7 +48,8 @@ def test_defaults(dry_run):
     shipped = tomllib.loads((REPO / "registry.toml").read_text())
     for key, value in shipped["run"].items():
         assert config["run"][key] == value, key
-    assert set(config) == {"run", "optimizer", "scheduler", "model", "loader", "checkpointer"}
+    assert set(config) == {"run", "optimizer", "scheduler", "model", "loader", "checkpointer", "logger"}
+    assert config["logger"] == {"jsonl": {"filename": "metrics.jsonl"}}
     assert config["optimizer"] == {"adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4}}
     assert config["model"]["mlp"]["hidden_dims"] == [256, 128]
     assert all(len(config[kind]) == 1 for kind in config if kind != "run")
@@ -220,8 +221,8 @@ def test_set_applies_to_the_chosen_component(dry_run, run_cli):
         (["--batch-size", "0"], ["batch_size", "must be >= 1"]),
         (["--epochs", "0"], ["epochs", "must be >= 1"]),
         (["--set", "optimizer.b1=1.0"], ["b1"]),
-        (["--set", "optimizer.momentum"], ["--set 'optimizer.momentum': expected SECTION.KEY=VALUE"]),
-        (["--set", "momentum=0.9"], ["expected SECTION.KEY=VALUE"]),
+        (["--set", "optimizer.momentum"], ["--set 'optimizer.momentum': expected KIND.KEY=VALUE"]),
+        (["--set", "momentum=0.9"], ["expected KIND.KEY=VALUE"]),
         (["--set", "optimiser.momentum=0.9"], ["unknown section 'optimiser'", "valid: run, optimizer"]),
     ],
 )
@@ -252,7 +253,7 @@ def test_parse_set():
     assert P.coerce(P.CommandLineText("1"), bool, where="x") is True
     assert parse_set(" run.out = runs/x ") == ("run", "out", "runs/x")
     assert parse_set("model.hidden_dims=1,2") == ("model", "hidden_dims", "1,2")
-    with pytest.raises(UsageError, match="expected SECTION.KEY=VALUE"):
+    with pytest.raises(UsageError, match="expected KIND.KEY=VALUE"):
         parse_set("optimizer=adam")
 
 

@@ -1,0 +1,170 @@
+"""Assembly: a run's components built from its configuration and checked to fit together.
+
+Everything that can be refused is refused here, before a run directory is written or a step
+compiled: the loader's arrays, the model's output shape, each factory's result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxyard.core import steps
+from jaxyard.core.config import RunConfig
+from jaxyard.core.data import Dataset, Split, StreamingDataset
+from jaxyard.core.errors import UsageError
+
+# fold_in constants of the streams derived from run.seed (one place: resume must match)
+PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM = 0, 1, 2
+
+
+def seed_key(seed: int, stream: int):
+    """The key of one random stream of the run (threefry, not the global default: resume elsewhere matches)."""
+    return jax.random.fold_in(jax.random.key(seed, impl="threefry2x32"), stream)
+
+
+@attrs.define
+class Built:
+    """A run's components, built and on the device, ready to train or evaluate.
+
+    ``data`` is the loader's StreamingDataset, or its Dataset with every split moved to the
+    device (the host copies are let go: at 100k examples that is 300 MB).
+    """
+
+    config: RunConfig
+    data: Dataset | StreamingDataset
+    train_graphdef: Any
+    eval_graphdef: Any
+    state: Any
+    schedule: Callable[[int], Any]
+    epoch_lr: np.ndarray  # the rate at the end of each epoch (index 0: before training)
+    steps_per_epoch: int
+    warmup_steps: int
+    total_steps: int
+    num_params: int
+    sizes: dict[str, int | None]
+
+
+def enable_compile_cache(directory: str | os.PathLike) -> None:
+    """Persist compiled programs under ``directory`` so a rerun of a configuration skips compiling."""
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def build(config: RunConfig) -> Built:
+    """Load the data, build the model, schedule and optimizer, and check they fit together."""
+    run = config.run
+    data, steps_per_epoch = load_data(config)
+    sizes = data.sizes()
+
+    rngs = nnx.Rngs(params=seed_key(run.seed, PARAMS_STREAM), dropout=seed_key(run.seed, DROPOUT_STREAM))
+    model = config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
+    if not isinstance(model, nnx.Module):
+        raise UsageError(f"model {config.model.name!r} returned {type(model).__name__}, not an nnx.Module")
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    _check_fit(config, model, data)
+
+    schedule, warmup, total = make_schedule(config, steps_per_epoch)
+    tx = config.optimizer.create(learning_rate=schedule)
+    if run.clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(run.clip_norm), tx)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model.eval()
+    eval_graphdef, _ = nnx.split((model, optimizer))
+    model.train()
+    train_graphdef, state = nnx.split((model, optimizer))
+    if isinstance(data, Dataset):
+        data = Dataset(*(Split(jnp.asarray(s.x), jnp.asarray(s.y)) for s in (data.train, data.val, data.test)), data.num_classes)
+    # one small compiled program instead of eager schedule calls (each a compile the first time)
+    epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(run.epochs + 1) * steps_per_epoch))
+    return Built(config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params, sizes)
+
+
+def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
+    """The loader's data, checked, and the number of training steps per epoch."""
+    run, name = config.run, config.loader.name
+    data = config.loader.create(seed=run.seed)
+    if not isinstance(data, (Dataset, StreamingDataset)):
+        raise UsageError(f"loader {name!r} returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
+    sizes = data.sizes()
+    if not sizes["train"]:
+        raise UsageError(f"loader {name!r} must give the size of its train split (StreamingDataset sizes=...)")
+    if isinstance(data, Dataset):
+        _check_dataset(name, data)
+    return data, steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
+
+
+def make_schedule(config: RunConfig, steps_per_epoch: int) -> tuple[Callable[[int], Any], int, int]:
+    """The run's learning-rate schedule: linear warmup, then the chosen schedule to the last step.
+
+    Returns ``(schedule, warmup_steps, total_steps)``; the chosen schedule spans
+    ``total_steps - warmup_steps``, the steps the run will actually take.
+    """
+    run = config.run
+    total = steps_per_epoch * run.epochs
+    warmup = min(run.warmup_steps, total)
+    decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
+    if not warmup:
+        return decay, 0, total
+    ramp = optax.linear_schedule(0.0, run.learning_rate, warmup)
+    return optax.join_schedules([ramp, decay], [warmup]), warmup, total
+
+
+def schedule_points(config: RunConfig, points: int = 11) -> dict[str, Any]:
+    """The learning rate at ``points`` evenly spaced steps of the run (and every step for a plot)."""
+    _, steps_per_epoch = load_data(config)
+    schedule, warmup, total = make_schedule(config, steps_per_epoch)
+    every = np.asarray(jax.vmap(schedule)(jnp.arange(total + 1)))
+    marks = sorted({round(i * total / max(points - 1, 1)) for i in range(points)} | ({warmup} if warmup else set()))
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "warmup_steps": warmup,
+        "total_steps": total,
+        "table": [(int(m), float(every[m])) for m in marks],
+        "every_step": every,
+    }
+
+
+def _check_dataset(name: str, data: Dataset) -> None:
+    """Splits with as many labels as examples, at least one of each, labels below num_classes."""
+    for split in ("train", "val", "test"):
+        part = getattr(data, split)
+        if len(part.x) != len(part.y) or len(part.y) == 0 or np.ndim(part.y) != 1:
+            raise UsageError(f"loader {name!r}: the {split} split has {len(part.x)} examples and labels of shape {np.shape(part.y)}")
+        if part.x.shape[1:] != data.train.x.shape[1:]:
+            raise UsageError(f"loader {name!r}: {split} examples have shape {part.x.shape[1:]}, train examples {data.train.x.shape[1:]}")
+        if not np.issubdtype(part.y.dtype, np.integer):
+            raise UsageError(f"loader {name!r}: {split} labels must be integers, got dtype {part.y.dtype}")
+        low, high = int(np.min(part.y)), int(np.max(part.y))
+        if low < 0 or high >= data.num_classes:
+            raise UsageError(
+                f"loader {name!r}: {split} labels range over {low}..{high}, outside 0..{data.num_classes - 1} (num_classes)"
+            )
+
+
+def _check_fit(config: RunConfig, model, data) -> None:
+    """A model whose output is not (batch, num_classes) for the loader's inputs is refused now."""
+    x = jax.ShapeDtypeStruct((2, *data.input_shape), jnp.float32)
+    graphdef, state = nnx.split(model)
+    try:
+        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+    except Exception as err:
+        msg = " ".join(str(err).split())[:300]
+        raise UsageError(
+            f"model {config.model.name!r} does not accept inputs of shape {tuple(data.input_shape)} "
+            f"from loader {config.loader.name!r}: {msg}"
+        ) from None
+    if getattr(out, "shape", None) != (2, data.num_classes):
+        raise UsageError(
+            f"model {config.model.name!r} returns shape {getattr(out, 'shape', type(out).__name__)} for a batch of 2, "
+            f"but loader {config.loader.name!r} has {data.num_classes} classes: expected (2, {data.num_classes})"
+        )

@@ -1,0 +1,17 @@
+"""The training curves PNG (loss, accuracy, learning rate per epoch), written at the end of a run."""
+
+from __future__ import annotations
+
+from jaxyard import hookimpl
+from jaxyard.core.rundir import CURVES
+
+
+@hookimpl
+def jaxyard_on_run_end(run, result):
+    if not result.history:
+        return
+    from jaxyard.core.plot import plot_curves
+
+    run.echo("\n7. Plotting training curves...")
+    png = plot_curves(result.history, run.directory / CURVES)
+    run.echo(f"  Training curves saved to {png}")

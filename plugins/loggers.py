@@ -1,0 +1,197 @@
+"""Built-in experiment loggers: ``jsonl`` (metrics.jsonl, on by default) and ``csv``; the
+``tensorboard``, ``mlflow`` and ``wandb`` loggers need their extras (``pip install 'jaxyard[NAME]'``).
+
+Listing components imports this module: the logging libraries are imported by the factories.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import numbers
+import os
+from pathlib import Path
+
+import attrs
+
+from jaxyard import hookimpl, param
+from jaxyard.core.loggers import require
+from jaxyard.core.rundir import write_atomic
+
+COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_time", "val_time")
+
+
+def _append(path: Path, text: str) -> None:
+    """One ``write`` to a file opened for appending: a killed process never leaves a torn line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+@attrs.frozen
+class JsonlParams:
+    filename: str = param("metrics.jsonl", "file in the run directory")
+
+
+class JsonlLogger:
+    """One JSON object per epoch; rewritten from the restored history when a run resumes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def start(self, run) -> None:
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in run.history))
+
+    def log_epoch(self, record: dict) -> None:
+        _append(self.path, json.dumps(record) + "\n")
+
+    def finish(self, run, status, result=None) -> None:
+        pass
+
+
+def jsonl(p: JsonlParams, *, directory: Path) -> JsonlLogger:
+    """metrics.jsonl: one JSON line per epoch (every metric, lr, timings)."""
+    return JsonlLogger(Path(directory) / p.filename)
+
+
+@attrs.frozen
+class CsvParams:
+    filename: str = param("metrics.csv", "file in the run directory")
+
+
+class CsvLogger:
+    """A header and one row per epoch; the columns are those of the first record."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] | None = None
+
+    def _rows(self, records) -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
+        for r in records:
+            writer.writerow(r)
+        return out.getvalue()
+
+    def start(self, run) -> None:
+        first = run.history[0] if run.history else None
+        self.columns = list(first) if first else None
+        header = ",".join(self.columns) + "\n" if self.columns else ""
+        write_atomic(self.path, header + (self._rows(run.history) if self.columns else ""))
+
+    def log_epoch(self, record: dict) -> None:
+        if self.columns is None:
+            self.columns = list(record)
+            _append(self.path, ",".join(self.columns) + "\n")
+        _append(self.path, self._rows([record]))
+
+    def finish(self, run, status, result=None) -> None:
+        pass
+
+
+def csv_logger(p: CsvParams, *, directory: Path) -> CsvLogger:
+    """metrics.csv: a header and one row per epoch, for spreadsheets and pandas."""
+    return CsvLogger(Path(directory) / p.filename)
+
+
+@hookimpl
+def jaxyard_register_loggers(register):
+    register("jsonl", jsonl, params=JsonlParams)
+    register("csv", csv_logger, params=CsvParams)
+    register("tensorboard", tensorboard, params=TensorboardParams)
+    register("mlflow", mlflow, params=MlflowParams)
+    register("wandb", wandb, params=WandbParams)
+
+
+# --- loggers for experiment trackers: each needs its extra --------------------------------------
+#
+# The factories import the tracker library (and the module wrapping it) only when a run builds
+# the logger: `jaxyard list` never pays for tensorboardX, mlflow or wandb.
+
+
+def metric_name(key: str) -> str:
+    """The name a record key gets in the trackers: ``train_loss`` -> ``train/loss``,
+    ``val_acc`` -> ``val/acc``, ``train_time`` -> ``time/train``; ``lr`` stays ``lr``."""
+    head, sep, tail = key.partition("_")
+    if sep and tail == "time":
+        return f"time/{head}"
+    if sep and head in ("train", "val", "test"):
+        return f"{head}/{tail}"
+    return key
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """The numeric values of an epoch's record under their tracker names (``epoch`` and ``step``
+    are the x axis, not metrics; ``None`` and non-numbers are left out)."""
+    out = {}
+    for key, value in record.items():
+        if key in ("epoch", "step") or isinstance(value, bool) or not isinstance(value, numbers.Real):
+            continue
+        out[metric_name(key)] = float(value)
+    return out
+
+
+def final_scalars(result) -> dict[str, float]:
+    """A finished run's test metrics (``test/loss``, ``test/acc``) and timings (``time/total_s``, ...)."""
+    if result is None:
+        return {}
+    out = scalars(dict(result.test or {}))
+    for key, value in (result.timings or {}).items():
+        if value is not None and not isinstance(value, bool) and isinstance(value, numbers.Real):
+            out[f"time/{key}"] = float(value)
+    return out
+
+
+@attrs.frozen
+class TensorboardParams:
+    subdir: str = param("tensorboard", "folder in the run directory for the event files (tensorboard --logdir RUN_DIR)")
+
+
+def tensorboard(p: TensorboardParams, *, directory: Path):
+    """TensorBoard event files: per-epoch scalars and the config as text (pip install 'jaxyard[tensorboard]')."""
+    require("tensorboardX", what="the tensorboard logger", extra="tensorboard")
+    from jaxyard.plugins._tensorboard import TensorboardLogger
+
+    return TensorboardLogger(Path(directory) / p.subdir)
+
+
+@attrs.frozen
+class MlflowParams:
+    tracking_uri: str = param("", "MLflow tracking URI; empty: a SQLite store in the run directory (sqlite:///RUN_DIR/mlflow.db)")
+    experiment: str = param("jaxyard", "MLflow experiment, created when missing", validator=attrs.validators.min_len(1))
+    run_name: str = param("", "MLflow run name; empty: the run directory's name")
+
+
+def mlflow(p: MlflowParams, *, directory: Path):
+    """MLflow: the config as params, per-epoch metrics, test metrics and artifacts (pip install 'jaxyard[mlflow]')."""
+    what = "the mlflow logger"
+    require("mlflow", what=what, extra="mlflow")
+    if p.tracking_uri == "" or p.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        require("sqlalchemy", what=what, extra="mlflow")  # the database store (mlflow-skinny leaves them out)
+        require("alembic", what=what, extra="mlflow")
+    from jaxyard.plugins._mlflow import MlflowLogger
+
+    return MlflowLogger(Path(directory), tracking_uri=p.tracking_uri, experiment=p.experiment, run_name=p.run_name)
+
+
+@attrs.frozen
+class WandbParams:
+    mode: str = param(
+        "offline",
+        "offline (files in RUN_DIR/wandb, upload later with `wandb sync`), online or disabled",
+        validator=attrs.validators.in_(("offline", "online", "disabled")),
+    )
+    project: str = param("jaxyard", "W&B project", validator=attrs.validators.min_len(1))
+    entity: str = param("", "W&B entity (user or team); empty: your default")
+    run_name: str = param("", "W&B run name; empty: the run directory's name")
+
+
+def wandb(p: WandbParams, *, directory: Path):
+    """Weights & Biases, offline unless mode=online: config, per-epoch metrics, test summary (pip install 'jaxyard[wandb]')."""
+    require("wandb", what="the wandb logger", extra="wandb")
+    from jaxyard.plugins._wandb import WandbLogger
+
+    return WandbLogger(Path(directory), mode=p.mode, project=p.project, entity=p.entity, run_name=p.run_name)

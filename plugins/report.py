@@ -1,0 +1,94 @@
+"""The printed report: the seven numbered stages of the Artifex example, through ``run.echo``.
+
+A plugin like any other: ``--disable jaxyard.plugins.report`` trains silently, and a plugin of
+your own can print its own report instead.
+"""
+
+from __future__ import annotations
+
+import time
+
+from jaxyard import hookimpl
+
+RULE = "-" * 40
+
+
+@hookimpl(wrapper=True)
+def jaxyard_on_run_start(run):
+    """Printed around the other plugins' run start, so the header comes first."""
+    echo, cfg = run.echo, run.config.run
+    echo("=" * 60)
+    echo("jaxyard training run")
+    echo("=" * 60)
+    echo("\n1. Setting up configuration...")
+    echo(f"  Run directory: {run.directory}")
+    for kind in ("model", "optimizer", "scheduler", "loader", "checkpointer"):
+        echo(f"  {kind.capitalize()}: {run.config.choices[kind].name}")
+    echo(f"  Loggers: {run.components['loggers']}")
+    echo(f"  Epochs: {cfg.epochs}")
+    echo(f"  Batch size: {cfg.batch_size}")
+    echo(f"  Seed: {cfg.seed}")
+    echo(f"\n2. Loading data ({run.config.loader.name})...")
+    for split, label in (("train", "Train"), ("val", "Validation"), ("test", "Test")):
+        size = run.sizes.get(split)
+        echo(f"  {label} samples: {size if size is not None else 'streamed'}")
+    echo("\n3. Creating model...")
+    model = run.config.model
+    echo(f"  Model created: {model.name}, {run.num_params:,} parameters ({run.components['model'].partition(' (')[2][:-1]})")
+    echo("\n4. Setting up optimizer and scheduler...")
+    echo(f"  Optimizer: {run.components['optimizer']}")
+    echo(
+        f"  Scheduler: {run.config.scheduler.name}, peak lr {cfg.learning_rate:g}, warmup {run.warmup_steps} steps, "
+        f"{run.total_steps} steps in all ({run.steps_per_epoch} per epoch)"
+    )
+    if cfg.warmup_steps >= run.total_steps:
+        echo(f"  Note: run.warmup_steps = {cfg.warmup_steps} covers the whole run of {run.total_steps} steps: the rate only rises")
+    for step, cause in run.skipped_checkpoints:
+        echo(f"  Skipped damaged checkpoint step {step}: {cause}")
+    if run.restored_step is not None:
+        echo(f"  Resuming after epoch {run.start_epoch} (checkpoint step {run.restored_step})")
+    result = yield
+    echo("\n5. Starting training...")
+    echo(RULE)
+    return result
+
+
+@hookimpl(tryfirst=True)
+def jaxyard_on_epoch_end(run, record):
+    echo = run.echo
+    echo(f"Epoch {record['epoch']}/{run.epochs}")
+    echo(f"  Train - Loss: {record['train_loss']:.4f}, Acc: {record['train_acc']:.4f}")
+    echo(f"  Val   - Loss: {record['val_loss']:.4f}, Acc: {record['val_acc']:.4f}")
+
+
+@hookimpl
+def jaxyard_on_checkpoint_saved(run, step, record):
+    run.echo(f"  Checkpoint saved: step {step} (epoch {record['epoch']})")
+
+
+@hookimpl(wrapper=True)
+def jaxyard_on_run_end(run, result):
+    """Stages 6 before the other plugins (the curves plugin prints stage 7), the last line after."""
+    echo = run.echo
+    echo(RULE)
+    if result.stop_reason:
+        echo(f"  Stopped after epoch {len(result.history)}: {result.stop_reason}")
+    compiled = f" (compiling {result.timings['compile_s']:.2f} s)" if result.timings.get("compile_s") is not None else ""
+    echo(f"  Training took {result.timings['train_s']:.2f} s{compiled}")
+    echo("\n6. Evaluating on test set...")
+    echo(f"  Test Loss: {result.test['test_loss']:.4f}")
+    echo(f"  Test Accuracy: {result.test['test_acc']:.4f}")
+    out = yield
+    echo(f"\nRun finished in {time.perf_counter() - run.started:.1f} s: {run.directory}")
+    return out
+
+
+@hookimpl
+def jaxyard_on_run_failed(run, error):
+    """Before the error line: what survived, and how to continue."""
+    if run.history and run.last_checkpoint is not None:
+        run.echo(RULE)
+        run.echo(
+            f"Run stopped after epoch {run.history[-1]['epoch']}; `jaxyard resume {run.directory}` continues "
+            f"from checkpoint step {run.last_checkpoint}"
+        )

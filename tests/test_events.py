@@ -1,0 +1,199 @@
+"""The loop as events: plugins that log, stop, fail; built-ins that can be disabled; loggers
+isolated; a storage-only checkpointer getting retention and best from core."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import jaxyard
+from helpers import assert_one_line_error
+
+LOCAL = Path(__file__).parent / "plugins_local"
+TINY = [
+    "loader.train_size=100",
+    "loader.val_size=50",
+    "loader.test_size=50",
+    "loader.features=16",
+    "loader.classes=4",
+    "model.hidden_dims=32",
+    "run.warmup_steps=2",
+]
+
+
+def config(*sets, plugins=(), disable=(), **run):
+    registry = jaxyard.build_registry(plugins=[str(LOCAL / p) for p in plugins], disable=disable, strict=True)
+    options = {"epochs": 3, "batch_size": 16, **run}
+    return jaxyard.resolve_config(registry, jaxyard.load_settings(), options=options, sets=[*TINY, *sets])
+
+
+def lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_a_ten_line_plugin_logs_every_epoch_and_stops_the_run(tmp_path):
+    out = tmp_path / "run"
+    result = jaxyard.train(config(plugins=["stop_when_good.py"], epochs=5), out_dir=out)
+    assert result.stopped_early and result.stop_reason == "epoch 2 is enough"
+    assert [r["epoch"] for r in lines(out / "my_log.jsonl")] == [1, 2]
+    assert [r["epoch"] for r in lines(out / "metrics.jsonl")] == [1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["stop_reason"] == "epoch 2 is enough"
+    assert (out / "checkpoints" / "14").is_dir()  # the stopping epoch is saved (7 steps per epoch)
+
+
+def test_events_reach_plugins_in_order_with_what_they_document(tmp_path):
+    seen = []
+
+    class Spy:
+        @jaxyard.hookimpl
+        def jaxyard_on_run_start(self, run):
+            seen.append(("start", run.start_epoch, run.num_params, sorted(run.components), run.directory))
+
+        @jaxyard.hookimpl
+        def jaxyard_on_epoch_end(self, run, record):
+            seen.append(("epoch", record["epoch"], record is run.history[-1]))
+
+        @jaxyard.hookimpl
+        def jaxyard_on_checkpoint_saved(self, step, path, record):
+            seen.append(("saved", step, path.name, record["epoch"]))
+
+        @jaxyard.hookimpl
+        def jaxyard_on_run_end(self, result):
+            seen.append(("end", sorted(result.test), result.stopped_early))
+
+    cfg = config("run.save_every=2")
+    cfg.registry.plugin_manager.register(Spy(), name="spy")
+    out = tmp_path / "run"
+    jaxyard.train(cfg, out_dir=out)
+    assert seen == [
+        ("start", 0, 676, ["checkpointer", "loader", "loggers", "model", "optimizer", "scheduler"], out),
+        ("epoch", 1, True),
+        ("epoch", 2, True),
+        ("saved", 14, "checkpoints", 2),
+        ("epoch", 3, True),
+        ("saved", 21, "checkpoints", 3),
+        ("end", ["test_acc", "test_loss"], False),
+    ]
+
+
+def test_a_plugin_raising_in_an_event_is_one_line_and_keeps_what_was_written(run_cli, tmp_path):
+    out = tmp_path / "run"
+    args = ["--plugin", LOCAL / "raising_event.py", "run", "--out", out, "--epochs", "4", "--batch-size", "16"]
+    args += [x for s in [*TINY, "run.save_every=1"] for x in ("--set", s)]
+    result = run_cli(args)
+    err = assert_one_line_error(result, "failed in jaxyard_on_epoch_end: ZeroDivisionError: my plugin divided by zero", exit_code=1)
+    assert "raising_event.py" in err
+    # epoch 1 was logged and saved before the plugin failed at epoch 2; resume continues
+    assert [r["epoch"] for r in lines(out / "metrics.jsonl")] == [1, 2]
+    assert (out / "checkpoints" / "7").is_dir()
+    resumed = run_cli(["resume", out])  # without the faulty plugin
+    assert resumed.exit_code == 0, resumed.stderr
+    assert [r["epoch"] for r in lines(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_run_failed_reaches_plugins_with_the_error(tmp_path):
+    errors = []
+
+    class Watcher:
+        @jaxyard.hookimpl
+        def jaxyard_on_run_failed(self, error):
+            errors.append(error)
+
+        @jaxyard.hookimpl
+        def jaxyard_on_epoch_end(self):
+            raise RuntimeError("boom")
+
+    cfg = config()
+    cfg.registry.plugin_manager.register(Watcher(), name="watcher")
+    with pytest.raises(jaxyard.PluginError, match="plugin watcher failed in jaxyard_on_epoch_end: RuntimeError: boom"):
+        jaxyard.train(cfg, out_dir=tmp_path / "run")
+    assert len(errors) == 1 and isinstance(errors[0], jaxyard.PluginError)
+
+
+def test_built_in_plugins_can_be_disabled(run_cli, tmp_path):
+    out = tmp_path / "run"
+    args = ["--disable", "jaxyard.plugins.report", "--disable", "jaxyard.plugins.curves", "run", "--out", out, "--epochs", "2"]
+    result = run_cli(args + [x for s in TINY for x in ("--set", s)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # the report is a plugin
+    assert not (out / "training_curves.png").exists()
+    assert len(lines(out / "metrics.jsonl")) == 2
+
+
+def test_the_report_prints_the_seed_stages(run_cli, tmp_path):
+    result = run_cli(["run", "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16", "--logger", "csv"] + [x for s in TINY for x in ("--set", s)])
+    assert result.exit_code == 0, result.stderr
+    stages = [line for line in result.stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 8)}]
+    assert [s[:2] for s in stages] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
+    assert "  Loggers: jsonl, csv" in result.stdout
+    assert "Epoch 2/2" in result.stdout and "Checkpoint saved: step 14 (epoch 2)" in result.stdout
+
+
+def test_a_failing_logger_is_dropped_and_the_run_goes_on(tmp_path):
+    warnings = []
+    module = tmp_path / "broken_logger.py"
+    module.write_text(
+        "import jaxyard\n"
+        "class Broken:\n"
+        "    def start(self, run): pass\n"
+        "    def log_epoch(self, record): raise OSError('disk on fire')\n"
+        "    def finish(self, run, status, result=None): raise AssertionError('dropped')\n"
+        "@jaxyard.hookimpl\n"
+        "def jaxyard_register_loggers(register):\n"
+        "    register('broken', lambda p, *, directory: Broken(), description='fails on purpose')\n"
+    )
+    registry = jaxyard.build_registry(plugins=[str(module)], strict=True)
+    cfg = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"epochs": 3, "batch_size": 16}, sets=TINY, loggers=["broken"])
+    out = tmp_path / "run"
+    result = jaxyard.train(cfg, out_dir=out, warn=warnings.append)
+    assert len(result.history) == 3
+    assert warnings == ["Warning: logger 'broken' failed in log_epoch and was dropped: OSError: disk on fire"]
+    assert len(lines(out / "metrics.jsonl")) == 3 and (out / "checkpoints" / "21").is_dir()
+
+
+def test_csv_logger_equals_metrics_jsonl(tmp_path):
+    import csv
+
+    out = tmp_path / "run"
+    registry = jaxyard.build_registry(strict=True)
+    cfg = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"epochs": 3, "batch_size": 16}, sets=TINY, loggers=["csv"])
+    jaxyard.train(cfg, out_dir=out)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    expected = lines(out / "metrics.jsonl")
+    assert [{k: float(v) for k, v in r.items()} for r in rows] == [{k: float(v) for k, v in r.items()} for r in expected]
+
+
+def test_a_storage_only_checkpointer_gets_retention_and_best_from_core(tmp_path):
+    """val_loss rises once the tiny net overfits random labels: the best epoch is an early one."""
+    sets = ["run.checkpointer=npz", "run.save_every=1", "run.keep_latest=1", "run.keep_best=1", "loader.random_labels=true"]
+    cfg = config(*sets, plugins=["npz_checkpointer.py"], epochs=6, learning_rate=3e-2)
+    out = tmp_path / "run"
+    result = jaxyard.train(cfg, out_dir=out)
+    best = min(result.history, key=lambda r: r["val_loss"])
+    latest = result.history[-1]
+    assert best["step"] != latest["step"], "the workload must make an early epoch best"
+    kept = sorted(int(p.name) for p in (out / "checkpoints").iterdir())
+    assert kept == sorted({best["step"], latest["step"]})
+    evaluation = jaxyard.evaluate(out, checkpoint="best", registry=cfg.registry)
+    assert (evaluation.step, evaluation.epoch) == (best["step"], best["epoch"])
+    assert jaxyard.evaluate(out, checkpoint="latest", registry=cfg.registry).step == latest["step"]
+    assert json.loads((out / "summary.json").read_text())["best"]["step"] == best["step"]
+
+
+def test_an_incomplete_checkpointer_is_refused_before_the_run_is_written(tmp_path):
+    module = tmp_path / "half_checkpointer.py"
+    module.write_text(
+        "import jaxyard\n"
+        "class Half:\n"
+        "    def save(self, step, arrays, meta): pass\n"
+        "@jaxyard.hookimpl\n"
+        "def jaxyard_register_checkpointers(register):\n"
+        "    register('half', lambda p, *, directory: Half(), description='no load, steps, delete, wait, close')\n"
+    )
+    registry = jaxyard.build_registry(plugins=[str(module)], strict=True)
+    cfg = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"checkpointer": "half"}, sets=TINY)
+    with pytest.raises(jaxyard.PluginError, match=r"checkpointer 'half' .* returned Half, which lacks steps, load, delete, wait, close"):
+        jaxyard.train(cfg, out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
