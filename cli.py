@@ -238,6 +238,7 @@ def _compile_cache(no_cache: bool):
 @cli.command()
 @_run_options
 @click.option("--out", metavar="DIR", help="The run's directory (default: run.out/<timestamp>-<model>-<optimizer>-<loader>).")
+@click.option("--profile", is_flag=True, default=None, help="Write a jax.profiler trace of the second epoch to RUN_DIR/profile (run.profile).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @click.pass_obj
@@ -313,12 +314,13 @@ def resume(session, run_dir, no_compile_cache):
     metavar="latest|best|STEP",
     help="The newest intact checkpoint, the one whose epoch is best by the run's monitor (run.monitor), or a step.",
 )
+@click.option("--weights", type=click.Choice(["model", "ema"]), default="model", show_default=True, help="The trained weights, or their moving average (runs with run.ema_decay).")
 @click.pass_obj
-def eval_(session, run_dir, checkpoint):
+def eval_(session, run_dir, checkpoint, weights):
     """Evaluate a run's saved model on the test split, without training."""
     from jaxyard.core.engine import evaluate
 
-    evaluate(run_dir, checkpoint=checkpoint, registry=session.registry, echo=click.echo)
+    evaluate(run_dir, checkpoint=checkpoint, weights=weights, registry=session.registry, echo=click.echo)
 
 
 def main(argv=None):

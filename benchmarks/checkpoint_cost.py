@@ -18,8 +18,8 @@ import jaxyard
 
 VARIANTS = {
     "none": ["run.checkpointer=none"],
-    "orbax async": ["checkpointer.async_save=true", "checkpointer.keep_latest=20"],
-    "orbax sync": ["checkpointer.async_save=false", "checkpointer.keep_latest=20"],
+    "orbax async": ["checkpointer.async_save=true", "run.keep_latest=20"],
+    "orbax sync": ["checkpointer.async_save=false", "run.keep_latest=20"],
 }
 
 

@@ -18,6 +18,7 @@ import optax
 from flax import nnx
 
 from jaxyard.core import steps
+from jaxyard.core.averaging import ema_of_params
 from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset, Split, StreamingDataset
 from jaxyard.core.errors import UsageError
@@ -77,6 +78,10 @@ def build(config: RunConfig) -> Built:
     tx = config.optimizer.create(learning_rate=schedule)
     if run.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(run.clip_norm), tx)
+    if run.ema_decay:
+        tx = optax.chain(tx, ema_of_params(run.ema_decay))
+    if run.accumulate_steps > 1:  # the steps above (and the schedule) count real updates
+        tx = optax.MultiSteps(tx, every_k_schedule=run.accumulate_steps).gradient_transformation()
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     model.eval()
     eval_graphdef, _ = nnx.split((model, optimizer))
@@ -85,7 +90,8 @@ def build(config: RunConfig) -> Built:
     if isinstance(data, Dataset):
         data = Dataset(*(Split(jnp.asarray(s.x), jnp.asarray(s.y)) for s in (data.train, data.val, data.test)), data.num_classes)
     # one small compiled program instead of eager schedule calls (each a compile the first time)
-    epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(run.epochs + 1) * steps_per_epoch))
+    updates_at_epoch_end = jnp.arange(run.epochs + 1) * steps_per_epoch // run.accumulate_steps
+    epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(updates_at_epoch_end))
     return Built(config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params, sizes)
 
 
@@ -107,10 +113,11 @@ def make_schedule(config: RunConfig, steps_per_epoch: int) -> tuple[Callable[[in
     """The run's learning-rate schedule: linear warmup, then the chosen schedule to the last step.
 
     Returns ``(schedule, warmup_steps, total_steps)``; the chosen schedule spans
-    ``total_steps - warmup_steps``, the steps the run will actually take.
+    ``total_steps - warmup_steps``, the steps the run will actually take. Steps are optimizer
+    updates: with ``run.accumulate_steps = k``, one per k batches.
     """
     run = config.run
-    total = steps_per_epoch * run.epochs
+    total = max(steps_per_epoch * run.epochs // run.accumulate_steps, 1)
     warmup = min(run.warmup_steps, total)
     decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
     if not warmup:
@@ -125,8 +132,9 @@ def schedule_points(config: RunConfig, points: int = 11) -> dict[str, Any]:
     schedule, warmup, total = make_schedule(config, steps_per_epoch)
     every = np.asarray(jax.vmap(schedule)(jnp.arange(total + 1)))
     marks = sorted({round(i * total / max(points - 1, 1)) for i in range(points)} | ({warmup} if warmup else set()))
+    k = config.run.accumulate_steps
     return {
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch / k if k > 1 else steps_per_epoch,  # optimizer updates
         "warmup_steps": warmup,
         "total_steps": total,
         "table": [(int(m), float(every[m])) for m in marks],

@@ -45,6 +45,15 @@ class RunSettings:
         "(*_loss: lower is better, *_acc: higher)",
         validator=v.in_(MONITORS),
     )
+    accumulate_steps: int = P.param(
+        1, "gradient accumulation: average the gradients of N batches per optimizer update (effective batch N x batch_size)",
+        validator=v.ge(1),
+    )
+    ema_decay: float = P.param(
+        0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.999 (0: off); `eval --weights ema`",
+        validator=[v.ge(0.0), v.lt(1.0)],
+    )
+    profile: bool = P.param(False, "write a jax.profiler trace of the second epoch to the run directory's profile/")
     keep_latest: int = P.param(3, "checkpoints: keep the newest N", validator=v.ge(1))
     keep_best: int = P.param(1, "checkpoints: also keep the N best by `monitor`", validator=v.ge(0))
     loggers: tuple[str, ...] = P.param(("jsonl",), "experiment loggers (`jaxyard list loggers`); `--logger NAME` adds one")

@@ -23,6 +23,7 @@ from jaxyard.core import state as st
 from jaxyard.core.build import Built, build, enable_compile_cache
 from jaxyard.core.checkpoint import CheckpointError, missing_methods
 from jaxyard.core.config import RunConfig
+from jaxyard.core.data import Dataset
 from jaxyard.core.errors import PluginError, UsageError
 from jaxyard.core.events import Echo, Run, RunResult, describe_params, emit, emit_failed
 from jaxyard.core.loggers import LOGGER_METHODS, LoggerHub
@@ -107,13 +108,19 @@ def resume(
     return _fit(built, rd.RunDir(run_dir), storage, loggers, echo, warn or echo, progress, resume=True, started=started)
 
 
-def evaluate(run_dir: str | os.PathLike, *, checkpoint: str = "latest", registry=None, echo: Echo = _silent) -> Evaluation:
+def evaluate(
+    run_dir: str | os.PathLike, *, checkpoint: str = "latest", weights: str = "model", registry=None, echo: Echo = _silent
+) -> Evaluation:
     """Evaluate a saved checkpoint on the test split, without training or writing anything.
 
     :param checkpoint: ``latest`` (the newest intact step), ``best`` (the intact step whose epoch
         is best by the run's ``monitor``) or a step number.
+    :param weights: ``model`` (the trained weights) or ``ema`` (their moving average, for a run
+        with ``run.ema_decay``).
     """
     which = _parse_which(checkpoint)
+    if weights not in ("model", "ema"):
+        raise UsageError(f"--weights {weights!r}: expected model or ema")
     config = load_run_config(run_dir, registry)
     built = build(config)
     storage = make_checkpointer(config, rd.RunDir(run_dir))
@@ -125,9 +132,12 @@ def evaluate(run_dir: str | os.PathLike, *, checkpoint: str = "latest", registry
             storage.close()
     for step, cause in restored.skipped:
         echo(f"Skipped damaged checkpoint step {step}: {cause}")
-    loss, acc = means(jax.device_get(make_loop(built).evaluate("test")))
+    if weights == "ema" and not config.run.ema_decay:
+        raise UsageError(f"--weights ema: {run_dir} kept no average of its weights (run.ema_decay = 0)")
+    loss, acc = means(jax.device_get(make_loop(built).evaluate("test", ema=weights == "ema")))
     epoch = restored.meta.get("epoch")
-    echo(f"Evaluating {run_dir} at checkpoint step {restored.step} (epoch {epoch}, {checkpoint}) on the test split:")
+    what = " (averaged weights)" if weights == "ema" else ""
+    echo(f"Evaluating {run_dir} at checkpoint step {restored.step} (epoch {epoch}, {checkpoint}){what} on the test split:")
     echo(f"  Test Loss: {loss:.4f}")
     echo(f"  Test Accuracy: {acc:.4f}")
     return Evaluation(restored.step, epoch, loss, acc, restored.skipped)
@@ -223,7 +233,9 @@ def _fit(
 ) -> RunResult:
     config, settings = built.config, built.config.run
     pm = _plugins(config)
-    policy = CheckpointPolicy(storage, monitor=_monitor(config), keep_latest=settings.keep_latest, keep_best=settings.keep_best)
+    policy = CheckpointPolicy(
+        storage, monitor=_monitor(config), keep_latest=settings.keep_latest, keep_best=settings.keep_best, warn=warn
+    )
     run = Run(
         config,
         run_dir.path,
@@ -236,6 +248,8 @@ def _fit(
         echo=echo,
         warn=warn,
         started=started,
+        interactive=progress is not None,
+        streamed=not isinstance(built.data, Dataset),
     )
     loop = make_loop(built)
 
@@ -264,6 +278,8 @@ def _fit(
             val_sums = jax.device_get(loop.evaluate("val"))
             t2 = time.perf_counter()
             (train_loss, train_acc), (val_loss, val_acc) = means(train_sums), means(val_sums)
+            if settings.ema_decay:
+                ema_loss, ema_acc = means(jax.device_get(loop.evaluate("val", ema=True)))
             run.compile_seconds = loop.compile_seconds
             record = {
                 "epoch": epoch,
@@ -276,6 +292,8 @@ def _fit(
                 "train_time": round(t1 - t0, 6),
                 "val_time": round(t2 - t1, 6),
             }
+            if settings.ema_decay:
+                record.update(val_loss_ema=ema_loss, val_acc_ema=ema_acc)
             run.history.append(record)
             emit(pm, "jaxyard_on_epoch_end", run=run, record=record)
             if run.stop_reason:
@@ -286,6 +304,8 @@ def _fit(
         test_loss, test_acc = means(jax.device_get(loop.evaluate("test")))
         timings = {"total_s": time.perf_counter() - started, "train_s": train_seconds, "compile_s": loop.compile_seconds}
         test = {"test_loss": test_loss, "test_acc": test_acc}
+        if settings.ema_decay:
+            test["test_loss_ema"], test["test_acc_ema"] = means(jax.device_get(loop.evaluate("test", ema=True)))
         best = _monitor(config).best(run.history)
         stopped = run.stop_reason is not None and len(run.history) < settings.epochs
         result = RunResult(run_dir.path, run.history, test, stopped, timings, run.stop_reason, dict(best) if best else None)

@@ -60,6 +60,8 @@ class Run:
     warn: Echo = _silent
     started: float = 0.0  # time.perf_counter() when train()/resume() was called
     process_index: int = 0
+    interactive: bool = False  # the report goes to a terminal (progress bars welcome)
+    streamed: bool = False  # batches come from Python (the loop shows a bar per batch itself)
     stop_reason: str | None = None
     last_checkpoint: int | None = None
     compile_seconds: float | None = None

@@ -32,7 +32,9 @@ class InMemoryLoop:
         run = built.config.run
         self.b = built
         self.key = seed_key(run.seed, SHUFFLE_STREAM)
-        self.evaluate_fn = steps.make_evaluate(built.eval_graphdef, run.eval_batch_size)
+        self.evaluate_fns = {
+            ema: steps.make_evaluate(built.eval_graphdef, run.eval_batch_size, ema=ema) for ema in (False, True)
+        }
         self.epoch_fn = steps.make_train_epoch(built.train_graphdef, len(built.data.train), run.batch_size, run.drop_last)
         self.compiled = None
         self.compile_seconds: float | None = 0.0
@@ -48,9 +50,10 @@ class InMemoryLoop:
         b.state, sums = self.compiled(b.state, x, y, key)
         return sums
 
-    def evaluate(self, split: str):
+    def evaluate(self, split: str, *, ema: bool = False):
+        """Sums over ``split`` with dropout off; ``ema``: with the averaged weights (run.ema_decay)."""
         part = getattr(self.b.data, split)
-        return self.evaluate_fn(self.b.state, part.x, part.y)
+        return self.evaluate_fns[ema](self.b.state, part.x, part.y)
 
 
 class StreamingLoop:
@@ -61,7 +64,7 @@ class StreamingLoop:
     def __init__(self, built: Built):
         self.b = built
         self.step_fn = steps.make_train_step(built.train_graphdef)
-        self.eval_step = steps.make_eval_step(built.eval_graphdef)
+        self.eval_steps = {ema: steps.make_eval_step(built.eval_graphdef, ema=ema) for ema in (False, True)}
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
         """``progress(length=steps, label=...)`` makes a per-batch bar (click.progressbar)."""
@@ -79,11 +82,11 @@ class StreamingLoop:
                     bar.update(1)
         return total
 
-    def evaluate(self, split: str):
+    def evaluate(self, split: str, *, ema: bool = False):
         total = jnp.zeros(3)
         bs = self.b.config.run.eval_batch_size
         for xb, yb in self.b.data.batches(split, bs, 0):
-            total = total + self.eval_step(self.b.state, *pad(xb, yb, bs))
+            total = total + self.eval_steps[ema](self.b.state, *pad(xb, yb, bs))
         return total
 
 

@@ -89,13 +89,20 @@ class CheckpointPolicy:
         keep_latest: int = 3,
         keep_best: int = 1,
         on_skip: Callable[[int, str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ):
+        # keep_latest >= 1: retention must never delete the newest step (finish() prunes after it is committed)
+        if isinstance(keep_latest, bool) or not isinstance(keep_latest, int) or keep_latest < 1:
+            raise ValueError(f"keep_latest must be an integer >= 1, got {keep_latest!r}")
+        if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
+            raise ValueError(f"keep_best must be an integer >= 0, got {keep_best!r}")
         self.storage = storage
         self.monitor = monitor
         self.keep_latest = keep_latest
         self.keep_best = keep_best
         self.records: dict[int, Mapping[str, Any]] = {}
         self.on_skip = on_skip
+        self.warn = warn or (lambda _: None)
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -103,18 +110,23 @@ class CheckpointPolicy:
         """Wait for the previous save, apply retention to what is committed, then save ``step``."""
         self.storage.wait()
         self.prune()
+        self.storage.save(step, arrays, meta)
         metrics = meta.get("metrics")
         if isinstance(metrics, Mapping):
             self.records[step] = {**metrics, "step": step}
-        self.storage.save(step, arrays, meta)
 
     def prune(self) -> list[int]:
         """Delete the committed steps retention does not keep; returns them."""
         steps = self.storage.steps()
         keep = steps_to_keep(steps, self.records, self.monitor, keep_latest=self.keep_latest, keep_best=self.keep_best)
-        dropped = [s for s in steps if s not in keep]
-        for step in dropped:
-            self.storage.delete(step)
+        dropped = []
+        for step in (s for s in steps if s not in keep):
+            try:
+                self.storage.delete(step)
+            except CheckpointError as err:  # an old step left behind must not cost the next save
+                self.warn(f"Warning: retention could not delete {err}")
+                continue
+            dropped.append(step)
         return dropped
 
     def finish(self) -> None:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxyard.core.averaging import use_ema
 from jaxyard.core.errors import UsageError
 
 
@@ -69,12 +70,15 @@ def make_train_step(graphdef):
     return jax.jit(partial(_step, graphdef), donate_argnums=0)
 
 
-def make_evaluate(graphdef, batch_size: int):
-    """``evaluate(state, x, y) -> sums`` with dropout off, in padded chunks of ``batch_size``."""
+def make_evaluate(graphdef, batch_size: int, *, ema: bool = False):
+    """``evaluate(state, x, y) -> sums`` with dropout off, in padded chunks of ``batch_size``
+    (with ``ema``: the averaged weights of ``run.ema_decay``)."""
 
     @jax.jit
     def evaluate(state, x, y):
-        model, _ = nnx.merge(graphdef, state)
+        model, optimizer = nnx.merge(graphdef, state)
+        if ema:
+            use_ema(model, optimizer)
         n = x.shape[0]
         chunk = min(batch_size, n)
         chunks = math.ceil(n / chunk)
@@ -93,12 +97,14 @@ def make_evaluate(graphdef, batch_size: int):
     return evaluate
 
 
-def make_eval_step(graphdef):
+def make_eval_step(graphdef, *, ema: bool = False):
     """Evaluation of one Python-fed batch (streaming data)."""
 
     @jax.jit
     def step(state, x, y, mask):
-        model, _ = nnx.merge(graphdef, state)
+        model, optimizer = nnx.merge(graphdef, state)
+        if ema:
+            use_ema(model, optimizer)
         return _masked_loss(model, x, y, mask)[1]
 
     return step

@@ -1,4 +1,4 @@
-"""Orbax-backed checkpointer: checksummed, retention of latest K + best N, async saves.
+"""Orbax-backed checkpointer: storage only, with checksums, durable and asynchronous saves.
 
 Layout of ``directory``::
 
@@ -7,17 +7,27 @@ Layout of ``directory``::
         state/                    the arrays (orbax StandardSave of a flat dict of numpy arrays)
         meta/metadata             the engine's ``meta`` dict (JSON)
         checksums/metadata        shape, dtype and crc32 of every array (JSON)
-        metrics/metrics           orbax's copy of the numeric metrics (ranks "best")
         _CHECKPOINT_METADATA      orbax bookkeeping
     <step>.orbax-checkpoint-tmp*  a save in progress (orbax renames it to <step> when done)
     <step>.damaged                a damaged checkpoint moved aside because the step was saved again
+
+Storage only: which step is the latest intact one, which is best, how many to keep and passing
+over damaged steps are decided by :class:`jaxyard.core.policy.CheckpointPolicy` for every
+checkpointer. Orbax keeps every step it saves; a step goes away only through :meth:`delete`.
+(Steps written by earlier versions may also hold a ``metrics/`` item; it is never read.)
 
 Orbax writes every step into a temporary directory and renames it when all
 items are committed, so a kill mid-save never leaves a half-written ``<step>``;
 the checksum record is one of the items of that same atomic step, so it exists
 exactly when the arrays do.
 
-Damage detection on restore: each item is restored separately (so the cause
+Readers never change the directory: ``jaxyard eval RUN`` may open it while RUN
+is still training, and a ``*.orbax-checkpoint-tmp*`` directory may be that
+run's save in progress. Opening, :meth:`steps` and :meth:`load` only read;
+leftovers of killed saves are removed by the first :meth:`save` of a process
+(the writer), and a new directory is created and marked when opened.
+
+Damage detection on load: each item is restored separately (so the cause
 names the item); any orbax/tensorstore/JSON error is a cause; then every array's
 shape, dtype and crc32 are checked against the checksum record -- this catches
 flipped bytes inside array data, which orbax itself reads back silently.
@@ -26,31 +36,33 @@ flipped bytes inside array data, which orbax itself reads back silently.
 from __future__ import annotations
 
 import json
-import logging
-import math
 import operator
 import os
 import pathlib
+import shutil
 import zlib
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as ocm
 
 from jaxyard.core.checkpoint import CheckpointError, Restored, describe_exception
-
-log = logging.getLogger(__name__)
 
 MARKER_NAME = "jaxyard-checkpoints.json"
 MARKER_FORMAT = "jaxyard.orbax"
 FORMAT_VERSION = 1
 CHECKSUM_ALGORITHM = "crc32"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step directory being written
 
 _STATE = "state"
 _META = "meta"
 _SUMS = "checksums"
+
+
+def _no_warn(message: str) -> None:
+    return None
 
 
 class _Damaged(Exception):
@@ -69,28 +81,6 @@ class _Entry:
     stored: bool  # False for zero-size arrays, which orbax cannot save
 
 
-class _TolerantCheckpointManager(ocp.CheckpointManager):
-    """A CheckpointManager that survives one damaged metrics file.
-
-    Orbax 0.12.8 reads every step's ``metrics/metrics`` JSON when it is created
-    (and on ``reload()``) and only tolerates a *missing* file: a broken one
-    raises ``JSONDecodeError`` from the constructor, making the whole directory
-    unusable. Treat an unreadable metrics file as "no metrics" instead.
-    """
-
-    def _get_metrics(self, step: int):  # overrides a private orbax method
-        try:
-            return super()._get_metrics(step)
-        except Exception as exc:  # noqa: BLE001 - any damage means "no metrics"
-            log.warning(
-                "checkpoint step %s in %s: metrics unreadable, ignored for ranking (%s)",
-                step,
-                self.directory,
-                describe_exception(exc),
-            )
-            return None
-
-
 def _as_step(step: Any) -> int:
     if isinstance(step, bool):
         raise CheckpointError(f"step must be an integer, got {step!r}")
@@ -107,9 +97,34 @@ def _is_step_name(name: str) -> bool:
     return name.isdigit() and name.isascii() and str(int(name)) == name
 
 
+def _is_tmp_name(name: str) -> bool:
+    """``<step>.orbax-checkpoint-tmp[-<timestamp>]``: a step directory orbax has not finished."""
+    head, sep, _ = name.partition(TMP_SUFFIX)
+    return bool(sep) and _is_step_name(head)
+
+
 def _crc32(a: np.ndarray) -> int:
     flat = np.ascontiguousarray(a).reshape(-1)
     return zlib.crc32(flat.view(np.uint8)) & 0xFFFFFFFF
+
+
+def _checksum_record(host: Mapping[str, np.ndarray]) -> dict:
+    """The ``checksums`` item: shape, dtype and crc32 of every array (zero-size ones included)."""
+    entries = {
+        key: {
+            "shape": list(a.shape),
+            "dtype": a.dtype.name,
+            CHECKSUM_ALGORITHM: _crc32(a),
+            "stored": bool(a.size > 0),
+        }
+        for key, a in host.items()
+    }
+    return {
+        "format": MARKER_FORMAT,
+        "version": FORMAT_VERSION,
+        "algorithm": CHECKSUM_ALGORITHM,
+        "arrays": entries,
+    }
 
 
 def _dtype_from_name(name: str) -> np.dtype:
@@ -169,62 +184,35 @@ def _fsync_tree(root: pathlib.Path) -> None:
 class OrbaxCheckpointer:
     """Checkpointer on orbax's CheckpointManager; see the module docstring.
 
-    Implements :class:`jaxyard.core.checkpoint.Checkpointer`.
+    Implements :class:`jaxyard.core.checkpoint.Checkpointer`: ``save``, ``steps``,
+    ``load(step)``, ``delete(step)``, ``wait``, ``close``. It ranks and retains
+    nothing; wrap it in :class:`jaxyard.core.policy.CheckpointPolicy` for that.
 
-    Retention: after each save, orbax keeps the ``keep_latest`` newest steps
-    plus the ``keep_best`` best by ``best_metric`` (read from
-    ``meta["metrics"]``; steps without a finite value for it are never kept as
-    "best"). Deletion of old steps happens only after the new step is fully
-    committed, so a failed save deletes nothing.
+    ``warn`` receives one-line notes about things it worked around (a damaged step
+    moved aside, an unreadable marker); by default they are dropped, since jaxyard
+    reports through one output channel that the caller owns.
     """
 
     def __init__(
         self,
         directory: os.PathLike | str,
         *,
-        keep_latest: int = 3,
-        keep_best: int = 1,
-        best_metric: str = "val_loss",
-        best_mode: str = "min",
         async_save: bool = True,
+        warn: Callable[[str], None] | None = None,
     ):
-        if isinstance(keep_latest, bool) or int(keep_latest) < 1:
-            raise ValueError(f"keep_latest must be >= 1, got {keep_latest!r}")
-        if isinstance(keep_best, bool) or int(keep_best) < 0:
-            raise ValueError(f"keep_best must be >= 0, got {keep_best!r}")
-        if best_mode not in ("min", "max"):
-            raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
         self._dir = pathlib.Path(os.path.abspath(os.fspath(directory)))
-        self.keep_latest = int(keep_latest)
-        self.keep_best = int(keep_best)
-        self.best_metric = str(best_metric)
-        self.best_mode = best_mode
         self.async_save = bool(async_save)
+        self._warn = warn or _no_warn
         self._pending: int | None = None  # step of a save not yet settled
         self._synced: set[int] = set()  # steps whose files were fsynced before publication
-        self._deferred: CheckpointError | None = None  # failure seen by restore()
+        self._deferred: CheckpointError | None = None  # failure seen by load()/delete()
+        self._writer = False  # set by the first save(): leftovers cleaned, marker written
         self._closed = False
 
         self._claim_directory()
-
-        policies: list[Any] = [ocm.LatestN(n=self.keep_latest)]
-        if self.keep_best > 0:
-            policies.append(
-                ocm.BestN(
-                    get_metric_fn=self._metric_value,
-                    # BestN sorts ascending (descending if reverse) and keeps the last n.
-                    reverse=(self.best_mode == "min"),
-                    n=self.keep_best,
-                    keep_checkpoints_without_metrics=False,
-                )
-            )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocm.AnyPreservationPolicy(policies),
-            # best_fn is not used for deletion (preservation_policy decides), but
-            # without it orbax does not write the metrics file, and BestN would
-            # forget every step's metric after a restart.
-            best_fn=self._metric_value,
-            best_mode=self.best_mode,
+            # Keep every step: retention is CheckpointPolicy's, through delete().
+            max_to_keep=None,
             enable_async_checkpointing=self.async_save,
             # Create the step's temporary directory inside save(), not in the
             # background: if that fails (unwritable directory) in the background,
@@ -237,17 +225,19 @@ class OrbaxCheckpointer:
                 # and before the temporary directory is renamed into place
                 post_finalization_callback=self._sync_before_publish if self.async_save else None,
             ),
-            cleanup_tmp_directories=True,  # leftovers of killed/failed saves
-            create=True,
+            # Opening must not change the directory: a temporary directory may be the
+            # save in progress of another live process. save() removes leftovers itself.
+            cleanup_tmp_directories=False,
+            create=False,  # _claim_directory() made it
+            # Do not read every step's metadata when opening: it is not used, and
+            # steps written by earlier versions hold a metrics file that orbax
+            # refuses to open the directory over when it is damaged.
+            lightweight_initialize=True,
         )
         try:
-            self._mgr = _TolerantCheckpointManager(
-                self._dir, options=options, item_names=(_STATE, _META, _SUMS)
-            )
+            self._mgr = ocp.CheckpointManager(self._dir, options=options, item_names=(_STATE, _META, _SUMS))
         except Exception as exc:
-            raise CheckpointError(
-                f"cannot open checkpoints: {describe_exception(exc)}", directory=self._dir
-            ) from exc
+            raise CheckpointError(f"cannot open checkpoints: {describe_exception(exc)}", directory=self._dir) from exc
 
     # ------------------------------------------------------------------ public
 
@@ -256,11 +246,7 @@ class OrbaxCheckpointer:
         return self._dir
 
     def __repr__(self) -> str:
-        return (
-            f"OrbaxCheckpointer({str(self._dir)!r}, keep_latest={self.keep_latest}, "
-            f"keep_best={self.keep_best}, best_metric={self.best_metric!r}, "
-            f"best_mode={self.best_mode!r}, async_save={self.async_save})"
-        )
+        return f"OrbaxCheckpointer({str(self._dir)!r}, async_save={self.async_save})"
 
     def save(self, step: int, arrays: Mapping[str, Any], meta: dict) -> None:
         """Save ``arrays`` and ``meta`` as checkpoint ``step``.
@@ -271,57 +257,23 @@ class OrbaxCheckpointer:
         """
         self._check_open()
         step = _as_step(step)
-        if self._deferred is not None:
-            err, self._deferred = self._deferred, None
-            raise CheckpointError(
-                f"{err.cause} (reported when saving step {step}, which was not saved)",
-                directory=self._dir,
-                step=err.step,
-            )
-        try:
-            self._settle()
-        except CheckpointError as err:
-            raise CheckpointError(
-                f"{err.cause} (reported when saving step {step}, which was not saved)",
-                directory=self._dir,
-                step=err.step,
-            ) from err.__cause__
+        self._report_earlier_failure(step)
         meta_doc = self._normalize_meta(step, meta)
         host = self._to_host(step, arrays)
-
-        entries = {}
-        for key, a in host.items():
-            entries[key] = {
-                "shape": list(a.shape),
-                "dtype": a.dtype.name,
-                CHECKSUM_ALGORITHM: _crc32(a),
-                "stored": bool(a.size > 0),
-            }
-        sums_doc = {
-            "format": MARKER_FORMAT,
-            "version": FORMAT_VERSION,
-            "algorithm": CHECKSUM_ALGORITHM,
-            "arrays": entries,
-        }
+        sums_doc = _checksum_record(host)
         stored = {k: a for k, a in host.items() if a.size > 0}
 
+        self._become_writer(step)
         self._make_room(step)
-        items: dict[str, Any] = {
-            _META: ocp.args.JsonSave(meta_doc),
-            _SUMS: ocp.args.JsonSave(sums_doc),
-        }
+        items: dict[str, Any] = {_META: ocp.args.JsonSave(meta_doc), _SUMS: ocp.args.JsonSave(sums_doc)}
         if stored:
             items[_STATE] = ocp.args.StandardSave(stored)
+        self._sync_step_list()
         try:
             # force=True: without it orbax silently skips (returns False) when a
             # save is still in progress or step <= latest step.
             self._pending = step
-            self._mgr.save(
-                step,
-                args=ocp.args.Composite(**items),
-                metrics=self._metrics_for(meta_doc),
-                force=True,
-            )
+            self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
         except Exception as exc:
             raise self._save_failed(step, exc) from exc
         if not self.async_save:
@@ -332,67 +284,47 @@ class OrbaxCheckpointer:
         try:
             names = os.listdir(self._dir)
         except OSError as exc:
-            raise CheckpointError(
-                f"cannot list checkpoints: {describe_exception(exc)}", directory=self._dir
-            ) from exc
-        return sorted(
-            int(n) for n in names if _is_step_name(n) and (self._dir / n).is_dir()
-        )
+            raise CheckpointError(f"cannot list checkpoints: {describe_exception(exc)}", directory=self._dir) from exc
+        return sorted(int(n) for n in names if _is_step_name(n) and (self._dir / n).is_dir())
 
-    def restore(self, step: int | None = None, *, which: str = "latest") -> Restored:
-        """See :meth:`jaxyard.core.checkpoint.Checkpointer.restore`."""
+    def load(self, step: int) -> Restored:
+        """Load exactly ``step``, verified against its checksum record; reads only.
+
+        See :meth:`jaxyard.core.checkpoint.Checkpointer.load`. A missing or damaged
+        step raises :class:`CheckpointError` naming the cause; ``skipped`` is empty.
+        """
         self._check_open()
-        if which not in ("latest", "best"):
-            raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
-        try:
-            self._settle()
-        except CheckpointError as err:  # report it from the next save/wait/close
-            self._deferred = err
+        step = _as_step(step)
+        self._settle_or_defer()
         on_disk = self.steps()
-        if sorted(self._mgr.all_steps()) != on_disk:
-            self._resync()  # steps removed or added behind orbax's back
+        if step not in on_disk:
+            raise CheckpointError(
+                f"no such checkpoint (steps on disk: {_steps_text(on_disk)})", directory=self._dir, step=step
+            )
+        try:
+            return self._load(step)
+        except _Damaged as d:
+            raise CheckpointError(d.cause, directory=self._dir, step=step) from None
 
-        if step is not None:
-            step = _as_step(step)
-            if step not in on_disk:
-                raise CheckpointError(
-                    f"no such checkpoint (steps on disk: {_steps_text(on_disk)})",
-                    directory=self._dir,
-                    step=step,
-                )
-            try:
-                return self._load(step)
-            except _Damaged as d:
-                raise CheckpointError(f"damaged: {d.cause}", directory=self._dir, step=step) from None
+    def delete(self, step: int) -> None:
+        """Remove ``step`` through orbax; a step that is not there is left alone.
 
-        if not on_disk:
-            raise CheckpointError("no checkpoints saved yet", directory=self._dir)
-        if which == "latest":
-            order = sorted(on_disk, reverse=True)
-        else:
-            order = self._ranked(on_disk)
-            if not order:
-                raise CheckpointError(
-                    f"no checkpoint has a finite {self.best_metric!r} metric to pick the best by "
-                    f"(steps on disk: {_steps_text(on_disk)})",
-                    directory=self._dir,
-                )
-        skipped: list[tuple[int, str]] = []
-        for candidate in order:
-            try:
-                restored = self._load(candidate)
-            except _Damaged as d:
-                log.info(  # the caller reports Restored.skipped itself
-                    "checkpoint step %s in %s is damaged, passing over it: %s",
-                    candidate,
-                    self._dir,
-                    d.cause,
-                )
-                skipped.append((candidate, d.cause))
-                continue
-            return attrs.evolve(restored, skipped=tuple(skipped))
-        details = "; ".join(f"step {s}: {c}" for s, c in skipped)
-        raise CheckpointError(f"no intact checkpoint ({details})", directory=self._dir)
+        A pending save of ``step`` is finished first, so the step is really gone.
+        """
+        self._check_open()
+        step = _as_step(step)
+        if self._pending == step:
+            self._settle_or_defer()
+        path = self._dir / str(step)
+        if not path.is_dir():
+            return
+        self._sync_step_list()
+        try:
+            self._mgr.delete(step)
+        except Exception as exc:
+            raise CheckpointError(f"could not delete: {describe_exception(exc)}", directory=self._dir, step=step) from exc
+        if path.exists():
+            raise CheckpointError("could not delete: the step directory is still there", directory=self._dir, step=step)
 
     def wait(self) -> None:
         """Block until pending saves are committed and fsynced."""
@@ -418,9 +350,7 @@ class OrbaxCheckpointer:
                 self._mgr.close()
             except Exception as exc:  # noqa: BLE001
                 if error is None:
-                    error = CheckpointError(
-                        f"closing failed: {describe_exception(exc)}", directory=self._dir
-                    )
+                    error = CheckpointError(f"closing failed: {describe_exception(exc)}", directory=self._dir)
         if error is not None:
             raise error
 
@@ -437,50 +367,55 @@ class OrbaxCheckpointer:
             raise CheckpointError("checkpointer is closed", directory=self._dir)
 
     def _claim_directory(self) -> None:
-        """Use ``directory`` only if it is new, empty, or marked as ours."""
+        """Use ``directory`` only if it is new, empty, or marked as ours.
+
+        A new directory is created and marked now, so that an unusable path fails
+        before training starts; an existing one is only read (see :meth:`_become_writer`).
+        """
         d = self._dir
-        marker = d / MARKER_NAME
         try:
             if d.exists() and not d.is_dir():
                 raise CheckpointError("path exists and is not a directory", directory=d)
-            if d.is_dir():
-                if marker.is_file():
-                    self._check_marker(marker)
-                    return
-                entries = sorted(os.listdir(d))
-                if entries:
-                    shown = ", ".join(repr(e) for e in entries[:3])
-                    more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
-                    raise CheckpointError(
-                        f"directory is not empty and was not created by jaxyard's orbax "
-                        f"checkpointer (found {shown}{more}, no {MARKER_NAME}); refusing to "
-                        f"use it so that nothing in it is overwritten or deleted; "
-                        f"use a new or empty directory",
-                        directory=d,
-                    )
-            else:
+            if not d.is_dir():
                 d.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(
-                marker,
-                {
-                    "format": MARKER_FORMAT,
-                    "version": FORMAT_VERSION,
-                    "note": "checkpoints written by jaxyard (orbax checkpointer); "
-                    "the directory is managed: old steps are deleted by retention",
-                },
-            )
+                self._write_marker()
+                return
+            marker = d / MARKER_NAME
+            if marker.is_file():
+                self._check_marker(marker)
+                return
+            entries = sorted(os.listdir(d))
+            if entries:
+                shown = ", ".join(repr(e) for e in entries[:3])
+                more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+                raise CheckpointError(
+                    f"directory is not empty and was not created by jaxyard's orbax "
+                    f"checkpointer (found {shown}{more}, no {MARKER_NAME}); refusing to "
+                    f"use it so that nothing in it is overwritten or deleted; "
+                    f"use a new or empty directory",
+                    directory=d,
+                )
         except CheckpointError:
             raise
         except OSError as exc:
-            raise CheckpointError(
-                f"cannot use the directory: {describe_exception(exc)}", directory=d
-            ) from exc
+            raise CheckpointError(f"cannot use the directory: {describe_exception(exc)}", directory=d) from exc
+
+    def _write_marker(self) -> None:
+        _write_json_atomic(
+            self._dir / MARKER_NAME,
+            {
+                "format": MARKER_FORMAT,
+                "version": FORMAT_VERSION,
+                "note": "checkpoints written by jaxyard (orbax checkpointer); "
+                "the directory is managed: old steps are deleted by retention",
+            },
+        )
 
     def _check_marker(self, marker: pathlib.Path) -> None:
         try:
             doc = json.loads(marker.read_text())
         except (OSError, ValueError) as exc:
-            log.warning("%s is unreadable (%s); using the directory anyway", marker, exc)
+            self._warn(f"{marker} is unreadable ({describe_exception(exc)}); using the directory anyway")
             return
         fmt = doc.get("format") if isinstance(doc, dict) else None
         if fmt != MARKER_FORMAT:
@@ -490,10 +425,51 @@ class OrbaxCheckpointer:
                 directory=self._dir,
             )
 
+    def _become_writer(self, step: int) -> None:
+        """Before this process's first save: mark the directory and remove leftovers of
+        killed saves. Not done when opening: a reader must not delete a save in progress."""
+        if self._writer:
+            return
+        try:
+            if not (self._dir / MARKER_NAME).is_file():
+                self._write_marker()
+            for name in sorted(os.listdir(self._dir)):
+                if _is_tmp_name(name) and (self._dir / name).is_dir():
+                    shutil.rmtree(self._dir / name)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot prepare the directory for saving: {describe_exception(exc)}",
+                directory=self._dir,
+                step=step,
+            ) from exc
+        self._writer = True
+
+    def _report_earlier_failure(self, step: int) -> None:
+        """Raise the failure of an earlier background save before saving ``step``."""
+        err = self._deferred
+        self._deferred = None
+        if err is None:
+            try:
+                self._settle()
+            except CheckpointError as settled:
+                err = settled
+        if err is not None:
+            raise CheckpointError(
+                f"{err.cause} (reported when saving step {step}, which was not saved)",
+                directory=self._dir,
+                step=err.step,
+            ) from err.__cause__
+
+    def _settle_or_defer(self) -> None:
+        """Wait for the pending save; a failure is reported by the next save, wait or close."""
+        try:
+            self._settle()
+        except CheckpointError as err:
+            self._deferred = err
+
     def _save_failed(self, step: int, exc: Exception) -> CheckpointError:
-        """Forget the failed save, resynchronise with the disk, and describe the failure."""
+        """Forget the failed save and describe the failure."""
         self._pending = None
-        self._resync()
         return CheckpointError(
             f"saving failed: {describe_exception(exc)}; earlier checkpoints were left in place",
             directory=self._dir,
@@ -512,10 +488,9 @@ class OrbaxCheckpointer:
         self._pending = None  # only now: the background callback reads it
         final = self._dir / str(step)
         if not final.is_dir():
-            self._resync()
             raise CheckpointError(
                 "saving failed: orbax reported no error but the checkpoint was not "
-                "finalized (see the log); earlier checkpoints were left in place",
+                "finalized; earlier checkpoints were left in place",
                 directory=self._dir,
                 step=step,
             )
@@ -538,19 +513,29 @@ class OrbaxCheckpointer:
         step = self._pending
         if step is None:
             return
-        tmp_dirs = [p for p in self._dir.glob(f"{step}.orbax-checkpoint-tmp*") if p.is_dir()]
+        tmp_dirs = [p for p in self._dir.glob(f"{step}{TMP_SUFFIX}*") if p.is_dir()]
         for tmp in tmp_dirs:
             _fsync_tree(tmp)
         if tmp_dirs:
             self._synced.add(step)
 
-    def _resync(self) -> None:
-        """Re-read the step list from disk (orbax drops steps from its in-memory
-        list when a save fails and would then never delete them)."""
+    def _sync_step_list(self) -> None:
+        """Make orbax's in-memory step list match the disk before it is consulted.
+
+        Orbax refuses to save a step it believes exists and to delete one it does not
+        know; its list goes stale when a save fails (the step stays listed), a damaged
+        step is moved aside, or another process adds or removes steps.
+        """
+        try:
+            on_disk = self.steps()
+        except CheckpointError:
+            return  # the save or delete itself reports the unusable directory
+        if sorted(self._mgr.all_steps()) == on_disk:
+            return
         try:
             self._mgr.reload()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not re-read checkpoint list in %s: %s", self._dir, describe_exception(exc))
+        except Exception as exc:  # noqa: BLE001 - orbax then reports what it cannot do
+            self._warn(f"could not re-read the checkpoint list in {self._dir}: {describe_exception(exc)}")
 
     def _make_room(self, step: int) -> None:
         """Saving a step that exists: refuse if intact, move it aside if damaged."""
@@ -574,14 +559,10 @@ class OrbaxCheckpointer:
                     directory=self._dir,
                     step=step,
                 ) from exc
-            log.warning(
-                "checkpoint step %s in %s was damaged (%s); moved it to %s and saving again",
-                step,
-                self._dir,
-                d.cause,
-                aside.name,
+            self._warn(
+                f"checkpoint step {step} in {self._dir} was damaged ({d.cause}); "
+                f"moved it to {aside.name} and saving again"
             )
-            self._resync()
             return
         raise CheckpointError(
             "a checkpoint for this step already exists and is intact; not overwriting it",
@@ -650,41 +631,6 @@ class OrbaxCheckpointer:
             # checksum below is taken from these same bytes before that.
             out[key] = host if host.flags.c_contiguous else np.array(host, order="C")
         return out
-
-    def _metric_value(self, metrics: Any) -> float:
-        """Ranking value of a step's metrics (worst possible if unusable)."""
-        worst = math.inf if self.best_mode == "min" else -math.inf
-        try:
-            value = float(metrics[self.best_metric])
-        except Exception:  # noqa: BLE001
-            return worst
-        return value if math.isfinite(value) else worst
-
-    def _metrics_for(self, meta_doc: dict) -> dict[str, float] | None:
-        metrics = meta_doc.get("metrics")
-        if not isinstance(metrics, dict):
-            return None
-        numeric = {
-            str(k): float(v)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        }
-        return numeric if self.best_metric in numeric else None
-
-    def _ranked(self, steps: list[int]) -> list[int]:
-        """Steps with a usable metric, best first (newer first on ties)."""
-        scored = []
-        for s in steps:
-            try:
-                metrics = self._mgr.metrics(s)
-            except Exception:  # noqa: BLE001 - unreadable metrics: unranked
-                metrics = None
-            if metrics is None:
-                continue
-            value = self._metric_value(metrics)
-            if math.isfinite(value):
-                scored.append((value if self.best_mode == "min" else -value, -s))
-        return [-neg_step for _, neg_step in sorted(scored)]
 
     def _restore_item(self, step: int, name: str, args: Any, what: str) -> Any:
         try:

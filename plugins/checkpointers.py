@@ -21,38 +21,23 @@ if typing.TYPE_CHECKING:  # pragma: no cover
 
 @attrs.frozen
 class OrbaxParams:
-    keep_latest: int = param(3, "how many of the newest checkpoints to keep", validator=attrs.validators.ge(1))
-    keep_best: int = param(
-        1, "how many best checkpoints (by best_metric) to keep as well", validator=attrs.validators.ge(0)
-    )
-    best_metric: str = param("val_loss", "validation metric that ranks checkpoints")
-    best_mode: str = param(
-        "min",
-        "'min' or 'max': whether a lower or higher best_metric is better",
-        validator=attrs.validators.in_(("min", "max")),
-    )
     async_save: bool = param(True, "save in the background so training does not wait on the disk")
 
 
 def orbax(params: OrbaxParams, *, directory: pathlib.Path) -> "Checkpointer":
-    """Orbax checkpoints on disk, with checksums, retention of latest K + best N, asynchronous saves.
+    """Orbax checkpoints on disk, with checksums, durable and optionally asynchronous saves.
 
-    ``directory`` must be new, empty, or one this checkpointer wrote before
-    (it holds a ``jaxyard-checkpoints.json`` marker); anything else is refused
-    with a CheckpointError so another tool's files are never deleted.
-    Every restore verifies a crc32 of each array; damaged checkpoints are
-    passed over (``restore()``) or reported (``restore(step)``).
+    Storage only: it keeps every step until jaxyard's retention deletes one (the run's
+    ``keep_latest`` and ``keep_best`` settings), and jaxyard picks the latest or best
+    intact step from it. ``directory`` must be new, empty, or one this checkpointer
+    wrote before (it holds a ``jaxyard-checkpoints.json`` marker); anything else is
+    refused with a CheckpointError so another tool's files are never deleted. Every
+    load verifies a crc32 of each array and names the cause of any damage. Opening
+    and loading never change the directory, so a run can be evaluated while it trains.
     """
     from jaxyard.plugins._orbax import OrbaxCheckpointer  # heavy import only when called
 
-    return OrbaxCheckpointer(
-        directory,
-        keep_latest=params.keep_latest,
-        keep_best=params.keep_best,
-        best_metric=params.best_metric,
-        best_mode=params.best_mode,
-        async_save=params.async_save,
-    )
+    return OrbaxCheckpointer(directory, async_save=params.async_save)
 
 
 @attrs.frozen
@@ -61,7 +46,7 @@ class NoneParams:
 
 
 class NoneCheckpointer:
-    """Saves nothing: ``steps()`` is always empty and ``restore`` raises CheckpointError."""
+    """Saves nothing: ``steps()`` is always empty and ``load`` raises CheckpointError."""
 
     def __init__(self, directory: pathlib.Path | None = None):
         self.directory = directory
@@ -75,13 +60,14 @@ class NoneCheckpointer:
     def steps(self) -> list[int]:
         return []
 
-    def restore(self, step: int | None = None, *, which: str = "latest") -> Restored:
-        if which not in ("latest", "best"):
-            raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
+    def load(self, step: int) -> Restored:
         raise CheckpointError(
             "the 'none' checkpointer saved no checkpoints; choose a checkpointer such as 'orbax' to resume",
             step=step,
         )
+
+    def delete(self, step: int) -> None:
+        return None
 
     def wait(self) -> None:
         return None
@@ -91,7 +77,9 @@ class NoneCheckpointer:
 
 
 def none(params: NoneParams, *, directory: pathlib.Path) -> "Checkpointer":
-    """Saves nothing (no resuming); for quick experiments that do not need checkpoints."""
+    """Saves nothing (no resuming, no ``eval`` of a checkpoint); for quick experiments.
+
+    The directory is never created."""
     return NoneCheckpointer(directory)
 
 

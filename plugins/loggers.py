@@ -101,9 +101,9 @@ def csv_logger(p: CsvParams, *, directory: Path) -> CsvLogger:
 def jaxyard_register_loggers(register):
     register("jsonl", jsonl, params=JsonlParams)
     register("csv", csv_logger, params=CsvParams)
-    register("tensorboard", tensorboard, params=TensorboardParams)
-    register("mlflow", mlflow, params=MlflowParams)
-    register("wandb", wandb, params=WandbParams)
+    register("tensorboard", tensorboard_logger, params=TensorboardParams)
+    register("mlflow", mlflow_logger, params=MlflowParams)
+    register("wandb", wandb_logger, params=WandbParams)
 
 
 # --- loggers for experiment trackers: each needs its extra --------------------------------------
@@ -150,7 +150,7 @@ class TensorboardParams:
     subdir: str = param("tensorboard", "folder in the run directory for the event files (tensorboard --logdir RUN_DIR)")
 
 
-def tensorboard(p: TensorboardParams, *, directory: Path):
+def tensorboard_logger(p: TensorboardParams, *, directory: Path):
     """TensorBoard event files: per-epoch scalars and the config as text (pip install 'jaxyard[tensorboard]')."""
     require("tensorboardX", what="the tensorboard logger", extra="tensorboard")
     from jaxyard.plugins._tensorboard import TensorboardLogger
@@ -165,13 +165,17 @@ class MlflowParams:
     run_name: str = param("", "MLflow run name; empty: the run directory's name")
 
 
-def mlflow(p: MlflowParams, *, directory: Path):
+def mlflow_logger(p: MlflowParams, *, directory: Path):
     """MLflow: the config as params, per-epoch metrics, test metrics and artifacts (pip install 'jaxyard[mlflow]')."""
     what = "the mlflow logger"
-    require("mlflow", what=what, extra="mlflow")
+    # MLflow 3 sends usage telemetry, set up when mlflow is imported: off unless the user chose.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if p.tracking_uri == "" or p.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
-        require("sqlalchemy", what=what, extra="mlflow")  # the database store (mlflow-skinny leaves them out)
+        # A database store needs these, which mlflow-skinny leaves out (and mlflow imported
+        # without them never offers the store): checked first.
+        require("sqlalchemy", what=what, extra="mlflow")
         require("alembic", what=what, extra="mlflow")
+    require("mlflow", what=what, extra="mlflow")
     from jaxyard.plugins._mlflow import MlflowLogger
 
     return MlflowLogger(Path(directory), tracking_uri=p.tracking_uri, experiment=p.experiment, run_name=p.run_name)
@@ -189,7 +193,7 @@ class WandbParams:
     run_name: str = param("", "W&B run name; empty: the run directory's name")
 
 
-def wandb(p: WandbParams, *, directory: Path):
+def wandb_logger(p: WandbParams, *, directory: Path):
     """Weights & Biases, offline unless mode=online: config, per-epoch metrics, test summary (pip install 'jaxyard[wandb]')."""
     require("wandb", what="the wandb logger", extra="wandb")
     from jaxyard.plugins._wandb import WandbLogger

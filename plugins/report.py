@@ -37,10 +37,15 @@ def jaxyard_on_run_start(run):
     echo(f"  Model created: {model.name}, {run.num_params:,} parameters ({run.components['model'].partition(' (')[2][:-1]})")
     echo("\n4. Setting up optimizer and scheduler...")
     echo(f"  Optimizer: {run.components['optimizer']}")
+    per_epoch = f"{run.steps_per_epoch} per epoch"
+    if cfg.accumulate_steps > 1:
+        per_epoch = f"{run.steps_per_epoch} batches per epoch, gradients of {cfg.accumulate_steps} per step"
     echo(
         f"  Scheduler: {run.config.scheduler.name}, peak lr {cfg.learning_rate:g}, warmup {run.warmup_steps} steps, "
-        f"{run.total_steps} steps in all ({run.steps_per_epoch} per epoch)"
+        f"{run.total_steps} steps in all ({per_epoch})"
     )
+    if cfg.ema_decay:
+        echo(f"  Weight averaging: exponential moving average, decay {cfg.ema_decay:g}")
     if cfg.warmup_steps >= run.total_steps:
         echo(f"  Note: run.warmup_steps = {cfg.warmup_steps} covers the whole run of {run.total_steps} steps: the rate only rises")
     for step, cause in run.skipped_checkpoints:
@@ -59,6 +64,8 @@ def jaxyard_on_epoch_end(run, record):
     echo(f"Epoch {record['epoch']}/{run.epochs}")
     echo(f"  Train - Loss: {record['train_loss']:.4f}, Acc: {record['train_acc']:.4f}")
     echo(f"  Val   - Loss: {record['val_loss']:.4f}, Acc: {record['val_acc']:.4f}")
+    if "val_loss_ema" in record:
+        echo(f"  EMA   - Loss: {record['val_loss_ema']:.4f}, Acc: {record['val_acc_ema']:.4f}")
 
 
 @hookimpl
@@ -78,6 +85,9 @@ def jaxyard_on_run_end(run, result):
     echo("\n6. Evaluating on test set...")
     echo(f"  Test Loss: {result.test['test_loss']:.4f}")
     echo(f"  Test Accuracy: {result.test['test_acc']:.4f}")
+    if "test_loss_ema" in result.test:
+        echo(f"  Test Loss (averaged weights): {result.test['test_loss_ema']:.4f}")
+        echo(f"  Test Accuracy (averaged weights): {result.test['test_acc_ema']:.4f}")
     out = yield
     echo(f"\nRun finished in {time.perf_counter() - run.started:.1f} s: {run.directory}")
     return out

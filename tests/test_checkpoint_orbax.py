@@ -1,4 +1,5 @@
-"""The orbax checkpointer on real files: round trips, retention, damage, failures.
+"""The orbax checkpointer on real files: round trips, damage, failures, readers beside a writer,
+and jaxyard's retention and latest/best choice (CheckpointPolicy) on top of it.
 
 Small arrays and synchronous saves unless a test is about async saving, so the
 whole file runs in a few seconds on two CPU cores.
@@ -23,8 +24,10 @@ from jaxyard.core.checkpoint import (
     Checkpointer,
     Restored,
     compare_structures,
+    missing_methods,
     structure_of,
 )
+from jaxyard.core.policy import CheckpointPolicy, Monitor
 from jaxyard.plugins._orbax import MARKER_NAME, OrbaxCheckpointer
 
 # When a restore fails mid-read (truncated data), tensorstore sometimes calls back
@@ -48,11 +51,38 @@ def make_arrays(seed: int, *, width: int = 128) -> dict[str, np.ndarray]:
     }
 
 
-def make_meta(step: int, val_loss: float | None = 1.0, **metrics) -> dict:
-    m = {"train_loss": 2.0, "train_acc": 0.5, **metrics}
+def record(step: int, val_loss: float | None = 1.0, **metrics) -> dict:
+    """One epoch record of the run's history, as the engine writes it."""
+    r = {"epoch": step, "step": step, "train_loss": 2.0, "train_acc": 0.5, **metrics}
     if val_loss is not None:
-        m["val_loss"] = val_loss
-    return {"epoch": step, "step": step, "metrics": m, "history": [{"epoch": step}]}
+        r["val_loss"] = val_loss
+    return r
+
+
+def meta_for(history: list[dict]) -> dict:
+    """The ``meta`` the engine saves after the last epoch of ``history``."""
+    last = history[-1]
+    metrics = {k: v for k, v in last.items() if k not in ("epoch", "step")}
+    return {"epoch": last["epoch"], "step": last["step"], "metrics": metrics, "history": list(history)}
+
+
+def make_meta(step: int, val_loss: float | None = 1.0, **metrics) -> dict:
+    return meta_for([record(step, val_loss, **metrics)])
+
+
+def save_all(target, records: list[dict], *, history: list[dict] | None = None) -> list[dict]:
+    """Save one step per record (arrays seeded by the step); each meta carries the history so
+    far, so ``restore("best")`` can rank. Returns the history."""
+    history = list(history or [])
+    for r in records:
+        history.append(r)
+        target.save(r["step"], make_arrays(r["step"]), meta_for(history))
+    return history
+
+
+def policy(d, *, async_save=False, metric="val_loss", keep_latest=10, keep_best=1, **kw) -> CheckpointPolicy:
+    storage = OrbaxCheckpointer(d, async_save=async_save, **kw)
+    return CheckpointPolicy(storage, monitor=Monitor(metric), keep_latest=keep_latest, keep_best=keep_best)
 
 
 def assert_bit_exact(got: dict, want: dict) -> None:
@@ -67,13 +97,11 @@ def assert_bit_exact(got: dict, want: dict) -> None:
 
 
 def saved(tmp_path: pathlib.Path, steps=(1, 2, 3), **kw) -> pathlib.Path:
-    """A checkpoint directory holding ``steps`` (saved synchronously, then closed)."""
+    """A checkpoint directory holding ``steps`` (val_loss 1/step, saved synchronously, then closed)."""
     d = tmp_path / "ckpt"
-    kw.setdefault("keep_latest", 10)
     kw.setdefault("async_save", False)
     with OrbaxCheckpointer(d, **kw) as c:
-        for s in steps:
-            c.save(s, make_arrays(s), make_meta(s, val_loss=1.0 / s))
+        save_all(c, [record(s, val_loss=1.0 / s) for s in steps])
     return d
 
 
@@ -83,6 +111,11 @@ def data_file(step_dir: pathlib.Path) -> pathlib.Path:
     big = max(files, key=lambda p: p.stat().st_size)
     assert big.stat().st_size > 20_000, "expected the array data file to hold the kernels"
     return big
+
+
+def snapshot(d: pathlib.Path) -> dict[str, tuple]:
+    """Every path under ``d`` with its size and modification time."""
+    return {str(p.relative_to(d)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*")}
 
 
 def one_line(text: str) -> bool:
@@ -100,12 +133,12 @@ def test_round_trip_is_bit_exact(tmp_path):
     arrays["model.special"] = special
     as_jax = {k: jnp.asarray(v) for k, v in arrays.items()}  # what the engine hands over
     meta = make_meta(7, val_loss=0.25)
-    meta["history"] = [{"epoch": 1, "val_loss": float("nan")}]
+    meta["history"].insert(0, {"epoch": 1, "step": 1, "val_loss": float("nan")})
 
     c = OrbaxCheckpointer(tmp_path / "ckpt", async_save=False)
-    assert isinstance(c, Checkpointer)
+    assert isinstance(c, Checkpointer) and missing_methods(c) == []
     c.save(7, as_jax, meta)
-    r = c.restore()
+    r = c.load(7)
     c.close()
 
     assert isinstance(r, Restored)
@@ -117,19 +150,19 @@ def test_round_trip_is_bit_exact(tmp_path):
     # a fresh instance (a resumed process) reads the same
     with OrbaxCheckpointer(tmp_path / "ckpt") as c2:
         assert c2.steps() == [7]
-        assert_bit_exact(c2.restore(7).arrays, arrays)
+        assert_bit_exact(c2.load(7).arrays, arrays)
 
 
 def test_zero_size_arrays_and_numpy_scalars_in_meta(tmp_path):
     arrays = {"empty": np.zeros((0, 3), np.float32), "x": np.arange(4, dtype=np.int32)}
     with OrbaxCheckpointer(tmp_path / "c", async_save=False) as c:
         c.save(1, arrays, {"epoch": np.int64(1), "metrics": {"val_loss": np.float32(0.5)}})
-        r = c.restore()
+        r = c.load(1)
     assert_bit_exact(r.arrays, arrays)
     assert r.meta == {"epoch": 1, "metrics": {"val_loss": 0.5}}
     with OrbaxCheckpointer(tmp_path / "d", async_save=False) as c:
         c.save(1, {"only_empty": np.zeros((0,), np.uint32)}, {})
-        assert_bit_exact(c.restore().arrays, {"only_empty": np.zeros((0,), np.uint32)})
+        assert_bit_exact(c.load(1).arrays, {"only_empty": np.zeros((0,), np.uint32)})
 
 
 def test_async_save_returns_then_wait_makes_it_durable(tmp_path):
@@ -147,8 +180,8 @@ def test_async_save_returns_then_wait_makes_it_durable(tmp_path):
     c.close()  # close waits too
     with OrbaxCheckpointer(tmp_path / "ckpt") as c2:
         assert c2.steps() == [5, 6]
-        assert_bit_exact(c2.restore(5).arrays, arrays)
-        assert_bit_exact(c2.restore().arrays, make_arrays(6))
+        assert_bit_exact(c2.load(5).arrays, arrays)
+        assert_bit_exact(c2.load(6).arrays, make_arrays(6))
 
 
 @pytest.mark.parametrize("async_save", [True, False])
@@ -172,70 +205,249 @@ def test_files_are_fsynced(tmp_path, monkeypatch, async_save):
         assert calls == [("4", True)]
 
 
-def test_save_copies_jax_cpu_buffers(tmp_path):
-    """np.asarray of a jax CPU array is a view of the device buffer: must be copied."""
+def test_save_keeps_no_view_of_jax_buffers(tmp_path):
+    """On CPU np.asarray(jax_array) is a view of the device buffer. If the checkpointer (or
+    orbax, writing in the background) held on to such a view after save() returned, jax could
+    not donate the buffer to the next training step and would silently copy the state instead."""
     import jax
     import jax.numpy as jnp
 
-    x = jnp.arange(4096, dtype=jnp.float32)
-    want = np.asarray(x).copy()
-    c = OrbaxCheckpointer(tmp_path / "ckpt", async_save=True)
-    c.save(1, {"x": x}, {})
-    x = jax.jit(lambda v: v * 0, donate_argnums=0)(x)  # buffer may be reused
-    c.close()
-    with OrbaxCheckpointer(tmp_path / "ckpt") as c2:
-        assert_bit_exact(c2.restore().arrays, {"x": want})
+    want = np.arange(1 << 18, dtype=np.float32)
+    x = jnp.asarray(want)
+    with OrbaxCheckpointer(tmp_path / "ckpt", async_save=True) as c:
+        c.save(1, {"x": x}, {})
+        jax.jit(lambda v: v * 0, donate_argnums=0)(x)  # while the save may still be written
+        assert x.is_deleted(), "save() kept a view of the buffer: donation fell back to a copy"
+        c.wait()
+        assert_bit_exact(c.load(1).arrays, {"x": want})
 
 
-# -------------------------------------------------------------- retention
+# ------------------------------------------------------------ storage API
+
+
+def test_keeps_every_step_and_writes_no_metrics(tmp_path):
+    d = saved(tmp_path, steps=(1, 2, 3, 4, 5, 6))
+    with OrbaxCheckpointer(d) as c:
+        assert c.steps() == [1, 2, 3, 4, 5, 6]
+    assert not list(d.glob("*/metrics"))
+    assert sorted(p.name for p in (d / "6").iterdir() if p.is_dir()) == ["checksums", "meta", "state"]
+
+
+def test_delete(tmp_path):
+    d = saved(tmp_path, steps=(1, 2, 3))
+    with OrbaxCheckpointer(d, async_save=False) as c:
+        c.delete(2)
+        assert c.steps() == [1, 3] and not (d / "2").exists()
+        c.delete(2)  # not there: nothing to do
+        c.delete(99)
+        with pytest.raises(CheckpointError, match="no such checkpoint"):
+            c.load(2)
+        c.save(2, make_arrays(22), make_meta(2))  # the step can be saved again
+        assert_bit_exact(c.load(2).arrays, make_arrays(22))
+        _flip(d / "3")
+        c.delete(3)  # damaged steps are deleted like any other
+        assert c.steps() == [1, 2]
+    assert (d / MARKER_NAME).is_file()
+
+
+def test_delete_a_pending_save_waits_for_it(tmp_path):
+    with OrbaxCheckpointer(tmp_path / "ckpt", async_save=True) as c:
+        c.save(1, make_arrays(1, width=512), make_meta(1))
+        c.delete(1)
+        assert c.steps() == []
+        assert not list((tmp_path / "ckpt").glob("1*"))
+
+
+def test_delete_sees_steps_saved_by_another_process(tmp_path):
+    d = saved(tmp_path, steps=(1,))
+    with OrbaxCheckpointer(d) as reader, OrbaxCheckpointer(d, async_save=False) as writer:
+        writer.save(2, make_arrays(2), make_meta(2))
+        assert reader.steps() == [1, 2]
+        assert_bit_exact(reader.load(2).arrays, make_arrays(2))
+        reader.delete(2)
+        assert writer.steps() == [1]
+
+
+def test_delete_failure_is_a_checkpoint_error(tmp_path, monkeypatch):
+    d = saved(tmp_path, steps=(1, 2))
+    with OrbaxCheckpointer(d) as c:
+
+        def fail(step):
+            raise PermissionError(13, "Permission denied", str(d / str(step)))
+
+        monkeypatch.setattr(c._mgr, "delete", fail)
+        with pytest.raises(CheckpointError) as info:
+            c.delete(1)
+        msg = str(info.value)
+        assert one_line(msg) and info.value.step == 1 and str(d) in msg
+        assert "could not delete" in msg and "Permission denied" in msg
+        assert c.steps() == [1, 2]
+
+
+# ------------------------------------------------- readers beside a writer
+
+
+def test_opening_and_reading_never_change_the_directory(tmp_path):
+    """``jaxyard eval RUN`` while RUN trains: the reader must not touch the writer's save in
+    progress (orbax's own tmp cleanup on opening deleted it and killed the training run)."""
+    d = saved(tmp_path, steps=(1, 2))
+    in_progress = d / "3.orbax-checkpoint-tmp-1234567"  # another live process writing step 3
+    shutil.copytree(d / "2", in_progress)
+    before = snapshot(d)
+
+    reader = OrbaxCheckpointer(d)
+    assert reader.steps() == [1, 2]
+    assert_bit_exact(reader.load(2).arrays, make_arrays(2))
+    r = CheckpointPolicy(reader, monitor=Monitor("val_loss")).restore("best")
+    assert (r.step, r.skipped) == (2, ())
+    reader.close()
+    assert snapshot(d) == before
+
+    # the first save of a process is a writer's: leftovers of killed saves go then
+    with OrbaxCheckpointer(d, async_save=False) as writer:
+        assert in_progress.exists()
+        writer.save(4, make_arrays(4), make_meta(4))
+        assert not in_progress.exists()
+        assert writer.steps() == [1, 2, 4]
+
+
+def test_existing_empty_directory_is_marked_by_the_first_save(tmp_path):
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    with OrbaxCheckpointer(d) as c:
+        assert c.steps() == []
+    assert list(d.iterdir()) == []
+    with OrbaxCheckpointer(d, async_save=False) as c:
+        c.save(1, make_arrays(1), make_meta(1))
+    assert json.loads((d / MARKER_NAME).read_text())["format"] == "jaxyard.orbax"
+
+
+def test_killed_mid_save_leaves_earlier_steps_intact(tmp_path):
+    """SIGKILL after all of step 3 is written but before orbax renames it into place."""
+    d = tmp_path / "ckpt"
+    code = textwrap.dedent(
+        """
+        import os, signal, sys
+        import numpy as np
+        import jaxyard.plugins._orbax as impl
+        c = impl.OrbaxCheckpointer(sys.argv[1], async_save=True)
+        for step in (1, 2, 3):
+            if step == 3:  # the background fsync of the finished temporary directory
+                impl._fsync_tree = lambda root: os.kill(os.getpid(), signal.SIGKILL)
+            c.save(step, {"w": np.full(50_000, step, np.float32)}, {"step": step})
+            c.wait()
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(d)], capture_output=True, text=True, timeout=90)
+    assert out.returncode == -9, out.stderr[-2000:]
+    assert list(d.glob("3.orbax-checkpoint-tmp*")), sorted(p.name for p in d.iterdir())
+
+    p = CheckpointPolicy(OrbaxCheckpointer(d, async_save=False), monitor=Monitor())
+    assert p.storage.steps() == [1, 2]
+    r = p.restore("latest")
+    assert (r.step, r.skipped) == (2, ())
+    assert np.all(r.arrays["w"] == 2)
+    p.save(3, {"w": np.full(50_000, 3, np.float32)}, {"step": 3})
+    p.finish()
+    assert sorted(p.name for p in d.iterdir()) == ["1", "2", "3", MARKER_NAME]
+
+
+# ------------------------------------------- retention and latest/best choice
 
 
 @pytest.mark.parametrize("async_save", [True, False])
 def test_retention_keeps_latest_k_plus_best_n(tmp_path, async_save):
     losses = {10: 0.9, 20: 0.2, 30: 0.5, 40: 0.6, 50: 0.7, 60: 0.8}  # best is early: 20
     d = tmp_path / "ckpt"
-    c = OrbaxCheckpointer(d, keep_latest=2, keep_best=1, async_save=async_save)
+    p = policy(d, async_save=async_save, keep_latest=2, keep_best=1)
+    history: list[dict] = []
     for s, loss in losses.items():
-        c.save(s, make_arrays(s), make_meta(s, val_loss=loss))
-    c.wait()
-    assert c.steps() == [20, 50, 60]
-    assert sorted(p.name for p in d.iterdir() if p.is_dir()) == ["20", "50", "60"]
-    assert c.restore(which="best").step == 20
-    assert c.restore().step == 60
-    c.close()
+        history = save_all(p, [record(s, val_loss=loss)], history=history)
+        assert len(p.storage.steps()) <= 2 + 1 + 1  # kept ones + the one just saved
+    p.finish()
+    assert sorted(x.name for x in d.iterdir() if x.is_dir()) == ["20", "50", "60"]
 
-    # After a restart orbax must still know step 20's metric (it reads it back
-    # from disk): later, worse steps must not push the best out.
-    c = OrbaxCheckpointer(d, keep_latest=2, keep_best=1, async_save=async_save)
-    c.save(70, make_arrays(70), make_meta(70, val_loss=0.95))
-    c.save(80, make_arrays(80), make_meta(80, val_loss=0.3))  # second best so far
-    c.wait()
-    assert c.steps() == [20, 70, 80]
-    best = c.restore(which="best")
+    # a resumed run: ranks the steps saved before from the restored history (as the engine does)
+    p = policy(d, async_save=async_save, keep_latest=2, keep_best=1)
+    assert p.restore("best").step == 20
+    latest = p.restore("latest")
+    assert latest.step == 60
+    p.records = {int(r["step"]): r for r in latest.meta["history"]}
+    history = save_all(p, [record(70, val_loss=0.95), record(80, val_loss=0.3)], history=latest.meta["history"])
+    p.finish()
+    p = policy(d, async_save=async_save)
+    assert p.storage.steps() == [20, 70, 80]
+    best = p.restore("best")
     assert best.step == 20 and best.meta["metrics"]["val_loss"] == 0.2
     assert_bit_exact(best.arrays, make_arrays(20))
-    c.close()
+    p.close()
 
 
-def test_retention_max_mode_and_steps_without_the_metric(tmp_path):
-    c = OrbaxCheckpointer(
-        tmp_path / "ckpt", keep_latest=1, keep_best=2, best_metric="val_acc", best_mode="max", async_save=False
-    )
-    accs = {1: 0.5, 2: 0.9, 3: None, 4: 0.7, 5: 0.6, 6: None}  # None: no validation that step
-    for s, acc in accs.items():
-        extra = {} if acc is None else {"val_acc": acc}
-        c.save(s, make_arrays(s), make_meta(s, **extra))
-    assert c.steps() == [2, 4, 6]
-    assert c.restore(which="best").step == 2
-    c.close()
+def test_best_by_val_acc_is_max_and_by_val_loss_is_min(tmp_path):
+    d = tmp_path / "ckpt"
+    records = [
+        record(1, val_loss=0.9, val_acc=0.5),
+        record(2, val_loss=0.4, val_acc=0.7),
+        record(3, val_loss=0.2, val_acc=0.6),  # lowest loss
+        record(4, val_loss=0.5, val_acc=0.9),  # highest accuracy
+        record(5, val_loss=0.8, val_acc=0.8),
+    ]
+    with OrbaxCheckpointer(d, async_save=False) as c:
+        save_all(c, records)
+    for metric, want in (("val_loss", 3), ("val_acc", 4), ("train_loss", 5)):
+        p = policy(d, metric=metric)
+        r = p.restore("best")
+        assert (r.step, r.skipped) == (want, ()), metric
+        assert_bit_exact(r.arrays, make_arrays(want))
+        p.close()
+
+
+def test_retention_by_val_acc_and_steps_without_the_metric(tmp_path):
+    accs = {1: 0.5, 2: 0.9, 3: None, 4: 0.7, 5: 0.6, 6: None}  # None: no validation that epoch
+    d = tmp_path / "ckpt"
+    p = policy(d, metric="val_acc", keep_latest=1, keep_best=2)
+    save_all(p, [record(s, **({} if a is None else {"val_acc": a})) for s, a in accs.items()])
+    p.finish()
+    p = policy(d, metric="val_acc")
+    assert p.storage.steps() == [2, 4, 6]
+    assert p.restore("best").step == 2
+    assert p.restore("latest").step == 6
+    p.close()
 
 
 def test_keep_best_zero_keeps_exactly_the_latest(tmp_path):
-    with OrbaxCheckpointer(tmp_path / "ckpt", keep_latest=2, keep_best=0, async_save=False) as c:
-        for s, loss in {1: 0.1, 2: 0.5, 3: 0.6, 4: 0.7}.items():
-            c.save(s, make_arrays(s), make_meta(s, val_loss=loss))
-        assert c.steps() == [3, 4]
-        assert c.restore(which="best").step == 3  # best among those kept
+    d = tmp_path / "ckpt"
+    p = policy(d, keep_latest=2, keep_best=0)
+    save_all(p, [record(s, val_loss=loss) for s, loss in {1: 0.1, 2: 0.5, 3: 0.6, 4: 0.7}.items()])
+    p.finish()
+    p = policy(d)
+    assert p.storage.steps() == [3, 4]
+    assert p.restore("best").step == 3  # best among those kept
+    p.close()
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_failed_save_deletes_nothing(tmp_path, disk_full, async_save):
+    d = saved(tmp_path, steps=(1, 2))
+    p = policy(d, async_save=async_save, keep_latest=2, keep_best=0)
+    p.records = {1: record(1), 2: record(2)}
+    disk_full()
+    with pytest.raises(CheckpointError) as info:
+        p.save(3, _too_big(3), make_meta(3))  # on success, retention would then drop step 1
+        p.save(4, make_arrays(4), make_meta(4))  # async: the failure is reported here
+    msg = str(info.value)
+    assert one_line(msg) and "step 3" in msg and "saving failed" in msg and "left in place" in msg
+    assert p.storage.steps() == [1, 2]
+    r = p.restore("latest")
+    assert (r.step, r.skipped) == (2, ())
+    assert_bit_exact(p.restore(1).arrays, make_arrays(1))
+
+    # room again: saving and retention go on as if the failure never happened
+    disk_full(False)
+    p.save(3, _too_big(3), make_meta(3))
+    p.save(4, make_arrays(4), make_meta(4))
+    p.finish()
+    assert sorted(x.name for x in d.iterdir() if x.is_dir()) == ["3", "4"]
 
 
 # ----------------------------------------------------------------- damage
@@ -284,139 +496,135 @@ def test_damaged_newest_is_passed_over(tmp_path, damage):
     d = saved(tmp_path)
     DAMAGE[damage](d / "3")
 
-    with OrbaxCheckpointer(d, keep_latest=10) as c:
-        assert c.steps() == [1, 2, 3]
-        r = c.restore()
-        assert r.step == 2
-        assert_bit_exact(r.arrays, make_arrays(2))
-        assert r.meta["step"] == 2
-        assert len(r.skipped) == 1
-        step, cause = r.skipped[0]
-        assert step == 3
-        assert cause and one_line(cause)
-        if damage == "flip bytes in array data":
-            assert "checksum mismatch" in cause  # orbax itself reads the bytes back silently
+    p = policy(d)
+    assert p.storage.steps() == [1, 2, 3]
+    r = p.restore("latest")
+    assert r.step == 2
+    assert_bit_exact(r.arrays, make_arrays(2))
+    assert r.meta["step"] == 2
+    assert len(r.skipped) == 1
+    step, cause = r.skipped[0]
+    assert step == 3
+    assert cause and one_line(cause)
+    if damage == "flip bytes in array data":
+        assert "checksum mismatch" in cause  # orbax itself reads the bytes back silently
 
+    for load in (p.storage.load, p.restore):
         with pytest.raises(CheckpointError) as info:
-            c.restore(3)
+            load(3)
         msg = str(info.value)
         assert one_line(msg)
         # the same kind of cause (which array fails first may vary: reads are parallel)
         assert "step 3" in msg and str(d) in msg and cause.split(":")[0] in msg
         assert info.value.step == 3
 
-        assert c.restore(2).step == 2
-        # nothing was deleted by looking at it
-        assert c.steps() == [1, 2, 3]
+    assert p.restore(2).step == 2
+    p.close()
+    # nothing was deleted by looking at it
+    assert sorted(x.name for x in d.iterdir() if x.is_dir()) == ["1", "2", "3"]
 
 
 def test_damage_found_by_the_instance_that_saved(tmp_path):
     d = tmp_path / "ckpt"
-    c = OrbaxCheckpointer(d, keep_latest=3, async_save=True)
-    for s in (1, 2, 3):
-        c.save(s, make_arrays(s), make_meta(s))
-    c.wait()
+    p = policy(d, async_save=True, keep_latest=3, keep_best=0)
+    save_all(p, [record(s) for s in (1, 2, 3)])
+    p.storage.wait()
     _flip(d / "3")
-    r = c.restore()
+    r = p.restore("latest")
     assert (r.step, [s for s, _ in r.skipped]) == (2, [3])
     # a whole step directory vanishing is not damage of an existing checkpoint
     shutil.rmtree(d / "3")
-    r = c.restore()
+    r = p.restore("latest")
     assert (r.step, r.skipped) == (2, ())
     # and the checkpointer keeps working: saving again with retention
-    c.save(4, make_arrays(4), make_meta(4))
-    c.save(5, make_arrays(5), make_meta(5))
-    c.save(6, make_arrays(6), make_meta(6))
-    c.wait()
-    assert c.steps() == [4, 5, 6]
-    c.close()
+    save_all(p, [record(s) for s in (4, 5, 6)])
+    p.finish()
+    assert sorted(x.name for x in d.iterdir() if x.is_dir()) == ["4", "5", "6"]
 
 
-def test_best_passes_over_a_damaged_best(tmp_path):
-    d = saved(tmp_path, steps=(1, 2, 3, 4))  # val_loss 1/s: best is 4, then 3
-    _flip(d / "4")
-    with OrbaxCheckpointer(d, keep_latest=10) as c:
-        r = c.restore(which="best")
-        assert r.step == 3
-        assert [s for s, _ in r.skipped] == [4]
+def test_damaged_best_is_passed_over_to_the_next_best(tmp_path):
+    d = tmp_path / "ckpt"
+    skipped = []
+    p = policy(d)
+    p.on_skip = lambda step, cause: skipped.append(step)
+    save_all(p, [record(1, 0.5), record(2, 0.1), record(3, 0.3), record(4, 0.9)])  # best 2, then 3
+    p.storage.wait()
+    _flip(d / "2")
+    r = p.restore("best")
+    assert r.step == 3 and [s for s, _ in r.skipped] == [2] and "checksum mismatch" in r.skipped[0][1]
+    assert_bit_exact(r.arrays, make_arrays(3))
+    assert skipped == [2]
+    p.close()
 
 
-def test_damaged_metrics_file_does_not_block_opening(tmp_path):
-    # orbax reads every step's metrics file when it opens a directory and
-    # raises on a broken one; this checkpointer must still open and restore.
+def test_legacy_metrics_item_is_ignored(tmp_path):
+    # steps written by earlier versions hold orbax's metrics file; orbax reads every one of
+    # them when a directory is opened and raises on a broken one -- it must not be read at all
     d = saved(tmp_path)
-    _break_json(d / "3" / "metrics" / "metrics")
-    with OrbaxCheckpointer(d, keep_latest=10) as c:
-        r = c.restore()
-        assert (r.step, r.skipped) == (3, ())  # arrays and meta are intact
-        assert c.restore(which="best").step == 2  # 3 can no longer be ranked
+    for s in (1, 2, 3):
+        (d / str(s) / "metrics").mkdir()
+        (d / str(s) / "metrics" / "metrics").write_text('{"val_loss": 0.')
+    p = policy(d)
+    assert (p.restore("latest").step, p.restore("best").step) == (3, 3)
+    save_all(p, [record(4, 0.01)], history=p.restore("latest").meta["history"])
+    p.storage.delete(1)
+    assert p.storage.steps() == [2, 3, 4]
+    p.close()
 
 
 def test_every_checkpoint_damaged(tmp_path):
     d = saved(tmp_path, steps=(1, 2))
     _flip(d / "1")
     shutil.rmtree(d / "2" / "meta")
-    with OrbaxCheckpointer(d) as c:
-        with pytest.raises(CheckpointError) as info:
-            c.restore()
+    p = policy(d)
+    with pytest.raises(CheckpointError) as info:
+        p.restore("latest")
+    p.close()
     msg = str(info.value)
     assert one_line(msg)
-    assert "no intact checkpoint" in msg and "step 2:" in msg and "step 1:" in msg
+    assert "no intact checkpoint" in msg and "step 2:" in msg and "step 1:" in msg and str(d) in msg
 
 
 def test_no_checkpoints_yet(tmp_path):
-    with OrbaxCheckpointer(tmp_path / "ckpt") as c:
-        assert c.steps() == []
-        with pytest.raises(CheckpointError, match="no checkpoints saved yet"):
-            c.restore()
-        with pytest.raises(CheckpointError, match="no such checkpoint"):
-            c.restore(5)
-        c.save(1, make_arrays(1), make_meta(1, val_loss=None))
-        with pytest.raises(CheckpointError, match="'val_loss'"):
-            c.restore(which="best")
-        with pytest.raises(ValueError):
-            c.restore(which="newest")
-
-
-def test_unfinished_save_is_invisible_and_cleaned_up(tmp_path):
-    """A process killed mid-save leaves only orbax's temporary directory."""
-    d = saved(tmp_path, steps=(1, 2))
-    tmp = d / "3.orbax-checkpoint-tmp-1234567"
-    shutil.copytree(d / "2", tmp)
-    _truncate(tmp)
-    with OrbaxCheckpointer(d) as c:
-        assert c.steps() == [1, 2]
-        r = c.restore()
-        assert (r.step, r.skipped) == (2, ())
-        c.save(3, make_arrays(3), make_meta(3))
-        c.wait()
-        assert c.restore().step == 3
-    assert not tmp.exists()
+    p = policy(tmp_path / "ckpt")
+    assert p.storage.steps() == []
+    with pytest.raises(CheckpointError, match="no checkpoints saved yet"):
+        p.restore("latest")
+    with pytest.raises(CheckpointError) as info:
+        p.storage.load(5)
+    assert str(info.value) == f"checkpoint step 5 in {tmp_path / 'ckpt'}: no such checkpoint (steps on disk: none)"
+    p.save(1, make_arrays(1), make_meta(1, val_loss=None))
+    with pytest.raises(CheckpointError, match="'val_loss'"):
+        p.restore("best")
+    with pytest.raises(ValueError):
+        p.restore("newest")
+    p.finish()
 
 
 def test_saving_a_damaged_step_again_moves_it_aside(tmp_path):
     d = saved(tmp_path)
     _flip(d / "3")
-    with OrbaxCheckpointer(d, keep_latest=10) as c:
-        assert c.restore().step == 2
+    notes: list[str] = []
+    with OrbaxCheckpointer(d, warn=notes.append, async_save=True) as c:
         c.save(3, make_arrays(33), make_meta(3))  # training reached step 3 again
         c.wait()
-        r = c.restore()
-        assert (r.step, r.skipped) == (3, ())
+        r = c.load(3)
         assert_bit_exact(r.arrays, make_arrays(33))
     assert (d / "3.damaged").is_dir()  # kept for inspection, not deleted
+    assert len(notes) == 1 and one_line(notes[0])
+    assert "step 3" in notes[0] and "checksum mismatch" in notes[0] and "3.damaged" in notes[0]
 
 
 def test_save_is_never_silently_skipped(tmp_path):
     # orbax's save() returns False without saving for a step below the latest
     # one (and while a save is in progress) unless forced
-    with OrbaxCheckpointer(tmp_path / "ckpt", keep_latest=3, async_save=True) as c:
+    with OrbaxCheckpointer(tmp_path / "ckpt", async_save=True) as c:
         c.save(20, make_arrays(20), make_meta(20))
         c.save(10, make_arrays(10), make_meta(10))
         c.save(30, make_arrays(30), make_meta(30))
         c.wait()
         assert c.steps() == [10, 20, 30]
-        assert_bit_exact(c.restore(10).arrays, make_arrays(10))
+        assert_bit_exact(c.load(10).arrays, make_arrays(10))
 
 
 def test_saving_an_intact_step_again_is_refused(tmp_path):
@@ -424,7 +632,7 @@ def test_saving_an_intact_step_again_is_refused(tmp_path):
     with OrbaxCheckpointer(d, async_save=False) as c:
         with pytest.raises(CheckpointError, match="already exists"):
             c.save(1, make_arrays(9), make_meta(1))
-        assert_bit_exact(c.restore(1).arrays, make_arrays(1))
+        assert_bit_exact(c.load(1).arrays, make_arrays(1))
 
 
 # --------------------------------------------------- directories and disks
@@ -435,14 +643,13 @@ def test_directory_from_another_tool_is_refused(tmp_path):
     (d / "7").mkdir(parents=True)  # looks like an orbax step to orbax
     (d / "7" / "weights.bin").write_bytes(b"\x00" * 100)
     (d / "model.pt").write_bytes(b"torch")
-    before = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    before = snapshot(d)
     with pytest.raises(CheckpointError) as info:
         OrbaxCheckpointer(d)
     msg = str(info.value)
     assert one_line(msg)
     assert str(d) in msg and "not created by jaxyard" in msg and "'model.pt'" in msg
-    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == before
-    assert (d / "7" / "weights.bin").read_bytes() == b"\x00" * 100
+    assert snapshot(d) == before
 
 
 def test_marker_of_another_format_is_refused(tmp_path):
@@ -451,6 +658,15 @@ def test_marker_of_another_format_is_refused(tmp_path):
     (d / MARKER_NAME).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(CheckpointError, match="another format"):
         OrbaxCheckpointer(d)
+
+
+def test_unreadable_marker_is_a_warning(tmp_path):
+    d = saved(tmp_path, steps=(1,))
+    (d / MARKER_NAME).write_text("{not json")
+    notes: list[str] = []
+    with OrbaxCheckpointer(d, warn=notes.append) as c:
+        assert c.steps() == [1]
+    assert len(notes) == 1 and MARKER_NAME in notes[0] and one_line(notes[0])
 
 
 def test_path_that_is_a_file_is_refused(tmp_path):
@@ -479,15 +695,17 @@ def _permissions_enforced(tmp_path) -> bool:
 def test_unwritable_directory(tmp_path):
     if os.name != "posix" or not _permissions_enforced(tmp_path):
         pytest.skip("file permissions are not enforced for this user (root)")
-    d = saved(tmp_path, steps=(1, 2), keep_latest=2)
+    d = saved(tmp_path, steps=(1, 2))
     os.chmod(d, 0o555)
     try:
-        c = OrbaxCheckpointer(d, keep_latest=2, async_save=False)
+        c = OrbaxCheckpointer(d, async_save=False)
         with pytest.raises(CheckpointError) as info:
             c.save(3, make_arrays(3), make_meta(3))
         assert one_line(str(info.value)) and "step 3" in str(info.value)
         assert c.steps() == [1, 2]
-        assert c.restore().step == 2
+        assert c.load(2).step == 2
+        with pytest.raises(CheckpointError, match="could not delete"):
+            c.delete(1)
         c.close()
         with pytest.raises(CheckpointError, match="cannot use the directory"):
             OrbaxCheckpointer(d / "new")
@@ -521,34 +739,32 @@ def _too_big(seed):
 
 @pytest.mark.parametrize("async_save", [False, True])
 def test_disk_full_during_save_keeps_older_checkpoints(tmp_path, disk_full, async_save):
-    d = saved(tmp_path, steps=(1, 2), keep_latest=2)
-    c = OrbaxCheckpointer(d, keep_latest=2, keep_best=0, async_save=async_save)
+    d = saved(tmp_path, steps=(1, 2))
+    c = OrbaxCheckpointer(d, async_save=async_save)
     disk_full()
     with pytest.raises(CheckpointError) as info:
-        c.save(3, _too_big(3), make_meta(3))  # retention would delete step 1 on success
+        c.save(3, _too_big(3), make_meta(3))
         c.wait()
     msg = str(info.value)
     assert one_line(msg)
     assert "step 3" in msg and str(d) in msg and "saving failed" in msg
     assert "left in place" in msg
     assert c.steps() == [1, 2]
-    r = c.restore()
-    assert (r.step, r.skipped) == (2, ())
-    assert_bit_exact(c.restore(1).arrays, make_arrays(1))
+    assert_bit_exact(c.load(1).arrays, make_arrays(1))
+    assert_bit_exact(c.load(2).arrays, make_arrays(2))
 
-    # room again: saving and retention go on as if the failure never happened
-    # (orbax forgets steps it meant to delete when a save fails; they must not leak)
+    # room again: the failed step can be saved, and old steps deleted, as if nothing happened
     disk_full(False)
     c.save(3, _too_big(3), make_meta(3))
-    c.save(4, make_arrays(4), make_meta(4))
     c.wait()
-    assert c.steps() == [3, 4]
+    c.delete(1)
+    assert c.steps() == [2, 3]
     c.close()
 
 
 def test_background_failure_is_reported_by_the_next_save(tmp_path, disk_full):
     d = saved(tmp_path, steps=(1,))
-    c = OrbaxCheckpointer(d, keep_latest=1, keep_best=0, async_save=True)
+    c = OrbaxCheckpointer(d, async_save=True)
     disk_full()
     c.save(2, _too_big(2), make_meta(2))  # returns; the write fails in the background
     with pytest.raises(CheckpointError) as info:
@@ -560,16 +776,17 @@ def test_background_failure_is_reported_by_the_next_save(tmp_path, disk_full):
     c.close()
     with OrbaxCheckpointer(d) as c2:
         assert c2.steps() == [1]
-        assert_bit_exact(c2.restore().arrays, make_arrays(1))
+        assert_bit_exact(c2.load(1).arrays, make_arrays(1))
 
 
-def test_restore_during_a_failing_background_save(tmp_path, disk_full):
+def test_load_during_a_failing_background_save(tmp_path, disk_full):
     d = saved(tmp_path, steps=(1,))
-    c = OrbaxCheckpointer(d, keep_latest=1, keep_best=0, async_save=True)
+    c = OrbaxCheckpointer(d, async_save=True)
     disk_full()
     c.save(2, _too_big(2), make_meta(2))
-    r = c.restore()  # waits for the save; its failure does not stop restoring
-    assert (r.step, r.skipped) == (1, ())
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        c.load(2)  # waits for the save; its failure does not stop loading
+    assert_bit_exact(c.load(1).arrays, make_arrays(1))
     disk_full(False)
     with pytest.raises(CheckpointError, match="step 2"):
         c.close()  # ... but is reported, here by close()
@@ -578,13 +795,12 @@ def test_restore_during_a_failing_background_save(tmp_path, disk_full):
 
 def test_step_directory_deleted_behind_its_back(tmp_path):
     d = tmp_path / "ckpt"
-    with OrbaxCheckpointer(d, keep_latest=2, keep_best=0, async_save=False) as c:
-        for s in (1, 2):
-            c.save(s, make_arrays(s), make_meta(s))
-        shutil.rmtree(d / "1")
-        c.save(3, make_arrays(3), make_meta(3))
-        c.save(4, make_arrays(4), make_meta(4))
-        assert c.steps() == [3, 4]
+    p = policy(d, keep_latest=2, keep_best=0)
+    save_all(p, [record(1), record(2)])
+    shutil.rmtree(d / "1")
+    save_all(p, [record(3), record(4)])
+    p.finish()
+    assert sorted(x.name for x in d.iterdir() if x.is_dir()) == ["3", "4"]
 
 
 def test_unwritable_directory_does_not_hang_the_process(tmp_path):
@@ -636,14 +852,15 @@ def test_bad_arguments_are_checkpoint_errors(tmp_path):
             c.save(-1, make_arrays(1), {})
         with pytest.raises(CheckpointError, match="keys must be"):
             c.save(1, {"": np.zeros(2)}, {})
+        with pytest.raises(CheckpointError, match="step must be an integer"):
+            c.load("latest")
+        with pytest.raises(CheckpointError, match="step must be an integer"):
+            c.delete(True)
         assert c.steps() == []
-    with pytest.raises(CheckpointError, match="closed"):
-        c.save(1, make_arrays(1), {})
+    for closed in (lambda: c.save(1, make_arrays(1), {}), lambda: c.load(1), lambda: c.delete(1)):
+        with pytest.raises(CheckpointError, match="closed"):
+            closed()
     c.close()  # idempotent
-    with pytest.raises(ValueError):
-        OrbaxCheckpointer(tmp_path / "x", keep_latest=0)
-    with pytest.raises(ValueError):
-        OrbaxCheckpointer(tmp_path / "x", best_mode="median")
 
 
 # ------------------------------------------------------ structures, errors
@@ -669,8 +886,25 @@ def test_compare_structures_messages():
         "unexpected in checkpoint: model.layers.3.bias (10,)",
     ]
     assert compare_structures(expected, expected) == []
+
+
+def test_structure_of_matches_jax_shapes_and_restored_arrays(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
     arrays = make_arrays(1)
-    assert compare_structures(structure_of(arrays), structure_of(dict(arrays))) == []
+    assert structure_of(arrays)["model.layers.0.kernel"] == ((64, 128), np.dtype("float32"))
+    assert structure_of(arrays)["optimizer.opt_state.0.count"] == ((), np.dtype("int32"))
+    # what the engine expects (abstract jax shapes) vs what a checkpoint holds
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, jnp.dtype(v.dtype)) for k, v in arrays.items()}
+    with OrbaxCheckpointer(tmp_path / "ckpt", async_save=False) as c:
+        c.save(1, arrays, {})
+        restored = c.load(1).arrays
+    assert compare_structures(structure_of(abstract), structure_of(restored)) == []
+    wider = {**abstract, "model.layers.0.bias": jax.ShapeDtypeStruct((256,), jnp.float32)}
+    assert compare_structures(structure_of(wider), structure_of(restored)) == [
+        "shape differs: model.layers.0.bias saved (128,) vs expected (256,)"
+    ]
 
 
 def test_error_messages_are_one_line():
@@ -698,6 +932,7 @@ def test_modules_import_without_jax_orbax_numpy():
         heavy = ("jax", "orbax", "numpy")
         before = {m for m in heavy if m in sys.modules}
         import jaxyard.core.checkpoint
+        import jaxyard.core.policy
         import jaxyard.plugins.checkpointers
         after = {m for m in heavy if m in sys.modules}
         print(sorted(after - before))
@@ -709,7 +944,10 @@ def test_modules_import_without_jax_orbax_numpy():
 
 
 def test_plugin_registers_orbax_and_none(tmp_path):
-    plugin = pytest.importorskip("jaxyard.plugins.checkpointers")
+    import attrs
+
+    from jaxyard.plugins import checkpointers as plugin
+
     registered = {}
     plugin.jaxyard_register_checkpointers(
         lambda name, factory, params: registered.__setitem__(name, (factory, params))
@@ -717,24 +955,26 @@ def test_plugin_registers_orbax_and_none(tmp_path):
     assert set(registered) == {"orbax", "none"}
 
     factory, params_cls = registered["orbax"]
-    c = factory(params_cls(keep_latest=1, keep_best=0, async_save=False), directory=tmp_path / "ckpt")
-    assert isinstance(c, OrbaxCheckpointer) and isinstance(c, Checkpointer)
-    c.save(1, make_arrays(1), make_meta(1))
-    c.save(2, make_arrays(2), make_meta(2))
-    assert c.steps() == [2]
+    assert [f.name for f in attrs.fields(params_cls)] == ["async_save"]
+    c = factory(params_cls(async_save=False), directory=tmp_path / "ckpt")
+    assert isinstance(c, OrbaxCheckpointer) and isinstance(c, Checkpointer) and not c.async_save
+    save_all(c, [record(1), record(2)])
+    assert c.steps() == [1, 2]  # storage only: retention is CheckpointPolicy's
     c.close()
-    with pytest.raises(ValueError):
-        params_cls(best_mode="median")
-    with pytest.raises(ValueError):
-        params_cls(keep_latest=0)
+    with factory(params_cls(), directory=tmp_path / "ckpt2") as c:
+        assert c.async_save
 
     factory, params_cls = registered["none"]
     n = factory(params_cls(), directory=tmp_path / "nothing")
-    assert isinstance(n, Checkpointer)
+    assert isinstance(n, Checkpointer) and missing_methods(n) == []
     n.save(1, make_arrays(1), make_meta(1))
     n.wait()
     assert n.steps() == []
-    with pytest.raises(CheckpointError, match="saved no checkpoints"):
-        n.restore()
+    n.delete(1)
+    with pytest.raises(CheckpointError, match="saved no checkpoints") as info:
+        n.load(1)
+    assert one_line(str(info.value))
+    with pytest.raises(CheckpointError, match="no checkpoints saved yet"):
+        CheckpointPolicy(n, monitor=Monitor()).restore("latest")
     n.close()
     assert not (tmp_path / "nothing").exists()

@@ -18,7 +18,7 @@ from jaxyard.core.settings import load_settings
 
 from helpers import BROKEN, BROKEN_CASES, EXAMPLE_DIST, fake_entry_point, fake_entry_points
 
-BUILTINS = ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards", "early_stopping", "checkpointing", "curves")
+BUILTINS = ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards", "early_stopping", "checkpointing", "curves", "profiler", "progress")
 BUILTIN_PLUGINS = [f"jaxyard.plugins.{m}" for m in BUILTINS]
 
 
