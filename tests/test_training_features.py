@@ -1,0 +1,136 @@
+"""Gradient accumulation, weight averaging, the profiler and the epoch progress bar."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxyard
+from jaxyard.core.build import build
+from jaxyard.core.loop import make_loop
+
+TINY = [
+    "loader.train_size=96",
+    "loader.val_size=32",
+    "loader.test_size=32",
+    "loader.features=16",
+    "loader.classes=4",
+    "model.hidden_dims=32",
+    "model.dropout_rate=0.0",
+    "run.warmup_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return jaxyard.build_registry(strict=True)
+
+
+def config(registry, *sets, **run):
+    options = {"epochs": 3, "batch_size": 32, **run}
+    return jaxyard.resolve_config(registry, jaxyard.load_settings(), options=options, sets=[*TINY, *sets])
+
+
+def metrics(result):
+    return [{k: v for k, v in r.items() if k not in ("step", "train_time", "val_time")} for r in result.history]
+
+
+def test_accumulated_small_batches_equal_one_big_batch(tmp_path, registry):
+    """4 batches of 8 with accumulate_steps=4 take the same steps as batches of 32 (same shuffle)."""
+    big = jaxyard.train(config(registry), out_dir=tmp_path / "big")
+    small = jaxyard.train(config(registry, "run.accumulate_steps=4", batch_size=8), out_dir=tmp_path / "small")
+    for a, b in zip(metrics(big), metrics(small), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    assert [r["step"] for r in small.history] == [12, 24, 36]  # steps count batches; the schedule counts updates
+    assert big.test["test_loss"] == pytest.approx(small.test["test_loss"], rel=1e-5)
+
+
+def test_weight_average_follows_the_parameters_step_by_step(registry):
+    """One step per epoch (batch = the whole split): after each, ema = d * ema + (1 - d) * params."""
+    from flax import nnx
+
+    from jaxyard.core.averaging import EmaParamsState
+
+    decay = 0.7
+    built = build(config(registry, f"run.ema_decay={decay}", batch_size=96))
+    loop = make_loop(built)
+
+    def params_and_ema():
+        model, optimizer = nnx.merge(built.train_graphdef, built.state)
+        params = [np.asarray(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
+        ema = [n for n in jax.tree.leaves(optimizer.opt_state, is_leaf=lambda n: isinstance(n, EmaParamsState)) if isinstance(n, EmaParamsState)]
+        return params, [np.asarray(e) for e in jax.tree.leaves(ema[0].ema)]
+
+    expected, _ = params_and_ema()  # the average starts at the initial weights
+    for epoch in (1, 2, 3):
+        loop.train_epoch(epoch)
+        params, ema = params_and_ema()
+        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, params)]
+        for got, want in zip(ema, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert not all(np.array_equal(p, e) for p, e in zip(params, ema))
+
+
+def test_averaged_weights_are_evaluated_checkpointed_and_evaluable_again(tmp_path, registry, run_cli):
+    out = tmp_path / "run"
+    result = jaxyard.train(config(registry, "run.ema_decay=0.9"), out_dir=out)
+    assert {"val_loss_ema", "val_acc_ema"} <= result.history[-1].keys()
+    assert result.history[-1]["val_loss_ema"] != result.history[-1]["val_loss"]
+    again = jaxyard.evaluate(out, weights="ema", registry=registry)
+    assert (again.test_loss, again.test_acc) == (result.test["test_loss_ema"], result.test["test_acc_ema"])
+    plain = jaxyard.evaluate(out, registry=registry)
+    assert (plain.test_loss, plain.test_acc) == (result.test["test_loss"], result.test["test_acc"])
+    cli = run_cli(["eval", out, "--weights", "ema"])
+    assert cli.exit_code == 0 and "(averaged weights)" in cli.stdout
+
+
+def test_eval_weights_ema_without_an_average_is_one_line(tmp_path, registry, run_cli):
+    from helpers import assert_one_line_error
+
+    out = tmp_path / "run"
+    jaxyard.train(config(registry, epochs=1), out_dir=out)
+    assert_one_line_error(run_cli(["eval", out, "--weights", "ema"]), "kept no average of its weights (run.ema_decay = 0)")
+
+
+def test_profile_writes_a_trace_of_one_epoch(tmp_path, registry, run_cli):
+    out = tmp_path / "run"
+    args = ["run", "--out", out, "--epochs", "3", "--profile"] + [x for s in TINY for x in ("--set", s)]
+    result = run_cli(args)
+    assert result.exit_code == 0, result.stderr
+    assert f"Profile of epoch 2 written to {out / 'profile'}" in result.stdout
+    traces = list((out / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+
+
+def test_epoch_progress_bar_in_a_terminal(tmp_path, registry, monkeypatch):
+    """In a terminal (train(progress=...)), in-memory epochs advance one bar; it is gone at the end."""
+    import rich.progress
+
+    events = []
+
+    class Spy:
+        def __init__(self, *columns, **kwargs):
+            events.append(("new", kwargs.get("transient")))
+            self.task_ids = [0]
+
+        def add_task(self, name, total, completed):
+            events.append(("task", total, completed))
+
+        def start(self):
+            events.append("start")
+
+        def advance(self, task):
+            events.append("advance")
+
+        def stop(self):
+            events.append("stop")
+
+    monkeypatch.setattr(rich.progress, "Progress", Spy)
+    jaxyard.train(config(registry), out_dir=tmp_path / "run", progress=lambda **kw: None)
+    assert events == [("new", True), ("task", 3, 0), "start", "advance", "advance", "advance", "stop"]
+    events.clear()
+    jaxyard.train(config(registry), out_dir=tmp_path / "quiet")  # not a terminal: no bar
+    assert events == []
