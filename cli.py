@@ -262,7 +262,7 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
 
 @cli.command()
 @_run_options
-@click.option("--points", default=11, show_default=True, help="Rows of the table.")
+@click.option("--points", default=11, show_default=True, type=click.IntRange(min=2), help="Rows of the table (at least 2).")
 @click.option("--png", metavar="FILE", help="Also plot the rate at every step to this PNG.")
 @click.pass_obj
 def schedule(session, config_file, sets, points, png, **options):

@@ -67,8 +67,11 @@ def build(config: RunConfig) -> Built:
     data, steps_per_epoch = load_data(config)
     sizes = data.sizes()
 
-    rngs = nnx.Rngs(params=seed_key(run.seed, PARAMS_STREAM), dropout=seed_key(run.seed, DROPOUT_STREAM))
-    model = config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
+    def create(rngs):
+        return config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
+
+    _check_memory(config, nnx.eval_shape(lambda: create(nnx.Rngs(0))))  # shapes only: nothing allocated yet
+    model = create(nnx.Rngs(params=seed_key(run.seed, PARAMS_STREAM), dropout=seed_key(run.seed, DROPOUT_STREAM)))
     if not isinstance(model, nnx.Module):
         raise UsageError(f"model {config.model.name!r} returned {type(model).__name__}, not an nnx.Module")
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -104,9 +107,20 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     sizes = data.sizes()
     if not sizes["train"]:
         raise UsageError(f"loader {name!r} must give the size of its train split (StreamingDataset sizes=...)")
+    if run.batch_size > sizes["train"]:
+        raise UsageError(
+            f"run.batch_size = {run.batch_size} is larger than the {sizes['train']} training examples of loader {name!r}; "
+            f"use at most {sizes['train']}"
+        )
     if isinstance(data, Dataset):
         _check_dataset(name, data)
-    return data, steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
+    steps_per_epoch = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
+    if steps_per_epoch * run.epochs >= 2**31:
+        raise UsageError(
+            f"run.epochs = {run.epochs} of {steps_per_epoch} steps is {steps_per_epoch * run.epochs} steps, more than "
+            f"the step counter holds (2**31 - 1); use at most {(2**31 - 1) // steps_per_epoch} epochs"
+        )
+    return data, steps_per_epoch
 
 
 def make_schedule(config: RunConfig, steps_per_epoch: int) -> tuple[Callable[[int], Any], int, int]:
@@ -142,8 +156,38 @@ def schedule_points(config: RunConfig, points: int = 11) -> dict[str, Any]:
     }
 
 
+def available_memory() -> tuple[int | None, str]:
+    """Bytes the default device can still take (None if unknown), and the device's name."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform} device {device.id}"
+    try:  # the CPU backend: the host's available memory
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024, "host"
+    except (OSError, KeyError, ValueError):
+        return None, "host"
+
+
+def _check_memory(config: RunConfig, abstract_model) -> None:
+    """Refuse a model whose parameters, gradients and two optimizer moments cannot fit, before
+    allocating any of it (a 30 GB allocation would otherwise end in a traceback or the OOM killer)."""
+    leaves = jax.tree.leaves(nnx.state(abstract_model, nnx.Param))
+    count = sum(int(np.prod(p.shape)) for p in leaves)
+    nbytes = sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in leaves)
+    free, where = available_memory()
+    if free is not None and 4 * nbytes > free:
+        raise UsageError(
+            f"model {config.model.name!r} has {count:,} parameters ({nbytes / 2**30:.1f} GiB); training needs at least "
+            f"4x that (parameters, gradients, optimizer state): {4 * nbytes / 2**30:.1f} GiB, but the {where} has "
+            f"{free / 2**30:.1f} GiB available. Choose smaller sizes"
+        )
+
+
 def _check_dataset(name: str, data: Dataset) -> None:
-    """Splits with as many labels as examples, at least one of each, labels below num_classes."""
+    """Splits with as many labels as examples, at least one of each, labels below num_classes,
+    finite features."""
     for split in ("train", "val", "test"):
         part = getattr(data, split)
         if len(part.x) != len(part.y) or len(part.y) == 0 or np.ndim(part.y) != 1:
@@ -157,6 +201,10 @@ def _check_dataset(name: str, data: Dataset) -> None:
             raise UsageError(
                 f"loader {name!r}: {split} labels range over {low}..{high}, outside 0..{data.num_classes - 1} (num_classes)"
             )
+        finite = np.isfinite(part.x)
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0][0])
+            raise UsageError(f"loader {name!r}: {split} example {row} has a non-finite feature ({part.x[row][~finite[row]].flat[0]})")
 
 
 def _check_fit(config: RunConfig, model, data) -> None:

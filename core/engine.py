@@ -24,7 +24,7 @@ from jaxyard.core.build import Built, build, enable_compile_cache
 from jaxyard.core.checkpoint import CheckpointError, missing_methods
 from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset
-from jaxyard.core.errors import PluginError, UsageError
+from jaxyard.core.errors import PluginError, TrainingError, UsageError
 from jaxyard.core.events import Echo, Run, RunResult, describe_params, emit, emit_failed
 from jaxyard.core.loggers import LOGGER_METHODS, LoggerHub
 from jaxyard.core.loop import Progress, make_loop, means
@@ -102,10 +102,16 @@ def resume(
     config = load_run_config(run_dir, registry)
     if compile_cache:
         enable_compile_cache(compile_cache)
-    built = build(config)
-    loggers = make_loggers(config, Path(run_dir))
-    storage = make_checkpointer(config, rd.RunDir(run_dir))
-    return _fit(built, rd.RunDir(run_dir), storage, loggers, echo, warn or echo, progress, resume=True, started=started)
+    directory = rd.RunDir(run_dir)
+    directory.lock()  # before anything is written: a second writer is refused, naming this one
+    try:
+        built = build(config)
+        loggers = make_loggers(config, directory.path)
+        storage = make_checkpointer(config, directory)
+    except BaseException:
+        directory.unlock()
+        raise
+    return _fit(built, directory, storage, loggers, echo, warn or echo, progress, resume=True, started=started)
 
 
 def evaluate(
@@ -323,11 +329,29 @@ def _fit(
     except BaseException as err:
         with suppress(Exception):  # the error on its way out is the one to report
             policy.close()
-        emit_failed(pm, run, err)
+        reported = _out_of_memory(err, built) or err
+        emit_failed(pm, run, reported)
+        if reported is not err:
+            raise reported from err
         raise
     finally:
         pm.unregister(hub)
+        run_dir.unlock()
     return result
+
+
+def _out_of_memory(err: BaseException, built: Built) -> TrainingError | None:
+    """XLA's RESOURCE_EXHAUSTED (a 60-line traceback) as one line naming what did not fit."""
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    run = built.config.run
+    first = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), text)[:300]
+    return TrainingError(
+        f"out of memory on {jax.devices()[0].platform} training model {built.config.model.name!r} "
+        f"({built.num_params:,} parameters) with run.batch_size = {run.batch_size}: {first}; "
+        f"lower run.batch_size or the model's sizes"
+    )
 
 
 def _resume_state(run: Run, policy: CheckpointPolicy, built: Built) -> None:

@@ -192,4 +192,8 @@ def jaxyard_on_run_failed(run: Run, error: BaseException) -> None:
     """The run stopped on an error (a diverged loss, a failed save, a plugin's exception, an
     interrupt). Called once, before the error reaches the caller; an exception raised here
     is reported and ignored so that the original error is the one the user sees.
+
+    :param run: the run as it was: ``run.history`` holds the epochs finished,
+        ``run.last_checkpoint`` the last step saved (``jaxyard resume`` continues from it).
+    :param error: the exception on its way to the caller.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -139,7 +140,13 @@ def coerce(value: Any, tp: Any, *, where: str) -> Any:
         raise UsageError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):  # inf and nan pass comparisons like "> 0" and fail an epoch later
+                raise UsageError(f"{where}: expected a finite number, got {value!r}")
+            return number
         raise UsageError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -187,7 +187,7 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
                 if impl.plugin is plugin:  # pluggy passes an implementation only the arguments it names
                     register = _register_fn(kind, c.name, staged, entries)
                     impl.function(**{name: register for name in impl.argnames})
-    except Exception as err:  # a plugin's own bug must not take the registry down
+    except (Exception, SystemExit, KeyboardInterrupt) as err:  # a plugin's own bug (even sys.exit() at import) must not take the registry down
         if plugin is not None:
             pm.unregister(plugin)
         return attrs.evolve(info, error=_one_line(err))

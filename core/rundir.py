@@ -2,12 +2,22 @@
 
 config.toml is written (atomically) once every component has been built: a directory holding
 it is a run. metrics.jsonl belongs to the ``jsonl`` logger.
+
+One writer at a time: ``run`` and ``resume`` hold an exclusive OS lock on ``.jaxyard.lock``
+(``flock``: the kernel releases it when the process dies, so a ``kill -9`` never leaves a
+stale lock) from before they write anything until they finish. A second writer is refused
+with the holder's pid and host and writes nothing. Readers (``eval``) take no lock. The lock
+file records its current (or last) holder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -18,6 +28,12 @@ METRICS = "metrics.jsonl"
 CURVES = "training_curves.png"
 CHECKPOINTS = "checkpoints"
 SUMMARY = "summary.json"
+LOCK = ".jaxyard.lock"
+LEFTOVERS = {LOCK, CONFIG + ".tmp"}  # what a run that never committed its config may leave
+
+
+class RunDirBusy(UsageError):
+    """Another process is writing this run directory."""
 
 
 class RunDir:
@@ -26,10 +42,12 @@ class RunDir:
     def __init__(self, path: str | os.PathLike, *, created: bool = False):
         self.path = Path(path)
         self.created = created
+        self._lock_fd: int | None = None
 
     @classmethod
     def new(cls, out: str | os.PathLike | None, *, base: str, name: str) -> RunDir:
-        """Claim ``out`` (new or empty), or else ``base/<timestamp>-<name>`` made exclusively.
+        """Claim ``out`` (new, empty, or left by a run that never committed its config), or else
+        ``base/<timestamp>-<name>`` made exclusively; either way locked for this process.
 
         Two runs started in the same second never share a directory: the default name gets a
         ``-2``, ``-3``... suffix when ``mkdir`` finds it taken.
@@ -38,33 +56,75 @@ class RunDir:
             if out is not None:
                 path = Path(out)
                 existed = path.is_dir()
-                if path.exists() and (not existed or any(path.iterdir())):
-                    raise UsageError(f"run directory {path} is not empty; choose another --out, or `jaxyard resume {path}`")
+                if path.exists() and not existed:
+                    raise UsageError(f"run directory {path} exists and is not a directory; choose another --out")
+                _refuse_a_run(path)
                 path.mkdir(parents=True, exist_ok=True)
-                return cls(path, created=not existed)
+                claimed = cls(path, created=not existed)
+                claimed.lock()
+                try:
+                    _refuse_a_run(path)  # someone may have written it between the check and the lock
+                    for leftover in LEFTOVERS - {LOCK}:
+                        (path / leftover).unlink(missing_ok=True)
+                except BaseException:
+                    claimed.unlock()
+                    raise
+                return claimed
             stem = Path(base) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
             Path(base).mkdir(parents=True, exist_ok=True)
             for n in range(1, 1000):
                 path = stem if n == 1 else stem.with_name(f"{stem.name}-{n}")
                 try:
                     path.mkdir()
-                    return cls(path, created=True)
                 except FileExistsError:
                     continue
+                claimed = cls(path, created=True)
+                claimed.lock()
+                return claimed
             raise UsageError(f"could not find a free run directory name under {base}")
         except OSError as err:
             raise UsageError(f"cannot create the run directory {err.filename or out or base}: {err.strerror}") from None
 
+    def lock(self) -> None:
+        """Take this directory's writer lock, or raise RunDirBusy naming the holder."""
+        try:
+            fd = os.open(self / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UsageError(f"cannot lock the run directory {self.path}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunDirBusy(
+                f"run directory {self.path} is being written by {holder}; wait for it to finish "
+                f"(or stop it), then `jaxyard resume {self.path}`; or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
     def discard(self) -> None:
         """Remove what this run wrote, before its config.toml was committed: a directory this run
         created goes whole; a given empty one is emptied again (it held nothing of anyone's)."""
-        if not self.path.is_dir() or (self / CONFIG).exists():
-            return
-        if self.created:
-            shutil.rmtree(self.path, ignore_errors=True)
-        else:
-            for child in self.path.iterdir():
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        try:
+            if not self.path.is_dir() or (self / CONFIG).exists():
+                return
+            if self.created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                for child in self.path.iterdir():
+                    if child.name != LOCK:
+                        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        finally:
+            self.unlock()
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -73,10 +133,43 @@ class RunDir:
         write_atomic(self / CONFIG, config_toml)
 
 
+def _refuse_a_run(path: Path) -> None:
+    """A directory holding anything but what an uncommitted run leaves is not ours to reuse."""
+    if not path.is_dir():
+        return
+    names = {p.name for p in path.iterdir()}
+    if names - LEFTOVERS:
+        if LOCK in names:  # a run: say who is writing it, if anyone
+            probe = RunDir(path)
+            probe.lock()
+            probe.unlock()
+        raise UsageError(f"run directory {path} is not empty; choose another --out, or `jaxyard resume {path}`")
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']} (since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
 def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, fsynced then renamed (the directory
+    fsynced too): a reader sees the old file or the new one, never a torn one, and a failure
+    (a full disk) leaves no temporary file behind."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -19,9 +19,9 @@ then, and epochs it already holds (logged before the interruption; the resumed r
 them again bit for bit) are not logged again, so every epoch is there once. MLflow cannot
 delete a metric point: had the numbers differed, the first ones would stay.
 
-Quiet and offline: the factory switches MLflow's usage telemetry off (``MLFLOW_DISABLE_TELEMETRY``,
-unless already set) before it first imports mlflow, and MLflow's INFO lines (the database
-set-up) are held back while the store opens.
+Quiet and offline: the factory imports mlflow with ``MLFLOW_DISABLE_TELEMETRY=true`` (unless the
+variable is set), so MLflow 3 sets up no usage telemetry; MLflow's INFO lines (the database
+set-up) and its libraries' deprecation warnings are held back while the store opens.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import time
+import warnings
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -41,19 +42,25 @@ from jaxyard.plugins.loggers import final_scalars, scalars
 
 RUN_FILE = "mlflow_run.json"
 ARTIFACTS = ("config.toml", "summary.json", "training_curves.png")
-MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch
+MAX_PARAMS_PER_BATCH = 100  # MLflow's limits for one log_batch
+MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
 
 
 @contextlib.contextmanager
 def _quiet():
-    """MLflow's and alembic's INFO lines held back (creating a database prints two), for this block only."""
+    """For this block only: MLflow's and alembic's INFO lines held back (creating a database
+    prints two), and the deprecation warnings of the store's libraries (SQLAlchemy's, when
+    MLflow sets up its tables) not shown."""
     loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -152,15 +159,12 @@ class MlflowLogger:
             self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
         history = list(run.history)
         self.last_epoch = history[-1]["epoch"] if history else 0
-        backfill = [m for record in history for m in self._metrics(record["epoch"], scalars(record))]
-        if backfill:  # restored epochs the store lacks (say, a logger added when resuming)
-            self.client.log_batch(self.run_id, metrics=backfill, synchronous=True)
+        # Restored epochs the store lacks (say, the logger was added when resuming).
+        self._log_metrics([m for record in history for m in self._metrics(record["epoch"], scalars(record))])
 
     def log_epoch(self, record: dict) -> None:
         self.last_epoch = record["epoch"]
-        metrics = self._metrics(record["epoch"], scalars(record))
-        if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        self._log_metrics(self._metrics(record["epoch"], scalars(record)))
 
     def finish(self, run, status: str, result=None) -> None:
         if self.client is None or self.run_id is None:
@@ -180,6 +184,10 @@ class MlflowLogger:
         finally:
             self.client.set_terminated(self.run_id, "FINISHED" if status == "finished" else "FAILED")
             self.client = None
+
+    def _log_metrics(self, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH], synchronous=True)
 
     def _metrics(self, step: int, values: dict[str, float]) -> list[Metric]:
         """Metrics at ``step``, less those the store already holds."""

@@ -14,9 +14,11 @@ queue its background thread writes from, so a process killed just after an epoch
 epoch's last scalars.
 
 Resume: the new file starts with the same two events ``SummaryWriter(purge_step=...)`` writes,
-with ``purge_step = run.start_epoch + 1``: TensorBoard's readers then drop every event of the
-earlier files at a later step (the epochs logged after the restored checkpoint), so each epoch
-appears once, with the values of the resumed run.
+with ``purge_step = run.start_epoch + 1``: TensorBoard's Python reader then drops the scalars of
+the earlier files at later steps (the epochs logged after the restored checkpoint), and its
+Rust data server drops a series' points from the step a resumed run logs again onwards; either
+way each epoch appears once, with the values of the resumed run. The config text is written
+only into a folder without event files (a purge would not remove text).
 """
 
 from __future__ import annotations
@@ -51,12 +53,13 @@ class TensorboardLogger:
         history = list(run.history)
         self.last_epoch = history[-1]["epoch"] if history else 0
         if earlier:
-            # Resumed (or restarted) in the same folder: hide what was written after the restored
-            # epochs. A restart from scratch (start_epoch 0) purges everything, the config too.
-            purge = run.start_epoch + 1 if run.start_epoch > 0 else 0
+            # Resumed (or restarted from scratch) in the same folder: hide the epochs written
+            # after the restored ones. The config text at step 0 stays (TensorBoard's purge
+            # leaves text alone anyway), and is not written again.
+            purge = run.start_epoch + 1
             self._write(Event(step=purge, file_version="brain.Event:2"))
             self._write(Event(step=purge, session_log=SessionLog(status=SessionLog.START)))
-        if not earlier or run.start_epoch == 0:
+        else:
             text = "\n".join("    " + line for line in dump_toml(run.config_dict).splitlines())  # a Markdown code block
             self._write(Event(step=0, summary=tbx_summary.text("config", text)))
             for record in history:  # a logger added when resuming: the restored epochs too

@@ -65,12 +65,28 @@ def digits(p: DigitsParams, *, seed):
     return _split_arrays(x, data.target.astype(np.int32), p.val_fraction, p.test_fraction, p.split_seed, classes=10)
 
 
+#: The most classes the npz and csv loaders infer from the labels (the largest label + 1); a larger
+#: count is nearly always a stray value, and its output layer could need gigabytes. Set the
+#: loader's ``classes`` parameter to go above it.
+MAX_INFERRED_CLASSES = 1_000_000
+_MAX_CLASSES = 2**31 - 1  # labels are stored as int32
+
+
+def _classes_param():
+    return param(
+        0,
+        f"number of classes; 0: the largest label + 1 (at most {MAX_INFERRED_CLASSES:,}; set it to go above)",
+        validator=[v.ge(0), v.le(_MAX_CLASSES)],
+    )
+
+
 @attrs.frozen
 class NpzParams:
     path: str = param("", "an .npz file holding x and y, or x_train, y_train, x_val, y_val, x_test, y_test")
     val_fraction: float = param(0.1, "share held out for validation when the file has only x and y", validator=_fraction)
     test_fraction: float = param(0.1, "share held out for testing when the file has only x and y", validator=_fraction)
     split_seed: int = _split_seed()
+    classes: int = _classes_param()
 
 
 def npz(p: NpzParams, *, seed):
@@ -78,20 +94,38 @@ def npz(p: NpzParams, *, seed):
     import numpy as np
 
     path = _existing(p.path, "npz")
+    src = f"loader 'npz': {path}"
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as err:  # not an npz, truncated, pickled objects: numpy raises several kinds
-        raise UsageError(f"loader 'npz': cannot read {path}: {type(err).__name__}: {err}") from None
-    if all(f"{a}_{s}" in arrays for a in "xy" for s in ("train", "val", "test")):
-        splits = [Split(_features(arrays[f"x_{s}"]), _labels(arrays[f"y_{s}"], path)) for s in ("train", "val", "test")]
-        classes = int(max(int(s.y.max()) for s in splits)) + 1
+        raise UsageError(f"{src}: cannot read it: {type(err).__name__}: {_first_line(err)}") from None
+    if all(f"{a}_{s}" in arrays for a in "xy" for s in _SPLITS):
+        splits, labels = [], []
+        for s in _SPLITS:
+            xkey, ykey = f"x_{s}", f"y_{s}"
+            x, y = arrays[xkey], arrays[ykey]
+            _check_rows(src, x, y, xkey, ykey)
+            if len(y) == 0:
+                raise UsageError(
+                    f"{src}: the {s} split has 0 examples ({xkey} and {ykey} are empty); every split needs at least one"
+                )
+            labels.append(_labels(y, src, ykey, p.classes, rows=_index_row))
+            x = _features(x, src, xkey)
+            _check_finite(x, arrays[xkey], src, lambda row, k=xkey: f"{k} row {row}", split_of=lambda row, s=s: s)
+            splits.append(Split(x, labels[-1]))
+        classes = p.classes or max(int(y.max()) for y in labels) + 1
         return Dataset(*splits, classes)
     if "x" in arrays and "y" in arrays:
-        y = _labels(arrays["y"], path)
-        return _split_arrays(_features(arrays["x"]), y, p.val_fraction, p.test_fraction, p.split_seed)
+        x, y = arrays["x"], arrays["y"]
+        _check_rows(src, x, y, "x", "y")
+        labels = _labels(y, src, "y", p.classes, rows=_index_row)
+        return _split_arrays(
+            _features(x, src, "x"), labels, p.val_fraction, p.test_fraction, p.split_seed,
+            classes=p.classes or None, src=src, original=x, where=lambda row: f"x row {row}",
+        )
     raise UsageError(
-        f"loader 'npz': {path} holds {', '.join(sorted(arrays)) or 'nothing'}; "
+        f"{src} holds {', '.join(sorted(arrays)) or 'nothing'}; "
         "expected x and y, or x_train, y_train, x_val, y_val, x_test and y_test"
     )
 
@@ -105,59 +139,191 @@ class CsvParams:
     val_fraction: float = param(0.1, "share held out for validation", validator=_fraction)
     test_fraction: float = param(0.1, "share held out for testing", validator=_fraction)
     split_seed: int = _split_seed()
+    classes: int = _classes_param()
 
 
 def csv(p: CsvParams, *, seed):
     """Rows of numbers from a CSV file, one column holding the class label."""
+    import warnings
+
     import numpy as np
 
     path = _existing(p.path, "csv")
+    src = f"loader 'csv': {path}"
     try:
-        table = np.loadtxt(path, delimiter=p.delimiter, skiprows=int(p.header), dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():  # "input contained no data" is reported below, as one line
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(path, delimiter=p.delimiter, skiprows=int(p.header), dtype=np.float64, ndmin=2)
     except (ValueError, UnicodeDecodeError) as err:
-        raise UsageError(f"loader 'csv': cannot parse {path}: {err}") from None
+        raise UsageError(f"{src}: cannot parse it: {_first_line(err)}") from None
+    except OSError as err:
+        raise UsageError(f"{src}: cannot read it: {type(err).__name__}: {err.strerror or _first_line(err)}") from None
+    if table.size == 0:
+        raise UsageError(_no_rows(path, src, p.header))
     columns = table.shape[1]
-    if not -columns <= p.label_column < columns or columns < 2:
-        raise UsageError(f"loader 'csv': label_column = {p.label_column}, but {path} has {columns} columns")
+    if columns < 2:
+        raise UsageError(f"{src} has 1 column; expected feature columns and a label column (delimiter {p.delimiter!r})")
+    if not -columns <= p.label_column < columns:
+        raise UsageError(
+            f"{src}: label_column = {p.label_column}, but the file has {columns} columns; "
+            f"use 0..{columns - 1} or -1 for the last"
+        )
     y = table[:, p.label_column]
     x = np.delete(table, p.label_column % columns, axis=1)
-    return _split_arrays(_features(x), _labels(y, path), p.val_fraction, p.test_fraction, p.split_seed)
+    labels = _labels(y, src, f"label column {p.label_column}", p.classes, rows=_data_row)
+    return _split_arrays(
+        _features(x, src, "features"), labels, p.val_fraction, p.test_fraction, p.split_seed,
+        classes=p.classes or None, src=src, original=x, where=_data_row,
+    )
+
+
+_SPLITS = ("train", "val", "test")
+
+
+def _index_row(i: int) -> str:
+    return f"row {i}"
+
+
+def _data_row(i: int) -> str:
+    return f"data row {i + 1}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _no_rows(path: Path, src: str, header: bool) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = [line for line in f.read(1 << 16).splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    if header and lines:
+        return f"{src} has a header row but no data rows; expected one example per row below it"
+    return f"{src} is empty; expected {'a header row and ' if header else ''}one example per row"
 
 
 def _existing(path: str, loader: str) -> Path:
     if not path:
         raise UsageError(f"loader {loader!r} needs a file: --set loader.path=FILE")
+    if Path(path).is_dir():
+        raise UsageError(f"loader {loader!r}: {path} is a directory; expected a .{loader} file")
     if not Path(path).is_file():
         raise UsageError(f"loader {loader!r}: no such file {path}")
     return Path(path)
 
 
-def _features(x):
+def _number(value) -> str:
+    """A value from the file as the user wrote it: 2147483648, not -2147483648 or 2.147483648e+09."""
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _count(label) -> str:
+    """How many classes a largest label makes: 2,147,483,649."""
+    value = label.item() if hasattr(label, "item") else label
+    if float(value) < 1e16:
+        return f"{int(value) + 1:,}"
+    return f"{_number(label)} + 1"
+
+
+def _check_rows(src: str, x, y, xkey: str, ykey: str) -> None:
+    """One label per row of features."""
+    if x.ndim == 0:
+        raise UsageError(f"{src}: {xkey} is a single value (shape ()); expected one row of features per example")
+    if y.ndim != 1:
+        raise UsageError(f"{src}: {ykey} has shape {y.shape}; expected one label per example, shape ({len(x)},)")
+    if len(x) != len(y):
+        raise UsageError(
+            f"{src}: {xkey} has {len(x)} rows but {ykey} has {len(y)} labels; expected one label per row"
+        )
+
+
+def _features(x, src: str, key: str):
+    """Features as float32 (a value too large for float32 becomes inf: see _check_finite)."""
     import numpy as np
 
-    if not np.issubdtype(x.dtype, np.number):
-        raise UsageError(f"features must be numeric, got dtype {x.dtype}")
-    return x.astype(np.float32)
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise UsageError(f"{src}: {key} must hold real numbers, got dtype {x.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return x.astype(np.float32)
 
 
-def _labels(y, path):
+def _check_finite(x32, original, src: str, where, *, split_of) -> None:
+    """Refuse NaN or infinite features, naming the first bad row and the split it belongs to.
+    Cheap when all is well: one pass of np.isfinite."""
     import numpy as np
 
-    if not np.issubdtype(y.dtype, np.number) or (y != np.round(y)).any() or (y < 0).any():
-        raise UsageError(f"{path}: labels must be non-negative integers")
+    if np.isfinite(x32).all():
+        return
+    bad = ~np.isfinite(x32.reshape(len(x32), -1))
+    row = int(np.argwhere(bad.any(axis=1))[0][0])
+    value = np.asarray(original).reshape(len(x32), -1)[row][bad[row]][0]
+    what = _number(value)
+    if np.isfinite(value):
+        what += ", too large for float32 (at most 3.4e38)"
+    raise UsageError(
+        f"{src}: {where(row)} ({split_of(row)} split) holds {what}; features must be finite numbers: "
+        "fix or drop that row"
+    )
+
+
+def _labels(y, src: str, key: str, classes: int, *, rows):
+    """Labels as int32, checked on the values as given (before any cast can wrap or saturate them)."""
+    import numpy as np
+
+    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise UsageError(f"{src}: {key} must hold labels that are non-negative integers, got dtype {y.dtype}")
+    if len(y) == 0:
+        return y.astype(np.int32)
+    if np.issubdtype(y.dtype, np.floating):
+        with np.errstate(invalid="ignore"):
+            wrong = ~np.isfinite(y) | (y != np.round(y)) | (y < 0)
+        if wrong.any():
+            row = int(np.argmax(wrong))
+            raise UsageError(f"{src}: {key} holds {_number(y[row])} at {rows(row)}; labels must be non-negative integers")
+    elif (y < 0).any():
+        row = int(np.argmax(y < 0))
+        raise UsageError(f"{src}: {key} holds {_number(y[row])} at {rows(row)}; labels must be non-negative integers")
+    row = int(np.argmax(y))
+    high = y[row]
+    if classes and high >= classes:
+        raise UsageError(
+            f"{src}: {key} holds label {_number(high)} at {rows(row)}, but loader.classes = {classes}; "
+            f"labels must be 0..{classes - 1}"
+        )
+    if not classes and high >= MAX_INFERRED_CLASSES:
+        raise UsageError(
+            f"{src}: {key} holds label {_number(high)} at {rows(row)}, which would make {_count(high)} classes; "
+            f"at most {MAX_INFERRED_CLASSES:,} are inferred from the labels: fix the label, or "
+            f"--set loader.classes={_count(high).replace(',', '')} if that many classes is right"
+        )
     return y.astype(np.int32)
 
 
-def _split_arrays(x, y, val_fraction, test_fraction, seed, classes=None):
+def _split_arrays(x, y, val_fraction, test_fraction, seed, classes=None, *, src=None, original=None, where=None):
     import numpy as np
 
     n = len(y)
     n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
     if n - n_val - n_test < 1 or n_val < 1 or n_test < 1:
-        raise UsageError(f"{n} examples cannot be split into train/val/test with fractions {val_fraction} and {test_fraction}")
+        where = f"{src}: " if src else ""
+        raise UsageError(
+            f"{where}{n} examples cannot be split into train/val/test with fractions {val_fraction} and {test_fraction}"
+        )
     order = np.random.default_rng(seed).permutation(n)
-    x, y = x[order], y[order]
     test, val, train = (slice(0, n_test), slice(n_test, n_test + n_val), slice(n_test + n_val, n))
+    if src is not None:
+
+        def split_of(row: int) -> str:
+            position = int(np.flatnonzero(order == row)[0])
+            return "test" if position < n_test else "val" if position < n_test + n_val else "train"
+
+        _check_finite(x, x if original is None else original, src, where, split_of=split_of)
+    x, y = x[order], y[order]
     classes = classes or int(y.max()) + 1
     return Dataset(Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]), classes)
 

@@ -168,14 +168,21 @@ class MlflowParams:
 def mlflow_logger(p: MlflowParams, *, directory: Path):
     """MLflow: the config as params, per-epoch metrics, test metrics and artifacts (pip install 'jaxyard[mlflow]')."""
     what = "the mlflow logger"
-    # MLflow 3 sends usage telemetry, set up when mlflow is imported: off unless the user chose.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if p.tracking_uri == "" or p.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
         # A database store needs these, which mlflow-skinny leaves out (and mlflow imported
         # without them never offers the store): checked first.
         require("sqlalchemy", what=what, extra="mlflow")
         require("alembic", what=what, extra="mlflow")
-    require("mlflow", what=what, extra="mlflow")
+    # MLflow 3 sets up its usage telemetry (or not) once, when it is imported: off unless the
+    # user has set the variable. Set for the import only.
+    added = "MLFLOW_DISABLE_TELEMETRY" not in os.environ
+    if added:
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    try:
+        require("mlflow", what=what, extra="mlflow")
+    finally:
+        if added:
+            os.environ.pop("MLFLOW_DISABLE_TELEMETRY", None)
     from jaxyard.plugins._mlflow import MlflowLogger
 
     return MlflowLogger(Path(directory), tracking_uri=p.tracking_uri, experiment=p.experiment, run_name=p.run_name)
