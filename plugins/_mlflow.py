@@ -93,6 +93,7 @@ class MlflowLogger:
         self.run_id: str | None = None
         self.logged: dict[str, set[int]] = {}  # metric -> steps the store holds (a resumed run skips them)
         self.last_epoch = 0
+        self.pending: list = []  # epochs queued for MLflow's writer thread (waited for by finish)
 
     # --- the store ---------------------------------------------------------------------------
 
@@ -163,13 +164,20 @@ class MlflowLogger:
         self._log_metrics([m for record in history for m in self._metrics(record["epoch"], scalars(record))])
 
     def log_epoch(self, record: dict) -> None:
+        """Queued: MLflow writes in its own thread (a SQLite transaction costs ~6 ms an epoch).
+        A kill may lose queued epochs; the next resume logs those the checkpoint holds."""
         self.last_epoch = record["epoch"]
-        self._log_metrics(self._metrics(record["epoch"], scalars(record)))
+        metrics = self._metrics(record["epoch"], scalars(record))
+        if metrics:
+            self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
 
     def finish(self, run, status: str, result=None) -> None:
         if self.client is None or self.run_id is None:
             return
         try:
+            for operation in self.pending:
+                operation.wait()
+            self.pending.clear()
             if status == "finished":
                 metrics = self._metrics(self.last_epoch, final_scalars(result))
                 tags = []
