@@ -7,16 +7,18 @@ Listing components imports this module: the logging libraries are imported by th
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import numbers
 import os
+import sys
 from pathlib import Path
 
 import attrs
 
 from jaxyard import hookimpl, param
-from jaxyard.core.loggers import require
+from jaxyard.core.loggers import MissingExtra, require
 from jaxyard.core.rundir import write_atomic
 
 COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_time", "val_time")
@@ -112,6 +114,16 @@ def jaxyard_register_loggers(register):
 # the logger: `jaxyard list` never pays for tensorboardX, mlflow or wandb.
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def metric_name(key: str) -> str:
     """The name a record key gets in the trackers: ``train_loss`` -> ``train/loss``,
     ``val_acc`` -> ``val/acc``, ``train_time`` -> ``time/train``; ``lr`` stays ``lr``."""
@@ -168,6 +180,8 @@ class MlflowParams:
 def mlflow_logger(p: MlflowParams, *, directory: Path):
     """MLflow: the config as params, per-epoch metrics, test metrics and artifacts (pip install 'jaxyard[mlflow]')."""
     what = "the mlflow logger"
+    if not _installed("mlflow"):  # named first: without mlflow, the database libraries are beside the point
+        raise MissingExtra(what, "mlflow", "mlflow")
     if p.tracking_uri == "" or p.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
         # A database store needs these, which mlflow-skinny leaves out (and mlflow imported
         # without them never offers the store): checked first.
