@@ -30,16 +30,37 @@ leftovers of killed saves are removed by the first :meth:`save` of a process
 Damage detection on load: each item is restored separately (so the cause
 names the item); any orbax/tensorstore/JSON error is a cause; then every array's
 shape, dtype and crc32 are checked against the checksum record -- this catches
-flipped bytes inside array data, which orbax itself reads back silently.
+flipped bytes inside array data, which orbax itself reads back silently. The
+record (version 2) also holds the step number, a crc32 of ``meta`` (as canonical
+JSON) and a crc32 of itself, so an edited ``meta`` value or a step directory
+renamed to another step's number is damage too. Version 1 records (no step, no
+meta checksum) still load.
+
+Quiet failures: every failure is one :class:`CheckpointError` line. While a
+checkpointer is open, orbax's own log records (absl, which prints whole tracebacks
+from its background threads) are dropped (``JAXYARD_ORBAX_LOGS=1`` keeps them), and
+orbax's ``run_sync`` lets the operations still in flight finish before it closes
+its event loop when one of them fails (otherwise tensorstore calls back into the
+closed loop and "Event loop is closed" tracebacks follow the error). Checkpointers
+still open when the interpreter exits are closed before Python's thread pools shut
+down, so a pending save finishes instead of printing "cannot schedule new futures
+after shutdown".
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
+import errno
 import json
+import logging
 import operator
 import os
 import pathlib
+import re
 import shutil
+import threading
+import weakref
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,7 +73,8 @@ from jaxyard.core.checkpoint import CheckpointError, Restored, describe_exceptio
 
 MARKER_NAME = "jaxyard-checkpoints.json"
 MARKER_FORMAT = "jaxyard.orbax"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the directory (marker); unchanged by checksum record version 2
+RECORD_VERSION = 2  # of the checksum record: adds step, meta_crc32 and record_crc32
 CHECKSUM_ALGORITHM = "crc32"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a step directory being written
 
@@ -108,8 +130,18 @@ def _crc32(a: np.ndarray) -> int:
     return zlib.crc32(flat.view(np.uint8)) & 0xFFFFFFFF
 
 
-def _checksum_record(host: Mapping[str, np.ndarray]) -> dict:
-    """The ``checksums`` item: shape, dtype and crc32 of every array (zero-size ones included)."""
+def _canonical_json(obj: Any) -> bytes:
+    """The one byte string a JSON value stands for (key order and spacing fixed)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True).encode()
+
+
+def _json_crc32(obj: Any) -> int:
+    return zlib.crc32(_canonical_json(obj)) & 0xFFFFFFFF
+
+
+def _checksum_record(step: int, host: Mapping[str, np.ndarray], meta: dict) -> dict:
+    """The ``checksums`` item: the step, a crc32 of ``meta``, shape, dtype and crc32 of every
+    array (zero-size ones included), and a crc32 of the record itself."""
     entries = {
         key: {
             "shape": list(a.shape),
@@ -119,12 +151,16 @@ def _checksum_record(host: Mapping[str, np.ndarray]) -> dict:
         }
         for key, a in host.items()
     }
-    return {
+    record = {
         "format": MARKER_FORMAT,
-        "version": FORMAT_VERSION,
+        "version": RECORD_VERSION,
         "algorithm": CHECKSUM_ALGORITHM,
+        "step": step,
+        "meta_crc32": _json_crc32(meta),
         "arrays": entries,
     }
+    record["record_crc32"] = _json_crc32(record)
+    return record
 
 
 def _dtype_from_name(name: str) -> np.dtype:
@@ -181,6 +217,180 @@ def _fsync_tree(root: pathlib.Path) -> None:
         _fsync_dir(pathlib.Path(dirpath))
 
 
+# ------------------------------------------------------------------ quiet orbax
+
+_ORBAX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ocp.__file__))) + os.sep  # .../orbax/
+_DRAIN_SECONDS = 30.0  # how long a failed run_sync waits for its other operations to finish
+
+
+class _DropOrbaxRecords(logging.Filter):
+    """Drops log records emitted from orbax's source files (absl logs them on the 'absl'
+    logger with whole tracebacks, from background threads too); every failure they describe
+    reaches the caller as one CheckpointError line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.pathname).startswith(_ORBAX_ROOT)
+
+
+def _run_sync_draining(coro):
+    """orbax's ``_run_sync_via_new_loop``, but when the coroutine fails, the tasks still
+    running on the loop (reads and writes the failed one was gathered with) are given time
+    to finish, then cancelled, before the loop closes: tensorstore completing one of them
+    afterwards would call into the closed loop and print "Event loop is closed" tracebacks."""
+    loop = asyncio.new_event_loop()
+    tasks: list[asyncio.Task] = []
+
+    def track(loop, coro, **kwargs):
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        tasks.append(task)
+        return task
+
+    loop.set_task_factory(track)
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    except BaseException:
+        _drain(loop, tasks)
+        raise
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _drain(loop: asyncio.AbstractEventLoop, tasks: list) -> None:
+    try:
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=_DRAIN_SECONDS))
+        stuck = [t for t in tasks if not t.done()]
+        for t in stuck:
+            t.cancel()
+        if stuck:
+            loop.run_until_complete(asyncio.wait(stuck, timeout=_DRAIN_SECONDS))
+    except BaseException:  # noqa: BLE001 - the original failure is the one to report
+        pass
+    for t in tasks:  # their failures are part of the one reported: not "never retrieved"
+        if t.done() and not t.cancelled():
+            t.exception()
+
+
+class _Quiet:
+    """Installed while at least one OrbaxCheckpointer is open in the process: the log filter
+    on the 'absl' logger and the draining ``run_sync``. Removed when the last one closes."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _filter = _DropOrbaxRecords()
+    _saved_run_sync: Any = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls._lock:
+            cls._users += 1
+            if cls._users > 1:
+                return
+            if os.environ.get("JAXYARD_ORBAX_LOGS", "") in ("", "0"):  # 1: keep orbax's logs (debugging)
+                logging.getLogger("absl").addFilter(cls._filter)
+            utils = _orbax_asyncio_utils()
+            if utils is not None and callable(getattr(utils, "_run_sync_via_new_loop", None)):
+                cls._saved_run_sync = utils._run_sync_via_new_loop
+                utils._run_sync_via_new_loop = _run_sync_draining
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            if cls._users == 0:
+                return
+            cls._users -= 1
+            if cls._users:
+                return
+            logging.getLogger("absl").removeFilter(cls._filter)
+            utils = _orbax_asyncio_utils()
+            if cls._saved_run_sync is not None and utils is not None:
+                if getattr(utils, "_run_sync_via_new_loop", None) is _run_sync_draining:
+                    utils._run_sync_via_new_loop = cls._saved_run_sync
+                cls._saved_run_sync = None
+
+
+def _orbax_asyncio_utils():
+    try:
+        from orbax.checkpoint._src import asyncio_utils
+    except ImportError:  # another orbax layout: its own behaviour then
+        return None
+    return asyncio_utils
+
+
+_OPEN: "weakref.WeakSet[OrbaxCheckpointer]" = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    """Close checkpointers left open (an error on its way out of a program that never closed
+    them): a pending save finishes now, while Python's thread pools still take work."""
+    for ckpt in list(_OPEN):
+        try:
+            ckpt.close()
+        except CheckpointError as err:
+            ckpt._warn(f"at exit: {err}")
+        except Exception:  # noqa: BLE001 - nothing useful to print at exit
+            pass
+
+
+try:  # runs before concurrent.futures' own exit hook (registered earlier, run later)
+    threading._register_atexit(_close_at_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover - another Python
+    import atexit
+
+    atexit.register(_close_at_exit)
+
+
+# ------------------------------------------------------------ save failures
+
+_ERRNO_IN_TEXT = re.compile(r"os_error_code='?(\d+)|\[Errno (\d+)\]")
+_KNOWN_ERRNOS = tuple(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO", "EACCES", "EPERM") if hasattr(errno, name)
+)
+
+
+def _os_error_in(exc: BaseException) -> tuple[int, str | None] | None:
+    """The errno of the operating-system error at the root of an orbax/tensorstore failure:
+    an OSError anywhere in the chain (``__cause__``, ``__context__``, exception groups), or
+    the ``os_error_code`` / ``[Errno N]`` tensorstore writes into its messages, or the
+    text of a known error (``No space left on device``). Returns the errno and, for an
+    OSError, the file it names."""
+    seen: set[int] = set()
+    queue: list[BaseException] = [exc]
+    texts: list[str] = []
+    while queue:
+        e = queue.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and isinstance(e.errno, int) and e.errno > 0:
+            return e.errno, (None if e.filename is None else os.fsdecode(e.filename))
+        text = str(e)
+        m = _ERRNO_IN_TEXT.search(text)
+        if m:
+            return int(m.group(1) or m.group(2)), None
+        texts.append(text)
+        queue.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+        queue.extend(x for x in (getattr(e, "exceptions", None) or ()) if isinstance(x, BaseException))
+    for code in _KNOWN_ERRNOS:
+        if any(os.strerror(code) in t for t in texts):
+            return code, None
+    return None
+
+
+def _save_cause(exc: BaseException) -> str:
+    """One short cause for a failed save: ``No space left on device (ENOSPC)`` when the
+    operating system said so, else orbax's message."""
+    found = _os_error_in(exc)
+    if found is None:
+        return describe_exception(exc)
+    code, filename = found
+    cause = f"{os.strerror(code)} ({errno.errorcode.get(code, f'errno {code}')})"
+    return f"{cause}: {filename}" if filename else cause
+
+
 class OrbaxCheckpointer:
     """Checkpointer on orbax's CheckpointManager; see the module docstring.
 
@@ -234,10 +444,15 @@ class OrbaxCheckpointer:
             # refuses to open the directory over when it is damaged.
             lightweight_initialize=True,
         )
+        _Quiet.acquire()  # released by close(), or when this object is collected unclosed
+        self._unquiet = weakref.finalize(self, _Quiet.release)
         try:
             self._mgr = ocp.CheckpointManager(self._dir, options=options, item_names=(_STATE, _META, _SUMS))
         except Exception as exc:
+            self._closed = True
+            self._release_quiet()
             raise CheckpointError(f"cannot open checkpoints: {describe_exception(exc)}", directory=self._dir) from exc
+        _OPEN.add(self)
 
     # ------------------------------------------------------------------ public
 
@@ -260,7 +475,7 @@ class OrbaxCheckpointer:
         self._report_earlier_failure(step)
         meta_doc = self._normalize_meta(step, meta)
         host = self._to_host(step, arrays)
-        sums_doc = _checksum_record(host)
+        sums_doc = _checksum_record(step, host, meta_doc)
         stored = {k: a for k, a in host.items() if a.size > 0}
 
         self._become_writer(step)
@@ -346,11 +561,13 @@ class OrbaxCheckpointer:
             error = err
         finally:
             self._closed = True
+            _OPEN.discard(self)
             try:
-                self._mgr.close()
-            except Exception as exc:  # noqa: BLE001
-                if error is None:
-                    error = CheckpointError(f"closing failed: {describe_exception(exc)}", directory=self._dir)
+                failure = self._shut_down_orbax()
+                if failure is not None and error is None:
+                    error = CheckpointError(f"closing failed: {describe_exception(failure)}", directory=self._dir)
+            finally:
+                self._release_quiet()
         if error is not None:
             raise error
 
@@ -361,6 +578,29 @@ class OrbaxCheckpointer:
         self.close()
 
     # ---------------------------------------------------------------- internals
+
+    def _shut_down_orbax(self) -> Exception | None:
+        """Close orbax's manager (its threads, executors and metadata stores). When its
+        close() stops early (it re-raises a failed background save first), close the parts
+        it skipped, so that no orbax thread is left to print at interpreter exit."""
+        try:
+            self._mgr.close()
+            return None
+        except Exception as exc:  # noqa: BLE001
+            failure = exc
+        for part in ("_checkpointer", "_non_blocking_metadata_store", "_blocking_metadata_store", "_checkpoint_deleter"):
+            close = getattr(getattr(self._mgr, part, None), "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - the first failure is the one reported
+                    pass
+        return failure
+
+    def _release_quiet(self) -> None:
+        unquiet = getattr(self, "_unquiet", None)
+        if unquiet is not None:
+            unquiet()  # runs _Quiet.release() once, however often it is called
 
     def _check_open(self) -> None:
         if self._closed:
@@ -468,13 +708,23 @@ class OrbaxCheckpointer:
             self._deferred = err
 
     def _save_failed(self, step: int, exc: Exception) -> CheckpointError:
-        """Forget the failed save and describe the failure."""
+        """Forget the failed save, remove what it left half-written (its temporary
+        directory: space a full disk needs back) and describe the failure in one line."""
         self._pending = None
+        self._remove_unfinished(step)
         return CheckpointError(
-            f"saving failed: {describe_exception(exc)}; earlier checkpoints were left in place",
+            f"saving failed: {_save_cause(exc)}; earlier checkpoints were left in place",
             directory=self._dir,
             step=step,
         )
+
+    def _remove_unfinished(self, step: int) -> None:
+        try:
+            leftovers = [p for p in self._dir.glob(f"{step}{TMP_SUFFIX}*") if p.is_dir()]
+        except OSError:
+            return
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
 
     def _settle(self) -> None:
         """Wait for the pending save; make it durable; raise CheckpointError if it failed."""
@@ -643,10 +893,12 @@ class OrbaxCheckpointer:
         if not (self._dir / str(step)).is_dir():
             raise _Damaged("checkpoint directory is missing")
         sums = self._restore_item(step, _SUMS, ocp.args.JsonRestore(), "checksum record")
-        entries = _parse_checksums(sums)
+        entries, meta_crc = _parse_checksums(sums, step)
         meta = self._restore_item(step, _META, ocp.args.JsonRestore(), "meta")
         if not isinstance(meta, dict):
             raise _Damaged(f"meta ({_META}/) is not a JSON object")
+        if meta_crc is not None and _json_crc32(meta) != meta_crc:
+            raise _Damaged(f"checksum mismatch for meta ({_META}/metadata): edited or corrupted on disk")
         expected = {k for k, e in entries.items() if e.stored}
         state: Any = {}
         if expected:
@@ -713,11 +965,31 @@ def _steps_text(steps: list[int]) -> str:
     return ", ".join(map(str, steps))
 
 
-def _parse_checksums(doc: Any) -> dict[str, _Entry]:
+def _parse_checksums(doc: Any, step: int) -> tuple[dict[str, _Entry], int | None]:
+    """The array entries of a checksum record and its meta crc32 (None in a version 1 record),
+    after checking the record's own crc32 and that it was written for ``step``."""
     if not isinstance(doc, dict) or not isinstance(doc.get("arrays"), dict):
         raise _Damaged(f"checksum record ({_SUMS}/) is malformed")
     if doc.get("algorithm", CHECKSUM_ALGORITHM) != CHECKSUM_ALGORITHM:
         raise _Damaged(f"checksum record uses unknown algorithm {doc.get('algorithm')!r}")
+    version = doc.get("version", 1)
+    meta_crc = None
+    if version != 1:
+        if version != RECORD_VERSION:
+            raise _Damaged(
+                f"checksum record ({_SUMS}/) has version {version!r}; this jaxyard reads 1 and {RECORD_VERSION}"
+            )
+        recorded = doc.get("record_crc32")
+        if not _is_int(recorded) or _json_crc32({k: v for k, v in doc.items() if k != "record_crc32"}) != recorded:
+            raise _Damaged(f"checksum mismatch for the checksum record ({_SUMS}/metadata): edited or corrupted on disk")
+        saved_step, meta_crc = doc.get("step"), doc.get("meta_crc32")
+        if not _is_int(saved_step) or not _is_int(meta_crc):
+            raise _Damaged(f"checksum record ({_SUMS}/) is malformed: no step or meta_crc32")
+        if saved_step != step:
+            raise _Damaged(
+                f"the checkpoint holds step {saved_step}, not {step}: its directory was renamed or copied from "
+                f"step {saved_step}"
+            )
     out = {}
     try:
         for key, e in doc["arrays"].items():
@@ -728,4 +1000,8 @@ def _parse_checksums(doc: Any) -> dict[str, _Entry]:
             out[key] = _Entry(shape=shape, dtype=str(e["dtype"]), crc32=crc, stored=bool(e.get("stored", True)))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _Damaged(f"checksum record ({_SUMS}/) is malformed: {describe_exception(exc)}") from None
-    return out
+    return out, meta_crc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

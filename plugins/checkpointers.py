@@ -32,8 +32,11 @@ def orbax(params: OrbaxParams, *, directory: pathlib.Path) -> "Checkpointer":
     intact step from it. ``directory`` must be new, empty, or one this checkpointer
     wrote before (it holds a ``jaxyard-checkpoints.json`` marker); anything else is
     refused with a CheckpointError so another tool's files are never deleted. Every
-    load verifies a crc32 of each array and names the cause of any damage. Opening
-    and loading never change the directory, so a run can be evaluated while it trains.
+    load verifies a crc32 of each array, of the saved ``meta`` and of the checksum record,
+    and that the step directory holds the step it is named after; the cause of any damage is
+    named. A failed save is one line naming the cause (``No space left on device (ENOSPC)``),
+    with nothing printed by orbax. Opening and loading never change the directory, so a
+    run can be evaluated while it trains.
     """
     from jaxyard.plugins._orbax import OrbaxCheckpointer  # heavy import only when called
 

@@ -227,7 +227,7 @@ def _count(label) -> str:
     value = label.item() if hasattr(label, "item") else label
     if float(value) < 1e16:
         return f"{int(value) + 1:,}"
-    return f"{_number(label)} + 1"
+    return "more than 10^16"
 
 
 def _check_rows(src: str, x, y, xkey: str, ykey: str) -> None:
@@ -296,10 +296,13 @@ def _labels(y, src: str, key: str, classes: int, *, rows):
             f"labels must be 0..{classes - 1}"
         )
     if not classes and high >= MAX_INFERRED_CLASSES:
+        if high < _MAX_CLASSES:
+            fix = f"fix the label, or --set loader.classes={int(high) + 1} if that many classes is right"
+        else:
+            fix = f"fix the label (labels must be below {_MAX_CLASSES:,})"
         raise UsageError(
             f"{src}: {key} holds label {_number(high)} at {rows(row)}, which would make {_count(high)} classes; "
-            f"at most {MAX_INFERRED_CLASSES:,} are inferred from the labels: fix the label, or "
-            f"--set loader.classes={_count(high).replace(',', '')} if that many classes is right"
+            f"at most {MAX_INFERRED_CLASSES:,} are inferred from the labels: {fix}"
         )
     return y.astype(np.int32)
 
@@ -310,9 +313,9 @@ def _split_arrays(x, y, val_fraction, test_fraction, seed, classes=None, *, src=
     n = len(y)
     n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
     if n - n_val - n_test < 1 or n_val < 1 or n_test < 1:
-        where = f"{src}: " if src else ""
+        prefix = f"{src}: " if src else ""
         raise UsageError(
-            f"{where}{n} examples cannot be split into train/val/test with fractions {val_fraction} and {test_fraction}"
+            f"{prefix}{n} examples cannot be split into train/val/test with fractions {val_fraction} and {test_fraction}"
         )
     order = np.random.default_rng(seed).permutation(n)
     test, val, train = (slice(0, n_test), slice(n_test, n_test + n_val), slice(n_test + n_val, n))
