@@ -21,7 +21,7 @@ from jaxyard.core import steps
 from jaxyard.core.averaging import ema_of_params
 from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset, Split, StreamingDataset
-from jaxyard.core.errors import UsageError
+from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 
 # fold_in constants of the streams derived from run.seed (one place: resume must match)
 PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM = 0, 1, 2
@@ -73,19 +73,22 @@ def build(config: RunConfig) -> Built:
     _check_memory(config, nnx.eval_shape(lambda: create(nnx.Rngs(0))))  # shapes only: nothing allocated yet
     model = create(nnx.Rngs(params=seed_key(run.seed, PARAMS_STREAM), dropout=seed_key(run.seed, DROPOUT_STREAM)))
     if not isinstance(model, nnx.Module):
-        raise UsageError(f"model {config.model.name!r} returned {type(model).__name__}, not an nnx.Module")
+        raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module")
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     _check_fit(config, model, data)
 
     schedule, warmup, total = make_schedule(config, steps_per_epoch)
     tx = config.optimizer.create(learning_rate=schedule)
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        hint = " (did you return optax.adam instead of calling it?)" if callable(tx) else ""
+        raise _broken(config.optimizer, f"returned {type(tx).__name__}, not an optax.GradientTransformation{hint}")
     if run.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(run.clip_norm), tx)
     if run.ema_decay:
         tx = optax.chain(tx, ema_of_params(run.ema_decay))
     if run.accumulate_steps > 1:  # the steps above (and the schedule) count real updates
         tx = optax.MultiSteps(tx, every_k_schedule=run.accumulate_steps).gradient_transformation()
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer = _calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
     model.eval()
     eval_graphdef, _ = nnx.split((model, optimizer))
     model.train()
@@ -103,7 +106,7 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     run, name = config.run, config.loader.name
     data = config.loader.create(seed=run.seed)
     if not isinstance(data, (Dataset, StreamingDataset)):
-        raise UsageError(f"loader {name!r} returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
+        raise _broken(config.loader, f"returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
     sizes = data.sizes()
     if not sizes["train"]:
         raise UsageError(f"loader {name!r} must give the size of its train split (StreamingDataset sizes=...)")
@@ -134,6 +137,7 @@ def make_schedule(config: RunConfig, steps_per_epoch: int) -> tuple[Callable[[in
     total = max(steps_per_epoch * run.epochs // run.accumulate_steps, 1)
     warmup = min(run.warmup_steps, total)
     decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
+    _check_schedule(config, decay, total - warmup)
     if not warmup:
         return decay, 0, total
     ramp = optax.linear_schedule(0.0, run.learning_rate, warmup)
@@ -154,6 +158,35 @@ def schedule_points(config: RunConfig, points: int = 11) -> dict[str, Any]:
         "table": [(int(m), float(every[m])) for m in marks],
         "every_step": every,
     }
+
+
+def _broken(choice, what: str) -> PluginError:
+    """A factory broke its contract: the plugin's bug, named with where the plugin comes from."""
+    return PluginError(f"{choice.entry.kind} {choice.name!r} ({choice.entry.origin()}) {what}")
+
+
+def _calling(choice, doing: str, fn):
+    """``fn()``, with an exception from the component's own code named like a factory's."""
+    try:
+        return fn()
+    except JaxyardError:
+        raise
+    except Exception as err:
+        raise _broken(choice, f"failed {doing}: {one_line(err)}") from err
+
+
+def _check_schedule(config: RunConfig, schedule, span: int) -> None:
+    """A schedule is a callable of the step count giving a finite, non-negative scalar."""
+    choice = config.scheduler
+    if not callable(schedule):
+        raise _broken(choice, f"returned {type(schedule).__name__}, not a schedule (a callable of the step count)")
+    for step in (0, max(span, 0)):
+        rate = _calling(choice, f"at step {step}", lambda s=step: jnp.asarray(schedule(jnp.asarray(s))))
+        if rate.shape != () or not jnp.issubdtype(rate.dtype, jnp.floating) and not jnp.issubdtype(rate.dtype, jnp.integer):
+            raise _broken(choice, f"gives {rate.dtype}{list(rate.shape)} at step {step}, not a scalar learning rate")
+        value = float(rate)
+        if not (np.isfinite(value) and value >= 0):
+            raise _broken(choice, f"gives the learning rate {value} at step {step}; a rate must be finite and >= 0")
 
 
 def available_memory() -> tuple[int | None, str]:

@@ -14,7 +14,7 @@ from attrs import validators as v
 
 from jaxyard.core import params as P
 from jaxyard.core.entries import CHOSEN, KINDS, Entry
-from jaxyard.core.errors import UsageError
+from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 from jaxyard.core.policy import MONITORS
 from jaxyard.core.settings import Settings, dump_toml, merge, read_config_file
 
@@ -72,7 +72,20 @@ class Choice:
         return self.entry.name
 
     def create(self, **context: Any) -> Any:
-        return self.entry.create(self.params, **context)
+        """Build the component. A plugin's exception becomes one line naming the kind, the
+        component, the plugin and its distribution (a PluginError: the plugin's bug, not the
+        user's input); an OSError names the component it came from. The original is chained
+        (``--debug`` shows it)."""
+        entry = self.entry
+        try:
+            return entry.create(self.params, **context)
+        except JaxyardError:
+            raise  # already one line naming what went wrong (a missing file, a missing extra)
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            raise JaxyardError(f"{entry.kind} {entry.name!r}: {where}{err.strerror or err}") from err
+        except Exception as err:
+            raise PluginError(f"{entry.kind} {entry.name!r} ({entry.origin()}) failed: {one_line(err)}") from err
 
 
 @attrs.frozen

@@ -33,10 +33,27 @@ class Entry:
     params: type
     factory: Callable[..., Any] = attrs.field(repr=False)
     plugin: str
+    source: str = "builtin"  # "builtin", "entry point" or "local"
+    module: str = ""
+    distribution: str | None = None
+    version: str | None = None
 
     def create(self, params: Any, **context: Any) -> Any:
         """Build the component (this is where heavy libraries get imported)."""
         return self.factory(params, **context)
+
+    def origin(self) -> str:
+        """Where it comes from, for messages: ``plugin example (jaxyard-example-plugin 0.1.0)``."""
+        dist = f" ({self.distribution} {self.version})" if self.distribution else ""
+        return f"plugin {self.plugin}{dist}"
+
+    def how_to_load(self) -> str:
+        """What a user must do to have this component again in another session."""
+        if self.source == "local":
+            return f"add --plugin {self.module}"
+        if self.source == "entry point" and self.distribution:
+            return f"pip install {self.distribution}"
+        return "it is built into jaxyard"
 
 
 @attrs.frozen

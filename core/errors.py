@@ -23,3 +23,10 @@ class PluginError(JaxyardError):
 
 class TrainingError(JaxyardError):
     """Training stopped on a condition the user must look at (a NaN loss, for instance)."""
+
+
+def one_line(err: BaseException, limit: int = 400) -> str:
+    """``TypeName: message`` on one line (whitespace collapsed, cut at ``limit`` characters)."""
+    text = " ".join(str(err).split())
+    out = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return out if len(out) <= limit else out[: limit - 3] + "..."

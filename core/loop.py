@@ -16,9 +16,49 @@ import numpy as np
 from jaxyard.core import steps
 from jaxyard.core.build import SHUFFLE_STREAM, Built, seed_key
 from jaxyard.core.data import Dataset
-from jaxyard.core.errors import UsageError
+from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 
 Progress = Callable[..., Any]  # click.progressbar's signature: (length=, label=) -> context manager
+
+
+def unalias(state):
+    """``state`` with no buffer appearing twice (a copy for each repeat).
+
+    An optimizer may legally keep the parameters themselves in its state (optax.contrib.sam,
+    a lookahead or an average initialised the obvious way); a compiled call that donates its
+    state would then donate one buffer twice, which XLA refuses. Checking costs microseconds
+    per call; copying happens only for the repeats.
+    """
+    seen: set = set()
+
+    def once(leaf):
+        try:
+            key = leaf.unsafe_buffer_pointer()
+        except Exception:  # not a single-device array: its identity will do
+            key = id(leaf)
+        if key in seen:
+            return jnp.array(leaf, copy=True)
+        seen.add(key)
+        return leaf
+
+    return jax.tree.map(once, state)
+
+
+def compiling(built: Built, fn):
+    """``fn()`` (a first call: tracing and compiling the step); an exception from the model's or
+    the optimizer's code becomes one line naming both and where they come from."""
+    try:
+        return fn()
+    except (JaxyardError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:
+        if "RESOURCE_EXHAUSTED" in str(err):
+            raise  # the engine names what did not fit
+        model, optimizer = built.config.model, built.config.optimizer
+        raise PluginError(
+            f"tracing the training step failed with model {model.name!r} ({model.entry.origin()}) and optimizer "
+            f"{optimizer.name!r} ({optimizer.entry.origin()}): {one_line(err)}"
+        ) from err
 
 
 def make_loop(built: Built) -> InMemoryLoop | StreamingLoop:
@@ -45,9 +85,9 @@ class InMemoryLoop:
         key = jax.random.fold_in(self.key, epoch)
         if self.compiled is None:
             t0 = time.perf_counter()
-            self.compiled = self.epoch_fn.lower(b.state, x, y, key).compile()
+            self.compiled = compiling(b, lambda: self.epoch_fn.lower(b.state, x, y, key).compile())
             self.compile_seconds += time.perf_counter() - t0
-        b.state, sums = self.compiled(b.state, x, y, key)
+        b.state, sums = self.compiled(unalias(b.state), x, y, key)
         return sums
 
     def evaluate(self, split: str, *, ema: bool = False):
@@ -65,6 +105,17 @@ class StreamingLoop:
         self.b = built
         self.step_fn = steps.make_train_step(built.train_graphdef)
         self.eval_steps = {ema: steps.make_eval_step(built.eval_graphdef, ema=ema) for ema in (False, True)}
+        self.traced = False
+        self.seen: set[str] = set()  # splits whose first batch was checked
+
+    def checked(self, split: str, batches):
+        """The batches, the first of each split checked as in-memory splits are when loaded:
+        shape, label dtype and range, finite features (a bad one names the loader, not a NaN loss)."""
+        for xb, yb in batches:
+            if split not in self.seen:
+                check_batch(self.b, split, xb, yb)
+                self.seen.add(split)
+            yield xb, yb
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
         """``progress(length=steps, label=...)`` makes a per-batch bar (click.progressbar)."""
@@ -72,11 +123,15 @@ class StreamingLoop:
         total = jnp.zeros(3)
         bs = b.config.run.batch_size
         with progress(length=b.steps_per_epoch, label=f"Epoch {epoch}") if progress else nullcontext() as bar:
-            for xb, yb in b.data.batches("train", bs, epoch):
+            for xb, yb in self.checked("train", b.data.batches("train", bs, epoch)):
                 xb, yb, mask = pad(xb, yb, bs)
                 if b.config.run.drop_last and mask.sum() < bs:
                     continue
-                b.state, sums = self.step_fn(b.state, xb, yb, mask)
+                if not self.traced:  # the first call traces and compiles: a component's bug surfaces here
+                    b.state, sums = compiling(b, lambda: self.step_fn(unalias(b.state), xb, yb, mask))
+                    self.traced = True
+                else:
+                    b.state, sums = self.step_fn(unalias(b.state), xb, yb, mask)
                 total = total + sums
                 if bar is not None:
                     bar.update(1)
@@ -85,9 +140,27 @@ class StreamingLoop:
     def evaluate(self, split: str, *, ema: bool = False):
         total = jnp.zeros(3)
         bs = self.b.config.run.eval_batch_size
-        for xb, yb in self.b.data.batches(split, bs, 0):
+        for xb, yb in self.checked(split, self.b.data.batches(split, bs, 0)):
             total = total + self.eval_steps[ema](self.b.state, *pad(xb, yb, bs))
         return total
+
+
+def check_batch(built: Built, split: str, x, y) -> None:
+    name, data = built.config.loader.name, built.data
+    x, y = np.asarray(x), np.asarray(y)
+    where = f"loader {name!r}: the first {split} batch"
+    if tuple(x.shape[1:]) != tuple(data.input_shape):
+        raise UsageError(f"{where} has examples of shape {tuple(x.shape[1:])}; the loader declares input_shape {tuple(data.input_shape)}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise UsageError(f"{where} has {len(x)} examples and labels of shape {y.shape}; expected one label per example")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UsageError(f"{where} has labels of dtype {y.dtype}; labels must be integers")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= data.num_classes):
+        raise UsageError(f"{where} has labels {int(y.min())}..{int(y.max())}, outside 0..{data.num_classes - 1} (num_classes)")
+    finite = np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else np.ones(x.shape, bool)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0][0])
+        raise UsageError(f"{where}: example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
 
 
 def pad(x, y, size):

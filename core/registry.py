@@ -14,6 +14,7 @@ import hashlib
 import fnmatch
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -185,7 +186,7 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
             caller = callers.get(HOOKS[kind])
             for impl in caller.get_hookimpls() if caller else ():
                 if impl.plugin is plugin:  # pluggy passes an implementation only the arguments it names
-                    register = _register_fn(kind, c.name, staged, entries)
+                    register = _register_fn(kind, c, staged, entries)
                     impl.function(**{name: register for name in impl.argnames})
     except (Exception, SystemExit, KeyboardInterrupt) as err:  # a plugin's own bug (even sys.exit() at import) must not take the registry down
         if plugin is not None:
@@ -210,7 +211,9 @@ def _check_hooks(pm: pluggy.PluginManager, plugin: Any) -> tuple[str, ...]:
     return tuple(sorted(c.name for c in callers))
 
 
-def _register_fn(kind: str, plugin: str, staged: dict, committed: dict) -> Callable[..., None]:
+def _register_fn(kind: str, candidate: Candidate, staged: dict, committed: dict) -> Callable[..., None]:
+    plugin = candidate.name
+
     def register(name: str, factory: Callable[..., Any], *, params: type | None = None, description: str | None = None) -> None:
         where = f"{kind} {name!r}"
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -220,9 +223,17 @@ def _register_fn(kind: str, plugin: str, staged: dict, committed: dict) -> Calla
         params = NoParams if params is None else params
         if not (isinstance(params, type) and attrs.has(params)):
             raise PluginError(f"{where}: params must be an attrs class, got {params!r}")
-        for info in describe(params):
+        for field, info in zip(attrs.fields(params), describe(params)):
             if info.default is attrs.NOTHING:
                 raise PluginError(f"{where}: parameter {info.name!r} of {params.__name__} needs a default")
+            if field.type is None:  # --set would store the text "0.5" in it
+                raise PluginError(f"{where}: parameter {info.name!r} of {params.__name__} needs a type annotation")
+            if not info.doc.strip():
+                raise PluginError(
+                    f"{where}: parameter {info.name!r} of {params.__name__} needs a doc: "
+                    f"{info.name}: TYPE = jaxyard.param(DEFAULT, \"what it does\")"
+                )
+        _check_signature(where, kind, factory)
         doc = (description or (factory.__doc__ or "").strip().split("\n", 1)[0]).strip()
         if not doc:
             raise PluginError(f"{where}: needs a description (argument or factory docstring)")
@@ -230,9 +241,49 @@ def _register_fn(kind: str, plugin: str, staged: dict, committed: dict) -> Calla
             if (kind, name) in table:
                 other = table[kind, name].plugin
                 raise PluginError(f"{where} is already registered by plugin {other!r}; plugin {plugin!r} registers it again")
-        staged[kind, name] = Entry(kind, name, doc, params, factory, plugin)
+        staged[kind, name] = Entry(
+            kind, name, doc, params, factory, plugin, candidate.source, candidate.module, candidate.distribution, candidate.version
+        )
 
     return register
+
+
+#: the keyword arguments each kind's factory is called with (see core/hookspecs.py)
+FACTORY_KEYWORDS = {
+    "optimizer": ("learning_rate",),
+    "scheduler": ("learning_rate", "decay_steps"),
+    "model": ("input_shape", "num_classes", "rngs"),
+    "loader": ("seed",),
+    "checkpointer": ("directory",),
+    "logger": ("directory",),
+}
+
+
+def _check_signature(where: str, kind: str, factory: Callable[..., Any]) -> None:
+    """The factory must take the params positionally and every keyword its hook passes (now, not
+    in a run an hour later)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to inspect
+        return
+    parameters = list(signature.parameters.values())
+    kinds = {p.kind for p in parameters}
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keywords = FACTORY_KEYWORDS[kind]
+    expected = f"def factory(params, *, {', '.join(keywords)})"
+    if not positional and inspect.Parameter.VAR_POSITIONAL not in kinds:
+        raise PluginError(f"{where}: factory{signature} takes no positional argument for the params; expected {expected}")
+    if inspect.Parameter.VAR_KEYWORD in kinds:
+        return
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    missing = [k for k in keywords if k not in names]
+    if missing:
+        raise PluginError(
+            f"{where}: factory{signature} does not accept {', '.join(missing)}, which jaxyard passes; expected {expected}"
+        )
+    required = [p.name for p in parameters[1:] if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in keywords]
+    if required:
+        raise PluginError(f"{where}: factory{signature} requires {', '.join(required)}, which jaxyard never passes; expected {expected}")
 
 
 def _failing(message: str) -> Callable[[], Any]:

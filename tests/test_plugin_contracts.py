@@ -1,0 +1,81 @@
+"""Where a plugin meets the engine: legal-but-unusual optimizers train; a broken factory, a result
+that breaks its contract, a bad streamed batch are each one line naming who, before training."""
+
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_one_line_error
+
+CONTRACTS = Path(__file__).parent / "plugins_local" / "contracts.py"
+PLUGIN = f"plugin {CONTRACTS}"
+TINY = ["loader.train_size=64", "loader.val_size=32", "loader.test_size=32", "loader.features=8", "loader.classes=4",
+        "model.hidden_dims=16"]
+
+
+def run(run_cli, tmp_path, *args, sets=TINY):
+    return run_cli(["--plugin", CONTRACTS, "run", "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16",
+                    *args, *[x for s in sets for x in ("--set", s)]])
+
+
+@pytest.mark.parametrize("optimizer", ["keep-params", "sam"])
+@pytest.mark.parametrize("loader", ["synthetic", "faulty-stream"])
+def test_optimizer_state_holding_the_parameters_trains(run_cli, tmp_path, optimizer, loader):
+    """No "donate the same buffer twice": in memory and streamed, checkpointed every epoch."""
+    result = run(run_cli, tmp_path, "--optimizer", optimizer, "--loader", loader, "--set", "run.save_every=1",
+                 sets=TINY if loader == "synthetic" else ["model.hidden_dims=16"])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--optimizer", "raises"], ["optimizer 'raises' (", PLUGIN, "failed: ValueError: this optimizer needs run.clip_norm > 0"]),
+        (["--model", "raising"], ["model 'raising' (", PLUGIN, "failed: RuntimeError: no GPU kernel for this layer"]),
+        (["--optimizer", "uncalled"], ["optimizer 'uncalled' (", "returned function, not an optax.GradientTransformation (did you return optax.adam instead of calling it?)"]),
+        (["--scheduler", "float-schedule"], ["scheduler 'float-schedule' (", "returned float, not a schedule"]),
+        (["--scheduler", "nan-schedule"], ["scheduler 'nan-schedule' (", "gives the learning rate nan at step 0"]),
+    ],
+)
+def test_a_broken_factory_or_result_is_one_line_before_anything_is_written(run_cli, tmp_path, args, fragments):
+    sets = TINY[:-1] if "--model" in args else TINY  # hidden_dims belongs to mlp
+    err = assert_one_line_error(run(run_cli, tmp_path, *args, sets=sets), *fragments, exit_code=1)  # a plugin's bug: PluginError
+    assert not (tmp_path / "run").exists(), err
+
+
+def test_debug_shows_the_plugins_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO, clean_environ
+
+    proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "--debug", "--plugin", str(CONTRACTS), "run", "--out",
+                           str(tmp_path / "run"), "--optimizer", "raises", *[x for s in TINY for x in ("--set", s)]],
+                          env=clean_environ(), capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and 'raise ValueError("this optimizer needs run.clip_norm > 0")' in proc.stderr
+
+
+def test_a_step_that_cannot_trace_names_model_and_optimizer(run_cli, tmp_path):
+    assert_one_line_error(run(run_cli, tmp_path, "--optimizer", "lookahead"), "tracing the training step failed with model 'mlp'",
+                          "optimizer 'lookahead' (", "AttributeError", exit_code=1)
+
+
+@pytest.mark.parametrize(
+    "fault, fragment",
+    [
+        ("shape", "loader 'faulty-stream': the first train batch has examples of shape (5,); the loader declares input_shape (8,)"),
+        ("labels", "loader 'faulty-stream': the first train batch has labels 0..7, outside 0..3 (num_classes)"),
+        ("nan", "loader 'faulty-stream': the first train batch: example 1 has a non-finite feature (nan)"),
+    ],
+)
+def test_a_bad_streamed_batch_names_the_loader(run_cli, tmp_path, fault, fragment):
+    result = run(run_cli, tmp_path, "--loader", "faulty-stream", "--set", f"loader.fault={fault}", sets=["model.hidden_dims=16"])
+    assert_one_line_error(result, fragment)
+
+
+def test_an_os_error_names_the_component(run_cli, tmp_path):
+    missing = tmp_path / "nope.npz"
+    result = run_cli(["run", "--out", tmp_path / "run", "--loader", "npz", "--set", f"loader.path={missing}"])
+    assert_one_line_error(result, "loader 'npz'", str(missing))
