@@ -8,6 +8,7 @@ stopping, checkpoint cadence and the curves PNG. The library prints nothing unle
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import suppress
@@ -78,6 +79,7 @@ def train(
         loggers = make_loggers(config, run_dir.path)
         storage = make_checkpointer(config, run_dir)
         run_dir.write_config(config_toml)
+        rd.write_atomic(run_dir / rd.COMPONENTS, _json(component_sources(config)))
     except BaseException:
         run_dir.discard()
         raise
@@ -159,7 +161,42 @@ def load_run_config(run_dir: str | os.PathLike, registry=None) -> RunConfig:
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a jaxyard run directory (no {rd.CONFIG})")
     registry = registry or build_registry()
+    _check_sources(Path(run_dir), registry)
     return resolve_config(registry, Settings(), config_file=str(path))
+
+
+def component_sources(config: RunConfig) -> dict[str, Any]:
+    """Where each component of a run comes from (components.json)."""
+
+    def source(choice) -> dict[str, Any]:
+        e = choice.entry
+        module = str(Path(e.module).resolve()) if e.source == "local" and e.module.endswith(".py") else e.module
+        return {"name": e.name, "plugin": e.plugin, "source": e.source, "module": module,
+                "distribution": e.distribution, "version": e.version}
+
+    out: dict[str, Any] = {kind: source(choice) for kind, choice in config.choices.items()}
+    out["loggers"] = [source(choice) for choice in config.loggers]
+    return out
+
+
+def _check_sources(run_dir: Path, registry) -> None:
+    """A component the run was trained with that is not loaded now: say exactly what to load."""
+    try:
+        recorded = json.loads((run_dir / rd.COMPONENTS).read_text())
+    except (OSError, ValueError):
+        return  # a run from an earlier version: resolving names what is unknown
+    items = [(kind, recorded[kind]) for kind in recorded if kind != "loggers"]
+    items += [("logger", item) for item in recorded.get("loggers", [])]
+    for kind, item in items:
+        if not isinstance(item, dict) or item.get("name") in registry.names(kind):
+            continue
+        if item.get("source") == "local":
+            fix = f"add --plugin {item.get('module')}"
+        elif item.get("distribution"):
+            fix = f"install it (pip install {item['distribution']}=={item.get('version')}) or enable its plugin {item.get('plugin')!r}"
+        else:
+            fix = f"enable its plugin {item.get('plugin')!r}"
+        raise UsageError(f"{run_dir} was trained with {kind} {item.get('name')!r} from plugin {item.get('plugin')}, which is not loaded: {fix}")
 
 
 def make_checkpointer(config: RunConfig, run_dir: rd.RunDir):

@@ -16,11 +16,18 @@ are the hooks below. Each hook receives a ``register`` callback; call it once pe
     annotation and a one-line doc (use :func:`jaxyard.param`); validators run before anything
     is compiled. Omit it for a component without parameters.
 ``description``
-    One line for ``jaxyard list``; defaults to the first line of the factory's docstring.
+    One line for ``jaxyard list``. Required unless the factory has a docstring, whose first
+    line is then used.
 
-The callback validates each entry at once; an invalid entry, a name another plugin already
-registered, or an exception raised by the hook marks the whole plugin as failed: it is
-reported and skipped (fatal with ``--strict-plugins``).
+The callback validates each entry at once: the name, a factory whose signature takes the params
+positionally and every keyword its hook passes (below), a params class whose fields each have
+a type, a default and a doc. An invalid entry, a name another plugin already registered, or an
+exception raised by the hook marks the whole plugin as failed: it is reported and skipped
+(fatal with ``--strict-plugins``).
+
+When a factory raises, or returns something that breaks its contract, the run stops before
+anything is written with one line naming the kind, the component, the plugin and its
+distribution (exit code 1; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -52,7 +59,10 @@ def jaxyard_register_optimizers(register: RegisterFn) -> None:
     The factory is called as ``factory(params, *, learning_rate)`` and returns an
     ``optax.GradientTransformation``. ``learning_rate`` is an optax schedule (a callable of the
     step count): pass it to optax as the learning rate, do not scale gradients by it
-    yourself. Gradient clipping (``run.clip_norm``) is chained in front by the engine.
+    yourself. Gradient clipping (``run.clip_norm``) is chained in front by the engine, gradient
+    accumulation (``run.accumulate_steps``) wraps it in ``optax.MultiSteps``. The state may hold
+    the parameter arrays themselves (``optax.contrib.sam``, a lookahead, an average): the engine
+    copies repeated buffers before donating them.
     """
 
 
@@ -65,7 +75,10 @@ def jaxyard_register_schedulers(register: RegisterFn) -> None:
     The factory is called as ``factory(params, *, learning_rate, decay_steps)`` and returns an
     optax schedule (``step -> learning rate``). ``learning_rate`` is the run's peak rate;
     ``decay_steps`` is the number of steps the schedule spans: the run's total steps less its
-    warmup. The engine puts the linear warmup of ``run.warmup_steps`` in front of any schedule.
+    warmup (steps are optimizer updates). The engine puts the linear warmup of
+    ``run.warmup_steps`` in front of any schedule; a schedule with a warmup of its own is used
+    with ``run.warmup_steps = 0`` (say so in its description), and then spans the whole run.
+    The result is checked before training: a callable giving a finite rate >= 0.
     """
 
 
@@ -94,6 +107,11 @@ def jaxyard_register_loaders(register: RegisterFn) -> None:
     :class:`jaxyard.Dataset` (train, validation and test arrays held in memory: the engine
     puts them on the device and runs each epoch as one compiled loop) or a
     :class:`jaxyard.StreamingDataset` (batches yielded from Python, one jitted step each).
+    ``seed`` is the run's seed (``run.seed``): use it for what should change with it (the order
+    of streamed batches, say); make the data and its split depend on seeds of their own
+    (parameters such as ``data_seed``), so a sweep over ``run.seed`` trains on the same data.
+    In-memory splits and the first streamed batch of each split are checked (shapes, integer
+    labels in range, finite features) with one line naming the loader.
     """
 
 

@@ -310,7 +310,16 @@ def _importer(spec: str) -> Callable[[], Any]:
                 del sys.modules[name]  # as importlib does: no half-imported module left behind
                 raise
             return module
-        return importlib.import_module(spec)
+        try:
+            return importlib.import_module(spec)
+        except ModuleNotFoundError as err:
+            if err.name != spec.split(".")[0] or os.getcwd() in sys.path:
+                raise
+        sys.path.insert(0, os.getcwd())  # `--plugin mymodule` for a mymodule.py in the current directory
+        try:
+            return importlib.import_module(spec)
+        finally:
+            sys.path.remove(os.getcwd())
 
     return load
 

@@ -28,6 +28,7 @@ METRICS = "metrics.jsonl"
 CURVES = "training_curves.png"
 CHECKPOINTS = "checkpoints"
 SUMMARY = "summary.json"
+COMPONENTS = "components.json"  # where each component came from: eval and resume say what to load
 LOCK = ".jaxyard.lock"
 LEFTOVERS = {LOCK, CONFIG + ".tmp"}  # what a run that never committed its config may leave
 

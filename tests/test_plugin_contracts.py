@@ -79,3 +79,28 @@ def test_an_os_error_names_the_component(run_cli, tmp_path):
     missing = tmp_path / "nope.npz"
     result = run_cli(["run", "--out", tmp_path / "run", "--loader", "npz", "--set", f"loader.path={missing}"])
     assert_one_line_error(result, "loader 'npz'", str(missing))
+
+
+def test_eval_and_resume_say_which_plugin_a_run_needs(run_cli, tmp_path):
+    out = tmp_path / "run"
+    assert run(run_cli, tmp_path, "--optimizer", "sam").exit_code == 0
+    sources = __import__("json").loads((out / "components.json").read_text())
+    assert sources["optimizer"] == {"name": "sam", "plugin": str(CONTRACTS), "source": "local", "module": str(CONTRACTS),
+                                    "distribution": None, "version": None}
+    for command in (["eval", out], ["resume", out]):
+        assert_one_line_error(run_cli(command), f"was trained with optimizer 'sam' from plugin {CONTRACTS}, which is not loaded: "
+                                                f"add --plugin {CONTRACTS}")
+    assert run_cli(["--plugin", CONTRACTS, "eval", out]).exit_code == 0
+
+
+def test_plugin_module_name_is_found_in_the_current_directory(tmp_path, monkeypatch):
+    import sys
+
+    import jaxyard
+
+    (tmp_path / "my_cwd_plugin.py").write_text((Path(__file__).parent / "plugins_local" / "npz_checkpointer.py").read_text())
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    registry = jaxyard.build_registry(plugins=["my_cwd_plugin"], strict=True)
+    assert "npz" in registry.names("checkpointer")
+    assert sys.path == before  # the current directory was only borrowed
