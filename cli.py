@@ -53,6 +53,9 @@ class Session:
             self._registry = build_registry(
                 self.settings, plugins=self.plugins, disable=self.disable, strict=self.strict or None, on_failure=warn
             )
+            for info in self._registry.plugins:
+                for warning in info.warnings:
+                    click.echo(f"Warning: {warning}", err=True)
         return self._registry
 
 
@@ -118,7 +121,7 @@ def list_(session, kind, pattern, as_json):
     if not entries:
         click.echo("No components match.")
         return
-    rows = {k: [[e.name, e.description, f"[{e.plugin}]"] for e in entries if e.kind == k] for k in KINDS}
+    rows = {k: [[e.selector, e.description, f"[{e.plugin}]"] for e in entries if e.kind == k] for k in KINDS}
     widths = D.table([r for rs in rows.values() for r in rs])  # align every kind alike
     lines = iter(widths)
     for k in KINDS:
@@ -151,7 +154,7 @@ def show(session, kind, name, as_json):
             raise click.UsageError("missing NAME: jaxyard show KIND NAME")
         registry = session.registry
         entry = registry.get(kind, name)
-        configured = session.settings.values.get(entry.kind, {}).get(entry.name)
+        configured = session.settings.values.get(entry.kind, {}).get(entry.selector)
         data = D.entry_dict(entry, registry, params=True, configured=configured)
     if as_json:
         return _echo_json(data)
@@ -191,6 +194,8 @@ def plugins(session, as_json):
         if p.ok:
             click.echo(f"  hooks: {', '.join(p.hooks) or '-'}")
             click.echo(f"  components: {', '.join(p.components) or '-'}")
+            for warning in p.warnings:
+                click.echo(f"  warning: {warning}")
         else:
             click.echo(f"  error: {p.error}")
 

@@ -69,7 +69,8 @@ class Choice:
 
     @property
     def name(self) -> str:
-        return self.entry.name
+        """The name that selects it (``acme:cnn`` where a bare name is shared)."""
+        return self.entry.selector
 
     def create(self, **context: Any) -> Any:
         """Build the component. A plugin's exception becomes one line naming the kind, the
@@ -167,7 +168,7 @@ def resolve_config(
 
     def choose(kind: str, name: str, sets_: dict[str, Any]) -> Choice:
         entry = registry.get(kind, name)
-        table = dict(values.get(kind, {}).get(entry.name, {}))
+        table = dict(values.get(kind, {}).get(entry.selector, {}))
         table.update(sets_)
         return Choice(entry, P.build(entry.params, table, where=f"{kind} {entry.name!r}"))
 

@@ -12,7 +12,8 @@ def entry_dict(entry: Entry, registry, *, params: bool = False, configured: dict
     plugin = registry.plugin(entry.plugin)
     out: dict[str, Any] = {
         "kind": entry.kind,
-        "name": entry.name,
+        "name": entry.selector,
+        "qualified": entry.qualified,
         "description": entry.description,
         "plugin": entry.plugin,
         "distribution": plugin.distribution,
@@ -48,6 +49,7 @@ def plugin_dict(info: PluginInfo) -> dict[str, Any]:
         "hooks": list(info.hooks),
         "components": list(info.components),
         "error": info.error,
+        "warnings": list(info.warnings),
     }
 
 

@@ -71,7 +71,8 @@ def train(
     started = time.perf_counter()
     run = config.run
     config_toml = config.to_toml()
-    run_dir = rd.RunDir.new(out_dir, base=run.out, name=f"{run.model}-{run.optimizer}-{run.loader}")
+    name = "-".join(getattr(run, kind).replace(":", "_") for kind in ("model", "optimizer", "loader"))
+    run_dir = rd.RunDir.new(out_dir, base=run.out, name=name)
     if compile_cache:
         enable_compile_cache(compile_cache)
     try:

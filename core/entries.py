@@ -37,6 +37,24 @@ class Entry:
     module: str = ""
     distribution: str | None = None
     version: str | None = None
+    ref: str = ""  # the name that selects it: ``name``, or ``qualified`` when the bare name is another's
+
+    @property
+    def qualifier(self) -> str:
+        """``jaxyard`` for built-ins, the entry point's name, or a local module's (file's) name."""
+        if self.source == "builtin":
+            return "jaxyard"
+        if self.source == "local":
+            return self.module.rsplit("/", 1)[-1].removesuffix(".py") if self.module.endswith(".py") else self.module
+        return self.plugin
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.qualifier}:{self.name}"
+
+    @property
+    def selector(self) -> str:
+        return self.ref or self.name
 
     def create(self, params: Any, **context: Any) -> Any:
         """Build the component (this is where heavy libraries get imported)."""
@@ -68,6 +86,7 @@ class PluginInfo:
     hooks: tuple[str, ...] = ()
     components: tuple[str, ...] = ()  # "kind:name"
     error: str | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

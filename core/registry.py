@@ -54,19 +54,45 @@ class Candidate:
 class Registry:
     """Components by kind and name, and the plugins that did (or did not) provide them."""
 
-    def __init__(self, entries: Iterable[Entry], plugins: Iterable[PluginInfo], pm: pluggy.PluginManager):
-        self._entries = {(e.kind, e.name): e for e in entries}
+    def __init__(self, entries: Iterable[Entry], plugins: Iterable[PluginInfo], pm: pluggy.PluginManager, prefer: Iterable[str] = ()):
+        """``prefer``: qualified names (``acme:cnn``) that own their bare name when plugins share it."""
+        by_bare: dict[tuple[str, str], list[Entry]] = {}
+        for e in entries:
+            by_bare.setdefault((e.kind, e.name), []).append(e)
+        prefer = set(prefer)
+        self._entries: dict[tuple[str, str], Entry] = {}  # (kind, selector) -> entry
+        self._ambiguous: dict[tuple[str, str], list[Entry]] = {}
+        for key, group in by_bare.items():
+            owner = _owner(group, prefer)
+            if owner is None:
+                self._ambiguous[key] = group
+            for e in group:
+                e = attrs.evolve(e, ref=e.name if e is owner else e.qualified)
+                self._entries[e.kind, e.selector] = e
         self.plugins = tuple(plugins)
         self.plugin_manager = pm
 
     def get(self, kind: str, name: str) -> Entry:
+        """The entry ``name`` selects: its bare name, or ``qualifier:name`` (``acme:cnn``,
+        ``jaxyard:adam``) for any entry; a bare name two plugins share is an error listing both."""
         kind = normalize_kind(kind)
-        try:
+        if (kind, name) in self._entries:
             return self._entries[kind, name]
-        except KeyError:
-            raise UnknownComponent(unknown_name_message(kind, name, self.names(kind))) from None
+        if (kind, name) in self._ambiguous:
+            group = self._ambiguous[kind, name]
+            choices = ", ".join(f"{e.qualified} ({e.origin()})" for e in group)
+            raise UsageError(
+                f"{kind} {name!r} is registered by {len(group)} plugins; choose one: {choices} "
+                f"(or make one the default in a registry file: [plugins] prefer = [\"{group[0].qualified}\"])"
+            )
+        qualifier, _, bare = name.rpartition(":")
+        for e in self._entries.values():
+            if qualifier and e.kind == kind and e.name == bare and e.qualifier == qualifier:
+                return e
+        raise UnknownComponent(unknown_name_message(kind, name, self.names(kind)))
 
     def names(self, kind: str) -> list[str]:
+        """The names that select each entry of ``kind`` (qualified where a bare name is shared)."""
         return sorted(n for k, n in self._entries if k == kind)
 
     def entries(self, kind: str | None = None, pattern: str | None = None) -> list[Entry]:
@@ -74,8 +100,8 @@ class Registry:
         kind = normalize_kind(kind) if kind else None
         return [
             e
-            for e in sorted(self._entries.values(), key=lambda e: (KINDS.index(e.kind), e.name))
-            if (kind is None or e.kind == kind) and (pattern is None or fnmatch.fnmatchcase(e.name, pattern))
+            for e in sorted(self._entries.values(), key=lambda e: (KINDS.index(e.kind), e.selector))
+            if (kind is None or e.kind == kind) and (pattern is None or fnmatch.fnmatchcase(e.name, pattern) or fnmatch.fnmatchcase(e.selector, pattern))
         ]
 
     def plugin(self, name: str) -> PluginInfo:
@@ -84,6 +110,17 @@ class Registry:
     @property
     def failures(self) -> list[PluginInfo]:
         return [p for p in self.plugins if not p.ok]
+
+
+def _owner(group: list[Entry], prefer: set[str]) -> Entry | None:
+    """Who keeps the bare name: the one a registry file prefers, else a built-in, else the only one."""
+    for e in group:
+        if e.qualified in prefer:
+            return e
+    builtin = [e for e in group if e.source == "builtin"]
+    if builtin:
+        return builtin[0]
+    return group[0] if len(group) == 1 else None
 
 
 def normalize_kind(kind: str) -> str:
@@ -141,7 +178,7 @@ def build_registry(
                 raise PluginError(f"plugin {info.label()} failed: {info.error}")
             if on_failure:
                 on_failure(info)
-    return Registry(entries.values(), infos, pm)
+    return Registry(entries.values(), infos, pm, prefer=settings.prefer)
 
 
 def _candidates(settings: Settings, extra: Iterable[str]) -> Iterator[Candidate]:
@@ -181,19 +218,20 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
         plugin = loaded  # from here on, a failure must unregister it
         hooks = _check_hooks(pm, plugin)
         staged: dict[tuple[str, str], Entry] = {}
+        warnings: list[str] = []
         callers = {caller.name: caller for caller in pm.get_hookcallers(plugin) or ()}
         for kind in KINDS:
             caller = callers.get(HOOKS[kind])
             for impl in caller.get_hookimpls() if caller else ():
                 if impl.plugin is plugin:  # pluggy passes an implementation only the arguments it names
-                    register = _register_fn(kind, c, staged, entries)
+                    register = _register_fn(kind, c, staged, entries, warnings)
                     impl.function(**{name: register for name in impl.argnames})
     except (Exception, SystemExit, KeyboardInterrupt) as err:  # a plugin's own bug (even sys.exit() at import) must not take the registry down
         if plugin is not None:
             pm.unregister(plugin)
         return attrs.evolve(info, error=_one_line(err))
     entries.update(staged)
-    return attrs.evolve(info, hooks=hooks, components=tuple(f"{k}:{n}" for k, n in staged))
+    return attrs.evolve(info, hooks=hooks, components=tuple(f"{k}:{e.name}" for (k, _), e in staged.items()), warnings=tuple(warnings))
 
 
 def _check_hooks(pm: pluggy.PluginManager, plugin: Any) -> tuple[str, ...]:
@@ -211,7 +249,7 @@ def _check_hooks(pm: pluggy.PluginManager, plugin: Any) -> tuple[str, ...]:
     return tuple(sorted(c.name for c in callers))
 
 
-def _register_fn(kind: str, candidate: Candidate, staged: dict, committed: dict) -> Callable[..., None]:
+def _register_fn(kind: str, candidate: Candidate, staged: dict, committed: dict, warnings: list[str]) -> Callable[..., None]:
     plugin = candidate.name
 
     def register(name: str, factory: Callable[..., Any], *, params: type | None = None, description: str | None = None) -> None:
@@ -237,13 +275,19 @@ def _register_fn(kind: str, candidate: Candidate, staged: dict, committed: dict)
         doc = (description or (factory.__doc__ or "").strip().split("\n", 1)[0]).strip()
         if not doc:
             raise PluginError(f"{where}: needs a description (argument or factory docstring)")
-        for table in (staged, committed):
-            if (kind, name) in table:
-                other = table[kind, name].plugin
-                raise PluginError(f"{where} is already registered by plugin {other!r}; plugin {plugin!r} registers it again")
-        staged[kind, name] = Entry(
-            kind, name, doc, params, factory, plugin, candidate.source, candidate.module, candidate.distribution, candidate.version
-        )
+        entry = Entry(kind, name, doc, params, factory, plugin, candidate.source, candidate.module, candidate.distribution, candidate.version)
+        if (kind, entry.qualified) in staged:
+            raise PluginError(f"{where} is registered twice by plugin {plugin!r}")
+        if (kind, entry.qualified) in committed:
+            other = committed[kind, entry.qualified].plugin
+            raise PluginError(f"{where}: plugin {other!r} already registers {entry.qualified!r}; rename one of the two plugins")
+        shadowed = [e for (k, _), e in committed.items() if k == kind and e.name == name and e.source == "builtin"]
+        if shadowed and candidate.source != "builtin":
+            warnings.append(
+                f"plugin {plugin!r} registers {kind} {name!r}, which jaxyard has built in: the built-in keeps the name, "
+                f"this one is {entry.qualified!r}"
+            )
+        staged[kind, entry.qualified] = entry
 
     return register
 

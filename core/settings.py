@@ -23,7 +23,7 @@ from jaxyard.core.errors import UsageError
 from jaxyard.core.params import unknown_key_message
 
 ENV_REGISTRY = "JAXYARD_REGISTRY"
-PLUGIN_KEYS = ("builtin", "disabled", "local")
+PLUGIN_KEYS = ("builtin", "disabled", "local", "prefer")
 TABLES = ("plugins", "run", *KINDS)
 
 
@@ -34,6 +34,7 @@ class Settings:
     builtin: tuple[str, ...] = ()
     disabled: tuple[str, ...] = ()
     local: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()  # qualified names that own their bare name when plugins share it
     values: dict[str, Any] = attrs.field(factory=dict)  # {"run": {...}, "optimizer": {"adam": {...}}, ...}
     files: tuple[str, ...] = ()
 

@@ -16,7 +16,7 @@ HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "numpy", "matplotlib")
 # (file in tests/broken_plugins, a fragment of the recorded error, a component it must not leave behind)
 BROKEN_CASES = [
     ("raises_on_import", "RuntimeError: raises_on_import: this plugin is broken on purpose", None),
-    ("duplicate_name", "optimizer 'adam' is already registered by plugin 'jaxyard.plugins.optimizers'", ("optimizer", "dup-fine")),
+    ("registers_twice", "optimizer 'twice' is registered twice by plugin", ("optimizer", "twice-fine")),
     ("non_attrs_params", "params must be an attrs class", ("optimizer", "plain-params")),
     ("misspelled_hook", "unknown hook jaxyard_register_optimiser; did you mean jaxyard_register_optimizers?", ("optimizer", "misspelled")),
     ("no_default", "parameter 'depth' of NoDefaultParams needs a default", ("model", "no-default")),

@@ -8,7 +8,7 @@ from jaxyard.core.entries import KINDS
 
 from helpers import assert_one_line_error
 
-ENTRY_KEYS = {"kind", "name", "description", "plugin", "distribution", "version"}
+ENTRY_KEYS = {"kind", "name", "qualified", "description", "plugin", "distribution", "version"}
 
 
 # --- list ------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(cli_json, example_
         "hooks": ["jaxyard_register_models", "jaxyard_register_optimizers", "jaxyard_register_schedulers"],
         "components": EXAMPLE_COMPONENTS,
         "error": None,
+        "warnings": [],
     }
     assert example_plugin == tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["version"]
 
