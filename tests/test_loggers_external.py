@@ -368,6 +368,8 @@ def test_mlflow_kill_and_resume_continues_the_run_with_each_epoch_once(mlflow_cl
     crashed.start(fake_run(tmp_path))
     for r in first:
         crashed.log_epoch(r)
+    for operation in crashed.pending:  # a killed process's queue is gone: what reached the store is what counts
+        operation.wait()
     del crashed  # killed after epoch 5; the checkpoint it resumes from holds epochs 1-3
 
     # The resumed run computes epochs 4 and 5 again, bit for bit, then goes on.
