@@ -51,7 +51,8 @@ class Session:
                 click.echo(f"Warning: plugin {info.label()} failed to load and was skipped: {info.error}", err=True)
 
             self._registry = build_registry(
-                self.settings, plugins=self.plugins, disable=self.disable, strict=self.strict or None, on_failure=warn
+                self.settings, plugins=self.plugins, disable=self.disable, strict=self.strict or None, on_failure=warn,
+                on_warning=lambda line: click.echo(line, err=True),
             )
             for info in self._registry.plugins:
                 for warning in info.warnings:
@@ -188,9 +189,11 @@ def plugins(session, as_json):
     if as_json:
         return _echo_json([D.plugin_dict(p) for p in infos])
     for p in infos:
-        status = "ok" if p.ok else "FAILED"
+        status = "disabled" if p.disabled else "ok" if p.ok else "FAILED"
         dist = f"{p.distribution} {p.version}" if p.distribution else "-"
         click.echo(f"{p.name}  [{p.source}, {dist}]  {status}")
+        if p.disabled:
+            continue
         if p.ok:
             click.echo(f"  hooks: {', '.join(p.hooks) or '-'}")
             click.echo(f"  components: {', '.join(p.components) or '-'}")

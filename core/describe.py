@@ -50,6 +50,7 @@ def plugin_dict(info: PluginInfo) -> dict[str, Any]:
         "components": list(info.components),
         "error": info.error,
         "warnings": list(info.warnings),
+        "disabled": info.disabled,
     }
 
 

@@ -87,6 +87,7 @@ class PluginInfo:
     components: tuple[str, ...] = ()  # "kind:name"
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    disabled: bool = False  # blocked by --disable, $JAXYARD_DISABLE_PLUGINS or [plugins] disabled
 
     @property
     def ok(self) -> bool:

@@ -105,11 +105,18 @@ class Registry:
         ]
 
     def plugin(self, name: str) -> PluginInfo:
-        return next(p for p in self.plugins if p.name == name)
+        for p in self.plugins:
+            if p.name == name:
+                return p
+        raise UsageError(unknown_name_message("plugin", name, [p.name for p in self.plugins]))
 
     @property
     def failures(self) -> list[PluginInfo]:
         return [p for p in self.plugins if not p.ok]
+
+    @property
+    def loaded(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.ok and not p.disabled]
 
 
 def _owner(group: list[Entry], prefer: set[str]) -> Entry | None:
@@ -145,6 +152,8 @@ def build_registry(
     disable: Iterable[str] = (),
     strict: bool | None = None,
     on_failure: Callable[[PluginInfo], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    load: Iterable[str] | None = None,
 ) -> Registry:
     """Discover and load every plugin, returning the registry of their components.
 
@@ -153,6 +162,9 @@ def build_registry(
     :param disable: plugin names to block, on top of registry.toml and ``$JAXYARD_DISABLE_PLUGINS``.
     :param strict: make a failing plugin fatal (default: ``$JAXYARD_STRICT_PLUGINS``).
     :param on_failure: called with each failed plugin's record as it fails (the CLI warns).
+    :param on_warning: called with one line for each name to disable that matches no plugin.
+    :param load: the entry-point plugins to load (names or distributions; empty: none), as
+        ``$JAXYARD_LOAD_PLUGINS``; default: that variable, or every installed one.
     """
     if settings is None:
         from jaxyard.core.settings import load_settings
@@ -162,14 +174,24 @@ def build_registry(
         strict = env_flag(ENV_STRICT)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    blocked = {*settings.disabled, *disable, *_env_list(ENV_DISABLE)}
+    from jaxyard import __name__ as package
+
+    def full(name: str) -> str:  # a built-in by its short name, as [plugins] builtin lists it
+        return f"{package}.plugins.{name}" if name in settings.builtin else name
+
+    blocked = {full(n) for n in (*settings.disabled, *disable, *_env_list(ENV_DISABLE))}
     for name in blocked:
         pm.set_blocked(name)
+    if load is None and ENV_LOAD in os.environ:
+        load = _env_list(ENV_LOAD)
 
     entries: dict[tuple[str, str], Entry] = {}
     infos: list[PluginInfo] = []
-    for candidate in _candidates(settings, plugins):
+    matched: set[str] = set()
+    for candidate in _candidates(settings, plugins, load):
         if pm.is_blocked(candidate.name):
+            matched.add(candidate.name)
+            infos.append(PluginInfo(candidate.name, candidate.source, candidate.module, candidate.distribution, candidate.version, disabled=True))
             continue
         info = _load(pm, candidate, entries)
         infos.append(info)
@@ -178,17 +200,21 @@ def build_registry(
                 raise PluginError(f"plugin {info.label()} failed: {info.error}")
             if on_failure:
                 on_failure(info)
+    for name in sorted(blocked - matched):
+        if on_warning:
+            loaded = ", ".join(i.name for i in infos) or "none"
+            on_warning(f"Warning: no plugin is named {name!r}, so disabling it does nothing (plugins: {loaded})")
     return Registry(entries.values(), infos, pm, prefer=settings.prefer)
 
 
-def _candidates(settings: Settings, extra: Iterable[str]) -> Iterator[Candidate]:
+def _candidates(settings: Settings, extra: Iterable[str], load: Iterable[str] | None = None) -> Iterator[Candidate]:
     from jaxyard import __name__ as package
 
     version = _own_version()
     for short in settings.builtin:
         module = f"{package}.plugins.{short}"
         yield Candidate(module, "builtin", module, _importer(module), "jaxyard", version)
-    allow = _env_list(ENV_LOAD) if ENV_LOAD in os.environ else None
+    allow = set(load) if load is not None else None
     seen: dict[str, str | None] = {}  # entry-point name -> its distribution
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         dist = ep.dist.name if ep.dist else None

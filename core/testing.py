@@ -114,7 +114,7 @@ class Subject:
 
     @property
     def label(self) -> str:
-        return f"{self.entry.kind}:{self.entry.name}"
+        return label(self.entry)
 
     def values(self) -> dict[str, Any]:
         values = self.options.params
@@ -125,7 +125,7 @@ class Subject:
     def params(self):
         from jaxyard.core.params import build
 
-        return build(self.entry.params, self.values(), where=f"{self.entry.kind} {self.entry.name!r}")
+        return build(self.entry.params, self.values(), where=f"{self.entry.kind} {self.entry.selector!r}")
 
     def create(self, **context):
         """The component built with its params and ``context``; a missing extra skips the check."""
@@ -171,11 +171,11 @@ class Check:
 CHECKS: list[Check] = []
 
 
-def _check(kinds: str | tuple[str, ...], tier: str = "api"):
+def _check(kinds: str | tuple[str, ...], tier: str = "api", name: str | None = None):
     """Register a check function; its docstring's first paragraph is the check's description."""
 
-    def register(func):
-        name = func.__name__.removeprefix("check_")
+    def register(func, name=name):
+        name = name or func.__name__.removeprefix("check_")
         doc = " ".join(textwrap.dedent(func.__doc__ or "").strip().split("\n\n")[0].split())
         CHECKS.append(Check(name, tuple(KINDS) if kinds == "all" else (kinds,) if isinstance(kinds, str) else kinds, tier, doc, func))
         return func
@@ -212,7 +212,7 @@ def _message(subject: Subject, check: Check, what: str, fix: str) -> str:
     entry = subject.entry
     what = what.rstrip(".")
     text = (
-        f"{entry.kind} {entry.name!r} (plugin {entry.plugin}) fails jaxyard check {check.name!r} "
+        f"{entry.kind} {entry.selector!r} ({entry.origin()}) fails jaxyard check {check.name!r} "
         f"({check.doc.rstrip('.')}): {what}. Fix: {fix.rstrip('.')}. If the check cannot apply to this "
         f"component, opt out with a reason: skip={{{subject.label!r}: {{{check.name!r}: \"why\"}}}}."
     )
@@ -224,6 +224,12 @@ def _one_line(err: BaseException) -> str:
 
 
 # --- discovery ---------------------------------------------------------------------------------
+
+
+def label(entry: Entry) -> str:
+    """``KIND:NAME`` as skip keys and test ids spell a component (``NAME`` qualified, ``acme:cnn``,
+    where a built-in or a preferred plugin has the bare name)."""
+    return f"{entry.kind}:{entry.selector}"
 
 
 def _normalize(dist: str) -> str:
@@ -309,19 +315,17 @@ def _per_component(value: Any, entry: Entry, *, what: str) -> Any:
     """``value`` for ``entry`` from a mapping keyed by ``KIND:NAME`` (fnmatch patterns allowed)."""
     if not isinstance(value, Mapping):
         return value
-    label = f"{entry.kind}:{entry.name}"
-    found = [v for k, v in value.items() if fnmatch.fnmatchcase(label, k)]
+    found = [v for k, v in value.items() if fnmatch.fnmatchcase(label(entry), k)]
     if len(found) > 1:
-        raise UsageError(f"{what}: several keys match {label}")
+        raise UsageError(f"{what}: several keys match {label(entry)}")
     return found[0] if found else None
 
 
 def _skips_for(skip: Mapping[str, Mapping[str, str]] | None, entry: Entry) -> dict[str, str]:
     """``{check pattern: reason}`` for ``entry``."""
     out: dict[str, str] = {}
-    label = f"{entry.kind}:{entry.name}"
     for key, checks in (skip or {}).items():
-        if fnmatch.fnmatchcase(label, key):
+        if fnmatch.fnmatchcase(label(entry), key):
             out.update(checks)
     return out
 
@@ -332,11 +336,11 @@ def _validate_skip(skip, entries: list[Entry], tier: str) -> None:
         return
     if not isinstance(skip, Mapping):
         raise UsageError(f"skip must map 'KIND:NAME' to {{check: reason}}, got {skip!r}")
-    labels = [f"{e.kind}:{e.name}" for e in entries]
+    labels = [label(e) for e in entries]
     for key, checks in skip.items():
         if ":" not in key:
             raise UsageError(f"skip key {key!r}: name a component as KIND:NAME (patterns allowed, e.g. 'logger:*')")
-        matched = [e for e, label in zip(entries, labels) if fnmatch.fnmatchcase(label, key)]
+        matched = [e for e, text in zip(entries, labels) if fnmatch.fnmatchcase(text, key)]
         if not matched:
             raise UsageError(f"skip key {key!r} matches no component under test ({', '.join(labels)})")
         if not isinstance(checks, Mapping):
@@ -396,9 +400,8 @@ def check_component(
     ``{check: "passed" | "skipped: reason"}``; raises AssertionError naming every failed check.
     """
     entry = _resolve_entry(entry, registry)
-    label = f"{entry.kind}:{entry.name}"
     if skip and not any(":" in k for k in skip):
-        skip = {label: skip}
+        skip = {label(entry): skip}
     _validate_skip(skip, [entry], tier)
     options = _options_for(entry, distribution=distribution, params=params, input_shape=input_shape, num_classes=num_classes, registry=registry)
     skips = _skips_for(skip, entry)
@@ -475,7 +478,7 @@ def parametrize_with_checks(
         for check in checks_for(entry, tier):
             reason = _skip_reason(skips, check)
             marks = [pytest.mark.skip(reason=reason)] if reason else []
-            cases.append(pytest.param(entry, check.bind(options), id=f"{entry.kind}:{entry.name}-{check.name}", marks=marks))
+            cases.append(pytest.param(entry, check.bind(options), id=f"{label(entry)}-{check.name}", marks=marks))
     return pytest.mark.parametrize("entry, check", cases)
 
 
@@ -493,7 +496,7 @@ def check_entry_point(s: Subject) -> str:
     registry = s.options.registry if s.options.registry is not None else _default_registry()
     entry = s.entry
     try:
-        found = registry.get(entry.kind, entry.name)
+        found = registry.get(entry.kind, entry.qualified)
     except UsageError:
         raise _Failure(f"build_registry() does not list it ({entry.kind}s: {', '.join(registry.names(entry.kind))})",
                        "register it from a hook of the plugin the entry point names") from None
@@ -502,7 +505,7 @@ def check_entry_point(s: Subject) -> str:
     info = registry.plugin(entry.plugin)
     if not info.ok:
         raise _Failure(f"its plugin failed to load: {info.error}", "fix the plugin")
-    if f"{entry.kind}:{entry.name}" not in info.components:
+    if f"{entry.kind}:{entry.name}" not in info.components:  # PluginInfo lists bare names
         raise _Failure(f"plugin {info.name!r} does not report it among its components", "register it from that plugin's hook")
     dist = s.options.distribution
     if dist is None:
@@ -581,7 +584,7 @@ def check_params_roundtrip(s: Subject) -> None:
     from jaxyard.core.settings import dump_toml
 
     cls = s.entry.params
-    where = f"{s.entry.kind} {s.entry.name!r}"
+    where = f"{s.entry.kind} {s.entry.selector!r}"
     default = cls()
     for f in attrs.fields(cls):
         value = getattr(default, f.name)
@@ -614,14 +617,11 @@ def check_params_roundtrip(s: Subject) -> None:
 @_check("all")
 def check_light_import(s: Subject) -> str:
     """Importing its plugin module imports none of jax, flax, optax, orbax (listing stays fast)."""
-    registry = s.options.registry if s.options.registry is not None else _default_registry()
-    try:
-        info = registry.plugin(s.entry.plugin)
-    except StopIteration:
-        raise CheckSkipped(f"plugin {s.entry.plugin!r} is not in the registry") from None
-    module = info.module.partition(":")[0]
+    module = s.entry.module.partition(":")[0]
+    if not module:
+        raise CheckSkipped(f"the entry does not say which module plugin {s.entry.plugin!r} is")
     if module.endswith(".py"):
-        raise CheckSkipped(f"plugin {info.name!r} is a .py file, not an importable module")
+        raise CheckSkipped(f"plugin {s.entry.plugin!r} is a .py file, not an importable module")
     heavy = _heavy_imports(module)
     if heavy:
         raise _Failure(f"`import {module}` imports {', '.join(heavy)}",
@@ -652,15 +652,19 @@ _TOY_LEARNING_RATES = (1e-2, 1e-1, 1e-3)
 _TOY_STEPS = 100
 
 
+@functools.cache
 def _toy_problem():
     """A 3-class logistic regression on 64 separable points, and a parameter no loss reaches
-    (its gradient is always 0: frozen or dead units must not make NaN)."""
+    (its gradient is always 0: frozen or dead units must not make NaN). Returns the initial
+    parameters, the loss and its jitted value-and-gradient (compiled once for every optimizer)."""
+    import jax
     import jax.numpy as jnp
     import numpy as np
+    import optax
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 6)).astype(np.float32)
-    y = np.argmax(x @ rng.normal(size=(6, 3)), axis=1)
+    x = jnp.asarray(rng.normal(size=(64, 6)), jnp.float32)
+    y = jnp.asarray(np.argmax(np.asarray(x) @ rng.normal(size=(6, 3)), axis=1))
     params = {
         "w": jnp.asarray(0.1 * rng.normal(size=(6, 3)), jnp.float32),
         "b": jnp.zeros((3,), jnp.float32),
@@ -668,12 +672,9 @@ def _toy_problem():
     }
 
     def loss(p):
-        import optax
+        return optax.softmax_cross_entropy_with_integer_labels(x @ p["w"] + p["b"], y).mean()  # "unused": gradient 0
 
-        logits = jnp.asarray(x) @ p["w"] + p["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)).mean()  # "unused": gradient 0
-
-    return params, loss
+    return params, loss, jax.jit(jax.value_and_grad(loss))
 
 
 def _constant(lr: float):
@@ -730,7 +731,7 @@ def check_returns_transformation(s: Subject) -> str:
     """factory(params, learning_rate=schedule) returns an optax.GradientTransformation whose init and update trace (shapes only)."""
     import jax
 
-    params, loss = _toy_problem()
+    params, loss, _ = _toy_problem()
     tx = _optimizer(s)
     grads = jax.eval_shape(jax.grad(loss), params)
     state = jax.eval_shape(tx.init, params)
@@ -760,8 +761,8 @@ def check_follows_learning_rate(s: Subject) -> None:
     import jax
     import numpy as np
 
-    params, loss = _toy_problem()
-    grads = jax.grad(loss)(params)
+    params, _, value_and_grad = _toy_problem()
+    _, grads = value_and_grad(params)
     txs = {lr: _optimizer(s, lr) for lr in (0.0, 1e-2)}
 
     @jax.jit
@@ -778,18 +779,18 @@ def check_follows_learning_rate(s: Subject) -> None:
         raise _Failure("with a learning rate of 0.01 the first update moves nothing", "pass the `learning_rate` schedule to optax")
 
 
-@_check("optimizer", "full")
-def check_jit_equals_eager(s: Subject) -> None:
+@_check("optimizer", "full", name="jit_equals_eager")
+def check_optimizer_jit_equals_eager(s: Subject) -> None:
     """Two jitted update steps equal two eager ones (rtol 1e-5, atol 1e-6): state and updates."""
     import jax
     import optax
 
-    params, loss = _toy_problem()
+    params, _, value_and_grad = _toy_problem()
     tx, update = _jitted_update(s)
     state = tx.init(params)
     eager_params, eager_state = params, state
     for step in (1, 2):
-        grads = jax.grad(loss)(eager_params)
+        _, grads = value_and_grad(eager_params)
         eager_updates, new_eager_state = tx.update(grads, eager_state, eager_params)
         jit_updates, jit_state = update(grads, eager_state, eager_params)
         for what, a, b in (("updates", eager_updates, jit_updates), ("state", new_eager_state, jit_state)):
@@ -806,15 +807,14 @@ def check_jit_equals_eager(s: Subject) -> None:
 def check_state_structure_stable(s: Subject) -> None:
     """The optimizer state keeps its tree structure, shapes and dtypes across steps (lax.scan carries it)."""
     import jax
-    import optax
 
-    params, loss = _toy_problem()
+    params, _, value_and_grad = _toy_problem()
     tx, update = _jitted_update(s)
     state0 = tx.init(params)
     p, state = params, state0
     for _ in range(3):
-        updates, state = update(jax.grad(loss)(p), state, p)
-        p = optax.apply_updates(p, updates)
+        updates, state = update(value_and_grad(p)[1], state, p)
+        p = _apply_updates()(p, updates)
 
     def spec(tree):
         return jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)
@@ -831,33 +831,36 @@ def check_state_structure_stable(s: Subject) -> None:
 
 
 def _trajectory(s: Subject, lr: float):
-    """Losses over _TOY_STEPS jitted steps at rate ``lr``, and whether everything stayed finite
+    """Losses over _TOY_STEPS jitted steps at rate ``lr``, and what first became non-finite
     (cached per component and rate: two checks read it)."""
     key = (s.entry.kind, s.entry.name, s.entry.plugin, repr(s.values()), lr)
     if key not in _TRAJECTORIES:
-        import jax
-        import jax.numpy as jnp
         import numpy as np
-        import optax
 
-        params, loss = _toy_problem()
-        tx = _optimizer(s, lr)
-
-        @jax.jit
-        def run(p):
-            def body(carry, _):
-                p, st = carry
-                value, grads = jax.value_and_grad(loss)(p)
-                updates, st = tx.update(grads, st, p)
-                return (optax.apply_updates(p, updates), st), value
-
-            (p, st), losses = jax.lax.scan(body, (p, tx.init(p)), None, length=_TOY_STEPS)
-            return jnp.append(losses, loss(p)), p, st
-
-        losses, p, st = run(params)
-        bad = _finite(p) and f"parameter {_finite(p)}" or _finite(st) and f"state {_finite(st)}"
+        params, _, value_and_grad = _toy_problem()
+        tx, update = _jitted_update(s, lr)
+        apply = _apply_updates()
+        p, st, losses, bad = params, tx.init(params), [], None
+        for _ in range(_TOY_STEPS):
+            value, grads = value_and_grad(p)
+            losses.append(float(value))
+            updates, st = update(grads, st, p)
+            p = apply(p, updates)
+            if not np.isfinite(losses[-1]):
+                break
+        else:
+            losses.append(float(value_and_grad(p)[0]))
+        bad = (_finite(p) and f"parameter {_finite(p)}") or (_finite(st) and f"state {_finite(st)}")
         _TRAJECTORIES[key] = (np.asarray(losses), bad)
     return _TRAJECTORIES[key]
+
+
+@functools.cache
+def _apply_updates():
+    import jax
+    import optax
+
+    return jax.jit(optax.apply_updates)
 
 
 _TRAJECTORIES: dict[tuple, tuple[Any, Any]] = {}
@@ -1161,8 +1164,8 @@ def check_uses_rngs(s: Subject) -> None:
                        "initialise from the rngs given to the factory, not from a fixed nnx.Rngs(0)")
 
 
-@_check("model", "full")
-def check_jit_equals_eager(s: Subject) -> None:
+@_check("model", "full", name="jit_equals_eager")
+def check_model_jit_equals_eager(s: Subject) -> None:
     """In eval mode the jitted forward pass (split/merge, as the engine runs it) equals the eager one (rtol 1e-5, atol 1e-6)."""
     import jax
     import numpy as np
@@ -1317,6 +1320,23 @@ def check_same_seed_same_data(s: Subject) -> None:
             if a[split][i].shape != b[split][i].shape or not np.array_equal(a[split][i], b[split][i], equal_nan=True):
                 raise _Failure(f"two loads with seed 0 give different {split} {what}",
                                "derive all randomness from the seed (and the loader's own seed parameters), never from global state or time")
+
+
+@_check("loader")
+def check_same_data_for_any_run_seed(s: Subject) -> None:
+    """An in-memory Dataset is the same for run seeds 0 and 1: the data and its split follow seeds of their own (a sweep over run.seed trains on the same data)."""
+    import numpy as np
+
+    from jaxyard.core.data import Dataset
+
+    first = _load(s, seed=0)
+    if not isinstance(first, Dataset):
+        raise CheckSkipped("a StreamingDataset may order its batches by the run's seed")
+    a, b = _splits(first), _splits(_load(s, seed=1))
+    for split in a:
+        if any(a[split][i].shape != b[split][i].shape or not np.array_equal(a[split][i], b[split][i], equal_nan=True) for i in (0, 1)):
+            raise _Failure(f"the {split} split differs between run seeds 0 and 1",
+                           "draw the data and its split from parameters of the loader's own (data_seed, split_seed), not from `seed`")
 
 
 @_check("loader")

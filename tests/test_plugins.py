@@ -14,7 +14,8 @@ EXAMPLE_COMPONENTS = ["optimizer:signsgd", "scheduler:linear", "model:logreg"]
 
 
 def _plugins(cli_json, *args, **kwargs):
-    return {p["name"]: p for p in cli_json([*args, "plugins", "--json"], **kwargs)}
+    """The plugins loaded (listed and not disabled)."""
+    return {p["name"]: p for p in cli_json([*args, "plugins", "--json"], **kwargs) if not p["disabled"]}
 
 
 # --- the example package, installed and found through its entry point -----------------------------
@@ -32,6 +33,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(cli_json, example_
         "components": EXAMPLE_COMPONENTS,
         "error": None,
         "warnings": [],
+        "disabled": False,
     }
     assert example_plugin == tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["version"]
 
@@ -219,3 +221,30 @@ def test_local_plugin_option(cli_json):
     plugins = _plugins(cli_json, "--plugin", path)
     assert plugins[path]["source"] == "local" and plugins[path]["components"] == ["scheduler:halving"]
     assert cli_json(["--plugin", path, "show", "scheduler", "halving", "--json"])["plugin"] == path
+
+
+def test_disabled_plugins_are_listed_as_disabled_and_builtins_take_their_short_name(cli_json, run_cli):
+    everything = {p["name"]: p for p in cli_json(["--disable", "report", "plugins", "--json"])}
+    assert everything["jaxyard.plugins.report"]["disabled"] and not everything["jaxyard.plugins.curves"]["disabled"]
+    text = run_cli(["--disable", "report", "plugins"]).stdout
+    assert "jaxyard.plugins.report  [builtin, jaxyard" in text and "]  disabled" in text
+
+
+def test_disabling_a_name_no_plugin_has_warns(run_cli):
+    result = run_cli(["--disable", "optimizerz", "list", "optimizers"])
+    assert result.exit_code == 0 and "adam" in result.stdout
+    assert result.stderr.startswith("Warning: no plugin is named 'optimizerz', so disabling it does nothing (plugins: jaxyard.plugins.optimizers,")
+
+
+def test_unknown_plugin_lookup_is_one_line():
+    import jaxyard
+
+    with pytest.raises(jaxyard.UsageError, match=r"unknown plugin 'nope' \(valid: jaxyard.plugins.optimizers, "):
+        jaxyard.build_registry().plugin("nope")
+
+
+def test_the_allow_list_is_a_parameter_too():
+    import jaxyard
+
+    assert "example" not in [p.name for p in jaxyard.build_registry(load=[]).plugins]
+    assert "example" in [p.name for p in jaxyard.build_registry(load=["example"]).plugins]

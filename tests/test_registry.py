@@ -280,24 +280,24 @@ def test_same_distribution_found_twice_is_not_a_conflict(monkeypatch):
 
 
 def test_disable_by_argument_env_and_registry_file(tmp_path, monkeypatch):
-    assert "example" not in [p.name for p in _registry(disable=["example"]).plugins]
+    assert "example" not in [p.name for p in _registry(disable=["example"]).loaded]
 
     monkeypatch.setenv("JAXYARD_DISABLE_PLUGINS", "example, jaxyard.plugins.models")
     reg = _registry()
-    assert {"example", "jaxyard.plugins.models"}.isdisjoint(p.name for p in reg.plugins)
+    assert {"example", "jaxyard.plugins.models"}.isdisjoint(p.name for p in reg.loaded)
     assert reg.names("model") == []
     monkeypatch.delenv("JAXYARD_DISABLE_PLUGINS")
 
     user = tmp_path / "registry.toml"
     user.write_text('[plugins]\ndisabled = ["example"]\n')
     reg = build_registry(load_settings(user))
-    assert "example" not in [p.name for p in reg.plugins] and "signsgd" not in reg.names("optimizer")
+    assert "example" not in [p.name for p in reg.loaded] and "signsgd" not in reg.names("optimizer")
 
 
 def test_disabled_broken_plugin_is_never_imported():
     path = str(BROKEN / "raises_on_import.py")
     reg = _registry(plugins=[path], disable=[path], strict=True)
-    assert reg.failures == [] and path not in [p.name for p in reg.plugins]
+    assert reg.failures == [] and path not in [p.name for p in reg.loaded] and reg.plugin(path).disabled
 
 
 def test_local_plugins_from_registry_file_are_relative_to_it(tmp_path):
