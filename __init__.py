@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - the engine imports jax: loaded on first 
     from jaxyard.core.engine import Evaluation, evaluate, resume, train
 
 __all__ = [
+    "__version__",
     "KINDS",
     "CheckpointError",
     "CheckpointMismatch",
@@ -62,6 +63,13 @@ _ENGINE = ("train", "evaluate", "resume", "Evaluation")
 
 
 def __getattr__(name):
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("jaxyard")
+        except PackageNotFoundError:  # a checkout that was never installed
+            return "0+unknown"
     if name in _ENGINE:
         from jaxyard.core import engine
 
