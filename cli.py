@@ -331,6 +331,20 @@ def eval_(session, run_dir, checkpoint, weights):
     evaluate(run_dir, checkpoint=checkpoint, weights=weights, registry=session.registry, echo=click.echo)
 
 
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="A component to write: optimizer, scheduler, model, loader, checkpointer or logger (repeatable; default: optimizer).")
+@click.option("--dir", "directory", metavar="DIR", help="Where to write the package (default: ./jaxyard-NAME); must be new or empty.")
+def new_plugin(name, kinds, directory):
+    """Write a plugin package NAME: a working component per --kind, its entry point, tests and README."""
+    from jaxyard.core.scaffold import write_plugin
+
+    path = write_plugin(directory or f"jaxyard-{name}", name, kinds or ("optimizer",))
+    click.echo(f"Wrote {path}/: the package jaxyard-{name} (module jaxyard_{name.replace('-', '_')}).")
+    click.echo(f"Next: cd {path} && pip install -e . && python -m pytest -q  (see its README.md)")
+
+
 def main(argv=None):
     cli.main(args=argv, prog_name="jaxyard")
 

@@ -17,6 +17,14 @@ class UnknownComponent(UsageError):
     """A component name that no loaded plugin registered."""
 
 
+class MissingExtra(UsageError):
+    """An optional dependency is not installed: names the extra to install."""
+
+    def __init__(self, what: str, extra: str, module: str):
+        self.extra, self.module = extra, module
+        super().__init__(f"{what} needs {module}, which is not installed: pip install 'jaxyard[{extra}]'")
+
+
 class PluginError(JaxyardError):
     """A plugin failed to load or registered something invalid (fatal only in strict mode)."""
 

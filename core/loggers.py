@@ -18,19 +18,14 @@ from __future__ import annotations
 import typing
 from typing import Protocol
 
-from jaxyard.core.errors import UsageError
+from jaxyard.core.errors import MissingExtra
 from jaxyard.core.hookspecs import hookimpl
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from jaxyard.core.events import Run, RunResult
 
 
-class MissingExtra(UsageError):
-    """An optional dependency is not installed: names the extra to install."""
-
-    def __init__(self, what: str, extra: str, module: str):
-        self.extra, self.module = extra, module
-        super().__init__(f"{what} needs {module}, which is not installed: pip install 'jaxyard[{extra}]'")
+__all__ = ["LOGGER_METHODS", "Logger", "LoggerHub", "MissingExtra", "require"]
 
 
 def require(module: str, *, what: str, extra: str):

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
 from jaxyard.core.entries import KINDS, Entry
 from jaxyard.core.errors import UsageError
 
@@ -111,16 +110,20 @@ class Subject:
     entry: Entry
     options: Options
     tmp_path: Path
+    _values: dict[str, Any] | None = attrs.field(default=None, init=False)
 
     @property
     def label(self) -> str:
         return label(self.entry)
 
     def values(self) -> dict[str, Any]:
-        values = self.options.params
-        if callable(values):
-            values = values(self.tmp_path)
-        return dict(values or {})
+        """The values its params class is built from (a callable option is called once, with tmp_path)."""
+        if self._values is None:
+            values = self.options.params
+            if callable(values):
+                values = values(self.tmp_path)
+            self._values = dict(values or {})
+        return dict(self._values)
 
     def params(self):
         from jaxyard.core.params import build
@@ -155,14 +158,18 @@ class Check:
 
     def __call__(self, entry: Entry | str, tmp_path: str | os.PathLike | None = None) -> str | None:
         entry = _resolve_entry(entry, self.options.registry)
+        under_pytest = "pytest" in sys.modules
         try:
-            return run_check(entry, self, tmp_path=tmp_path)
+            note = run_check(entry, self, tmp_path=tmp_path)
         except CheckSkipped as skipped:
-            if "pytest" in sys.modules:
+            if under_pytest:
                 import pytest
 
                 pytest.skip(skipped.reason)
             raise
+        if note and under_pytest:
+            print(f"{label(entry)}-{self.name}: {note}")  # what was observed (pytest -rP shows it)
+        return note
 
     def bind(self, options: Options) -> Check:
         return attrs.evolve(self, options=options)
@@ -556,7 +563,7 @@ def check_params_documented(s: Subject) -> None:
                        "declare each field as `name: type = jaxyard.param(default, \"one-line doc\")`")
     try:
         cls()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - whatever a validator raises is the finding
         raise _Failure(f"{cls.__name__}() with its defaults raises {type(err).__name__}: {_one_line(err)}",
                        "make the defaults valid: a run with no --set must build") from None
 
@@ -564,6 +571,8 @@ def check_params_documented(s: Subject) -> None:
 def command_line_texts(value: Any) -> list[str]:
     """How a user may type ``value`` after ``--set KIND.KEY=``: as printed (``str``; for a sequence
     the comma list the README shows, ``256,128``) and as ``jaxyard show`` prints it (JSON)."""
+    if value is None:  # `--set KEY=none`; `jaxyard show` prints null, which --set does not read as None
+        return ["None", "none"]
     if isinstance(value, (tuple, list)):
         texts = [",".join(command_line_texts(v)[0] for v in value)] if value else []
     elif isinstance(value, bool):
@@ -602,7 +611,7 @@ def check_params_roundtrip(s: Subject) -> None:
     try:
         text = dump_toml({s.entry.kind: {s.entry.name: plain}})
         loaded = tomllib.loads(text)[s.entry.kind][s.entry.name]
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - TypeError from dump_toml, TOMLDecodeError, ...: all findings
         raise _Failure(f"its defaults {plain!r} cannot be written to and read from config.toml: {type(err).__name__}: {_one_line(err)}",
                        "use values TOML holds (numbers, booleans, strings, lists of them); None is not one") from None
     try:
@@ -639,7 +648,7 @@ def _heavy_imports(module: str) -> tuple[str, ...]:
     )
     # the same import path as this process (a plugin found through sys.path entries added at run time too)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, env=env)
     if proc.returncode != 0:
         raise _Failure(f"`import {module}` fails in a fresh process: {_one_line(proc.stderr.strip().splitlines()[-1:] or ['?'])}",
                        "make the plugin module importable on its own")
@@ -735,7 +744,7 @@ def check_returns_transformation(s: Subject) -> str:
     tx = _optimizer(s)
     grads = jax.eval_shape(jax.grad(loss), params)
     state = jax.eval_shape(tx.init, params)
-    updates, new_state = jax.eval_shape(tx.update, grads, state, params)
+    updates, _ = jax.eval_shape(tx.update, grads, state, params)
     if jax.tree_util.tree_structure(updates) != jax.tree_util.tree_structure(params):
         raise _Failure("update() returns updates of another structure than the parameters", "return one update per parameter")
     return type(tx).__name__
@@ -782,7 +791,6 @@ def check_follows_learning_rate(s: Subject) -> None:
 @_check("optimizer", "full", name="jit_equals_eager")
 def check_optimizer_jit_equals_eager(s: Subject) -> None:
     """Two jitted update steps equal two eager ones (rtol 1e-5, atol 1e-6): state and updates."""
-    import jax
     import optax
 
     params, _, value_and_grad = _toy_problem()
@@ -996,12 +1004,12 @@ def _input_shape(s: Subject) -> tuple[int, ...]:
         errors = []
         for shape in CANDIDATE_INPUT_SHAPES:
             try:
-                abstract = nnx.eval_shape(lambda: _model(s, shape))
+                abstract = nnx.eval_shape(functools.partial(_model, s, shape))
                 graphdef, state = nnx.split(abstract)
-                out = jax.eval_shape(lambda st, x: nnx.merge(graphdef, st)(x), state, jax.ShapeDtypeStruct((2, *shape), jnp.float32))
+                out = jax.eval_shape(functools.partial(_forward, graphdef), state, jax.ShapeDtypeStruct((2, *shape), jnp.float32))
             except (_Failure, CheckSkipped):
                 raise
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - a shape the model refuses: try the next
                 errors.append(f"{shape}: {type(err).__name__}: {_one_line(err)[:120]}")
                 continue
             if getattr(out, "shape", None) == (2, s.options.num_classes):
@@ -1016,6 +1024,13 @@ def _input_shape(s: Subject) -> tuple[int, ...]:
 
 
 _SHAPES: dict[tuple, tuple[int, ...]] = {}
+
+
+def _forward(graphdef, state, x):
+    """The model's forward pass as the engine runs it: merged from its graph and state."""
+    from flax import nnx
+
+    return nnx.merge(graphdef, state)(x)
 
 
 def _inputs(shape, batch: int, seed: int = 0):
@@ -1064,10 +1079,7 @@ def check_output_shape(s: Subject) -> str:
     for mode in ("train", "eval"):
         getattr(model, mode)()
         graphdef, state = nnx.split(model)
-
-        def forward(st, x):
-            return nnx.merge(graphdef, st)(x)
-
+        forward = functools.partial(_forward, graphdef)
         for batch in (1, 3, 8):
             out = jax.eval_shape(forward, state, jax.ShapeDtypeStruct((batch, *shape), jnp.float32))
             want = (batch, s.options.num_classes)
@@ -1177,7 +1189,7 @@ def check_model_jit_equals_eager(s: Subject) -> None:
     x = _inputs(shape, 4)
     eager = np.asarray(model(x))
     graphdef, state = nnx.split(model)
-    jitted = np.asarray(jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))(state, x))
+    jitted = np.asarray(jax.jit(functools.partial(_forward, graphdef))(state, x))
     if not np.allclose(eager, jitted, rtol=1e-5, atol=1e-6):
         raise _Failure(f"jitted and eager logits differ by up to {float(np.max(np.abs(eager - jitted))):.3g}",
                        "keep the forward pass a pure function of the module's state and the input")
@@ -1191,7 +1203,6 @@ def check_trains(s: Subject) -> str:
     import numpy as np
     import optax
     from flax import nnx
-
     from jaxyard.core import steps
 
     shape = _input_shape(s)
@@ -1238,7 +1249,6 @@ def _load(s: Subject, seed: int = 0):
 def _splits(data, batch_size: int = 4) -> dict[str, tuple[Any, Any]]:
     """Each split's arrays (a Dataset) or first batch (a StreamingDataset), as NumPy."""
     import numpy as np
-
     from jaxyard.core.data import SPLITS, Dataset
 
     out = {}
@@ -1326,7 +1336,6 @@ def check_same_seed_same_data(s: Subject) -> None:
 def check_same_data_for_any_run_seed(s: Subject) -> None:
     """An in-memory Dataset is the same for run seeds 0 and 1: the data and its split follow seeds of their own (a sweep over run.seed trains on the same data)."""
     import numpy as np
-
     from jaxyard.core.data import Dataset
 
     first = _load(s, seed=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import attrs
 from attrs import validators as v
 
-from jaxyard import Dataset, Split, UsageError, hookimpl, param
+from jaxyard import Dataset, MissingExtra, Split, UsageError, hookimpl, param
 
 _fraction = [v.ge(0.0), v.lt(1.0)]
 
@@ -57,7 +57,7 @@ def digits(p: DigitsParams, *, seed):
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise UsageError("loader 'digits' needs scikit-learn: pip install 'jaxyard[digits]'") from None
+        raise MissingExtra("loader 'digits'", "digits", "scikit-learn") from None
     import numpy as np
 
     data = load_digits()

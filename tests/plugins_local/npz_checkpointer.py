@@ -18,26 +18,31 @@ class NpzCheckpointer:
     def save(self, step, arrays, meta):
         import numpy as np
 
+        if (self.directory / str(step)).exists():
+            raise jaxyard.CheckpointError("a checkpoint for this step already exists", directory=self.directory, step=step)
         tmp = self.directory / f".{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         np.savez(tmp / "arrays.npz", **arrays)
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        dtypes = {k: np.asarray(v).dtype.name for k, v in arrays.items()}  # npz keeps bfloat16 only as raw bytes
+        (tmp / "meta.json").write_text(json.dumps({"meta": meta, "dtypes": dtypes}))
         os.replace(tmp, self.directory / str(step))
 
     def steps(self):
         return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
 
     def load(self, step):
+        import ml_dtypes  # noqa: F401  (registers bfloat16 and friends with numpy)
         import numpy as np
 
         path = self.directory / str(step)
         try:
+            saved = json.loads((path / "meta.json").read_text())
             with np.load(path / "arrays.npz", allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            meta = json.loads((path / "meta.json").read_text())
-        except (OSError, ValueError) as err:
+                arrays = {k: z[k].view(np.dtype(saved["dtypes"][k])) for k in z.files}
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise jaxyard.CheckpointError(str(err), directory=self.directory, step=step) from None
-        return jaxyard.Restored(step, arrays, meta)
+        return jaxyard.Restored(step, arrays, saved["meta"])
 
     def delete(self, step):
         shutil.rmtree(self.directory / str(step), ignore_errors=True)
