@@ -36,34 +36,14 @@ def config(registry, *sets, **run):
     return jaxyard.resolve_config(registry, jaxyard.load_settings(), options=options, sets=[*tiny, *sets])
 
 
-OPTIMIZERS = ["adafactor", "adam", "adamw", "lamb", "lion", "rmsprop", "sgd", "signsgd"]
-SCHEDULERS = ["constant", "cosine", "exponential", "linear", "warmup"]
-
-
-def _lowers_the_loss(registry, **run):
-    """One epoch lowers the training-split loss (dropout off to measure)."""
-    built = build(config(registry, "model.dropout_rate=0.0", learning_rate=1e-2, **run))
+# Each optimizer lowering the loss and each schedule staying finite are checked per component
+# by the conformance kit (tests/test_conformance.py); here, the engine trains any of them alike.
+def test_a_third_party_optimizer_and_schedule_lower_the_loss(registry):
+    built = build(config(registry, "model.dropout_rate=0.0", optimizer="signsgd", scheduler="linear", learning_rate=1e-2))
     loop = make_loop(built)
     before = means(jax.device_get(loop.evaluate("train")))[0]
     loop.train_epoch(1)
-    after = means(jax.device_get(loop.evaluate("train")))[0]
-    assert after < before, f"{run}: loss {before:.4f} -> {after:.4f}"
-
-
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_optimizer_lowers_the_loss(registry, optimizer):
-    """Each optimizer under a constant rate (the engine hands any schedule to any optimizer alike)."""
-    _lowers_the_loss(registry, optimizer=optimizer, scheduler="constant")
-
-
-@pytest.mark.parametrize("scheduler", SCHEDULERS)
-def test_every_schedule_lowers_the_loss(registry, scheduler):
-    _lowers_the_loss(registry, optimizer="adam", scheduler=scheduler)
-
-
-def test_the_tables_cover_every_registered_optimizer_and_schedule(registry):
-    assert sorted(OPTIMIZERS) == registry.names("optimizer")
-    assert sorted(SCHEDULERS) == registry.names("scheduler")
+    assert means(jax.device_get(loop.evaluate("train")))[0] < before
 
 
 def test_default_run_learns_well_above_chance(tmp_path):

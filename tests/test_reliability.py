@@ -39,11 +39,19 @@ def sets(*extra):
 
 def test_two_writers_on_one_directory_one_wins_twenty_times_out_of_twenty(tmp_path):
     env = clean_environ()
-    for i in range(20):
-        out = tmp_path / f"run{i}"
-        procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), "0.2"], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        results = [(p.wait(timeout=60), *p.communicate()) for p in procs]
+
+    def start(out):
+        return subprocess.Popen([sys.executable, "-c", WRITER, str(out), "0.2"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    races = []
+    for batch in range(5):  # four directories at a time, two writers each, started together
+        pairs = {tmp_path / f"run{batch * 4 + i}": [] for i in range(4)}
+        for out in pairs:
+            pairs[out] = [start(out), start(out)]
+        races += [(out, [(p.wait(timeout=60), *p.communicate()) for p in procs]) for out, procs in pairs.items()]
+    assert len(races) == 20
+    for out, results in races:
         winners = [r for r in results if r[0] == 0]
         losers = [r for r in results if r[0] != 0]
         assert len(winners) == 1 and len(losers) == 1, results

@@ -18,9 +18,9 @@ RUN = [
     "--batch-size", "32",
     "--set", "run.save_every=2",
     "--set", "run.warmup_steps=20",
-    "--set", "loader.train_size=3000",
-    "--set", "loader.features=256",
-    "--set", "model.hidden_dims=256,128",
+    "--set", "loader.train_size=2000",
+    "--set", "loader.features=128",
+    "--set", "model.hidden_dims=128,64",
     "--set", "run.keep_latest=10",
 ]
 
@@ -108,14 +108,14 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, env, reference, 
 def test_resume_refuses_a_changed_model_naming_the_paths(tmp_path, env, reference):
     out = tmp_path / "run"
     subprocess.run(["cp", "-r", str(reference), str(out)], check=True)
-    config = (out / "config.toml").read_text().replace("hidden_dims = [256, 128]", "hidden_dims = [512, 128]")
+    config = (out / "config.toml").read_text().replace("hidden_dims = [128, 64]", "hidden_dims = [256, 64]")
     (out / "config.toml").write_text(config)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
     proc = cli("resume", str(out), env=env)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "Traceback" not in output
-    assert "model.hidden.0.kernel" in output and "(256, 512)" in output
+    assert "model.hidden.0.kernel" in output and "(128, 256)" in output
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
     assert after == before  # nothing written, changed or deleted (but the lock's record of its last holder)
 
@@ -143,12 +143,12 @@ def test_eval_reads_the_best_and_latest_checkpoints(reference, run_cli):
     summary = json.loads((reference / "summary.json").read_text())
     # the latest checkpoint is the end of training: the same test numbers as the run printed
     latest = jaxyard.evaluate(reference, checkpoint="latest")
-    assert (latest.step, latest.test_loss, latest.test_acc) == (752, summary["test"]["test_loss"], summary["test"]["test_acc"])
+    assert (latest.step, latest.test_loss, latest.test_acc) == (504, summary["test"]["test_loss"], summary["test"]["test_acc"])
     # best: the saved step whose epoch has the lowest val_loss (run.monitor), not the latest
     saved = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
     expected = min((r for r in metrics(reference) if r["step"] in saved), key=lambda r: r["val_loss"])
     best = jaxyard.evaluate(reference, checkpoint="best")
     assert (best.step, best.epoch) == (expected["step"], expected["epoch"])
-    result = run_cli(["eval", reference, "--checkpoint", "376"])  # 94 steps per epoch: step 376 ends epoch 4
+    result = run_cli(["eval", reference, "--checkpoint", "252"])  # 63 steps per epoch: step 252 ends epoch 4
     assert result.exit_code == 0, result.stderr
-    assert "at checkpoint step 376 (epoch 4, 376)" in result.stdout
+    assert "at checkpoint step 252 (epoch 4, 252)" in result.stdout

@@ -5,6 +5,7 @@ conformance tests."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -63,14 +64,18 @@ def test_writes_one_documented_component_per_kind_asked(tmp_path):
     assert 'parametrize_with_checks(distribution="jaxyard-my-model")' in (pkg / "tests/test_plugin.py").read_text()
 
 
-# --- the real thing: installed into this environment, then removed ----------------------------------
+# --- the real thing: installed (into a folder of its own on PYTHONPATH: the shared environment, and
+# any test running beside this one, never see it) ------------------------------------------------
 
 NAME = "scaffold-check"
 DIST = f"jaxyard-{NAME}"
 
 
-def _run(args, **kwargs):
-    return subprocess.run(args, check=False, env=clean_environ(), capture_output=True, text=True, timeout=300, **kwargs)
+def _run(args, site=None, **kwargs):
+    env = clean_environ()
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    return subprocess.run(args, check=False, env=env, capture_output=True, text=True, timeout=300, **kwargs)
 
 
 def _pip(*args):
@@ -78,30 +83,30 @@ def _pip(*args):
 
 
 @pytest.mark.slow
-def test_generated_plugin_installs_lists_trains_and_passes_its_own_tests(tmp_path, request):
+def test_generated_plugin_installs_lists_trains_and_passes_its_own_tests(tmp_path):
     pkg = write_plugin(tmp_path / DIST, NAME, kinds=KINDS)
-    request.addfinalizer(lambda: _pip("uninstall", "--yes", DIST))  # the environment is left as it was found
-    proc = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(pkg))
+    site = tmp_path / "site"
+    proc = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(pkg))
     if proc.returncode != 0:  # setuptools here cannot build it offline (no wheel package): let pip fetch a backend
-        proc = _pip("install", "--no-deps", str(pkg))
+        proc = _pip("install", "--no-deps", "--target", str(site), str(pkg))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    listing = _run([sys.executable, str(REPO / "cli.py"), "list", "--json"], cwd=tmp_path)
+    listing = _run([sys.executable, str(REPO / "cli.py"), "list", "--json"], site, cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
     ours = {(e["kind"], e["name"]) for e in json.loads(listing.stdout) if e["distribution"] == DIST}
     assert ours == {(kind, NAME) for kind in KINDS}
 
     chosen = [arg for kind in KINDS for arg in (f"--{kind}", NAME)]
-    train = _run([sys.executable, str(REPO / "cli.py"), "run", *chosen, "--epochs", "2", "--out", str(tmp_path / "run")], cwd=tmp_path)
+    train = _run([sys.executable, str(REPO / "cli.py"), "run", *chosen, "--epochs", "2", "--out", str(tmp_path / "run")], site, cwd=tmp_path)
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr
     rows = (tmp_path / "run" / f"{NAME}-metrics.tsv").read_text().splitlines()
     assert rows[0].startswith("epoch\tstep\tlr") and [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]
     steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert steps and (tmp_path / "run" / "checkpoints" / str(steps[-1]) / "manifest.json").is_file()
-    best = _run([sys.executable, str(REPO / "cli.py"), "eval", str(tmp_path / "run"), "--checkpoint", "best"], cwd=tmp_path)
+    best = _run([sys.executable, str(REPO / "cli.py"), "eval", str(tmp_path / "run"), "--checkpoint", "best"], site, cwd=tmp_path)
     assert best.returncode == 0 and "Test Accuracy" in best.stdout, best.stdout + best.stderr
 
-    tests = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pkg)
+    tests = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], site, cwd=pkg)
     summary = tests.stdout.strip().splitlines()[-1] if tests.stdout.strip() else tests.stderr
     assert tests.returncode == 0 and "failed" not in summary, tests.stdout[-4000:] + tests.stderr
     assert int(summary.split(" passed")[0].split()[-1]) >= 50, summary  # one test per component and check
