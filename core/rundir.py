@@ -148,11 +148,14 @@ def _refuse_a_run(path: Path) -> None:
 
 
 def _holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']} (since {info['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+    """Who holds the lock, as its record says (the holder writes it just after locking: a moment's wait)."""
+    for _ in range(50):
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {info['pid']} on {info['host']} (since {info['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.01)
+    return "another process"
 
 
 def write_atomic(path: Path, text: str) -> None:
