@@ -72,6 +72,12 @@ class Choice:
         """The name that selects it (``acme:cnn`` where a bare name is shared)."""
         return self.entry.selector
 
+    @property
+    def key(self) -> str:
+        """How config files name it: a built-in by its name, anything else qualified, so that a
+        saved config means the same component whatever plugins are installed later."""
+        return self.entry.name if self.entry.source == "builtin" else self.entry.qualified
+
     def create(self, **context: Any) -> Any:
         """Build the component. A plugin's exception becomes one line naming the kind, the
         component, the plugin and its distribution (a PluginError: the plugin's bug, not the
@@ -114,9 +120,11 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"run": P.to_plain(self.run)}
         for kind, choice in self.choices.items():
-            out[kind] = {choice.name: P.to_plain(choice.params)}
+            out["run"][kind] = choice.key
+            out[kind] = {choice.key: P.to_plain(choice.params)}
         if self.loggers:
-            out["logger"] = {c.name: P.to_plain(c.params) for c in self.loggers}
+            out["run"]["loggers"] = [c.key for c in self.loggers]
+            out["logger"] = {c.key: P.to_plain(c.params) for c in self.loggers}
         return out
 
     def to_toml(self) -> str:
@@ -168,18 +176,26 @@ def resolve_config(
 
     def choose(kind: str, name: str, sets_: dict[str, Any]) -> Choice:
         entry = registry.get(kind, name)
-        table = dict(values.get(kind, {}).get(entry.selector, {}))
+        tables = values.get(kind, {})
+        # its parameters may be written under its bare name (when it owns it), as selected, or
+        # qualified; the more specific table wins key by key
+        table: dict[str, Any] = {}
+        for n in dict.fromkeys([entry.name] * (entry.selector == entry.name) + [entry.selector, name, entry.qualified]):
+            table.update(tables.get(n, {}))
         table.update(sets_)
         return Choice(entry, P.build(entry.params, table, where=f"{kind} {entry.name!r}"))
 
     choices = {kind: choose(kind, getattr(run, kind), component_sets[kind]) for kind in CHOSEN}
     logger_sets: dict[str, dict[str, Any]] = {}
+    chosen = {registry.get("logger", n).qualified: n for n in run.loggers}
     for key, value in component_sets["logger"].items():
-        name, _, param = key.partition(".")
-        if name not in run.loggers:
+        name, _, param = key.rpartition(".")  # a qualifier may hold dots (a module name); a parameter never does
+        target = registry.get("logger", name).qualified
+        if target not in chosen:
             raise UsageError(f"--set logger.{key}: logger {name!r} is not in run.loggers ({', '.join(run.loggers) or 'none'}); add --logger {name}")
-        logger_sets.setdefault(name, {})[param] = value
+        logger_sets.setdefault(chosen[target], {})[param] = value
     chosen_loggers = tuple(choose("logger", name, logger_sets.get(name, {})) for name in run.loggers)
+    run = attrs.evolve(run, loggers=tuple(c.key for c in chosen_loggers), **{kind: c.key for kind, c in choices.items()})
     return RunConfig(run, **choices, loggers=chosen_loggers, registry=registry)
 
 

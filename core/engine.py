@@ -25,7 +25,7 @@ from jaxyard.core.build import Built, build, enable_compile_cache
 from jaxyard.core.checkpoint import CheckpointError, missing_methods
 from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset
-from jaxyard.core.errors import PluginError, TrainingError, UsageError
+from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UsageError, one_line
 from jaxyard.core.events import Echo, Run, RunResult, describe_params, emit, emit_failed
 from jaxyard.core.loggers import LOGGER_METHODS, LoggerHub
 from jaxyard.core.loop import Progress, make_loop, means
@@ -131,6 +131,8 @@ def evaluate(
     if weights not in ("model", "ema"):
         raise UsageError(f"--weights {weights!r}: expected model or ema")
     config = load_run_config(run_dir, registry)
+    if not (Path(run_dir) / rd.CHECKPOINTS).is_dir():  # opening a checkpointer could create it: a reader writes nothing
+        raise CheckpointError("no checkpoints saved yet", directory=Path(run_dir) / rd.CHECKPOINTS)
     built = build(config)
     storage = make_checkpointer(config, rd.RunDir(run_dir))
     policy = CheckpointPolicy(storage, monitor=_monitor(config))
@@ -172,7 +174,7 @@ def component_sources(config: RunConfig) -> dict[str, Any]:
     def source(choice) -> dict[str, Any]:
         e = choice.entry
         module = str(Path(e.module).resolve()) if e.source == "local" and e.module.endswith(".py") else e.module
-        return {"name": e.name, "plugin": e.plugin, "source": e.source, "module": module,
+        return {"name": e.name, "qualified": e.qualified, "plugin": e.plugin, "source": e.source, "module": module,
                 "distribution": e.distribution, "version": e.version}
 
     out: dict[str, Any] = {kind: source(choice) for kind, choice in config.choices.items()}
@@ -189,8 +191,13 @@ def _check_sources(run_dir: Path, registry) -> None:
     items = [(kind, recorded[kind]) for kind in recorded if kind != "loggers"]
     items += [("logger", item) for item in recorded.get("loggers", [])]
     for kind, item in items:
-        if not isinstance(item, dict) or item.get("name") in registry.names(kind):
+        if not isinstance(item, dict):
             continue
+        try:
+            registry.get(kind, item.get("qualified") or item.get("name"))
+            continue
+        except UsageError:
+            pass
         if item.get("source") == "local":
             fix = f"add --plugin {item.get('module')}"
         elif item.get("distribution"):
@@ -302,7 +309,15 @@ def _fit(
         step = record["step"]
         if run.last_checkpoint != step:
             meta = {"epoch": record["epoch"], "step": step, "metrics": record, "history": run.history}
-            policy.save(step, st.flatten(built.state), meta)
+            checkpointer = config.checkpointer
+            try:
+                policy.save(step, st.flatten(built.state), meta)
+            except (JaxyardError, KeyboardInterrupt):
+                raise
+            except Exception as err:  # the checkpointer's own bug, not the plugin that asked for the save
+                raise PluginError(
+                    f"checkpointer {checkpointer.name!r} ({checkpointer.entry.origin()}) failed saving step {step}: {one_line(err)}"
+                ) from err
             run.last_checkpoint = step
             emit(pm, "jaxyard_on_checkpoint_saved", run=run, step=step, path=run_dir / rd.CHECKPOINTS, record=record)
         return step
@@ -315,7 +330,8 @@ def _fit(
             _resume_state(run, policy, built)
         emit(pm, "jaxyard_on_run_start", run=run)
         t_train = time.perf_counter()
-        for epoch in range(run.start_epoch + 1, settings.epochs + 1):
+        first = settings.epochs + 1 if run.stop_reason else run.start_epoch + 1  # a resumed run that had already stopped
+        for epoch in range(first, settings.epochs + 1):
             t0 = time.perf_counter()
             train_sums = jax.device_get(loop.train_epoch(epoch, progress))
             t1 = time.perf_counter()

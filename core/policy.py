@@ -63,11 +63,15 @@ class Monitor:
 
 
 def steps_to_keep(steps: Iterable[int], records: Mapping[int, Mapping[str, Any]], monitor: Monitor, *, keep_latest: int, keep_best: int) -> set[int]:
-    """The newest ``keep_latest`` steps plus the ``keep_best`` best by ``monitor`` among ``steps``
-    (a step whose metric is unknown or not finite is kept only as one of the newest)."""
+    """The newest ``keep_latest`` steps plus the ``keep_best`` best by ``monitor`` among the steps
+    with a record; a step without one (left by an earlier session, damaged perhaps) is kept: it
+    is not this run's to judge, and it must never push a good step out of the newest."""
     steps = sorted(set(steps))
-    keep = set(steps[-keep_latest:]) if keep_latest > 0 else set()
-    known = [records[s] for s in steps if s in records]
+    unknown = {s for s in steps if s not in records}
+    known_steps = [s for s in steps if s in records]
+    keep = set(known_steps[-keep_latest:]) if keep_latest > 0 else set()
+    keep |= unknown
+    known = [records[s] for s in known_steps]
     keep.update(int(r["step"]) for r in monitor.rank(known)[:keep_best])
     return keep
 

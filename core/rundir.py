@@ -64,7 +64,7 @@ class RunDir:
                 claimed = cls(path, created=not existed)
                 claimed.lock()
                 try:
-                    _refuse_a_run(path)  # someone may have written it between the check and the lock
+                    _refuse_a_run(path, probe=False)  # written between the check and the lock: ours now, not busy
                     for leftover in LEFTOVERS - {LOCK}:
                         (path / leftover).unlink(missing_ok=True)
                 except BaseException:
@@ -134,17 +134,29 @@ class RunDir:
         write_atomic(self / CONFIG, config_toml)
 
 
-def _refuse_a_run(path: Path) -> None:
+def _refuse_a_run(path: Path, *, probe: bool = True) -> None:
     """A directory holding anything but what an uncommitted run leaves is not ours to reuse."""
     if not path.is_dir():
         return
     names = {p.name for p in path.iterdir()}
     if names - LEFTOVERS:
-        if LOCK in names:  # a run: say who is writing it, if anyone
-            probe = RunDir(path)
-            probe.lock()
-            probe.unlock()
+        if probe and LOCK in names:  # a run: say who is writing it, if anyone (reading, never writing its record)
+            _raise_if_held(path)
         raise UsageError(f"run directory {path} is not empty; choose another --out, or `jaxyard resume {path}`")
+
+
+def _raise_if_held(path: Path) -> None:
+    try:
+        fd = os.open(path / LOCK, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts only with a writer's exclusive lock
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise RunDirBusy(f"run directory {path} is being written by {holder}; wait for it to finish, or choose another --out") from None
+    os.close(fd)
 
 
 def _holder(fd: int) -> str:

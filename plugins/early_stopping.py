@@ -23,6 +23,13 @@ def epochs_without_improvement(history, monitor: Monitor) -> tuple[float | None,
 
 
 @hookimpl
+def jaxyard_on_run_start(run):
+    """A resumed run whose history already ends in a stop trains no further epoch."""
+    if run.history:
+        jaxyard_on_epoch_end(run)
+
+
+@hookimpl
 def jaxyard_on_epoch_end(run):
     settings = run.config.run
     if not settings.patience:

@@ -15,6 +15,7 @@ def jaxyard_on_epoch_end(run, record):
     """A wrapper: it runs before every other plugin sees the epoch, and stops them all."""
     train_loss, val_loss = record["train_loss"], record["val_loss"]
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        run.history.remove(record)  # not an epoch of the run: the history ends with the last good one
         step = run.last_checkpoint
         where = f"the last good checkpoint is step {step}" if step else "no checkpoint was saved"
         raise TrainingError(

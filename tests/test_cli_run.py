@@ -39,8 +39,9 @@ def test_third_party_components_run_end_to_end(run_cli, tmp_path):
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     saved = tomllib.loads((out / "config.toml").read_text())
-    assert saved["optimizer"] == {"signsgd": {"weight_decay": 0.0}}
-    assert list(saved["model"]) == ["logreg"]
+    # a third-party component is written qualified: the saved config means it whatever is installed later
+    assert saved["optimizer"] == {"example:signsgd": {"weight_decay": 0.0}} and saved["run"]["optimizer"] == "example:signsgd"
+    assert list(saved["model"]) == ["example:logreg"]
 
 
 def test_config_file_then_command_line(run_cli, tmp_path):

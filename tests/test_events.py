@@ -197,3 +197,39 @@ def test_an_incomplete_checkpointer_is_refused_before_the_run_is_written(tmp_pat
     with pytest.raises(jaxyard.PluginError, match=r"checkpointer 'half' .* returned Half, which lacks steps, load, delete, wait, close"):
         jaxyard.train(cfg, out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_further_epoch(tmp_path):
+    """Killed after the stopping epoch's checkpoint, before the summary: resume ends where it had."""
+    cfg = config("run.patience=1", "run.min_delta=1000.0", epochs=6)
+    out = tmp_path / "run"
+    first = jaxyard.train(cfg, out_dir=out)
+    assert first.stopped_early and len(first.history) == 2
+    (out / "summary.json").unlink()
+    again = jaxyard.resume(out, registry=cfg.registry)
+    assert [r["epoch"] for r in again.history] == [1, 2] and again.stop_reason == first.stop_reason
+
+
+def test_a_checkpointer_failing_to_save_is_named_not_the_plugin_that_asked(tmp_path):
+    module = tmp_path / "fragile_checkpointer.py"
+    module.write_text((LOCAL / "npz_checkpointer.py").read_text().replace(
+        "        import numpy as np\n\n        if (self.directory", "        raise ValueError('disk quota exceeded')\n        if (self.directory", 1))
+    registry = jaxyard.build_registry(plugins=[str(module)], strict=True)
+    cfg = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"epochs": 2, "batch_size": 16, "checkpointer": "npz"}, sets=TINY)
+    with pytest.raises(jaxyard.PluginError, match=r"checkpointer 'npz' \(plugin .*fragile_checkpointer.py\) failed saving step 14: ValueError: disk quota exceeded"):
+        jaxyard.train(cfg, out_dir=tmp_path / "run")
+
+
+def test_a_diverged_epoch_is_not_in_the_history(tmp_path):
+    seen = []
+
+    class Watcher:
+        @jaxyard.hookimpl
+        def jaxyard_on_run_failed(self, run):
+            seen.append([r["epoch"] for r in run.history])
+
+    cfg = config("model.dropout_rate=0.0", optimizer="sgd", learning_rate=1e30)
+    cfg.registry.plugin_manager.register(Watcher(), name="watcher")
+    with pytest.raises(jaxyard.TrainingError, match="training diverged at epoch 1"):
+        jaxyard.train(cfg, out_dir=tmp_path / "run")
+    assert seen == [[]]

@@ -85,7 +85,7 @@ def test_eval_and_resume_say_which_plugin_a_run_needs(run_cli, tmp_path):
     out = tmp_path / "run"
     assert run(run_cli, tmp_path, "--optimizer", "sam").exit_code == 0
     sources = __import__("json").loads((out / "components.json").read_text())
-    assert sources["optimizer"] == {"name": "sam", "plugin": str(CONTRACTS), "source": "local", "module": str(CONTRACTS),
+    assert sources["optimizer"] == {"name": "sam", "qualified": "contracts:sam", "plugin": str(CONTRACTS), "source": "local", "module": str(CONTRACTS),
                                     "distribution": None, "version": None}
     for command in (["eval", out], ["resume", out]):
         assert_one_line_error(run_cli(command), f"was trained with optimizer 'sam' from plugin {CONTRACTS}, which is not loaded: "

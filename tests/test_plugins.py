@@ -63,9 +63,9 @@ def test_example_components_resolve_in_a_run(run_cli):
     )
     assert result.exit_code == 0, result.stderr
     config = tomllib.loads(result.stdout)
-    assert config["optimizer"] == {"signsgd": {"weight_decay": 0.0}}
-    assert config["scheduler"] == {"linear": {"end_fraction": 0.25}}
-    assert config["model"] == {"logreg": {}}
+    assert config["optimizer"] == {"example:signsgd": {"weight_decay": 0.0}}  # written qualified: unambiguous later
+    assert config["scheduler"] == {"example:linear": {"end_fraction": 0.25}}
+    assert config["model"] == {"example:logreg": {}}
     bad = run_cli(["run", "--scheduler", "linear", "--set", "scheduler.end_fraction=2", "--dry-run"])
     assert_one_line_error(bad, "end_fraction")
 

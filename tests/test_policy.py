@@ -180,7 +180,8 @@ def test_steps_to_keep_only_among_present_steps_and_unknown_metrics_are_never_be
 
 def test_steps_to_keep_max_mode():
     records = {s: rec(s, val_acc=a) for s, a in {1: 0.5, 2: 0.9, 4: 0.7, 5: 0.6}.items()}
-    assert steps_to_keep([1, 2, 3, 4, 5, 6], records, Monitor("val_acc"), keep_latest=1, keep_best=2) == {2, 4, 6}
+    # the newest with a record (5), the two best (2, 4), and the steps without one (3, 6): never judged
+    assert steps_to_keep([1, 2, 3, 4, 5, 6], records, Monitor("val_acc"), keep_latest=1, keep_best=2) == {2, 3, 4, 5, 6}
 
 
 # ------------------------------------------------------------ CheckpointPolicy
@@ -238,10 +239,23 @@ def test_resumed_run_ranks_the_steps_saved_before_from_records():
     resumed.finish()
     assert storage.steps() == [1, 4, 5]
 
-    forgetful = CheckpointPolicy(storage, monitor=Monitor(), keep_latest=2, keep_best=1)  # no records: 1 is unranked
+    forgetful = CheckpointPolicy(storage, monitor=Monitor(), keep_latest=2, keep_best=1)  # no records of 1, 4, 5
     run(forgetful, [rec(6, val_loss=0.9)])
     forgetful.finish()
-    assert storage.steps() == [5, 6]
+    assert storage.steps() == [1, 4, 5, 6]  # what it has no record of is not its to delete
+
+
+def test_a_damaged_step_newer_than_the_restored_one_never_costs_the_restored_one():
+    storage, policy = make(keep_latest=2, keep_best=0)
+    run(policy, [rec(10), rec(20)])
+    policy.finish()
+    storage.damaged.add(20)
+    resumed = CheckpointPolicy(storage, monitor=Monitor(), keep_latest=1, keep_best=0)
+    restored = resumed.restore("latest")
+    assert restored.step == 10 and restored.skipped[0][0] == 20
+    resumed.records = {r["step"]: r for r in restored.meta["history"] if r["step"] <= restored.step}
+    run(resumed, [rec(15)])
+    assert 10 in storage.steps()  # the only intact step survives until the next one is committed
 
 
 def test_a_failed_save_deletes_nothing():

@@ -412,3 +412,13 @@ def test_every_hook_is_documented_used_and_in_the_readme():
             assert ":param register:" in doc and "factory" in doc, name
             assert name.removeprefix("jaxyard_register") in readme, name
         assert name in used, f"no built-in plugin implements {name}"
+
+
+def test_a_qualified_parameter_table_is_used(tmp_path):
+    experiment = tmp_path / "exp.toml"
+    experiment.write_text('[optimizer."jaxyard:adam"]\nb1 = 0.5\n')
+    cfg = jaxyard.resolve_config(_registry(), jaxyard.load_settings(), config_file=str(experiment))
+    assert cfg.optimizer.params.b1 == 0.5 and cfg.optimizer.params.weight_decay == 1e-4  # over the shipped [optimizer.adam]
+    experiment.write_text('[optimizer."jaxyard:adam"]\nb1 = 0.5\n[optimizer.adam]\nb1 = 0.7\nb2 = 0.9\n')
+    cfg = jaxyard.resolve_config(_registry(), jaxyard.load_settings(), config_file=str(experiment))
+    assert (cfg.optimizer.params.b1, cfg.optimizer.params.b2) == (0.5, 0.9)  # the qualified table is the more specific

@@ -188,3 +188,19 @@ def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path):
     assert proc.stdout.strip() == "File too large", proc
     assert list(tmp_path.iterdir()) == []
     del resource, write_atomic
+
+
+def test_eval_of_a_run_without_checkpoints_writes_nothing(run_cli, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["run", "--out", out, "--epochs", "1", "--checkpointer", "none", *sets()]).exit_code == 0
+    before = sorted(p.name for p in out.iterdir())
+    assert_one_line_error(run_cli(["eval", out]), "no checkpoints saved yet", exit_code=1)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_refusing_a_finished_run_leaves_its_lock_record_alone(run_cli, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["run", "--out", out, "--epochs", "1", *sets()]).exit_code == 0
+    record = (out / ".jaxyard.lock").read_bytes()
+    assert_one_line_error(run_cli(["run", "--out", out, "--epochs", "1", *sets()]), "is not empty")
+    assert (out / ".jaxyard.lock").read_bytes() == record
