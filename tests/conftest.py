@@ -18,6 +18,10 @@ from click.testing import CliRunner
 
 from helpers import EXAMPLE, EXAMPLE_DIST
 
+# Several test processes share one accelerator (xdist workers, the CLI subprocesses): JAX's default
+# of taking 75% of a GPU's memory per process would leave the second one nothing.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 
 # --- the example plugin, installed as a real distribution --------------------------------------
 
