@@ -99,7 +99,7 @@ def _echo_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@cli.command("list")
+@cli.command("list", short_help="List the registered components.")
 @click.argument("kind", required=False)
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -132,7 +132,7 @@ def list_(session, kind, pattern, as_json):
                 click.echo(next(lines))
 
 
-@cli.command()
+@cli.command(short_help="Show a component's parameters (or the [run] settings).")
 @click.argument("kind")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -180,7 +180,7 @@ def _value_text(p: dict) -> str:
     return value
 
 
-@cli.command()
+@cli.command(short_help="Show the plugins, their hooks and components.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def plugins(session, as_json):
@@ -243,7 +243,7 @@ def _compile_cache(no_cache: bool):
     return Path(base) / "jaxyard" / "jax"
 
 
-@cli.command()
+@cli.command(short_help="Train with the chosen components.")
 @_run_options
 @click.option("--out", metavar="DIR", help="The run's directory (default: run.out/<timestamp>-<model>-<optimizer>-<loader>).")
 @click.option("--profile", is_flag=True, default=None, help="Write a jax.profiler trace of the second epoch to RUN_DIR/profile (run.profile).")
@@ -268,7 +268,7 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
     train(config, out_dir=out, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
 
 
-@cli.command()
+@cli.command(short_help="Print (and plot) the learning rate over a run.")
 @_run_options
 @click.option("--points", default=11, show_default=True, type=click.IntRange(min=2), help="Rows of the table (at least 2).")
 @click.option("--png", metavar="FILE", help="Also plot the rate at every step to this PNG.")
@@ -300,7 +300,7 @@ def schedule(session, config_file, sets, points, png, **options):
         click.echo(f"Plot saved to {plot_schedule(info['every_step'], Path(png), title=config.scheduler.name)}")
 
 
-@cli.command()
+@cli.command(short_help="Continue an interrupted run from its newest checkpoint.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--no-compile-cache", is_flag=True, help="Do not use JAX's persistent compilation cache.")
 @click.pass_obj
@@ -313,7 +313,7 @@ def resume(session, run_dir, no_compile_cache):
     )
 
 
-@cli.command("eval")
+@cli.command("eval", short_help="Evaluate a saved checkpoint on the test split.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option(
     "--checkpoint",
@@ -331,7 +331,7 @@ def eval_(session, run_dir, checkpoint, weights):
     evaluate(run_dir, checkpoint=checkpoint, weights=weights, registry=session.registry, echo=click.echo)
 
 
-@cli.command("new-plugin")
+@cli.command("new-plugin", short_help="Write a plugin package to start from.")
 @click.argument("name")
 @click.option("--kind", "kinds", multiple=True, metavar="KIND",
               help="A component to write: optimizer, scheduler, model, loader, checkpointer or logger (repeatable; default: optimizer).")

@@ -159,3 +159,9 @@ def test_help_and_version(run_cli):
     assert "--strict-plugins" in result.stdout and "JAXYARD_REGISTRY" in result.stdout
     assert run_cli(["--version"]).stdout.strip().endswith("0.1.0")
     assert "--set KIND.KEY=VALUE" in run_cli(["run", "--help"]).stdout
+
+
+def test_help_summaries_are_not_cut(run_cli):
+    result = run_cli(["--help"])
+    commands = result.stdout.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 8 and not any(line.rstrip().endswith("...") for line in commands), commands
