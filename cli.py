@@ -211,7 +211,7 @@ def _run_options(f):
         click.option("--epochs", type=int, help="Number of epochs."),
         click.option("--batch-size", type=int, help="Examples per step."),
         click.option("--lr", "learning_rate", type=float, help="Peak learning rate."),
-        click.option("--seed", type=int, help="Random seed."),
+        click.option("--seed", type=int, help="Seeds the initialisation, dropout and the shuffle (the data has its own seeds, e.g. loader.data_seed)."),
         click.option("--set", "sets", multiple=True, metavar="KIND.KEY=VALUE", help="Set a parameter of a chosen component or of run (repeatable)."),
     ]
     for option in reversed(options):
@@ -302,7 +302,7 @@ def schedule(session, config_file, sets, points, png, **options):
 
 @cli.command(short_help="Continue an interrupted run from its newest checkpoint.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--no-compile-cache", is_flag=True, help="Do not use JAX's persistent compilation cache.")
+@click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @click.pass_obj
 def resume(session, run_dir, no_compile_cache):
     """Continue an interrupted run from its newest intact checkpoint."""
