@@ -21,7 +21,6 @@ import attrs
 from jaxyard.core.errors import JaxyardError
 
 if typing.TYPE_CHECKING:  # pragma: no cover - for annotations only
-    import jax
     import numpy
 
 __all__ = [

@@ -26,16 +26,12 @@ from jaxyard.core.checkpoint import CheckpointError, missing_methods
 from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset
 from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UsageError, one_line
-from jaxyard.core.events import Echo, Run, RunResult, describe_params, emit, emit_failed
+from jaxyard.core.events import Echo, Run, RunResult, silent, describe_params, emit, emit_failed
 from jaxyard.core.loggers import LOGGER_METHODS, LoggerHub
 from jaxyard.core.loop import Progress, make_loop, means
 from jaxyard.core.policy import CheckpointPolicy, Monitor
 
 __all__ = ["Evaluation", "RunResult", "evaluate", "resume", "train"]
-
-
-def _silent(_: str) -> None:
-    pass
 
 
 @attrs.frozen
@@ -53,7 +49,7 @@ def train(
     config: RunConfig,
     *,
     out_dir: str | os.PathLike | None = None,
-    echo: Echo = _silent,
+    echo: Echo = silent,
     warn: Echo | None = None,
     progress: Progress | None = None,
     compile_cache: str | os.PathLike | None = None,
@@ -91,7 +87,7 @@ def resume(
     run_dir: str | os.PathLike,
     *,
     registry=None,
-    echo: Echo = _silent,
+    echo: Echo = silent,
     warn: Echo | None = None,
     progress: Progress | None = None,
     compile_cache=None,
@@ -118,7 +114,7 @@ def resume(
 
 
 def evaluate(
-    run_dir: str | os.PathLike, *, checkpoint: str = "latest", weights: str = "model", registry=None, echo: Echo = _silent
+    run_dir: str | os.PathLike, *, checkpoint: str = "latest", weights: str = "model", registry=None, echo: Echo = silent
 ) -> Evaluation:
     """Evaluate a saved checkpoint on the test split, without training or writing anything.
 

@@ -19,7 +19,8 @@ from jaxyard.core.errors import JaxyardError, PluginError
 Echo = Callable[[str], None]
 
 
-def _silent(_: str) -> None:
+def silent(_: str) -> None:
+    """The default echo and warn of the library: it prints nothing unless asked."""
     pass
 
 
@@ -56,8 +57,8 @@ class Run:
     start_epoch: int = 0
     restored_step: int | None = None
     skipped_checkpoints: tuple[tuple[int, str], ...] = ()
-    echo: Echo = _silent
-    warn: Echo = _silent
+    echo: Echo = silent
+    warn: Echo = silent
     started: float = 0.0  # time.perf_counter() when train()/resume() was called
     process_index: int = 0
     interactive: bool = False  # the report goes to a terminal (progress bars welcome)

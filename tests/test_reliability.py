@@ -1,7 +1,6 @@
 """One writer per run directory, and every failure path one line with nothing left behind."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -168,10 +167,6 @@ def test_a_directory_with_no_committed_config_is_not_a_run(run_cli, tmp_path):
 
 
 def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path):
-    import resource
-
-    from jaxyard.core.rundir import write_atomic
-
     code = (
         "import resource, signal, sys\n"
         "from pathlib import Path\n"
@@ -187,7 +182,6 @@ def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(target)], env=clean_environ(), capture_output=True, text=True)
     assert proc.stdout.strip() == "File too large", proc
     assert list(tmp_path.iterdir()) == []
-    del resource, write_atomic
 
 
 def test_eval_of_a_run_without_checkpoints_writes_nothing(run_cli, tmp_path):

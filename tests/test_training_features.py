@@ -1,6 +1,5 @@
 """Gradient accumulation, weight averaging, the profiler and the epoch progress bar."""
 
-import json
 
 import jax
 import numpy as np
