@@ -56,12 +56,17 @@ class RunDir:
         try:
             if out is not None:
                 path = Path(out)
-                existed = path.is_dir()
-                if path.exists() and not existed:
+                if path.exists() and not path.is_dir():
                     raise UsageError(f"run directory {path} exists and is not a directory; choose another --out")
                 _refuse_a_run(path)
-                path.mkdir(parents=True, exist_ok=True)
-                claimed = cls(path, created=not existed)
+                try:  # whether this process made it decides what discard() may remove: mkdir says, atomically
+                    path.mkdir(parents=True)
+                    created = True
+                except FileExistsError:
+                    if not path.is_dir():
+                        raise UsageError(f"run directory {path} exists and is not a directory; choose another --out") from None
+                    created = False
+                claimed = cls(path, created=created)
                 claimed.lock()
                 try:
                     _refuse_a_run(path, probe=False)  # written between the check and the lock: ours now, not busy
