@@ -203,16 +203,19 @@ def plugins(session, as_json):
             click.echo(f"  error: {p.error}")
 
 
-def _run_options(f):
+def _run_options(f, *, sweep: bool = False):
+    """The options of ``run``; for ``sweep`` each value may also be a list or a distribution."""
+    spec = " (or a list, a-b, log(a,b), int(a,b), choice(a,b))" if sweep else ""
+    number = {"type": str} if sweep else {}
     options = [
         click.option("--config", "config_file", metavar="FILE", help="An experiment TOML file ([run] and [KIND.NAME] tables)."),
-        *[click.option(f"--{k}", metavar="NAME", help=f"The {k} to use (jaxyard list {k}s).") for k in CHOSEN],
+        *[click.option(f"--{k}", metavar="NAME", help=f"The {k} to use (jaxyard list {k}s){spec and ' (or a list)'}.") for k in CHOSEN],
         click.option("--logger", "loggers", multiple=True, metavar="NAME", help="Add an experiment logger to run.loggers (repeatable; jaxyard list loggers)."),
-        click.option("--epochs", type=int, help="Number of epochs."),
-        click.option("--batch-size", type=int, help="Examples per step."),
-        click.option("--lr", "learning_rate", type=float, help="Peak learning rate."),
-        click.option("--seed", type=int, help="Seeds the initialisation, dropout and the shuffle (the data has its own seeds, e.g. loader.data_seed)."),
-        click.option("--set", "sets", multiple=True, metavar="KIND.KEY=VALUE", help="Set a parameter of a chosen component or of run (repeatable)."),
+        click.option("--epochs", **(number or {"type": int}), help=f"Number of epochs{spec and ' (or a list)'}."),
+        click.option("--batch-size", **(number or {"type": int}), help=f"Examples per step{spec and ' (or a list)'}."),
+        click.option("--lr", "learning_rate", **(number or {"type": float}), help=f"Peak learning rate{spec}."),
+        click.option("--seed", **(number or {"type": int}), help=f"Seeds the initialisation, dropout and the shuffle (the data has its own seeds, e.g. loader.data_seed){spec}."),
+        click.option("--set", "sets", multiple=True, metavar="KIND.KEY=VALUE", help=f"Set a parameter of a chosen component or of run (repeatable){spec}."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -329,6 +332,185 @@ def eval_(session, run_dir, checkpoint, weights):
     from jaxyard.core.engine import evaluate
 
     evaluate(run_dir, checkpoint=checkpoint, weights=weights, registry=session.registry, echo=click.echo)
+
+
+@cli.command(short_help="Compare runs: the settings that differ, their metrics and curves.")
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--metric", default="val_acc", show_default=True, help="The per-epoch metric to rank and plot (*_loss: lower is better).")
+@click.option("--png", metavar="FILE", help="Also plot METRIC per epoch, one line per run, to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def compare(run_dirs, metric, png, as_json):
+    """Compare run directories (a sweep directory stands for its trials), best METRIC first:
+    the settings that differ, epochs run, final and best METRIC, and the test metrics.
+
+    \b
+    Examples:
+      jaxyard compare runs/adam runs/sgd
+      jaxyard compare sweeps/lr --metric val_loss --png compare.png
+    """
+    from jaxyard.core import compare as C
+
+    runs = C.load_runs(run_dirs)
+    if as_json:
+        _echo_json(C.summarize(runs, metric))
+    else:
+        headers, rows = C.table(runs, metric)
+        _print_table(headers, rows, C.format_rows(headers, rows))
+    if png:
+        click.echo(f"Plot saved to {C.plot_compare(runs, metric, Path(png))}", err=as_json)  # stdout stays JSON
+
+
+def _print_table(headers: list[str], rows: list[list], text: list[list[str]]) -> None:
+    """``text`` in aligned columns; a rich table when stdout is a terminal (numbers right-aligned)."""
+    if not sys.stdout.isatty():
+        for line in D.table([headers, *text]):
+            click.echo(line)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    grid = Table(box=None, header_style="bold", pad_edge=False)
+    for i, header in enumerate(headers):
+        numeric = all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
+        grid.add_column(header, justify="right" if numeric and i else "left")
+    for row in text:
+        grid.add_row(*row)
+    Console().print(grid)
+
+
+@cli.command(short_help="Train many configurations (a grid or an Optuna search) and rank them.")
+@functools.partial(_run_options, sweep=True)
+@click.option("--out", metavar="DIR", help="The sweep's directory (default: run.out/sweep-<timestamp>).")
+@click.option("--sampler", type=click.Choice(["grid", "random", "tpe"]), help="How trials are chosen (default: grid for lists, tpe with a distribution).")
+@click.option("--trials", type=click.IntRange(min=1), help="How many trials (default: the whole grid; needed with a distribution).")
+@click.option("--prune", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True, help="Stop hopeless trials early, from their per-epoch `run.monitor`.")
+@click.option("--storage", metavar="URL", help="An Optuna storage URL to share the study (default: a journal file in the sweep directory).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes on the same study.")
+@click.option("--resume", "resume_dir", metavar="DIR", help="Continue the sweep in DIR: requeue the trials of killed workers, run the rest.")
+@click.option("--worker-index", type=int, hidden=True)
+@click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
+@click.pass_obj
+def sweep(session, config_file, sets, loggers, out, sampler, trials, prune, storage, workers, resume_dir, worker_index, no_compile_cache, **options):
+    """Train every configuration of a grid, or TRIALS ones an Optuna sampler picks, in one
+    process per worker: runs that differ only in traced hyperparameters (the learning rate, the
+    optimizer's betas, ...) and the seed share one compiled program.
+
+    \b
+    Examples:
+      jaxyard sweep --lr 1e-4,3e-4,1e-3,3e-3 --seed 0-2
+      jaxyard sweep --lr 'log(1e-4,1e-2)' --set optimizer.b2=0.99,0.999 --trials 20 --workers 2
+      jaxyard sweep --resume runs/sweep-20261126-120000
+    """
+    from jaxyard.core import sweep as S
+
+    if worker_index is not None:  # one of --workers: run trials, print them, leave the summary to the parent
+        counts = S.run_worker(resume_dir, registry=session.registry, worker=worker_index, echo=click.echo, warn=_warn,
+                              compile_cache=_compile_cache(no_compile_cache))
+        click.echo(f"Worker {worker_index}: {_counts_text(counts)}")
+        return
+    if resume_dir:
+        directory = Path(resume_dir)
+        S.load_spec(directory)
+        S.recover(directory, S.open_study(directory, S.load_spec(directory)), echo=click.echo)
+    else:
+        directory = _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, prune, storage, options)
+    spec = S.load_spec(directory)
+    space = ", ".join(f"{S.short(d.name)} {_dim_text(d)}" for d in spec.dims)
+    click.echo(f"Sweep {directory}: {spec.trials} trials over {space}; sampler {spec.sampler}, pruner {spec.prune}, {workers} worker(s)")
+    import time
+
+    started = time.perf_counter()
+    if workers == 1:
+        counts = S.run_worker(directory, registry=session.registry, echo=click.echo, warn=_warn, compile_cache=_compile_cache(no_compile_cache))
+        click.echo(f"Trials {_counts_text(counts)}")
+    else:
+        _spawn_workers(session, directory, workers, no_compile_cache)
+    headers, rows, best = S.leaderboard(directory)
+    from jaxyard.core import compare as C
+
+    click.echo(f"\nLeaderboard ({spec.monitor}, {'lower' if spec.direction == 'minimize' else 'higher'} is better), {time.perf_counter() - started:.1f} s:")
+    _print_table(headers, rows, [[C.format_cell(v, metric=h in (spec.monitor, "test_acc")) for h, v in zip(headers, row)] for row in rows])
+    if best:
+        click.echo(f"Best: trial {best['trial']} ({spec.monitor} {best['value']:.4f}); rerun it alone: "
+                   f"jaxyard run --config {directory / best['run_dir'] / 'config.toml'}")
+    if any(r[1] != "failed" for r in rows):
+        click.echo(f"Plot saved to {C.plot_sweep(directory, directory / 'sweep.png')}")
+
+
+def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, prune, storage, options) -> Path:
+    """Split the options into fixed values and swept dimensions, check them, write the sweep directory."""
+    import time
+
+    from jaxyard.core.config import parse_set, resolve_config
+
+    fixed, dims = [], []
+    items = [(f"run.{k}", v) for k, v in options.items() if v is not None]
+    for item in sets:
+        section, key, value = parse_set(item)
+        items.append((f"{section}.{key}", str(value)))
+    for name, text in items:
+        dim = None if name.startswith("logger.") else S.parse_spec(name, text)
+        if dim is None:
+            fixed.append(f"{name}={text}")
+        else:
+            dims.append(dim)
+    first = [f"{d.name}={d.texts_for_check()[0]}" for d in dims]
+
+    def resolve(extra):
+        return resolve_config(session.registry, session.settings, config_file=config_file, sets=[*fixed, *first, *extra], loggers=loggers)
+
+    base = resolve([])
+    directory = Path(out) if out else Path(base.run.out) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    return S.create(directory, base_config=base, resolve=resolve, dims=dims, sampler=sampler, trials=trials, prune=prune, storage=storage)
+
+
+def _dim_text(d) -> str:
+    return "{" + ",".join(d.values) + "}" if d.is_list else f"{d.kind}({d.low:g},{d.high:g})"
+
+
+def _counts_text(counts: dict) -> str:
+    done = ", ".join(f"{counts[k]} {k}" for k in ("complete", "pruned", "failed"))
+    programs = counts["compiles"]
+    return f"{done}; {programs} training program{'s' * (programs != 1)} compiled"
+
+
+def _spawn_workers(session, directory: Path, workers: int, no_compile_cache: bool) -> None:
+    """``workers`` processes on the sweep, their output prefixed; waits for all of them."""
+    import subprocess
+    import threading
+
+    argv = [sys.executable, "-m", "jaxyard.cli"]
+    if session.registry_file:
+        argv += ["--registry", session.registry_file]
+    for p in session.plugins:
+        argv += ["--plugin", p]
+    for d in session.disable:
+        argv += ["--disable", d]
+    argv += ["--strict-plugins"] * bool(session.strict) + ["--debug"] * bool(session.debug)
+    procs = []
+    for i in range(workers):
+        cmd = [*argv, "sweep", "--resume", str(directory), "--worker-index", str(i)] + ["--no-compile-cache"] * no_compile_cache
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1))
+
+    def relay(i, proc):
+        for line in proc.stdout:
+            click.echo(f"[worker {i}] {line.rstrip()}")
+
+    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    try:
+        for p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    for t in threads:
+        t.join(timeout=5)
+    failed = [i for i, p in enumerate(procs) if p.returncode]
+    if failed:
+        click.echo(f"Worker(s) {', '.join(map(str, failed))} stopped with an error; `jaxyard sweep --resume {directory}` requeues their trials", err=True)
 
 
 @cli.command("new-plugin", short_help="Write a plugin package to start from.")

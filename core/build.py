@@ -22,6 +22,7 @@ from jaxyard.core.averaging import ema_of_params
 from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset, Split, StreamingDataset
 from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
+from jaxyard.core.inputs import Programs, group_key, traceable, with_values
 
 # fold_in constants of the streams derived from run.seed (one place: resume must match)
 PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM = 0, 1, 2
@@ -52,6 +53,10 @@ class Built:
     total_steps: int
     num_params: int
     sizes: dict[str, int | None]
+    programs: Programs = attrs.field(factory=Programs)  # compiled programs, shared by a sweep's runs
+    group: str = ""  # the static group: equal for runs that can share compiled programs
+    inputs: dict[str, Any] = attrs.field(factory=dict)  # traced hyperparameters, as device scalars
+    make_tx: Callable[[dict[str, Any]], Any] | None = None  # the optimizer, from traced inputs
 
 
 def enable_compile_cache(directory: str | os.PathLike) -> None:
@@ -61,9 +66,15 @@ def enable_compile_cache(directory: str | os.PathLike) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def build(config: RunConfig) -> Built:
-    """Load the data, build the model, schedule and optimizer, and check they fit together."""
+def build(config: RunConfig, programs: Programs | None = None) -> Built:
+    """Load the data, build the model, schedule and optimizer, and check they fit together.
+
+    With ``programs`` (a sweep's), the hyperparameters it traces that ``config`` has become
+    inputs of the compiled programs, which runs of one static group share.
+    """
     run = config.run
+    programs = programs if programs is not None else Programs()
+    traced = [name for name in programs.traced if name in traceable(config)]
     data, steps_per_epoch = load_data(config)
     sizes = data.sizes()
 
@@ -78,6 +89,40 @@ def build(config: RunConfig) -> Built:
     _check_fit(config, model, data)
 
     schedule, warmup, total = make_schedule(config, steps_per_epoch)
+    tx = make_tx(config, schedule)
+    optimizer = _calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
+    model.eval()
+    eval_graphdef, _ = nnx.split((model, optimizer))
+    model.train()
+    train_graphdef, state = nnx.split((model, optimizer))
+    if isinstance(data, Dataset):
+        data = Dataset(*(Split(jnp.asarray(s.x), jnp.asarray(s.y)) for s in (data.train, data.val, data.test)), data.num_classes)
+    group = group_key(config, traced)
+    inputs = {name: jnp.asarray(traceable(config)[name], jnp.float32) for name in traced}
+
+    def traced_schedule(values):  # the same schedule and optimizer, their traced hyperparameters now inputs
+        return make_schedule(with_values(config, values), steps_per_epoch, check=False)[0]
+
+    def traced_tx(values):
+        return make_tx(with_values(config, values), traced_schedule(values))
+
+    # one small compiled program instead of eager schedule calls (each a compile the first time)
+    updates_at_epoch_end = jnp.arange(run.epochs + 1) * steps_per_epoch // run.accumulate_steps
+    if traced:  # the rates as a function of the inputs: compiled once for the group
+        rates = programs.get((group, "rates"), lambda: jax.jit(lambda v, s: jax.vmap(traced_schedule(v))(s)))
+        epoch_lr = np.asarray(rates(inputs, updates_at_epoch_end))
+    else:
+        epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(updates_at_epoch_end))
+    return Built(
+        config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params,
+        sizes, programs, group, inputs, traced_tx if traced else None,
+    )
+
+
+def make_tx(config: RunConfig, schedule) -> optax.GradientTransformation:
+    """The run's optimizer on ``schedule``, with its gradient clipping, weight average and
+    accumulation around it (values may be traced: nothing here branches on one)."""
+    run = config.run
     tx = config.optimizer.create(learning_rate=schedule)
     if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
         hint = " (did you return optax.adam instead of calling it?)" if callable(tx) else ""
@@ -88,17 +133,7 @@ def build(config: RunConfig) -> Built:
         tx = optax.chain(tx, ema_of_params(run.ema_decay))
     if run.accumulate_steps > 1:  # the steps above (and the schedule) count real updates
         tx = optax.MultiSteps(tx, every_k_schedule=run.accumulate_steps).gradient_transformation()
-    optimizer = _calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
-    model.eval()
-    eval_graphdef, _ = nnx.split((model, optimizer))
-    model.train()
-    train_graphdef, state = nnx.split((model, optimizer))
-    if isinstance(data, Dataset):
-        data = Dataset(*(Split(jnp.asarray(s.x), jnp.asarray(s.y)) for s in (data.train, data.val, data.test)), data.num_classes)
-    # one small compiled program instead of eager schedule calls (each a compile the first time)
-    updates_at_epoch_end = jnp.arange(run.epochs + 1) * steps_per_epoch // run.accumulate_steps
-    epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(updates_at_epoch_end))
-    return Built(config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params, sizes)
+    return tx
 
 
 def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
@@ -126,7 +161,7 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     return data, steps_per_epoch
 
 
-def make_schedule(config: RunConfig, steps_per_epoch: int) -> tuple[Callable[[int], Any], int, int]:
+def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True) -> tuple[Callable[[int], Any], int, int]:
     """The run's learning-rate schedule: linear warmup, then the chosen schedule to the last step.
 
     Returns ``(schedule, warmup_steps, total_steps)``; the chosen schedule spans
@@ -137,7 +172,8 @@ def make_schedule(config: RunConfig, steps_per_epoch: int) -> tuple[Callable[[in
     total = max(steps_per_epoch * run.epochs // run.accumulate_steps, 1)
     warmup = min(run.warmup_steps, total)
     decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
-    _check_schedule(config, decay, total - warmup)
+    if check:  # concrete values (not traced ones): the scheduler's result is checked once, here
+        _check_schedule(config, decay, total - warmup)
     if not warmup:
         return decay, 0, total
     ramp = optax.linear_schedule(0.0, run.learning_rate, warmup)

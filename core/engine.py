@@ -27,6 +27,7 @@ from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset
 from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UsageError, one_line
 from jaxyard.core.events import Echo, Run, RunResult, silent, describe_params, emit, emit_failed
+from jaxyard.core.inputs import Programs
 from jaxyard.core.loggers import LOGGER_METHODS, LoggerHub
 from jaxyard.core.loop import Progress, make_loop, means
 from jaxyard.core.policy import CheckpointPolicy, Monitor
@@ -53,6 +54,7 @@ def train(
     warn: Echo | None = None,
     progress: Progress | None = None,
     compile_cache: str | os.PathLike | None = None,
+    programs: Programs | None = None,
 ) -> RunResult:
     """Train ``config`` in a new run directory and evaluate on the test split.
 
@@ -62,6 +64,8 @@ def train(
     :param progress: makes a per-epoch progress bar for streamed data (the CLI passes
         ``click.progressbar`` when writing to a terminal).
     :param compile_cache: a directory for JAX's persistent compilation cache (None: off).
+    :param programs: compiled programs to share with other runs in this process (a sweep's):
+        its traced hyperparameters are inputs, and runs of one static group compile once.
     :returns: a :class:`RunResult`.
     """
     started = time.perf_counter()
@@ -72,7 +76,7 @@ def train(
     if compile_cache:
         enable_compile_cache(compile_cache)
     try:
-        built = build(config)  # every component is built and checked before anything is written
+        built = build(config, programs)  # every component is built and checked before anything is written
         loggers = make_loggers(config, run_dir.path)
         storage = make_checkpointer(config, run_dir)
         run_dir.write_config(config_toml)

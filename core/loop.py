@@ -73,9 +73,11 @@ class InMemoryLoop:
         self.b = built
         self.key = seed_key(run.seed, SHUFFLE_STREAM)
         self.evaluate_fns = {
-            ema: steps.make_evaluate(built.eval_graphdef, run.eval_batch_size, ema=ema) for ema in (False, True)
+            ema: built.programs.get(
+                (built.group, "evaluate", ema), lambda ema=ema: steps.make_evaluate(built.eval_graphdef, run.eval_batch_size, ema=ema)
+            )
+            for ema in (False, True)
         }
-        self.epoch_fn = steps.make_train_epoch(built.train_graphdef, len(built.data.train), run.batch_size, run.drop_last)
         self.compiled = None
         self.compile_seconds: float | None = 0.0
 
@@ -85,10 +87,18 @@ class InMemoryLoop:
         key = jax.random.fold_in(self.key, epoch)
         if self.compiled is None:
             t0 = time.perf_counter()
-            self.compiled = compiling(b, lambda: self.epoch_fn.lower(b.state, x, y, key).compile())
+            self.compiled = b.programs.get((b.group, "epoch", x.shape, x.dtype, y.shape, y.dtype), self._compile)
             self.compile_seconds += time.perf_counter() - t0
-        b.state, sums = self.compiled(unalias(b.state), x, y, key)
+        b.state, sums = self.compiled(unalias(b.state), b.inputs, x, y, key)
         return sums
+
+    def _compile(self):
+        b, run = self.b, self.b.config.run
+        x, y = b.data.train.x, b.data.train.y
+        fn = steps.make_train_epoch(b.train_graphdef, len(x), run.batch_size, run.drop_last, b.make_tx)
+        compiled = compiling(b, lambda: fn.lower(b.state, b.inputs, x, y, jax.random.fold_in(self.key, 0)).compile())
+        b.programs.compiles += 1
+        return compiled
 
     def evaluate(self, split: str, *, ema: bool = False):
         """Sums over ``split`` with dropout off; ``ema``: with the averaged weights (run.ema_decay)."""
@@ -103,8 +113,11 @@ class StreamingLoop:
 
     def __init__(self, built: Built):
         self.b = built
-        self.step_fn = steps.make_train_step(built.train_graphdef)
-        self.eval_steps = {ema: steps.make_eval_step(built.eval_graphdef, ema=ema) for ema in (False, True)}
+        self.step_fn = built.programs.get((built.group, "step"), lambda: steps.make_train_step(built.train_graphdef, built.make_tx))
+        self.eval_steps = {
+            ema: built.programs.get((built.group, "eval_step", ema), lambda ema=ema: steps.make_eval_step(built.eval_graphdef, ema=ema))
+            for ema in (False, True)
+        }
         self.traced = False
         self.seen: set[str] = set()  # splits whose first batch was checked
 
@@ -128,10 +141,10 @@ class StreamingLoop:
                 if b.config.run.drop_last and mask.sum() < bs:
                     continue
                 if not self.traced:  # the first call traces and compiles: a component's bug surfaces here
-                    b.state, sums = compiling(b, lambda: self.step_fn(unalias(b.state), xb, yb, mask))
+                    b.state, sums = compiling(b, lambda: self.step_fn(unalias(b.state), b.inputs, xb, yb, mask))
                     self.traced = True
                 else:
-                    b.state, sums = self.step_fn(unalias(b.state), xb, yb, mask)
+                    b.state, sums = self.step_fn(unalias(b.state), b.inputs, xb, yb, mask)
                 total = total + sums
                 if bar is not None:
                     bar.update(1)

@@ -14,9 +14,21 @@ import attrs
 from jaxyard.core.errors import UsageError
 
 
-def param(default: Any = attrs.NOTHING, doc: str = "", *, validator=None, converter=None):
-    """Declare one parameter of a component: an ``attrs.field`` carrying a one-line ``doc``."""
-    return attrs.field(default=default, validator=validator, converter=converter, metadata={"doc": doc})
+def param(default: Any = attrs.NOTHING, doc: str = "", *, validator=None, converter=None, traced: bool = False):
+    """Declare one parameter of a component: an ``attrs.field`` carrying a one-line ``doc``.
+
+    ``traced=True`` (float parameters only) lets the value reach the compiled training step as
+    an input instead of a constant, so runs that differ only in it (a sweep) share one compiled
+    program. The factory then receives a traced scalar: it may compute with it, but not branch
+    on it in Python (``if p.momentum:``) or pass it where a Python number is required.
+    """
+    metadata = {"doc": doc, "traced": True} if traced else {"doc": doc}
+    return attrs.field(default=default, validator=validator, converter=converter, metadata=metadata)
+
+
+def traced_fields(cls: type) -> tuple[str, ...]:
+    """The parameters of ``cls`` declared ``traced=True``."""
+    return tuple(f.name for f in attrs.fields(cls) if f.metadata.get("traced"))
 
 
 @attrs.frozen

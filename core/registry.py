@@ -29,7 +29,7 @@ import pluggy
 from jaxyard.core import hookspecs
 from jaxyard.core.entries import HOOKS, KINDS, Entry, PluginInfo
 from jaxyard.core.errors import PluginError, UnknownComponent, UsageError
-from jaxyard.core.params import NoParams, describe
+from jaxyard.core.params import NoParams, describe, field_types
 from jaxyard.core.settings import Settings, env_flag
 
 ENTRY_POINT_GROUP = "jaxyard"
@@ -292,6 +292,11 @@ def _register_fn(kind: str, candidate: Candidate, staged: dict, committed: dict,
                 raise PluginError(f"{where}: parameter {info.name!r} of {params.__name__} needs a default")
             if field.type is None:  # --set would store the text "0.5" in it
                 raise PluginError(f"{where}: parameter {info.name!r} of {params.__name__} needs a type annotation")
+            if field.metadata.get("traced") and field_types(params).get(info.name) is not float:
+                raise PluginError(
+                    f"{where}: parameter {info.name!r} of {params.__name__} is traced=True but of type {info.type}: "
+                    f"only float parameters can be runtime inputs (integers, booleans and strings shape the program)"
+                )
             if not info.doc.strip():
                 raise PluginError(
                     f"{where}: parameter {info.name!r} of {params.__name__} needs a doc: "

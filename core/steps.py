@@ -25,9 +25,15 @@ def _masked_loss(model, x, y, mask):
     return loss, jnp.stack([jnp.sum(per_example * mask), jnp.sum(correct * mask), count])
 
 
-def _step(graphdef, state, x, y, mask):
-    """One optimizer step on a (possibly padded) batch; padding rows carry mask 0."""
+def _step(graphdef, make_tx, state, inputs, x, y, mask):
+    """One optimizer step on a (possibly padded) batch; padding rows carry mask 0.
+
+    With ``make_tx``, the optimizer is rebuilt from ``inputs`` (traced hyperparameters) so that
+    their values are arguments of the compiled program, not constants in it.
+    """
     model, optimizer = nnx.merge(graphdef, state)
+    if make_tx is not None:
+        optimizer.tx = make_tx(inputs)
     grad_fn = nnx.value_and_grad(_masked_loss, has_aux=True)
     (_, sums), grads = grad_fn(model, x, y, mask)
     optimizer.update(model, grads)
@@ -42,12 +48,13 @@ def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
     return steps, steps * batch_size
 
 
-def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool):
-    """``epoch(state, x, y, key) -> (state, sums)``: shuffle, batch and step, all compiled once."""
+def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None):
+    """``epoch(state, inputs, x, y, key) -> (state, sums)``: shuffle, batch and step, all compiled
+    once (``inputs``: the traced hyperparameters ``make_tx`` builds the optimizer from; ``{}``: none)."""
     steps, padded = batch_plan(n, batch_size, drop_last)
 
     @partial(jax.jit, donate_argnums=0)
-    def epoch(state, x, y, key):
+    def epoch(state, inputs, x, y, key):
         order = jax.random.permutation(key, n)
         if padded > n:
             order = jnp.concatenate([order, jnp.zeros(padded - n, order.dtype)])
@@ -57,7 +64,7 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool):
 
         def body(state, batch):
             idx, m = batch
-            return _step(graphdef, state, x[idx], y[idx], m)
+            return _step(graphdef, make_tx, state, inputs, x[idx], y[idx], m)
 
         state, sums = jax.lax.scan(body, state, (order.reshape(steps, batch_size), mask.reshape(steps, batch_size)))
         return state, jnp.sum(sums, axis=0)
@@ -65,9 +72,9 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool):
     return epoch
 
 
-def make_train_step(graphdef):
-    """``step(state, x, y, mask) -> (state, sums)`` for batches fed from Python (padded to one shape)."""
-    return jax.jit(partial(_step, graphdef), donate_argnums=0)
+def make_train_step(graphdef, make_tx=None):
+    """``step(state, inputs, x, y, mask) -> (state, sums)`` for batches fed from Python (padded to one shape)."""
+    return jax.jit(partial(_step, graphdef, make_tx), donate_argnums=0)
 
 
 def make_evaluate(graphdef, batch_size: int, *, ema: bool = False):

@@ -1222,7 +1222,7 @@ def check_trains(s: Subject) -> str:
     before = np.asarray(evaluate(state, xs, ys))
     key = jax.random.key(0)
     for i in range(15):
-        state, sums = epoch(state, xs, ys, jax.random.fold_in(key, i))
+        state, sums = epoch(state, {}, xs, ys, jax.random.fold_in(key, i))
         if not np.isfinite(np.asarray(sums)).all():
             raise _Failure(f"the training loss is not finite in epoch {i + 1}", "keep the forward pass and its gradient finite")
     after = np.asarray(evaluate(state, xs, ys))

@@ -23,9 +23,9 @@ def _with_l2(tx, weight_decay: float):
 
 @attrs.frozen
 class AdamParams:
-    b1: float = param(0.9, "decay rate of the first-moment estimate", validator=_unit)
-    b2: float = param(0.999, "decay rate of the second-moment estimate", validator=_unit)
-    eps: float = param(1e-8, "added to the denominator for numerical stability", validator=v.gt(0.0))
+    b1: float = param(0.9, "decay rate of the first-moment estimate", validator=_unit, traced=True)
+    b2: float = param(0.999, "decay rate of the second-moment estimate", validator=_unit, traced=True)
+    eps: float = param(1e-8, "added to the denominator for numerical stability", validator=v.gt(0.0), traced=True)
     weight_decay: float = _weight_decay()
 
 
@@ -38,10 +38,10 @@ def adam(p: AdamParams, *, learning_rate):
 
 @attrs.frozen
 class AdamWParams:
-    b1: float = param(0.9, "decay rate of the first-moment estimate", validator=_unit)
-    b2: float = param(0.999, "decay rate of the second-moment estimate", validator=_unit)
-    eps: float = param(1e-8, "added to the denominator for numerical stability", validator=v.gt(0.0))
-    weight_decay: float = param(1e-4, "decoupled weight decay, scaled by the learning rate", validator=_nonneg)
+    b1: float = param(0.9, "decay rate of the first-moment estimate", validator=_unit, traced=True)
+    b2: float = param(0.999, "decay rate of the second-moment estimate", validator=_unit, traced=True)
+    eps: float = param(1e-8, "added to the denominator for numerical stability", validator=v.gt(0.0), traced=True)
+    weight_decay: float = param(1e-4, "decoupled weight decay, scaled by the learning rate", validator=_nonneg, traced=True)
 
 
 def adamw(p: AdamWParams, *, learning_rate):
@@ -73,8 +73,8 @@ def sgd(p: SGDParams, *, learning_rate):
 
 @attrs.frozen
 class RMSPropParams:
-    decay: float = param(0.9, "decay rate of the squared-gradient average", validator=_unit)
-    eps: float = param(1e-8, "added to the denominator for numerical stability", validator=v.gt(0.0))
+    decay: float = param(0.9, "decay rate of the squared-gradient average", validator=_unit, traced=True)
+    eps: float = param(1e-8, "added to the denominator for numerical stability", validator=v.gt(0.0), traced=True)
     momentum: float = param(0.0, "momentum coefficient (0: none)", validator=_unit)
     centered: bool = param(False, "normalise by the variance instead of the second moment")
     weight_decay: float = _weight_decay()
@@ -90,9 +90,9 @@ def rmsprop(p: RMSPropParams, *, learning_rate):
 
 @attrs.frozen
 class LionParams:
-    b1: float = param(0.9, "interpolation rate for the update direction", validator=_unit)
-    b2: float = param(0.99, "decay rate of the momentum", validator=_unit)
-    weight_decay: float = param(1e-3, "decoupled weight decay", validator=_nonneg)
+    b1: float = param(0.9, "interpolation rate for the update direction", validator=_unit, traced=True)
+    b2: float = param(0.99, "decay rate of the momentum", validator=_unit, traced=True)
+    weight_decay: float = param(1e-3, "decoupled weight decay", validator=_nonneg, traced=True)
 
 
 def lion(p: LionParams, *, learning_rate):
@@ -104,10 +104,10 @@ def lion(p: LionParams, *, learning_rate):
 
 @attrs.frozen
 class LambParams:
-    b1: float = param(0.9, "decay rate of the first-moment estimate", validator=_unit)
-    b2: float = param(0.999, "decay rate of the second-moment estimate", validator=_unit)
-    eps: float = param(1e-6, "added to the denominator for numerical stability", validator=v.gt(0.0))
-    weight_decay: float = param(0.0, "decoupled weight decay", validator=_nonneg)
+    b1: float = param(0.9, "decay rate of the first-moment estimate", validator=_unit, traced=True)
+    b2: float = param(0.999, "decay rate of the second-moment estimate", validator=_unit, traced=True)
+    eps: float = param(1e-6, "added to the denominator for numerical stability", validator=v.gt(0.0), traced=True)
+    weight_decay: float = param(0.0, "decoupled weight decay", validator=_nonneg, traced=True)
 
 
 def lamb(p: LambParams, *, learning_rate):
@@ -119,7 +119,7 @@ def lamb(p: LambParams, *, learning_rate):
 
 @attrs.frozen
 class AdafactorParams:
-    decay_rate: float = param(0.8, "decay exponent of the second-moment estimate", validator=v.gt(0.0))
+    decay_rate: float = param(0.8, "decay exponent of the second-moment estimate", validator=v.gt(0.0), traced=True)
     clipping_threshold: float = param(1.0, "clip the update's RMS to this (0: off)", validator=_nonneg)
     weight_decay: float = param(0.0, "decoupled weight decay", validator=_nonneg)
 
