@@ -92,7 +92,11 @@ class Choice:
             where = f"{err.filename}: " if err.filename else ""
             raise JaxyardError(f"{entry.kind} {entry.name!r}: {where}{err.strerror or err}") from err
         except Exception as err:
-            raise PluginError(f"{entry.kind} {entry.name!r} ({entry.origin()}) failed: {one_line(err)}") from err
+            hint = ""
+            if type(err).__name__ in ("TracerBoolConversionError", "ConcretizationTypeError", "TracerIntegerConversionError"):
+                traced = ", ".join(P.traced_fields(type(self.params)))
+                hint = f" (its traced=True parameters, {traced}, must only be computed with: not branched on nor converted to Python numbers)"
+            raise PluginError(f"{entry.kind} {entry.name!r} ({entry.origin()}) failed{hint}: {one_line(err)}") from err
 
 
 @attrs.frozen

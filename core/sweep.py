@@ -395,8 +395,8 @@ class Pruning:
     """An event plugin for one trial: reports the monitored metric each epoch and stops the run
     when the study's pruner says the trial is hopeless."""
 
-    def __init__(self, trial, monitor: str):
-        self.trial, self.monitor, self.pruned = trial, monitor, False
+    def __init__(self, trial, monitor: str, epochs: int):
+        self.trial, self.monitor, self.epochs, self.pruned = trial, monitor, epochs, False
 
     from jaxyard import hookimpl as _hookimpl
 
@@ -406,7 +406,7 @@ class Pruning:
         if value is None:
             return
         self.trial.report(float(value), int(record["epoch"]))
-        if self.trial.should_prune():
+        if record["epoch"] < self.epochs and self.trial.should_prune():  # the last epoch: nothing left to save
             self.pruned = True
             run.stop(f"pruned by the sweep at epoch {record['epoch']} ({self.monitor} {value:.4f})")
 
@@ -442,11 +442,12 @@ def run_worker(
         line: dict[str, Any] = {"trial": trial.number, "params": _params(values), "run_dir": None, "best": None,
                                 "final": None, "test": None, "value": None, "error": None}
         out = directory / TRIALS / f"{trial.number:04d}"
-        pruning = Pruning(trial, spec.monitor)
+        pruning = Pruning(trial, spec.monitor, spec.epochs)
         name = f"jaxyard.sweep.pruning.{trial.number}"
         try:
             config = resolve_config(registry, Settings(), config_file=str(directory / BASE),
                                     sets=[f"{k}={v}" for k, v in values.items()])
+            pruning.epochs = config.run.epochs  # swept, perhaps
             pm.register(pruning, name=name)
             try:
                 result = train(config, out_dir=out, warn=warn, compile_cache=compile_cache, programs=programs)
@@ -489,7 +490,7 @@ def _relative(path: Path, directory: Path) -> str:
 
 def trial_line(line: dict[str, Any], spec: SweepSpec) -> str:
     """One finished trial, as the sweep prints it."""
-    params = "  ".join(f"{short(k)}={_text(v)}" for k, v in line["params"].items())
+    params = "  ".join(f"{short(k)}={v:.4g}" if isinstance(v, float) else f"{short(k)}={_text(v)}" for k, v in line["params"].items())
     if line["state"] == "failed":
         return f"Trial {line['trial']:>3} failed    {params}  {line['error']}"
     test = line.get("test") or {}

@@ -36,7 +36,7 @@ def cosine(p: CosineParams, *, learning_rate, decay_steps):
 
 @attrs.frozen
 class ExponentialParams:
-    decay_rate: float = param(0.96, "factor applied every transition_steps", validator=[v.gt(0.0), v.le(1.0)], traced=True)
+    decay_rate: float = param(0.96, "factor applied every transition_steps", validator=[v.gt(0.0), v.le(1.0)])
     transition_steps: int = param(100, "steps over which the rate is multiplied by decay_rate", validator=v.ge(1))
     staircase: bool = param(False, "decay in discrete steps instead of continuously")
     end_value: float = param(0.0, "lower bound on the rate (0: none)", validator=v.ge(0.0))

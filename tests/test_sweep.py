@@ -1,0 +1,230 @@
+"""Sweeps: traced hyperparameters compile once per static group; `jaxyard sweep` on an Optuna study."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxyard.core import sweep as S
+from jaxyard.core.build import make_schedule, make_tx
+from jaxyard.core.config import resolve_config
+from jaxyard.core.engine import train
+from jaxyard.core.errors import UsageError
+from jaxyard.core.inputs import Programs, traceable, with_values
+from jaxyard.core.registry import build_registry
+from jaxyard.core.settings import Settings
+
+from helpers import assert_one_line_error, clean_environ
+
+optuna = pytest.importorskip("optuna")
+
+TINY = ["loader.train_size=192", "loader.val_size=64", "loader.test_size=64", "loader.features=16", "loader.classes=4",
+        "model.hidden_dims=[32]", "run.epochs=2"]
+
+
+def sets(*extra):
+    return [x for s in (*TINY, *extra) for x in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return build_registry()
+
+
+def config(registry, *extra):
+    return resolve_config(registry, Settings(), sets=[*TINY, *extra])
+
+
+def compiles_during(fn):
+    """(fn(), how many XLA programs were compiled while it ran)."""
+    seen = []
+
+    def listen(name, secs, **kw):
+        if name == "/jax/core/compile/backend_compile_duration":
+            seen.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        return fn(), len(seen)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+# --- hyperparameters as inputs -------------------------------------------------------------------
+
+
+def test_runs_differing_in_traced_values_and_seed_compile_once_and_match_a_single_run(registry, tmp_path):
+    programs = Programs(["run.learning_rate", "optimizer.b2", "scheduler.alpha"])
+    first = train(config(registry, "run.learning_rate=0.001"), out_dir=tmp_path / "a", programs=programs)
+    other = config(registry, "run.learning_rate=0.003", "optimizer.b2=0.99", "scheduler.alpha=0.1", "run.seed=4")
+    second, compiled = compiles_during(lambda: train(other, out_dir=tmp_path / "b", programs=programs))
+    assert programs.compiles == 1 and compiled == 0  # not one XLA program for the second configuration
+    alone = train(other, out_dir=tmp_path / "alone")  # every value a constant, as `run` compiles it
+    for shared, single in zip(second.history, alone.history, strict=True):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert shared[key] == pytest.approx(single[key], rel=1e-5, abs=1e-6), key
+    assert first.history[-1]["val_loss"] != second.history[-1]["val_loss"]
+
+    programs.compiles = 0  # a structural change (an untraced value) is a new static group: one more program
+    train(config(registry, "optimizer.weight_decay=0.01"), out_dir=tmp_path / "c", programs=programs)
+    assert programs.compiles == 1
+
+
+TRACED_CASES = [(kind, name) for kind in ("optimizer", "scheduler") for name in
+                {"optimizer": ("adam", "adamw", "rmsprop", "lion", "lamb", "adafactor"), "scheduler": ("cosine",)}[kind]]
+
+
+@pytest.mark.parametrize("kind,name", TRACED_CASES)
+def test_each_traced_builtin_parameter_is_an_input_giving_the_constant_numbers(registry, kind, name):
+    cfg = config(registry, f"run.{kind}={name}", "run.warmup_steps=3")
+    values = {k: v for k, v in traceable(cfg).items() if k.startswith((kind, "run."))}
+    assert len(values) >= 2, values  # the learning rate and at least one of the component's own
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+    grads = {"w": jnp.cos(params["w"] * 3.0)}
+
+    def updates(tx):
+        state = tx.init(params)
+        for _ in range(4):
+            u, state = tx.update(grads, state, params)
+        return u["w"]
+
+    constant = updates(make_tx(cfg, make_schedule(cfg, 10)[0]))
+
+    @jax.jit
+    def traced(inputs):
+        traced_cfg = with_values(cfg, inputs)
+        return updates(make_tx(traced_cfg, make_schedule(traced_cfg, 10, check=False)[0]))
+
+    inputs = {k: jnp.float32(v) for k, v in values.items()}
+    np.testing.assert_allclose(traced(inputs), constant, rtol=2e-5, atol=1e-7)
+    bumped = {k: v * 0.5 for k, v in inputs.items()}
+    assert not np.allclose(traced(bumped), constant)  # the inputs reach the update
+
+
+# --- the search space ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,kind,values", [
+    ("1e-4,3e-4,1e-3", "list", ("1e-4", "3e-4", "1e-3")),
+    ("0-3", "list", ("0", "1", "2", "3")),
+    ("[64],[128,64]", "list", ("[64]", "[128,64]")),
+    ("choice(adam,sgd)", "choice", ("adam", "sgd")),
+])
+def test_lists_ranges_and_choices(text, kind, values):
+    dim = S.parse_spec("x.y", text)
+    assert (dim.kind, dim.values) == (kind, values)
+
+
+def test_distributions_and_fixed_values():
+    assert S.parse_spec("run.learning_rate", "log(1e-5,1e-2)") == S.Dim("run.learning_rate", "log", low=1e-5, high=1e-2)
+    assert S.parse_spec("model.width", "int(16,256)").kind == "int"
+    for fixed in ("0.001", "[64,32]", "3-3", "adam"):
+        assert S.parse_spec("x.y", fixed) is None
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("log(0,1)", "needs LOW > 0"),
+    ("uniform(2,1)", "LOW must be below HIGH"),
+    ("int(1.5,4)", "two integers"),
+    ("log(1e-4)", "takes two numbers"),
+    ("1,1", "listed twice"),
+    ("5-2", "is empty"),
+])
+def test_bad_specs_are_one_line(text, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        S.parse_spec("run.learning_rate", text)
+
+
+# --- jaxyard sweep -------------------------------------------------------------------------------
+
+
+def test_a_grid_sweep_ranks_its_trials_and_the_best_reruns_alone(run_cli, tmp_path, registry):
+    out = tmp_path / "sweep"
+    result = run_cli(["sweep", "--lr", "1e-3,1e-2", "--seed", "0-1", "--prune", "none", "--out", str(out), *sets()])
+    assert result.exit_code == 0, result.output
+    assert "4 complete, 0 pruned, 0 failed; 1 training program compiled" in result.stdout
+    lines = [json.loads(x) for x in (out / S.RESULTS).read_text().splitlines()]
+    assert sorted((x["params"]["run.learning_rate"], x["params"]["run.seed"]) for x in lines) == [
+        (0.001, 0), (0.001, 1), (0.01, 0), (0.01, 1)]
+    assert all(x["state"] == "complete" and len(x["final"]) and x["test"]["test_acc"] >= 0 for x in lines)
+    best = min(lines, key=lambda x: x["value"])
+    assert f"Best: trial {best['trial']} (val_loss {best['value']:.4f})" in result.stdout
+    board = result.stdout.split("Leaderboard")[1].splitlines()[2:6]
+    assert [int(row.split()[0]) for row in board] == [x["trial"] for x in sorted(lines, key=lambda x: x["value"])]
+    from PIL import Image
+
+    with Image.open(out / "sweep.png") as png:
+        assert png.format == "PNG" and png.size[0] > 400
+    rerun = train(resolve_config(registry, Settings(), config_file=str(out / best["run_dir"] / "config.toml")), out_dir=tmp_path / "alone")
+    assert rerun.history[-1]["val_loss"] == pytest.approx(best["final"]["val_loss"], rel=1e-5)
+    study = optuna.load_study(study_name="sweep", storage=S.storage_of(out, S.load_spec(out)))
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+
+
+def test_a_diverging_trial_fails_alone_and_pruned_trials_keep_their_metrics(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kw: optuna.pruners.ThresholdPruner(upper=1.0))
+    out = tmp_path / "sweep"
+    result = run_cli(["sweep", "--optimizer", "sgd", "--lr", "0.05,1e9", "--out", str(out), *sets("run.epochs=3")])
+    assert result.exit_code == 0, result.output
+    lines = {x["params"]["run.learning_rate"]: x for x in map(json.loads, (out / S.RESULTS).read_text().splitlines())}
+    assert lines[1e9]["state"] == "failed" and "training diverged" in lines[1e9]["error"]
+    pruned = lines[0.05]
+    assert pruned["state"] == "pruned" and len(pruned["final"]) and pruned["final"]["epoch"] < 3, pruned
+    assert "pruned by the sweep" in pruned["stop_reason"]
+
+
+def test_search_needs_a_budget_and_bad_values_are_caught_before_any_trial(run_cli, tmp_path):
+    result = run_cli(["sweep", "--lr", "log(1e-4,1e-2)", "--out", str(tmp_path / "a"), *sets()])
+    assert_one_line_error(result, "needs --trials N")
+    result = run_cli(["sweep", "--set", "optimizer.b2=0.9,1.5", "--out", str(tmp_path / "b"), *sets()])
+    assert_one_line_error(result, "sweep optimizer.b2=1.5", "'b2' must be < 1.0: 1.5")
+    result = run_cli(["sweep", "--lr", "log(1e-4,1e-2)", "--sampler", "grid", "--trials", "3", "--out", str(tmp_path / "c"), *sets()])
+    assert_one_line_error(result, "--sampler grid", "run.learning_rate is a distribution")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    result = run_cli(["sweep", "--resume", str(tmp_path)])
+    assert_one_line_error(result, "is not a sweep directory")
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_without_losing_or_repeating_a_trial(run_cli, tmp_path):
+    out = tmp_path / "sweep"
+    result = run_cli(["sweep", "--lr", "1e-3,2e-3,3e-3,4e-3,5e-3,6e-3,7e-3,8e-3", "--seed", "0-1", "--workers", "2",
+                      "--out", str(out), *sets("run.epochs=1")])
+    assert result.exit_code == 0, result.output
+    assert "[worker 0] Worker 0:" in result.stdout and "[worker 1] Worker 1:" in result.stdout
+    study = optuna.load_study(study_name="sweep", storage=S.storage_of(out, S.load_spec(out)))  # optuna reads the file
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    points = {(t.params["run.learning_rate"], t.params["run.seed"]) for t in done}
+    assert len(done) == len(study.trials) == 16 and len(points) == 16
+    assert len({x["trial"] for x in map(json.loads, (out / S.RESULTS).read_text().splitlines())}) == 16
+
+
+@pytest.mark.slow
+def test_a_killed_worker_trial_is_failed_then_retried_by_resume(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "jaxyard.cli", "sweep", "--lr", "1e-3,2e-3", "--prune", "none", "--out", str(out),
+           *sets("run.epochs=400", "loader.train_size=64", "run.save_every=400")]
+    proc = subprocess.Popen(cmd, env=clean_environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / S.TRIALS / "0000" / "config.toml").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    fast = [s.replace("run.epochs=400", "run.epochs=1") for s in cmd]
+    resumed = subprocess.run([*fast[:4], "--resume", str(out)], env=clean_environ(), capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Trial 0: its worker stopped before it finished; queued again" in resumed.stdout
+    lines = [json.loads(x) for x in (out / S.RESULTS).read_text().splitlines()]
+    assert lines[0]["trial"] == 0 and lines[0]["state"] == "failed"
+    complete = [x for x in lines if x["state"] == "complete"]
+    assert sorted(x["params"]["run.learning_rate"] for x in complete) == [0.001, 0.002]  # each point once, none lost
