@@ -378,7 +378,7 @@ def _print_table(headers: list[str], rows: list[list], text: list[list[str]]) ->
     Console().print(grid)
 
 
-@cli.command(short_help="Train many configurations (a grid or an Optuna search) and rank them.")
+@cli.command(short_help="Train a grid or a search of configurations and rank them.")
 @functools.partial(_run_options, sweep=True)
 @click.option("--out", metavar="DIR", help="The sweep's directory (default: run.out/sweep-<timestamp>).")
 @click.option("--sampler", type=click.Choice(["grid", "random", "tpe"]), help="How trials are chosen (default: grid for lists, tpe with a distribution).")
