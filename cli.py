@@ -167,7 +167,7 @@ def show(session, kind, name, as_json):
         click.echo("  parameters: none")
         return
     click.echo("  parameters:")
-    rows = [[p["name"], p["type"], _value_text(p), p["doc"]] for p in data["params"]]
+    rows = [[p["name"], p["type"], _value_text(p), p["doc"] + " [traced in sweeps]" * bool(p.get("traced"))] for p in data["params"]]
     for line in D.table(rows, indent="    "):
         click.echo(line)
 

@@ -28,7 +28,7 @@ def params_list(cls: type, configured: dict[str, Any] | None = None) -> list[dic
     """Each parameter's name, type, default and doc; ``configured``: the value the registry files set."""
     out = []
     for p in describe(cls):
-        item = {"name": p.name, "type": p.type, "default": _plain(p.default), "doc": p.doc}
+        item = {"name": p.name, "type": p.type, "default": _plain(p.default), "doc": p.doc, "traced": p.traced}
         if configured and p.name in configured:
             item["configured"] = _plain(configured[p.name])
         out.append(item)

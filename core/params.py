@@ -42,6 +42,7 @@ class ParamInfo:
     type: str
     default: Any
     doc: str
+    traced: bool = False  # may be an input of the compiled step (a sweep's runs share one program)
 
 
 def describe(cls: type) -> list[ParamInfo]:
@@ -52,7 +53,7 @@ def describe(cls: type) -> list[ParamInfo]:
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
         type_name = f.type if isinstance(f.type, str) else _type_name(f.type)
-        out.append(ParamInfo(f.name, type_name or "any", default, f.metadata.get("doc", "")))
+        out.append(ParamInfo(f.name, type_name or "any", default, f.metadata.get("doc", ""), bool(f.metadata.get("traced"))))
     return out
 
 

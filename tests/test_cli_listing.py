@@ -72,10 +72,12 @@ def test_show_json(cli_json):
     shown = cli_json(["show", "optimizer", "sgd", "--json"])
     assert set(shown) == ENTRY_KEYS | {"params"}
     assert shown["params"] == [
-        {"name": "momentum", "type": "float", "default": 0.0, "doc": "momentum coefficient (0: plain SGD)"},
-        {"name": "nesterov", "type": "bool", "default": False, "doc": "use Nesterov momentum (needs momentum > 0)"},
-        {"name": "weight_decay", "type": "float", "default": 0.0, "doc": "L2 penalty added to the gradient before the update (0: off)"},
+        {"name": "momentum", "type": "float", "default": 0.0, "doc": "momentum coefficient (0: plain SGD)", "traced": False},
+        {"name": "nesterov", "type": "bool", "default": False, "doc": "use Nesterov momentum (needs momentum > 0)", "traced": False},
+        {"name": "weight_decay", "type": "float", "default": 0.0, "doc": "L2 penalty added to the gradient before the update (0: off)", "traced": False},
     ]
+    adam = {p["name"]: p["traced"] for p in cli_json(["show", "optimizer", "adam", "--json"])["params"]}
+    assert adam == {"b1": True, "b2": True, "eps": True, "weight_decay": False}  # zero switches it off: structural
     mlp = cli_json(["show", "models", "mlp", "--json"])
     hidden = next(p for p in mlp["params"] if p["name"] == "hidden_dims")
     assert hidden["default"] == [256, 128] and hidden["type"].startswith("tuple[int")
