@@ -454,6 +454,8 @@ def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, pru
             fixed.append(f"{name}={text}")
         else:
             dims.append(dim)
+    if not any(name == "run.curves" for name, _ in items):  # sweep.png and `compare --png` plot the trials
+        fixed.insert(0, "run.curves=false")
     first = [f"{d.name}={d.texts_for_check()[0]}" for d in dims]
 
     def resolve(extra):

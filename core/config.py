@@ -53,6 +53,7 @@ class RunSettings:
         0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.999 (0: off); `eval --weights ema`",
         validator=[v.ge(0.0), v.lt(1.0)],
     )
+    curves: bool = P.param(True, "plot the training curves to training_curves.png when the run ends (a sweep's trials: off)")
     profile: bool = P.param(False, "write a jax.profiler trace of the second epoch to the run directory's profile/")
     keep_latest: int = P.param(3, "checkpoints: keep the newest N", validator=v.ge(1))
     keep_best: int = P.param(1, "checkpoints: also keep the N best by `monitor`", validator=v.ge(0))
