@@ -386,11 +386,13 @@ def _print_table(headers: list[str], rows: list[list], text: list[list[str]]) ->
 @click.option("--prune", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True, help="Stop hopeless trials early, from their per-epoch `run.monitor`.")
 @click.option("--storage", metavar="URL", help="An Optuna storage URL to share the study (default: a journal file in the sweep directory).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes on the same study.")
+@click.option("--vectorize", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Train the trials of one static group as one vmapped program (auto: on GPU/TPU, off on CPU, where it is slower).")
 @click.option("--resume", "resume_dir", metavar="DIR", help="Continue the sweep in DIR: requeue the trials of killed workers, run the rest.")
 @click.option("--worker-index", type=int, hidden=True)
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @click.pass_obj
-def sweep(session, config_file, sets, loggers, out, sampler, trials, prune, storage, workers, resume_dir, worker_index, no_compile_cache, **options):
+def sweep(session, config_file, sets, loggers, out, sampler, trials, prune, storage, workers, vectorize, resume_dir, worker_index, no_compile_cache, **options):
     """Train every configuration of a grid, or TRIALS ones an Optuna sampler picks, in one
     process per worker: runs that differ only in traced hyperparameters (the learning rate, the
     optimizer's betas, ...) and the seed share one compiled program.
@@ -403,9 +405,14 @@ def sweep(session, config_file, sets, loggers, out, sampler, trials, prune, stor
     """
     from jaxyard.core import sweep as S
 
+    if vectorize == "auto":
+        import jax
+
+        vectorize = "off" if jax.default_backend() == "cpu" else "on"
+    vectorized = vectorize == "on"
     if worker_index is not None:  # one of --workers: run trials, print them, leave the summary to the parent
-        counts = S.run_worker(resume_dir, registry=session.registry, worker=worker_index, echo=click.echo, warn=_warn,
-                              compile_cache=_compile_cache(no_compile_cache))
+        counts = S.run_worker(resume_dir, registry=session.registry, worker=worker_index, vectorize=vectorized, echo=click.echo,
+                              warn=_warn, compile_cache=_compile_cache(no_compile_cache))
         click.echo(f"Worker {worker_index}: {_counts_text(counts)}")
         return
     if resume_dir:
@@ -416,15 +423,17 @@ def sweep(session, config_file, sets, loggers, out, sampler, trials, prune, stor
         directory = _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, prune, storage, options)
     spec = S.load_spec(directory)
     space = ", ".join(f"{S.short(d.name)} {_dim_text(d)}" for d in spec.dims)
-    click.echo(f"Sweep {directory}: {spec.trials} trials over {space}; sampler {spec.sampler}, pruner {spec.prune}, {workers} worker(s)")
+    click.echo(f"Sweep {directory}: {spec.trials} trials over {space}; sampler {spec.sampler}, pruner {spec.prune}, "
+               f"{workers} worker(s){', vectorized' * vectorized}")
     import time
 
     started = time.perf_counter()
     if workers == 1:
-        counts = S.run_worker(directory, registry=session.registry, echo=click.echo, warn=_warn, compile_cache=_compile_cache(no_compile_cache))
+        counts = S.run_worker(directory, registry=session.registry, vectorize=vectorized, echo=click.echo, warn=_warn,
+                              compile_cache=_compile_cache(no_compile_cache))
         click.echo(f"Trials {_counts_text(counts)}")
     else:
-        _spawn_workers(session, directory, workers, no_compile_cache)
+        _spawn_workers(session, directory, workers, no_compile_cache, vectorize)
     headers, rows, best = S.leaderboard(directory)
     from jaxyard.core import compare as C
 
@@ -476,7 +485,7 @@ def _counts_text(counts: dict) -> str:
     return f"{done}; {programs} training program{'s' * (programs != 1)} compiled"
 
 
-def _spawn_workers(session, directory: Path, workers: int, no_compile_cache: bool) -> None:
+def _spawn_workers(session, directory: Path, workers: int, no_compile_cache: bool, vectorize: str) -> None:
     """``workers`` processes on the sweep, their output prefixed; waits for all of them."""
     import subprocess
     import threading
@@ -491,7 +500,8 @@ def _spawn_workers(session, directory: Path, workers: int, no_compile_cache: boo
     argv += ["--strict-plugins"] * bool(session.strict) + ["--debug"] * bool(session.debug)
     procs = []
     for i in range(workers):
-        cmd = [*argv, "sweep", "--resume", str(directory), "--worker-index", str(i)] + ["--no-compile-cache"] * no_compile_cache
+        cmd = [*argv, "sweep", "--resume", str(directory), "--worker-index", str(i), "--vectorize", vectorize]
+        cmd += ["--no-compile-cache"] * no_compile_cache
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1))
 
     def relay(i, proc):

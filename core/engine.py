@@ -13,6 +13,7 @@ import os
 import time
 from contextlib import suppress
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -55,6 +56,7 @@ def train(
     progress: Progress | None = None,
     compile_cache: str | os.PathLike | None = None,
     programs: Programs | None = None,
+    make_loop: Callable[[Built], Any] | None = None,
 ) -> RunResult:
     """Train ``config`` in a new run directory and evaluate on the test split.
 
@@ -66,6 +68,8 @@ def train(
     :param compile_cache: a directory for JAX's persistent compilation cache (None: off).
     :param programs: compiled programs to share with other runs in this process (a sweep's):
         its traced hyperparameters are inputs, and runs of one static group compile once.
+    :param make_loop: ``make_loop(built)`` -> the loop that trains and evaluates (default: one
+        for the run alone; a sweep's vectorized group passes its member's).
     :returns: a :class:`RunResult`.
     """
     started = time.perf_counter()
@@ -84,7 +88,7 @@ def train(
     except BaseException:
         run_dir.discard()
         raise
-    return _fit(built, run_dir, storage, loggers, echo, warn or echo, progress, resume=False, started=started)
+    return _fit(built, run_dir, storage, loggers, echo, warn or echo, progress, resume=False, started=started, make=make_loop)
 
 
 def resume(
@@ -281,6 +285,7 @@ def _fit(
     *,
     resume: bool,
     started: float,
+    make: Callable[[Built], Any] | None = None,
 ) -> RunResult:
     config, settings = built.config, built.config.run
     pm = _plugins(config)
@@ -302,7 +307,7 @@ def _fit(
         interactive=progress is not None,
         streamed=not isinstance(built.data, Dataset),
     )
-    loop = make_loop(built)
+    loop = (make or make_loop)(built)
 
     def save_checkpoint() -> int:
         record = run.history[-1]
@@ -323,7 +328,7 @@ def _fit(
         return step
 
     run._saver = save_checkpoint
-    hub = LoggerHub(loggers, warn)
+    hub = LoggerHub(loggers, warn, run)
     pm.register(hub, name=f"jaxyard.loggers.{id(hub)}")
     try:
         if resume:

@@ -9,7 +9,9 @@ with every value constant); a sweep traces what it varies.
 
 from __future__ import annotations
 
+import copy
 import json
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -38,19 +40,27 @@ def traceable(config) -> dict[str, float]:
 
 
 def with_values(config, values: dict[str, Any]):
-    """``config`` with the named hyperparameters replaced (by traced scalars: validators off,
-    they were checked when the concrete values were)."""
-    with attrs.validators.disabled():
-        changes: dict[str, Any] = {}
-        run = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("run.")}
-        if run:
-            changes["run"] = attrs.evolve(config.run, **run)
-        for kind in TUNED_KINDS:
-            own = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f"{kind}.")}
-            if own:
-                choice = getattr(config, kind)
-                changes[kind] = attrs.evolve(choice, params=attrs.evolve(choice.params, **own))
-        return attrs.evolve(config, **changes)
+    """``config`` with the named hyperparameters replaced (by traced scalars). Validators are
+    bypassed (they checked the concrete values), without attrs' process-wide switch: threads
+    building other configurations meanwhile keep theirs."""
+    changes: dict[str, Any] = {}
+    run = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("run.")}
+    if run:
+        changes["run"] = _replaced(config.run, run)
+    for kind in TUNED_KINDS:
+        own = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f"{kind}.")}
+        if own:
+            choice = getattr(config, kind)
+            changes[kind] = attrs.evolve(choice, params=_replaced(choice.params, own))
+    return attrs.evolve(config, **changes)
+
+
+def _replaced(instance, values: dict[str, Any]):
+    """A copy of a frozen attrs ``instance`` with ``values`` set, no validator run."""
+    out = copy.copy(instance)
+    for name, value in values.items():
+        object.__setattr__(out, name, value)
+    return out
 
 
 def group_key(config, traced: Iterable[str]) -> str:
@@ -82,12 +92,14 @@ class Programs:
         self.traced = tuple(dict.fromkeys(traced))
         self.compiles = 0
         self._cache: dict[Any, Any] = {}
+        self._lock = threading.RLock()  # runs in threads (--vectorize) make each program once
 
     def get(self, key, make: Callable[[], Any]):
         """The program cached under ``key``, made (once) by ``make()``."""
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
 
     def __len__(self) -> int:
         return len(self._cache)

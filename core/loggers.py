@@ -65,9 +65,13 @@ LOGGER_METHODS = ("start", "log_epoch", "finish")
 class LoggerHub:
     """The run's loggers as one event plugin (registered for the run, then unregistered)."""
 
-    def __init__(self, loggers: dict[str, Logger], warn):
+    def __init__(self, loggers: dict[str, Logger], warn, run: Run | None = None):
         self.loggers = dict(loggers)
         self.warn = warn
+        self.run = run  # its own run's events only (a sweep may train several at once)
+
+    def _mine(self, run: Run) -> bool:
+        return self.run is None or run is self.run
 
     def _each(self, what: str, call) -> None:
         for name, logger in list(self.loggers.items()):
@@ -80,16 +84,20 @@ class LoggerHub:
 
     @hookimpl(tryfirst=True)
     def jaxyard_on_run_start(self, run: Run) -> None:
-        self._each("start", lambda lg: lg.start(run))
+        if self._mine(run):
+            self._each("start", lambda lg: lg.start(run))
 
     @hookimpl(tryfirst=True)
-    def jaxyard_on_epoch_end(self, record: dict) -> None:
-        self._each("log_epoch", lambda lg: lg.log_epoch(record))
+    def jaxyard_on_epoch_end(self, run: Run, record: dict) -> None:
+        if self._mine(run):
+            self._each("log_epoch", lambda lg: lg.log_epoch(record))
 
     @hookimpl(trylast=True)
     def jaxyard_on_run_end(self, run: Run, result: RunResult) -> None:
-        self._each("finish", lambda lg: lg.finish(run, "finished", result))
+        if self._mine(run):
+            self._each("finish", lambda lg: lg.finish(run, "finished", result))
 
     @hookimpl
     def jaxyard_on_run_failed(self, run: Run, error: BaseException) -> None:
-        self._each("finish", lambda lg: lg.finish(run, "failed", None))
+        if self._mine(run):
+            self._each("finish", lambda lg: lg.finish(run, "failed", None))

@@ -395,15 +395,15 @@ class Pruning:
     """An event plugin for one trial: reports the monitored metric each epoch and stops the run
     when the study's pruner says the trial is hopeless."""
 
-    def __init__(self, trial, monitor: str, epochs: int):
-        self.trial, self.monitor, self.epochs, self.pruned = trial, monitor, epochs, False
+    def __init__(self, trial, monitor: str, epochs: int, directory: Path):
+        self.trial, self.monitor, self.epochs, self.directory, self.pruned = trial, monitor, epochs, Path(directory), False
 
     from jaxyard import hookimpl as _hookimpl
 
     @_hookimpl
     def jaxyard_on_epoch_end(self, run, record):
         value = record.get(self.monitor)
-        if value is None:
+        if value is None or Path(run.directory) != self.directory:  # its own trial only (--vectorize trains several)
             return
         self.trial.report(float(value), int(record["epoch"]))
         if record["epoch"] < self.epochs and self.trial.should_prune():  # the last epoch: nothing left to save
@@ -416,72 +416,155 @@ def run_worker(
     *,
     registry,
     worker: int = 0,
+    vectorize: bool = False,
     echo: Callable[[str], None] = lambda line: None,
     warn: Callable[[str], None] | None = None,
     compile_cache=None,
 ) -> dict[str, int]:
     """Run trials of the sweep in ``directory`` until its budget is spent; one process, one
-    compiled program per static group. Returns counts: trials by state, and ``compiles``."""
-    from optuna.trial import TrialState
+    compiled program per static group. With ``vectorize``, the trials taken together that share
+    a static group train as one vmapped program (each still its own run). Returns counts:
+    trials by state, and ``compiles``."""
+    return Worker(Path(directory), registry, worker, echo, warn, compile_cache).run(vectorize)
 
-    from jaxyard.core.config import resolve_config
-    from jaxyard.core.engine import train
-    from jaxyard.core.inputs import Programs
-    from jaxyard.core.policy import Monitor
-    from jaxyard.core.settings import Settings
 
-    directory = Path(directory)
-    spec = load_spec(directory)
-    study = open_study(directory, spec, worker=worker)
-    programs = Programs(d.name for d in spec.dims)
-    pm = registry.plugin_manager
-    counts = {"complete": 0, "pruned": 0, "failed": 0}
-    while (trial := next_trial(directory, study, spec)) is not None:
+class Worker:
+    """One process's share of a sweep: asks the study for trials, trains them, tells it."""
+
+    WAVE = 16  # trials taken at once when vectorizing
+
+    def __init__(self, directory: Path, registry, worker: int, echo, warn, compile_cache):
+        from jaxyard.core.inputs import Programs
+
+        self.directory, self.registry, self.echo, self.warn, self.compile_cache = directory, registry, echo, warn, compile_cache
+        self.spec = load_spec(directory)
+        self.study = open_study(directory, self.spec, worker=worker)
+        self.programs = Programs(d.name for d in self.spec.dims)
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+
+    def run(self, vectorize: bool) -> dict[str, int]:
+        if not vectorize:
+            while (trial := next_trial(self.directory, self.study, self.spec)) is not None:
+                self.finish(*self.train(*self.prepare(trial)))
+        else:
+            while wave := self._wave():
+                self._train_wave(wave)
+        return {**self.counts, "compiles": self.programs.compiles}
+
+    def _wave(self) -> list:
+        out = []
+        while len(out) < self.WAVE and (trial := next_trial(self.directory, self.study, self.spec)) is not None:
+            out.append(trial)
+        return out
+
+    def prepare(self, trial):
+        """(trial, its line, its configuration or None when it cannot be built, its start time)."""
+        from jaxyard.core.config import resolve_config
+        from jaxyard.core.settings import Settings
+
         started = time.perf_counter()
-        values = suggest(trial, spec.dims)
+        values = suggest(trial, self.spec.dims)
         line: dict[str, Any] = {"trial": trial.number, "params": _params(values), "run_dir": None, "best": None,
                                 "final": None, "test": None, "value": None, "error": None}
-        out = directory / TRIALS / f"{trial.number:04d}"
-        pruning = Pruning(trial, spec.monitor, spec.epochs)
+        try:
+            config = resolve_config(self.registry, Settings(), config_file=str(self.directory / BASE),
+                                    sets=[f"{k}={v}" for k, v in values.items()])
+        except JaxyardError as err:
+            line.update(error=str(err))
+            config = None
+        return trial, line, config, started
+
+    def train(self, trial, line, config, started, make_loop=None):
+        """Train one trial (its events: pruning); returns what :meth:`finish` records."""
+        from optuna.trial import TrialState
+
+        from jaxyard.core.engine import train
+        from jaxyard.core.policy import Monitor
+
+        out = self.directory / TRIALS / f"{trial.number:04d}"
+        if config is None:
+            line["state"] = "failed"
+            return trial, line, TrialState.FAIL, started
+        pm = self.registry.plugin_manager
+        pruning = Pruning(trial, self.spec.monitor, config.run.epochs, out)
         name = f"jaxyard.sweep.pruning.{trial.number}"
         try:
-            config = resolve_config(registry, Settings(), config_file=str(directory / BASE),
-                                    sets=[f"{k}={v}" for k, v in values.items()])
-            pruning.epochs = config.run.epochs  # swept, perhaps
             pm.register(pruning, name=name)
             try:
-                result = train(config, out_dir=out, warn=warn, compile_cache=compile_cache, programs=programs)
+                result = train(config, out_dir=out, warn=self.warn, compile_cache=self.compile_cache, programs=self.programs,
+                               make_loop=make_loop)
             finally:
                 pm.unregister(name=name)
         except JaxyardError as err:  # a diverged or broken configuration ends its trial, not the sweep
-            line.update(state="failed", error=str(err), run_dir=_relative(out, directory) if out.exists() else None)
-            state, value = TrialState.FAIL, None
+            line.update(state="failed", error=str(err), run_dir=_relative(out, self.directory) if out.exists() else None)
+            return trial, line, TrialState.FAIL, started
         except BaseException:  # interrupted: the trial is queued again for `sweep --resume`
             with contextlib.suppress(Exception):
-                study._storage.set_trial_user_attr(trial._trial_id, "retried", True)
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+                self.study._storage.set_trial_user_attr(trial._trial_id, "retried", True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
             raise
-        else:
-            best = Monitor(spec.monitor, config.run.min_delta).best(result.history)
-            value = float(best[spec.monitor]) if best and spec.monitor in best else None
-            state = TrialState.PRUNED if pruning.pruned else TrialState.COMPLETE
-            line.update(state="pruned" if pruning.pruned else "complete", run_dir=_relative(out, directory),
-                        best=dict(best) if best else None, final=result.history[-1] if result.history else None,
-                        test=result.test, value=value, stop_reason=result.stop_reason)
-            if value is None or value != value:
-                state, line["state"] = TrialState.FAIL, "failed"
+        best = Monitor(self.spec.monitor, config.run.min_delta).best(result.history)
+        value = float(best[self.spec.monitor]) if best and self.spec.monitor in best else None
+        state = TrialState.PRUNED if pruning.pruned else TrialState.COMPLETE
+        line.update(state="pruned" if pruning.pruned else "complete", run_dir=_relative(out, self.directory),
+                    best=dict(best) if best else None, final=result.history[-1] if result.history else None,
+                    test=result.test, value=value, stop_reason=result.stop_reason)
+        if value is None or value != value:
+            state, line["state"] = TrialState.FAIL, "failed"
+        return trial, line, state, started
+
+    def finish(self, trial, line, state, started) -> None:
+        """Tell the study, append the trial's line, print it."""
+        from optuna.trial import TrialState
+
         line["seconds"] = round(time.perf_counter() - started, 3)
         if state == TrialState.COMPLETE:
-            study.tell(trial, value)
+            self.study.tell(trial, line["value"])
         else:
-            study.tell(trial, state=state)
-        with _locked(directory):
-            _append(directory, line)
-        counts[line["state"]] += 1
-        echo(trial_line(line, spec))
-    counts["compiles"] = programs.compiles
-    return counts
+            self.study.tell(trial, state=state)
+        with _locked(self.directory):
+            _append(self.directory, line)
+        self.counts[line["state"]] += 1
+        self.echo(trial_line(line, self.spec))
+
+    def _train_wave(self, wave: list) -> None:
+        """The wave's trials by static group: a group of several trains as one vmapped program,
+        each member in its own thread; a lone trial trains as usual."""
+        import threading
+
+        from jaxyard.core.inputs import group_key
+        from jaxyard.core.vectorize import VectorGroup
+
+        prepared = [self.prepare(trial) for trial in wave]
+        groups: dict[str, list] = {}
+        for item in prepared:
+            key = group_key(item[2], self.programs.traced) if item[2] is not None else f"unbuilt-{item[0].number}"
+            groups.setdefault(key, []).append(item)
+        for members in groups.values():
+            if len(members) == 1:
+                self.finish(*self.train(*members[0]))
+                continue
+            group = VectorGroup(len(members))
+            outcomes: list = [None] * len(members)
+
+            def member(i, item):
+                try:
+                    outcomes[i] = self.train(*item, make_loop=group.member(i))
+                except BaseException as err:  # noqa: BLE001 (re-raised below, in the worker's thread)
+                    outcomes[i] = err
+                finally:
+                    group.leave(i)
+
+            threads = [threading.Thread(target=member, args=(i, item), daemon=True) for i, item in enumerate(members)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self.finish(*outcome)
 
 
 def _relative(path: Path, directory: Path) -> str:
