@@ -167,9 +167,11 @@ def test_a_grid_sweep_ranks_its_trials_and_the_best_reruns_alone(run_cli, tmp_pa
 
 def test_a_diverging_trial_fails_alone_and_pruned_trials_keep_their_metrics(run_cli, tmp_path, monkeypatch):
     monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kw: optuna.pruners.ThresholdPruner(upper=1.0))
-    out = tmp_path / "sweep"
-    result = run_cli(["sweep", "--optimizer", "sgd", "--lr", "0.05,1e9", "--out", str(out), *sets("run.epochs=3")])
+    out, db = tmp_path / "sweep", f"sqlite:///{tmp_path / 'studies.db'}"  # any Optuna storage: a database here
+    result = run_cli(["sweep", "--optimizer", "sgd", "--lr", "0.05,1e9", "--storage", db, "--out", str(out), *sets("run.epochs=3")])
     assert result.exit_code == 0, result.output
+    states = sorted(t.state.name for t in optuna.load_study(study_name="sweep", storage=db).trials)
+    assert states == ["FAIL", "PRUNED"] and not (out / S.STUDY_FILE).exists()
     lines = {x["params"]["run.learning_rate"]: x for x in map(json.loads, (out / S.RESULTS).read_text().splitlines())}
     assert lines[1e9]["state"] == "failed" and "training diverged" in lines[1e9]["error"]
     pruned = lines[0.05]
