@@ -79,20 +79,34 @@ class JaxyardGroup(click.Group):
 
 
 @click.group(cls=JaxyardGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--registry", "registry_file", metavar="FILE", envvar="JAXYARD_REGISTRY", help="A registry.toml merged over the shipped one [env JAXYARD_REGISTRY].")
+@click.option(
+    "--registry", "registry_file", metavar="FILE", envvar="JAXYARD_REGISTRY",
+    help="A registry.toml merged over the shipped one [env JAXYARD_REGISTRY].",
+)
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE|FILE.py", help="Load a local plugin (repeatable).")
 @click.option("--disable", multiple=True, metavar="NAME", help="Block a plugin by name (repeatable) [env JAXYARD_DISABLE_PLUGINS].")
 @click.option("--strict-plugins", is_flag=True, help="Fail if any plugin fails to load [env JAXYARD_STRICT_PLUGINS=1].")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option(
+    "--cpu-devices", metavar="N", envvar="JAXYARD_CPU_DEVICES",
+    help="Make N host (CPU) devices, e.g. to try --devices on a laptop [env JAXYARD_CPU_DEVICES].",
+)
 @click.version_option(package_name="jaxyard")
 @click.pass_context
-def cli(ctx, registry_file, plugins, disable, strict_plugins, debug):
+def cli(ctx, registry_file, plugins, disable, strict_plugins, debug, cpu_devices):
     """jaxyard: train with swappable optimizers, schedules, models, loaders and checkpointers.
 
     Components come from plugins: jaxyard's built-ins, installed packages (entry points in the
     group "jaxyard") and local modules. `jaxyard list` shows them; `jaxyard run` trains.
     """
     ctx.obj = Session(registry_file, plugins, disable, strict_plugins, debug)
+    if cpu_devices:
+        from jaxyard.core.layout import use_cpu_devices
+
+        try:
+            use_cpu_devices(cpu_devices)  # before jax starts: this CLI imports it late
+        except JaxyardError as err:
+            raise click.UsageError(str(err)) from None
 
 
 def _echo_json(data) -> None:
@@ -210,12 +224,20 @@ def _run_options(f, *, sweep: bool = False):
     options = [
         click.option("--config", "config_file", metavar="FILE", help="An experiment TOML file ([run] and [KIND.NAME] tables)."),
         *[click.option(f"--{k}", metavar="NAME", help=f"The {k} to use (jaxyard list {k}s){spec and ' (or a list)'}.") for k in CHOSEN],
-        click.option("--logger", "loggers", multiple=True, metavar="NAME", help="Add an experiment logger to run.loggers (repeatable; jaxyard list loggers)."),
+        click.option(
+            "--logger", "loggers", multiple=True, metavar="NAME", help="Add an experiment logger to run.loggers (repeatable; jaxyard list loggers)."
+        ),
         click.option("--epochs", **(number or {"type": int}), help=f"Number of epochs{spec and ' (or a list)'}."),
         click.option("--batch-size", **(number or {"type": int}), help=f"Examples per step{spec and ' (or a list)'}."),
         click.option("--lr", "learning_rate", **(number or {"type": float}), help=f"Peak learning rate{spec}."),
-        click.option("--seed", **(number or {"type": int}), help=f"Seeds the initialisation, dropout and the shuffle (the data has its own seeds, e.g. loader.data_seed){spec}."),
-        click.option("--set", "sets", multiple=True, metavar="KIND.KEY=VALUE", help=f"Set a parameter of a chosen component or of run (repeatable){spec}."),
+        click.option("--devices", metavar="N|all", help="Local devices to train on: the batch is split over them (run.devices)."),
+        click.option(
+            "--seed", **(number or {"type": int}),
+            help=f"Seeds the initialisation, dropout and the shuffle (the data has its own seeds, e.g. loader.data_seed){spec}.",
+        ),
+        click.option(
+            "--set", "sets", multiple=True, metavar="KIND.KEY=VALUE", help=f"Set a parameter of a chosen component or of run (repeatable){spec}."
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -271,6 +293,59 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
     train(config, out_dir=out, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
 
 
+@cli.command(short_help="Compile one step and report its cost, memory and fit.")
+@_run_options
+@click.option(
+    "--memory-limit", metavar="GIB", type=click.FloatRange(min=0, min_open=True),
+    help="Check the fit against this many GiB per device (default: what the device has free).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def check(session, config_file, sets, memory_limit, as_json, **options):
+    """Build the configured run as shapes only, compile one training step ahead of time for its
+    devices and print its size, FLOPs per step, memory per device, compile time and whether it
+    fits. A combination that cannot work fails here with the same one-line error as `run`.
+
+    \b
+    Examples:
+      jaxyard check --set model.hidden_dims=[4096,4096]
+      jaxyard --cpu-devices 4 check --devices 4 --set run.shard_params=true --json
+    """
+    config = _resolve(session, config_file, sets, **options)
+    from jaxyard.core.check import check as check_config
+
+    limit = int(memory_limit * 2**30) if memory_limit else None
+    info = check_config(config, memory_limit=limit)
+    if as_json:
+        _echo_json(info)
+    else:
+        gib = 2**30
+        click.echo(f"{info['model']} with {info['optimizer']} on {info['layout']}, batch {info['batch_size']}:")
+        click.echo(f"  parameters:        {info['parameters']:,} ({info['parameter_bytes'] / 2**20:.2f} MiB)")
+        click.echo(f"  optimizer state:   {info['optimizer_state_bytes'] / 2**20:.2f} MiB")
+        flops = info["flops_per_step"]
+        click.echo(f"  FLOPs per step:    {flops / 1e9:.3f} GFLOP" if flops else "  FLOPs per step:    unknown (the backend reports none)")
+        step = info["step_memory_per_device_bytes"]
+        click.echo(f"  memory per device: {info['memory_per_device_bytes'] / 2**20:.2f} MiB"
+                   + (f" (step {step / 2**20:.2f} MiB + data {info['data_per_device_bytes'] / 2**20:.2f} MiB)" if step is not None else ""))
+        click.echo(f"  compile time:      {info['compile_seconds']:.2f} s")
+        limit = info["memory_limit_bytes"]
+        if info["fits"] is None:
+            click.echo("  fits:              unknown (no memory figure for this device)")
+        else:
+            verdict = "yes" if info["fits"] else "NO"
+            click.echo(f"  fits:              {verdict}: {info['memory_per_device_bytes'] / gib:.2f} GiB of {limit / gib:.2f} GiB "
+                       f"({info['memory_limit_source']})")
+    if info["fits"] is False:
+        from jaxyard.core.errors import UsageError
+
+        raise UsageError(
+            f"model {info['model']!r} needs {info['memory_per_device_bytes'] / 2**30:.2f} GiB per device, more than the "
+            f"{info['memory_limit_bytes'] / 2**30:.2f} GiB of {info['memory_limit_source']}: lower run.batch_size or the model's sizes, "
+            f"or add devices with run.shard_params = true"
+        )
+
+
 @cli.command(short_help="Print (and plot) the learning rate over a run.")
 @_run_options
 @click.option("--points", default=11, show_default=True, type=click.IntRange(min=2), help="Rows of the table (at least 2).")
@@ -305,14 +380,17 @@ def schedule(session, config_file, sets, points, png, **options):
 
 @cli.command(short_help="Continue an interrupted run from its newest checkpoint.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--devices", metavar="N|all", help="Continue on other devices (checkpoints restore in any layout).")
+@click.option("--shard-params/--no-shard-params", default=None, help="Continue with the state sharded (or not) over the devices.")
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @click.pass_obj
-def resume(session, run_dir, no_compile_cache):
+def resume(session, run_dir, devices, shard_params, no_compile_cache):
     """Continue an interrupted run from its newest intact checkpoint."""
     from jaxyard.core.engine import resume as resume_run
 
     resume_run(
-        run_dir, registry=session.registry, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache)
+        run_dir, registry=session.registry, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache),
+        devices=devices, shard_params=shard_params,
     )
 
 
@@ -325,7 +403,10 @@ def resume(session, run_dir, no_compile_cache):
     metavar="latest|best|STEP",
     help="The newest intact checkpoint, the one whose epoch is best by the run's monitor (run.monitor), or a step.",
 )
-@click.option("--weights", type=click.Choice(["model", "ema"]), default="model", show_default=True, help="The trained weights, or their moving average (runs with run.ema_decay).")
+@click.option(
+    "--weights", type=click.Choice(["model", "ema"]), default="model", show_default=True,
+    help="The trained weights, or their moving average (runs with run.ema_decay).",
+)
 @click.pass_obj
 def eval_(session, run_dir, checkpoint, weights):
     """Evaluate a run's saved model on the test split, without training."""
@@ -381,9 +462,14 @@ def _print_table(headers: list[str], rows: list[list], text: list[list[str]]) ->
 @cli.command(short_help="Train a grid or a search of configurations and rank them.")
 @functools.partial(_run_options, sweep=True)
 @click.option("--out", metavar="DIR", help="The sweep's directory (default: run.out/sweep-<timestamp>).")
-@click.option("--sampler", type=click.Choice(["grid", "random", "tpe"]), help="How trials are chosen (default: grid for lists, tpe with a distribution).")
+@click.option(
+    "--sampler", type=click.Choice(["grid", "random", "tpe"]), help="How trials are chosen (default: grid for lists, tpe with a distribution)."
+)
 @click.option("--trials", type=click.IntRange(min=1), help="How many trials (default: the whole grid; needed with a distribution).")
-@click.option("--prune", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True, help="Stop hopeless trials early, from their per-epoch `run.monitor`.")
+@click.option(
+    "--prune", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
+    help="Stop hopeless trials early, from their per-epoch `run.monitor`.",
+)
 @click.option("--storage", metavar="URL", help="An Optuna storage URL to share the study (default: a journal file in the sweep directory).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes on the same study.")
 @click.option("--vectorize", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
@@ -392,7 +478,10 @@ def _print_table(headers: list[str], rows: list[list], text: list[list[str]]) ->
 @click.option("--worker-index", type=int, hidden=True)
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @click.pass_obj
-def sweep(session, config_file, sets, loggers, out, sampler, trials, prune, storage, workers, vectorize, resume_dir, worker_index, no_compile_cache, **options):
+def sweep(
+    session, config_file, sets, loggers, out, sampler, trials, prune, storage, workers, vectorize, resume_dir, worker_index, no_compile_cache,
+    **options,
+):
     """Train every configuration of a grid, or TRIALS ones an Optuna sampler picks, in one
     process per worker: runs that differ only in traced hyperparameters (the learning rate, the
     optimizer's betas, ...) and the seed share one compiled program.
@@ -437,8 +526,11 @@ def sweep(session, config_file, sets, loggers, out, sampler, trials, prune, stor
     headers, rows, best = S.leaderboard(directory)
     from jaxyard.core import compare as C
 
-    click.echo(f"\nLeaderboard ({spec.monitor}, {'lower' if spec.direction == 'minimize' else 'higher'} is better), {time.perf_counter() - started:.1f} s:")
-    _print_table(headers, rows, [[C.format_cell(v, metric=h in (spec.monitor, "test_acc")) for h, v in zip(headers, row)] for row in rows])
+    click.echo(f"\nLeaderboard ({spec.monitor}, {'lower' if spec.direction == 'minimize' else 'higher'} is better), "
+               f"{time.perf_counter() - started:.1f} s:")
+    _print_table(
+        headers, rows, [[C.format_cell(v, metric=h in (spec.monitor, "test_acc")) for h, v in zip(headers, row, strict=True)] for row in rows]
+    )
     if best:
         click.echo(f"Best: trial {best['trial']} ({spec.monitor} {best['value']:.4f}); rerun it alone: "
                    f"jaxyard run --config {directory / best['run_dir'] / 'config.toml'}")
@@ -522,7 +614,8 @@ def _spawn_workers(session, directory: Path, workers: int, no_compile_cache: boo
         t.join(timeout=5)
     failed = [i for i, p in enumerate(procs) if p.returncode]
     if failed:
-        click.echo(f"Worker(s) {', '.join(map(str, failed))} stopped with an error; `jaxyard sweep --resume {directory}` requeues their trials", err=True)
+        click.echo(f"Worker(s) {', '.join(map(str, failed))} stopped with an error; "
+                   f"`jaxyard sweep --resume {directory}` requeues their trials", err=True)
 
 
 @cli.command("new-plugin", short_help="Write a plugin package to start from.")

@@ -85,7 +85,7 @@ class Timings:
 
 class MLP(nnx.Module):
     def __init__(self, sizes, rate, rngs):
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
         self.dropout = nnx.Dropout(rate, rngs=rngs)
 
     def __call__(self, x):
@@ -144,7 +144,7 @@ def init_params(key, sizes):
     init = jax.nn.initializers.lecun_normal()
     keys = jax.random.split(key, len(sizes) - 1)
     return [dict(kernel=init(k, (a, b), jnp.float32), bias=jnp.zeros(b, jnp.float32))
-            for k, a, b in zip(keys, sizes, sizes[1:])]
+            for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)]
 
 
 def forward(params, x, rate=0.0, key=None):

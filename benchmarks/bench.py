@@ -151,7 +151,7 @@ def print_table(label, out):
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     print(f"\n{label}  (median [min-max]; step = steady-state training step)")
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     for ratio, value in out["ratios"].items():
         print(f"  {ratio}: {value:.2f}x")
 

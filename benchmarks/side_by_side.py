@@ -24,15 +24,16 @@ sys.path.insert(0, str(HERE))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import baselines  # noqa: E402
 import jaxyard  # noqa: E402
-import jaxyard_variants  # noqa: E402
-from bench import WORKLOADS, workload_config  # noqa: E402
 from jaxyard.core.build import build  # noqa: E402
 from jaxyard.core.engine import describe_components, make_loggers  # noqa: E402
 from jaxyard.core.events import Run, emit  # noqa: E402
 from jaxyard.core.loggers import LoggerHub  # noqa: E402
 from jaxyard.core.loop import make_loop, means  # noqa: E402
+
+import baselines  # noqa: E402
+import jaxyard_variants  # noqa: E402
+from bench import WORKLOADS, workload_config  # noqa: E402
 
 
 def hand_scan_epoch(cfg, train):
@@ -105,13 +106,13 @@ def main():
 
     steps = built.steps_per_epoch
     a, b = statistics.median(ours), statistics.median(hand)
-    pairs = [o / h for o, h in zip(ours, hand)]
+    pairs = [o / h for o, h in zip(ours, hand, strict=True)]
     print(f"{args.workload}: {args.epochs} epochs of {steps} steps each, alternating, backend {jax.default_backend()}")
     print(f"  jaxyard engine  {a * 1e3:8.2f} ms/epoch  {a / steps * 1e3:.3f} ms/step")
     print(f"  hand-written    {b * 1e3:8.2f} ms/epoch  {b / steps * 1e3:.3f} ms/step")
     q = statistics.quantiles(pairs, n=4)
     print(f"  jaxyard / hand-written, pair by pair: median {statistics.median(pairs):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})")
-    events = [o / e for o, e in zip(ours, bare)]
+    events = [o / e for o, e in zip(ours, bare, strict=True)]
     q = statistics.quantiles(events, n=4)
     print(f"  with events / without, pair by pair: median {statistics.median(events):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}); "
           f"events {(statistics.median(ours) - statistics.median(bare)) * 1e3:.3f} ms/epoch")

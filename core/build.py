@@ -7,7 +7,7 @@ compiled: the loader's arrays, the model's output shape, each factory's result.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -23,6 +23,7 @@ from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset, Split, StreamingDataset
 from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 from jaxyard.core.inputs import Programs, group_key, traceable, with_values
+from jaxyard.core.layout import Layout, make_layout
 
 # fold_in constants of the streams derived from run.seed (one place: resume must match)
 PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM = 0, 1, 2
@@ -46,17 +47,18 @@ class Built:
     train_graphdef: Any
     eval_graphdef: Any
     state: Any
-    schedule: Callable[[int], Any]
+    schedule: Callable[[int | jax.Array], Any]  # a step count, or an array of them (vmapped, traced)
     epoch_lr: np.ndarray  # the rate at the end of each epoch (index 0: before training)
     steps_per_epoch: int
     warmup_steps: int
     total_steps: int
     num_params: int
-    sizes: dict[str, int | None]
+    sizes: Mapping[str, int | None]
     programs: Programs = attrs.field(factory=Programs)  # compiled programs, shared by a sweep's runs
     group: str = ""  # the static group: equal for runs that can share compiled programs
     inputs: dict[str, Any] = attrs.field(factory=dict)  # traced hyperparameters, as device scalars
     make_tx: Callable[[dict[str, Any]], Any] | None = None  # the optimizer, from traced inputs
+    layout: Layout = attrs.field(factory=Layout)  # one device, or a mesh the batch is split over
 
 
 def enable_compile_cache(directory: str | os.PathLike) -> None:
@@ -73,6 +75,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     inputs of the compiled programs, which runs of one static group share.
     """
     run = config.run
+    layout = make_layout(run.devices, run.shard_params, run.batch_size)  # before anything is loaded: a bad count fails fast
     programs = programs if programs is not None else Programs()
     traced = [name for name in programs.traced if name in traceable(config)]
     data, steps_per_epoch = load_data(config)
@@ -95,8 +98,12 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     eval_graphdef, _ = nnx.split((model, optimizer))
     model.train()
     train_graphdef, state = nnx.split((model, optimizer))
+    state = layout.place_state(state)
     if isinstance(data, Dataset):
-        data = Dataset(*(Split(jnp.asarray(s.x), jnp.asarray(s.y)) for s in (data.train, data.val, data.test)), data.num_classes)
+        def on_device(split: Split) -> Split:
+            return Split(layout.place_data(jnp.asarray(split.x)), layout.place_data(jnp.asarray(split.y)))
+
+        data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
     group = group_key(config, traced)
     inputs = {name: jnp.asarray(traceable(config)[name], jnp.float32) for name in traced}
 
@@ -115,7 +122,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(updates_at_epoch_end))
     return Built(
         config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params,
-        sizes, programs, group, inputs, traced_tx if traced else None,
+        sizes, programs, group, inputs, traced_tx if traced else None, layout,
     )
 
 
@@ -161,7 +168,7 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     return data, steps_per_epoch
 
 
-def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True) -> tuple[Callable[[int], Any], int, int]:
+def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True) -> tuple[Callable[[int | jax.Array], Any], int, int]:
     """The run's learning-rate schedule: linear warmup, then the chosen schedule to the last step.
 
     Returns ``(schedule, warmup_steps, total_steps)``; the chosen schedule spans

@@ -14,7 +14,8 @@ jax, orbax nor numpy.
 from __future__ import annotations
 
 import typing
-from typing import Any, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 
@@ -191,7 +192,7 @@ class Restored:
     """
 
     step: int
-    arrays: "dict[str, numpy.ndarray]"
+    arrays: dict[str, numpy.ndarray]
     meta: dict
     skipped: tuple[tuple[int, str], ...] = ()
 
@@ -213,7 +214,7 @@ class Checkpointer(Protocol):
     directory, the step and the cause; a failed save never deletes a step already saved.
     """
 
-    def save(self, step: int, arrays: "dict[str, numpy.ndarray]", meta: dict) -> None:
+    def save(self, step: int, arrays: dict[str, numpy.ndarray], meta: dict) -> None:
         """Save the state at ``step`` (may return before the data is on disk).
 
         ``arrays`` is a FLAT dict from dotted path strings to host (NumPy) arrays, e.g.

@@ -86,7 +86,7 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> list[RunRecord]:
         where = ", ".join(str(p) for p in paths)
         raise UsageError(f"no runs to compare in {where}: no trial of the sweep has a run directory yet; wait for one to finish")
     labels = _labels([(path, sweep_name) for path, _, sweep_name in unique])
-    return [_load_run(path, label, trial) for (path, trial, _), label in zip(unique, labels)]
+    return [_load_run(path, label, trial) for (path, trial, _), label in zip(unique, labels, strict=True)]
 
 
 def load_sweep(path: str | os.PathLike) -> Sweep:
@@ -144,7 +144,9 @@ def _trial_dirs(sweep: Sweep):
         if not (path / rd.CONFIG).is_file():
             if trial.get("state") == "failed":
                 continue
-            raise UsageError(f"{sweep.path / SWEEP_TRIALS}: trial {trial.get('trial')}'s run directory {path} has no {rd.CONFIG}; was it moved or deleted?")
+            raise UsageError(
+                f"{sweep.path / SWEEP_TRIALS}: trial {trial.get('trial')}'s run directory {path} has no {rd.CONFIG}; was it moved or deleted?"
+            )
         yield trial, path
 
 
@@ -158,7 +160,7 @@ def _labels(items: list[tuple[Path, str | None]]) -> list[str]:
     labels = [label(p, s, 1) for p, s in items]
     for parts in (2, 3):
         clashes = {x for x in labels if labels.count(x) > 1}
-        labels = [label(p, s, parts) if x in clashes else x for (p, s), x in zip(items, labels)]
+        labels = [label(p, s, parts) if x in clashes else x for (p, s), x in zip(items, labels, strict=True)]
     counts: dict[str, int] = {}
     out = []
     for x in labels:
@@ -368,7 +370,7 @@ def plot_sweep(sweep_dir: str | os.PathLike, path: str | os.PathLike, metric: st
     width, height = 5 * cols, 4 * rows  # margins in inches: room for tick labels, axis labels and the title
     fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.55 / height, top=1 - 0.7 / height, wspace=0.3, hspace=0.4)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, name in zip(axes, params):
+    for ax, name in zip(axes, params, strict=False):  # more axes than parameters: the curve panel and spare cells follow
         _param_panel(ax, name, sweep.space.get(name) or {}, scored, sweep.monitor)
     ax = axes[len(params)]
     for t, history in curves:
@@ -406,7 +408,7 @@ def _param_panel(ax, name: str, spec: dict, trials: list[dict], monitor: str) ->
         positions = [categories.index(_canonical(x)) for x in xs]
         ax.set_xticks(range(len(categories)), [format_cell(json.loads(c)) for c in categories])
     for pruned, marker, label in ((False, "o", "complete"), (True, "x", "pruned")):
-        chosen = [(p, y) for p, (_, y, was) in zip(positions, points) if was == pruned]
+        chosen = [(p, y) for p, (_, y, was) in zip(positions, points, strict=True) if was == pruned]
         if chosen:
             ax.scatter([p for p, _ in chosen], [y for _, y in chosen], marker=marker, label=label,
                        color="tab:blue" if not pruned else "tab:red")

@@ -19,6 +19,11 @@ from jaxyard.core.policy import MONITORS
 from jaxyard.core.settings import Settings, dump_toml, merge, read_config_file
 
 
+def _devices(instance, attribute, value) -> None:
+    if not (value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)):
+        raise ValueError(f"expected all or a positive number of devices, got {value!r}", attribute, None, value)
+
+
 @attrs.frozen
 class RunSettings:
     """The ``[run]`` table: which components to use and how to train."""
@@ -53,6 +58,11 @@ class RunSettings:
         0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.999 (0: off); `eval --weights ema`",
         validator=[v.ge(0.0), v.lt(1.0)],
     )
+    devices: int | str = P.param(
+        "all", "local devices to train on: all, or N (a 1-D mesh: the batch is split over them)", validator=_devices,
+        converter=lambda v: int(v) if isinstance(v, str) and v.strip().isdigit() else v,
+    )
+    shard_params: bool = P.param(False, "split the parameters and optimizer state over the devices too (ZeRO-3/FSDP style)")
     curves: bool = P.param(True, "plot the training curves to training_curves.png when the run ends (a sweep's trials: off)")
     profile: bool = P.param(False, "write a jax.profiler trace of the second epoch to the run directory's profile/")
     keep_latest: int = P.param(3, "checkpoints: keep the newest N", validator=v.ge(1))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
+    import jax
     import numpy as np
 
 SPLITS = ("train", "val", "test")
@@ -15,10 +16,13 @@ SPLITS = ("train", "val", "test")
 
 @attrs.frozen
 class Split:
-    """One split: features ``x`` of shape ``(n, *input_shape)`` and integer labels ``y`` of shape ``(n,)``."""
+    """One split: features ``x`` of shape ``(n, *input_shape)`` and integer labels ``y`` of shape ``(n,)``.
 
-    x: np.ndarray
-    y: np.ndarray
+    A loader returns NumPy arrays; the engine's copy holds the same data as device (jax) arrays.
+    """
+
+    x: np.ndarray | jax.Array
+    y: np.ndarray | jax.Array
 
     def __len__(self) -> int:
         return len(self.y)

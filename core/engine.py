@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -27,7 +27,7 @@ from jaxyard.core.checkpoint import CheckpointError, missing_methods
 from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset
 from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UsageError, one_line
-from jaxyard.core.events import Echo, Run, RunResult, silent, describe_params, emit, emit_failed
+from jaxyard.core.events import Echo, Run, RunResult, describe_params, emit, emit_failed, silent
 from jaxyard.core.inputs import Programs
 from jaxyard.core.loggers import LOGGER_METHODS, LoggerHub
 from jaxyard.core.loop import Progress, make_loop, means
@@ -99,14 +99,18 @@ def resume(
     warn: Echo | None = None,
     progress: Progress | None = None,
     compile_cache=None,
+    devices: int | str | None = None,
+    shard_params: bool | None = None,
 ) -> RunResult:
     """Continue an interrupted run from its newest intact checkpoint, with its saved config.
 
     :param registry: the registry the run was trained with (its plugins and components);
         default: one built from the installed plugins and the environment.
+    :param devices, shard_params: a new layout to continue in (checkpoints hold host arrays:
+        any layout restores them); default: the run's own.
     """
     started = time.perf_counter()
-    config = load_run_config(run_dir, registry)
+    config = _in_layout(load_run_config(run_dir, registry), devices, shard_params)
     if compile_cache:
         enable_compile_cache(compile_cache)
     directory = rd.RunDir(run_dir)
@@ -134,7 +138,7 @@ def evaluate(
     which = _parse_which(checkpoint)
     if weights not in ("model", "ema"):
         raise UsageError(f"--weights {weights!r}: expected model or ema")
-    config = load_run_config(run_dir, registry)
+    config = _in_layout(load_run_config(run_dir, registry), 1, False)  # one device, whatever trained it
     if not (Path(run_dir) / rd.CHECKPOINTS).is_dir():  # opening a checkpointer could create it: a reader writes nothing
         raise CheckpointError("no checkpoints saved yet", directory=Path(run_dir) / rd.CHECKPOINTS)
     built = build(config)
@@ -156,6 +160,18 @@ def evaluate(
     echo(f"  Test Loss: {loss:.4f}")
     echo(f"  Test Accuracy: {acc:.4f}")
     return Evaluation(restored.step, epoch, loss, acc, restored.skipped)
+
+
+def _in_layout(config: RunConfig, devices, shard_params) -> RunConfig:
+    """``config`` on other devices (None: as it was)."""
+    from jaxyard.core import params as P
+    from jaxyard.core.config import RunSettings
+
+    values = {k: v for k, v in (("devices", devices), ("shard_params", shard_params)) if v is not None}
+    if not values:
+        return config
+    run = P.build(RunSettings, {**P.to_plain(config.run), **values}, where="run")
+    return attrs.evolve(config, run=run)
 
 
 def load_run_config(run_dir: str | os.PathLike, registry=None) -> RunConfig:
@@ -269,8 +285,8 @@ def _parse_which(which: str | int) -> str | int:
 
 
 def _restore(policy: CheckpointPolicy, built: Built, which: str | int):
-    restored = policy.restore(which)
-    built.state = st.unflatten(built.state, restored.arrays, step=restored.step)
+    restored = policy.restore(which)  # host arrays: any layout restores them
+    built.state = built.layout.place_state(st.unflatten(built.state, restored.arrays, step=restored.step))
     return restored
 
 
@@ -306,6 +322,7 @@ def _fit(
         started=started,
         interactive=progress is not None,
         streamed=not isinstance(built.data, Dataset),
+        devices=built.layout.describe(),
     )
     loop = (make or make_loop)(built)
 
@@ -439,7 +456,9 @@ def _versions() -> dict[str, str]:
     import flax
     import jaxlib
 
-    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__, "backend": jax.default_backend()}
+    return {
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__, "backend": jax.default_backend()
+    }
 
 
 def _json(data) -> str:

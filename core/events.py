@@ -7,7 +7,7 @@ pluggy on the host, between compiled epochs. An exception from a plugin becomes 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ class Run:
     config: Any  # RunConfig
     directory: Path
     components: dict[str, str]
-    sizes: dict[str, int | None]
+    sizes: Mapping[str, int | None]
     num_params: int
     steps_per_epoch: int
     total_steps: int
@@ -61,6 +61,7 @@ class Run:
     warn: Echo = silent
     started: float = 0.0  # time.perf_counter() when train()/resume() was called
     process_index: int = 0
+    devices: str = "1 device"  # where it trains: the layout (core/layout.py) in words
     interactive: bool = False  # the report goes to a terminal (progress bars welcome)
     streamed: bool = False  # batches come from Python (the loop shows a bar per batch itself)
     stop_reason: str | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 
 from jaxyard.core import steps
 from jaxyard.core.build import SHUFFLE_STREAM, Built, seed_key
-from jaxyard.core.data import Dataset
+from jaxyard.core.data import Dataset, StreamingDataset
 from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 
 Progress = Callable[..., Any]  # click.progressbar's signature: (length=, label=) -> context manager
@@ -44,9 +45,12 @@ def unalias(state):
     return jax.tree.map(once, state)
 
 
-def compiling(built: Built, fn):
+def compiling(built: Any, fn):
     """``fn()`` (a first call: tracing and compiling the step); an exception from the model's or
-    the optimizer's code becomes one line naming both and where they come from."""
+    the optimizer's code becomes one line naming both and where they come from.
+
+    ``built``: anything with ``.config`` (a RunConfig), e.g. a Built or, for a shapes-only
+    check, a namespace holding just the configuration."""
     try:
         return fn()
     except (JaxyardError, KeyboardInterrupt, MemoryError):
@@ -73,16 +77,15 @@ class InMemoryLoop:
         self.b = built
         self.key = seed_key(run.seed, SHUFFLE_STREAM)
         self.evaluate_fns = {
-            ema: built.programs.get(
-                (built.group, "evaluate", ema), lambda ema=ema: steps.make_evaluate(built.eval_graphdef, run.eval_batch_size, ema=ema)
-            )
+            ema: built.programs.get((built.group, "evaluate", ema), partial(steps.make_evaluate, built.eval_graphdef, run.eval_batch_size, ema=ema))
             for ema in (False, True)
         }
-        self.compiled = None
-        self.compile_seconds: float | None = 0.0
+        self.compiled: Callable[..., Any] | None = None
+        self.compile_seconds: float = 0.0
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
         b = self.b
+        assert isinstance(b.data, Dataset)  # make_loop chose this loop for a Dataset
         x, y = b.data.train.x, b.data.train.y
         key = jax.random.fold_in(self.key, epoch)
         if self.compiled is None:
@@ -95,7 +98,7 @@ class InMemoryLoop:
     def _compile(self):
         b, run = self.b, self.b.config.run
         x, y = b.data.train.x, b.data.train.y
-        fn = steps.make_train_epoch(b.train_graphdef, len(x), run.batch_size, run.drop_last, b.make_tx)
+        fn = steps.make_train_epoch(b.train_graphdef, len(x), run.batch_size, run.drop_last, b.make_tx, b.layout, b.state)
         compiled = compiling(b, lambda: fn.lower(b.state, b.inputs, x, y, jax.random.fold_in(self.key, 0)).compile())
         b.programs.compiles += 1
         return compiled
@@ -113,9 +116,11 @@ class StreamingLoop:
 
     def __init__(self, built: Built):
         self.b = built
-        self.step_fn = built.programs.get((built.group, "step"), lambda: steps.make_train_step(built.train_graphdef, built.make_tx))
+        self.step_fn = built.programs.get(
+            (built.group, "step"), lambda: steps.make_train_step(built.train_graphdef, built.make_tx, built.layout, built.state)
+        )
         self.eval_steps = {
-            ema: built.programs.get((built.group, "eval_step", ema), lambda ema=ema: steps.make_eval_step(built.eval_graphdef, ema=ema))
+            ema: built.programs.get((built.group, "eval_step", ema), partial(steps.make_eval_step, built.eval_graphdef, ema=ema))
             for ema in (False, True)
         }
         self.traced = False
@@ -135,13 +140,14 @@ class StreamingLoop:
         b = self.b
         total = jnp.zeros(3)
         bs = b.config.run.batch_size
+        assert isinstance(b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
         with progress(length=b.steps_per_epoch, label=f"Epoch {epoch}") if progress else nullcontext() as bar:
             for xb, yb in self.checked("train", b.data.batches("train", bs, epoch)):
                 xb, yb, mask = pad(xb, yb, bs)
                 if b.config.run.drop_last and mask.sum() < bs:
                     continue
                 if not self.traced:  # the first call traces and compiles: a component's bug surfaces here
-                    b.state, sums = compiling(b, lambda: self.step_fn(unalias(b.state), b.inputs, xb, yb, mask))
+                    b.state, sums = compiling(b, lambda xb=xb, yb=yb, mask=mask: self.step_fn(unalias(b.state), b.inputs, xb, yb, mask))
                     self.traced = True
                 else:
                     b.state, sums = self.step_fn(unalias(b.state), b.inputs, xb, yb, mask)
@@ -153,6 +159,7 @@ class StreamingLoop:
     def evaluate(self, split: str, *, ema: bool = False):
         total = jnp.zeros(3)
         bs = self.b.config.run.eval_batch_size
+        assert isinstance(self.b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
         for xb, yb in self.checked(split, self.b.data.batches(split, bs, 0)):
             total = total + self.eval_steps[ema](self.b.state, *pad(xb, yb, bs))
         return total

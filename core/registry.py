@@ -10,8 +10,8 @@ fatal in strict mode.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import fnmatch
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -101,7 +101,8 @@ class Registry:
         return [
             e
             for e in sorted(self._entries.values(), key=lambda e: (KINDS.index(e.kind), e.selector))
-            if (kind is None or e.kind == kind) and (pattern is None or fnmatch.fnmatchcase(e.name, pattern) or fnmatch.fnmatchcase(e.selector, pattern))
+            if (kind is None or e.kind == kind)
+            and (pattern is None or fnmatch.fnmatchcase(e.name, pattern) or fnmatch.fnmatchcase(e.selector, pattern))
         ]
 
     def plugin(self, name: str) -> PluginInfo:
@@ -245,13 +246,12 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
         hooks = _check_hooks(pm, plugin)
         staged: dict[tuple[str, str], Entry] = {}
         warnings: list[str] = []
-        callers = {caller.name: caller for caller in pm.get_hookcallers(plugin) or ()}
+        implemented = {caller.name for caller in pm.get_hookcallers(plugin) or ()}
+        others = [p for p in pm.get_plugins() if p is not plugin]
         for kind in KINDS:
-            caller = callers.get(HOOKS[kind])
-            for impl in caller.get_hookimpls() if caller else ():
-                if impl.plugin is plugin:  # pluggy passes an implementation only the arguments it names
-                    register = _register_fn(kind, c, staged, entries, warnings)
-                    impl.function(**{name: register for name in impl.argnames})
+            if HOOKS[kind] in implemented:  # through pluggy's own call loop (wrappers, tryfirst), this plugin alone:
+                caller = pm.subset_hook_caller(HOOKS[kind], remove_plugins=others)  # what it registers is its own
+                caller(register=_register_fn(kind, c, staged, entries, warnings))
     except (Exception, SystemExit, KeyboardInterrupt) as err:  # a plugin's own bug (even sys.exit() at import) must not take the registry down
         if plugin is not None:
             pm.unregister(plugin)
@@ -287,7 +287,7 @@ def _register_fn(kind: str, candidate: Candidate, staged: dict, committed: dict,
         params = NoParams if params is None else params
         if not (isinstance(params, type) and attrs.has(params)):
             raise PluginError(f"{where}: params must be an attrs class, got {params!r}")
-        for field, info in zip(attrs.fields(params), describe(params)):
+        for field, info in zip(attrs.fields(params), describe(params), strict=True):
             if info.default is attrs.NOTHING:
                 raise PluginError(f"{where}: parameter {info.name!r} of {params.__name__} needs a default")
             if field.type is None:  # --set would store the text "0.5" in it
@@ -356,7 +356,11 @@ def _check_signature(where: str, kind: str, factory: Callable[..., Any]) -> None
         raise PluginError(
             f"{where}: factory{signature} does not accept {', '.join(missing)}, which jaxyard passes; expected {expected}"
         )
-    required = [p.name for p in parameters[1:] if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in keywords]
+    required = [
+        p.name
+        for p in parameters[1:]
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in keywords
+    ]
     if required:
         raise PluginError(f"{where}: factory{signature} requires {', '.join(required)}, which jaxyard never passes; expected {expected}")
 
@@ -377,6 +381,8 @@ def _importer(spec: str) -> Callable[[], Any]:
             digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]  # same stem, other folder: another module
             name = f"jaxyard_local_{path.stem}_{digest}"
             module_spec = importlib.util.spec_from_file_location(name, path)
+            if module_spec is None or module_spec.loader is None:  # not for a .py file, but the API allows it
+                raise ImportError(f"cannot import {path}")
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
             try:

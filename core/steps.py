@@ -25,12 +25,14 @@ def _masked_loss(model, x, y, mask):
     return loss, jnp.stack([jnp.sum(per_example * mask), jnp.sum(correct * mask), count])
 
 
-def _step(graphdef, make_tx, state, inputs, x, y, mask):
+def _step(graphdef, make_tx, state, inputs, x, y, mask, batch=None):
     """One optimizer step on a (possibly padded) batch; padding rows carry mask 0.
 
     With ``make_tx``, the optimizer is rebuilt from ``inputs`` (traced hyperparameters) so that
     their values are arguments of the compiled program, not constants in it.
     """
+    if batch is not None:  # on a mesh: the batch's rows split over the devices
+        x, y, mask = (jax.lax.with_sharding_constraint(a, batch) for a in (x, y, mask))
     model, optimizer = nnx.merge(graphdef, state)
     if make_tx is not None:
         optimizer.tx = make_tx(inputs)
@@ -48,12 +50,19 @@ def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
     return steps, steps * batch_size
 
 
-def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None):
+def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None, layout=None, state=None):
     """``epoch(state, inputs, x, y, key) -> (state, sums)``: shuffle, batch and step, all compiled
-    once (``inputs``: the traced hyperparameters ``make_tx`` builds the optimizer from; ``{}``: none)."""
+    once (``inputs``: the traced hyperparameters ``make_tx`` builds the optimizer from; ``{}``: none).
+    On a ``layout`` with a mesh, each batch is split over its devices and the state keeps the
+    shardings ``state`` has."""
     steps, padded = batch_plan(n, batch_size, drop_last)
+    mesh = layout is not None and layout.mesh is not None
+    split = layout.batch if mesh else None
+    jit = partial(jax.jit, donate_argnums=0)
+    if mesh:
+        jit = partial(jit, out_shardings=(layout.state_shardings(state), layout.replicated))
 
-    @partial(jax.jit, donate_argnums=0)
+    @jit
     def epoch(state, inputs, x, y, key):
         order = jax.random.permutation(key, n)
         if padded > n:
@@ -64,7 +73,7 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx
 
         def body(state, batch):
             idx, m = batch
-            return _step(graphdef, make_tx, state, inputs, x[idx], y[idx], m)
+            return _step(graphdef, make_tx, state, inputs, x[idx], y[idx], m, split)
 
         state, sums = jax.lax.scan(body, state, (order.reshape(steps, batch_size), mask.reshape(steps, batch_size)))
         return state, jnp.sum(sums, axis=0)
@@ -72,9 +81,12 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx
     return epoch
 
 
-def make_train_step(graphdef, make_tx=None):
+def make_train_step(graphdef, make_tx=None, layout=None, state=None):
     """``step(state, inputs, x, y, mask) -> (state, sums)`` for batches fed from Python (padded to one shape)."""
-    return jax.jit(partial(_step, graphdef, make_tx), donate_argnums=0)
+    if layout is None or layout.mesh is None:
+        return jax.jit(partial(_step, graphdef, make_tx), donate_argnums=0)
+    step = partial(_step, graphdef, make_tx, batch=layout.batch)
+    return jax.jit(step, donate_argnums=0, out_shardings=(layout.state_shardings(state), layout.replicated))
 
 
 def make_evaluate(graphdef, batch_size: int, *, ema: bool = False):

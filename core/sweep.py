@@ -62,6 +62,7 @@ class Dim:
         """Values whose configurations are validated before any trial starts."""
         if self.is_list:
             return list(self.values)
+        assert self.low is not None and self.high is not None  # a distribution has both bounds
         return [_text(self.low if self.kind != "int" else int(self.low)), _text(self.high if self.kind != "int" else int(self.high))]
 
     def to_json(self) -> dict[str, Any]:
@@ -173,7 +174,7 @@ class SweepSpec:
 def grid(dims: Iterable[Dim]) -> list[dict[str, str]]:
     """Every combination of the list dimensions, in order (the last varies fastest)."""
     dims = list(dims)
-    return [dict(zip([d.name for d in dims], combo)) for combo in itertools.product(*(d.values for d in dims))]
+    return [dict(zip([d.name for d in dims], combo, strict=True)) for combo in itertools.product(*(d.values for d in dims))]
 
 
 def create(
@@ -209,7 +210,10 @@ def create(
     if sampler == "grid":
         bad = [d for d in dims if not d.is_list]
         if bad:
-            raise UsageError(f"--sampler grid: {bad[0].name} is a distribution ({bad[0].kind}); grids take lists (a,b,c); use --sampler tpe or random")
+            raise UsageError(
+                f"--sampler grid: {bad[0].name} is a distribution ({bad[0].kind}); grids take lists (a,b,c); use --sampler tpe or random"
+            )
+        assert size is not None  # only lists: the grid's size is known
         trials = size if trials is None else min(trials, size)
     elif trials is None:
         if size is None:
@@ -310,6 +314,7 @@ def suggest(trial, dims: Iterable[Dim]) -> dict[str, str]:
             value = trial.suggest_categorical(d.name, [_choice_value(v) for v in d.values])
             out[d.name] = next(v for v in d.values if _choice_value(v) == value)
         elif d.kind == "int":
+            assert d.low is not None and d.high is not None  # a distribution has both bounds
             out[d.name] = str(trial.suggest_int(d.name, int(d.low), int(d.high)))
         else:
             out[d.name] = _text(trial.suggest_float(d.name, d.low, d.high, log=d.kind == "log"))
@@ -452,7 +457,7 @@ class Worker:
         return {**self.counts, "compiles": self.programs.compiles}
 
     def _wave(self) -> list:
-        out = []
+        out: list[Any] = []  # optuna trials
         while len(out) < self.WAVE and (trial := next_trial(self.directory, self.study, self.spec)) is not None:
             out.append(trial)
         return out
@@ -548,7 +553,7 @@ class Worker:
             group = VectorGroup(len(members))
             outcomes: list = [None] * len(members)
 
-            def member(i, item):
+            def member(i, item, outcomes, group):
                 try:
                     outcomes[i] = self.train(*item, make_loop=group.member(i))
                 except BaseException as err:  # noqa: BLE001 (re-raised below, in the worker's thread)
@@ -556,7 +561,7 @@ class Worker:
                 finally:
                     group.leave(i)
 
-            threads = [threading.Thread(target=member, args=(i, item), daemon=True) for i, item in enumerate(members)]
+            threads = [threading.Thread(target=member, args=(i, item, outcomes, group), daemon=True) for i, item in enumerate(members)]
             for t in threads:
                 t.start()
             for t in threads:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+
 from jaxyard.core.entries import KINDS, Entry
 from jaxyard.core.errors import UsageError
 
@@ -226,7 +227,7 @@ def _message(subject: Subject, check: Check, what: str, fix: str) -> str:
     return " ".join(text.split())
 
 
-def _one_line(err: BaseException) -> str:
+def _one_line(err: BaseException | str) -> str:
     return " ".join(str(err).split())[:600]
 
 
@@ -347,7 +348,7 @@ def _validate_skip(skip, entries: list[Entry], tier: str) -> None:
     for key, checks in skip.items():
         if ":" not in key:
             raise UsageError(f"skip key {key!r}: name a component as KIND:NAME (patterns allowed, e.g. 'logger:*')")
-        matched = [e for e, text in zip(entries, labels) if fnmatch.fnmatchcase(text, key)]
+        matched = [e for e, text in zip(entries, labels, strict=True) if fnmatch.fnmatchcase(text, key)]
         if not matched:
             raise UsageError(f"skip key {key!r} matches no component under test ({', '.join(labels)})")
         if not isinstance(checks, Mapping):
@@ -518,7 +519,8 @@ def check_entry_point(s: Subject) -> str:
     if dist is None:
         return f"plugin {info.name} ({info.source})"
     if not info.distribution or _normalize(info.distribution) != _normalize(dist):
-        raise _Failure(f"it comes from distribution {info.distribution!r}, not {dist!r}", "declare the entry point in the distribution's pyproject.toml")
+        raise _Failure(f"it comes from distribution {info.distribution!r}, not {dist!r}",
+                       "declare the entry point in the distribution's pyproject.toml")
     if info.source == "builtin":
         return f"built-in plugin {info.name} of {info.distribution} {info.version}"
     if info.source != "entry point":
@@ -563,7 +565,7 @@ def check_params_documented(s: Subject) -> None:
                        "declare each field as `name: type = jaxyard.param(default, \"one-line doc\")`")
     try:
         cls()
-    except Exception as err:  # noqa: BLE001 - whatever a validator raises is the finding
+    except Exception as err:  # whatever a validator raises is the finding
         raise _Failure(f"{cls.__name__}() with its defaults raises {type(err).__name__}: {_one_line(err)}",
                        "make the defaults valid: a run with no --set must build") from None
 
@@ -611,7 +613,7 @@ def check_params_roundtrip(s: Subject) -> None:
     try:
         text = dump_toml({s.entry.kind: {s.entry.name: plain}})
         loaded = tomllib.loads(text)[s.entry.kind][s.entry.name]
-    except Exception as err:  # noqa: BLE001 - TypeError from dump_toml, TOMLDecodeError, ...: all findings
+    except Exception as err:  # TypeError from dump_toml, TOMLDecodeError, ...: all findings
         raise _Failure(f"its defaults {plain!r} cannot be written to and read from config.toml: {type(err).__name__}: {_one_line(err)}",
                        "use values TOML holds (numbers, booleans, strings, lists of them); None is not one") from None
     try:
@@ -650,7 +652,7 @@ def _heavy_imports(module: str) -> tuple[str, ...]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, env=env)
     if proc.returncode != 0:
-        raise _Failure(f"`import {module}` fails in a fresh process: {_one_line(proc.stderr.strip().splitlines()[-1:] or ['?'])}",
+        raise _Failure(f"`import {module}` fails in a fresh process: {_one_line((proc.stderr.strip().splitlines() or ['?'])[-1])}",
                        "make the plugin module importable on its own")
     return tuple(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -709,9 +711,9 @@ def _tree_close(a, b, *, rtol: float, atol: float) -> str | None:
 
     la, ta = jax.tree_util.tree_flatten_with_path(a)
     lb, tb = jax.tree_util.tree_flatten_with_path(b)
-    if ta != tb:
+    if ta != tb:  # type: ignore[operator]  # jaxlib ships PyTreeDef without type stubs
         return f"different structures: {ta} vs {tb}"
-    for (path, x), (_, y) in zip(la, lb):
+    for (path, x), (_, y) in zip(la, lb, strict=True):
         x, y = np.asarray(x), np.asarray(y)
         if x.shape != y.shape or x.dtype != y.dtype:
             return f"{jax.tree_util.keystr(path)}: {x.shape} {x.dtype} vs {y.shape} {y.dtype}"
@@ -745,7 +747,7 @@ def check_returns_transformation(s: Subject) -> str:
     grads = jax.eval_shape(jax.grad(loss), params)
     state = jax.eval_shape(tx.init, params)
     updates, _ = jax.eval_shape(tx.update, grads, state, params)
-    if jax.tree_util.tree_structure(updates) != jax.tree_util.tree_structure(params):
+    if jax.tree_util.tree_structure(updates) != jax.tree_util.tree_structure(params):  # type: ignore[operator]  # as in _tree_close
         raise _Failure("update() returns updates of another structure than the parameters", "return one update per parameter")
     return type(tx).__name__
 
@@ -827,7 +829,7 @@ def check_state_structure_stable(s: Subject) -> None:
     def spec(tree):
         return jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)
 
-    if jax.tree_util.tree_structure(state0) != jax.tree_util.tree_structure(state):
+    if jax.tree_util.tree_structure(state0) != jax.tree_util.tree_structure(state):  # type: ignore[operator]  # as in _tree_close
         raise _Failure(f"the state's structure changes after 3 steps: {jax.tree_util.tree_structure(state0)} -> "
                        f"{jax.tree_util.tree_structure(state)}", "return a state of the same structure from update() as init() builds")
     if spec(state0) != spec(state):
@@ -876,13 +878,15 @@ _TRAJECTORIES: dict[tuple, tuple[Any, Any]] = {}
 
 @_check("optimizer", "full")
 def check_no_nan(s: Subject) -> str:
-    """No NaN or infinity in the loss, the parameters or the state over 100 steps of a small problem (rate 0.01), one parameter's gradient always 0."""
+    """No NaN or infinity in the loss, the parameters or the state over 100 steps of a small problem
+    (rate 0.01), one parameter's gradient always 0."""
     import numpy as np
 
     losses, bad = _trajectory(s, 1e-2)
     if not np.isfinite(losses).all():
         first = int(np.argmin(np.isfinite(losses)))
-        raise _Failure(f"the loss is {losses[first]} at step {first} (rate 0.01)", "guard divisions and roots with an epsilon; check a zero gradient or zero parameter")
+        raise _Failure(f"the loss is {losses[first]} at step {first} (rate 0.01)",
+                       "guard divisions and roots with an epsilon; check a zero gradient or zero parameter")
     if bad:
         raise _Failure(f"after {_TOY_STEPS} steps (rate 0.01) the {bad} is not finite",
                        "guard divisions and roots with an epsilon; a parameter whose gradient is always 0 must stay finite")
@@ -937,7 +941,8 @@ def check_returns_schedule(s: Subject) -> str:
 
 @_check("scheduler", "full")
 def check_finite_nonnegative(s: Subject) -> str:
-    """Over every step 0..decay_steps (decay_steps 1, 10 and 1000, vectorised with jax.vmap) the rate is finite and >= 0 (to 1e-6 of the peak: float rounding under jit)."""
+    """Over every step 0..decay_steps (decay_steps 1, 10 and 1000, vectorised with jax.vmap) the rate is
+    finite and >= 0 (to 1e-6 of the peak: float rounding under jit)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -1009,7 +1014,7 @@ def _input_shape(s: Subject) -> tuple[int, ...]:
                 out = jax.eval_shape(functools.partial(_forward, graphdef), state, jax.ShapeDtypeStruct((2, *shape), jnp.float32))
             except (_Failure, CheckSkipped):
                 raise
-            except Exception as err:  # noqa: BLE001 - a shape the model refuses: try the next
+            except Exception as err:  # a shape the model refuses: try the next
                 errors.append(f"{shape}: {type(err).__name__}: {_one_line(err)[:120]}")
                 continue
             if getattr(out, "shape", None) == (2, s.options.num_classes):
@@ -1150,7 +1155,7 @@ def check_deterministic(s: Subject) -> None:
     shape = _input_shape(s)
     a, b = _model(s, shape), _model(s, shape)
     la, lb = [_host(x) for x in jax.tree.leaves(nnx.state(a))], [_host(x) for x in jax.tree.leaves(nnx.state(b))]
-    if len(la) != len(lb) or any(x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=True) for x, y in zip(la, lb)):
+    if len(la) != len(lb) or any(x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=True) for x, y in zip(la, lb, strict=True)):
         raise _Failure("two models built from nnx.Rngs(params=0, dropout=1) have different state",
                        "draw every initial value from the rngs given to the factory (no global or time-based seeds)")
     a.eval(), b.eval()
@@ -1171,7 +1176,7 @@ def check_uses_rngs(s: Subject) -> None:
     lb = jax.tree.leaves(nnx.state(_model(s, shape, seed=10), nnx.Param))
     if not la:
         raise CheckSkipped("the model has no nnx.Param")
-    if all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)):
+    if all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=False)):
         raise _Failure("models built from nnx.Rngs(params=0) and nnx.Rngs(params=10) have identical parameters",
                        "initialise from the rngs given to the factory, not from a fixed nnx.Rngs(0)")
 
@@ -1197,12 +1202,14 @@ def check_model_jit_equals_eager(s: Subject) -> None:
 
 @_check("model", "full")
 def check_trains(s: Subject) -> str:
-    """The engine's own compiled epoch (lax.scan over batches, nnx.Optimizer, adam 0.01) lowers the loss of a learnable problem in 15 epochs, finite throughout."""
+    """The engine's own compiled epoch (lax.scan over batches, nnx.Optimizer, adam 0.01) lowers the loss of a
+    learnable problem in 15 epochs, finite throughout."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
     from flax import nnx
+
     from jaxyard.core import steps
 
     shape = _input_shape(s)
@@ -1249,6 +1256,7 @@ def _load(s: Subject, seed: int = 0):
 def _splits(data, batch_size: int = 4) -> dict[str, tuple[Any, Any]]:
     """Each split's arrays (a Dataset) or first batch (a StreamingDataset), as NumPy."""
     import numpy as np
+
     from jaxyard.core.data import SPLITS, Dataset
 
     out = {}
@@ -1334,8 +1342,10 @@ def check_same_seed_same_data(s: Subject) -> None:
 
 @_check("loader")
 def check_same_data_for_any_run_seed(s: Subject) -> None:
-    """An in-memory Dataset is the same for run seeds 0 and 1: the data and its split follow seeds of their own (a sweep over run.seed trains on the same data)."""
+    """An in-memory Dataset is the same for run seeds 0 and 1: the data and its split follow seeds of their own
+    (a sweep over run.seed trains on the same data)."""
     import numpy as np
+
     from jaxyard.core.data import Dataset
 
     first = _load(s, seed=0)
@@ -1464,7 +1474,8 @@ def _compare_restored(restored, step: int, arrays: dict, meta: dict, *, what: st
         raise _Failure(f"{what} do not round-trip through save and load ({where}): {diff}",
                        "store the bytes with their dtype and shape and give them back unchanged (zero-size arrays included)")
     if restored.meta != meta:
-        raise _Failure(f"meta does not round-trip ({where}): saved {meta!r}, loaded {restored.meta!r}", "store meta as JSON and give it back unchanged")
+        raise _Failure(f"meta does not round-trip ({where}): saved {meta!r}, loaded {restored.meta!r}",
+                       "store meta as JSON and give it back unchanged")
 
 
 @_check("checkpointer")
@@ -1480,7 +1491,8 @@ def check_implements_protocol(s: Subject) -> str:
 
 @_check("checkpointer", "full")
 def check_roundtrip(s: Subject) -> str:
-    """save/load is bit-exact for float32 (inf, nan, -0.0, denormals), int32, uint32 keys, scalars and zero-size arrays, and meta, also from a fresh checkpointer."""
+    """save/load is bit-exact for float32 (inf, nan, -0.0, denormals), int32, uint32 keys, scalars and zero-size
+    arrays, and meta, also from a fresh checkpointer."""
     return _save_load(s, _arrays(), what="float32, int32 and uint32 arrays")
 
 
@@ -1488,7 +1500,7 @@ def check_roundtrip(s: Subject) -> str:
 def check_roundtrip_bfloat16(s: Subject) -> str:
     """save/load is bit-exact for bfloat16 arrays (a model may keep its parameters in bfloat16)."""
     try:
-        import ml_dtypes  # noqa: F401
+        import ml_dtypes  # noqa: F401 - only whether it is installed
     except ImportError:
         raise CheckSkipped("ml_dtypes is not installed: no bfloat16 here") from None
     return _save_load(s, _arrays(bfloat16=True), what="bfloat16 arrays")
@@ -1515,7 +1527,8 @@ def check_steps_and_delete(s: Subject) -> None:
             except CheckpointError:
                 pass
             else:
-                raise _Failure(f"load({missing}) of a step that is not there returns instead of raising", "raise jaxyard.CheckpointError naming the step")
+                raise _Failure(f"load({missing}) of a step that is not there returns instead of raising",
+                               "raise jaxyard.CheckpointError naming the step")
         diff = _same_arrays(_arrays(100), store.load(100).arrays)
         if diff:
             raise _Failure(f"after delete(10), step 100 no longer loads as saved: {diff}", "delete only the step asked")
@@ -1557,7 +1570,8 @@ def _files(directory: Path) -> dict[Path, tuple[int, int]]:
 
 @_check("checkpointer", "full")
 def check_damaged_latest_skipped(s: Subject) -> str:
-    """With the files written by the newest save removed, CheckpointPolicy.restore('latest') returns the previous intact step (file-based storage only)."""
+    """With the files written by the newest save removed, CheckpointPolicy.restore('latest') returns the previous
+    intact step (file-based storage only)."""
     from jaxyard.core.checkpoint import CheckpointError
     from jaxyard.core.policy import CheckpointPolicy, Monitor
 
@@ -1592,7 +1606,8 @@ def check_damaged_latest_skipped(s: Subject) -> str:
 
 @_check("checkpointer", "full")
 def check_retention(s: Subject) -> str:
-    """With CheckpointPolicy(keep_latest=2, keep_best=1) over six saves, the newest two and the best by val_loss are kept, and restore('best') gives the best."""
+    """With CheckpointPolicy(keep_latest=2, keep_best=1) over six saves, the newest two and the best by val_loss
+    are kept, and restore('best') gives the best."""
     from jaxyard.core.policy import CheckpointPolicy, Monitor
 
     losses = {1: 0.9, 2: 0.3, 3: 0.8, 4: 0.7, 5: 0.6, 6: 0.65}
@@ -1607,7 +1622,8 @@ def check_retention(s: Subject) -> str:
         policy.finish()  # closes the storage
     with _opened(s, directory) as store:
         if store.steps() != [2, 5, 6]:
-            raise _Failure(f"after six saves with keep_latest=2 and keep_best=1 (best: step 2) a fresh checkpointer lists {store.steps()}, not [2, 5, 6]",
+            raise _Failure(f"after six saves with keep_latest=2 and keep_best=1 (best: step 2) "
+                           f"a fresh checkpointer lists {store.steps()}, not [2, 5, 6]",
                            "delete(step) must remove the step for good; steps() must list what is on disk")
         best = CheckpointPolicy(store, monitor=Monitor("val_loss")).restore("best")
         if best.step != 2:
@@ -1679,7 +1695,8 @@ def check_logger_protocol(s: Subject) -> str:
 
 @_check("logger", "full")
 def check_logger_lifecycle(s: Subject) -> str:
-    """A stand-in run is started, fed 3 epochs and finished; then resumed (history of 2 epochs), fed epoch 3 and finished, with nothing raised and nothing written outside the run directory."""
+    """A stand-in run is started, fed 3 epochs and finished; then resumed (history of 2 epochs), fed epoch 3 and
+    finished, with nothing raised and nothing written outside the run directory."""
     from jaxyard.core.events import RunResult
 
     directory = s.tmp_path / "run"
@@ -1695,13 +1712,15 @@ def check_logger_lifecycle(s: Subject) -> str:
             run.history.append(r)
             first.log_epoch(dict(r))
         _run_files(directory, run.config_dict, records)
-        first.finish(run, "finished", RunResult(directory, list(records), {"test_loss": 0.5, "test_acc": 0.8}, False, {"total_s": 1.0, "compile_s": None}))
+        first.finish(run, "finished", RunResult(directory, list(records), {"test_loss": 0.5, "test_acc": 0.8}, False,
+                                                {"total_s": 1.0, "compile_s": None}))
         again = s.create(directory=directory)  # another process: `jaxyard resume` from the checkpoint of epoch 2
         run = _stand_in_run(s, directory, records[:2], 2)
         again.start(run)
         run.history.append(records[2])
         again.log_epoch(dict(records[2]))
-        again.finish(run, "finished", RunResult(directory, list(records), {"test_loss": 0.5, "test_acc": 0.8}, False, {"total_s": 1.0, "compile_s": None}))
+        again.finish(run, "finished", RunResult(directory, list(records), {"test_loss": 0.5, "test_acc": 0.8}, False,
+                                                {"total_s": 1.0, "compile_s": None}))
     stray = sorted(p.name for p in cwd.iterdir())
     if stray:
         raise _Failure(f"it wrote {', '.join(stray)} in the working directory", "write only under the run directory it is given")
@@ -1727,7 +1746,7 @@ def _chdir(path: Path):
 try:  # the kit's functions work without pytest
     import pytest as _pytest
 except ImportError:  # pragma: no cover
-    _pytest = None
+    _pytest = None  # type: ignore[assignment]
 
 if _pytest is not None:
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +38,7 @@ class VectorGroup:
         self.generation = 0
         self.stacked = None  # the members' states, stacked (built on the first epoch)
         self.order: list[int] = []
-        self.compiled = None
+        self.compiled: Callable[..., Any] | None = None
         self.compile_seconds = 0.0
         self.error: BaseException | None = None
 
@@ -91,8 +93,8 @@ class VectorGroup:
             self.base_keys = [seed_key(self.builts[j].config.run.seed, SHUFFLE_STREAM) for j in self.order]
             members = [self.builts[j] for j in self.order]
             self.shared = same_data(members)  # else each member's own arrays, stacked
-            self.x, self.y = (members[0].data.train.x, members[0].data.train.y) if self.shared else (
-                jnp.stack([b.data.train.x for b in members]), jnp.stack([b.data.train.y for b in members]))
+            self.x, self.y = (_data(members[0]).train.x, _data(members[0]).train.y) if self.shared else (
+                jnp.stack([_data(b).train.x for b in members]), jnp.stack([_data(b).train.y for b in members]))
         first = self.builts[self.order[0]]
         epoch = next(iter(self.asked.values()))
         keys = jnp.stack([jax.random.fold_in(k, epoch) for k in self.base_keys])
@@ -110,7 +112,7 @@ class VectorGroup:
     def _compile(self, first: Built, keys):
         run = first.config.run
         data = None if self.shared else 0
-        epoch = steps.make_train_epoch(first.train_graphdef, len(first.data.train), run.batch_size, run.drop_last, first.make_tx)
+        epoch = steps.make_train_epoch(first.train_graphdef, len(_data(first).train), run.batch_size, run.drop_last, first.make_tx)
         vectorized = jax.jit(jax.vmap(epoch, in_axes=(0, 0, data, data, 0)), donate_argnums=0)
         compiled = compiling(first, lambda: vectorized.lower(self.stacked, self.inputs, self.x, self.y, keys).compile())
         first.programs.compiles += 1
@@ -138,6 +140,12 @@ class MemberLoop(InMemoryLoop):
 
 def same_data(builts: list[Built]) -> bool:
     """The members train on the same arrays (the group shares one copy on the device)."""
-    first = builts[0].data.train
-    return all(bool(jnp.array_equal(b.data.train.x, first.x)) and bool(jnp.array_equal(b.data.train.y, first.y)) for b in builts[1:])
+    first = _data(builts[0]).train
+    return all(bool(jnp.array_equal(_data(b).train.x, first.x)) and bool(jnp.array_equal(_data(b).train.y, first.y)) for b in builts[1:])
+
+
+def _data(built: Built) -> Dataset:
+    """A member's data: make_loop admits only members with in-memory (Dataset) data."""
+    assert isinstance(built.data, Dataset)
+    return built.data
 

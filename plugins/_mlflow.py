@@ -62,7 +62,7 @@ def _quiet():
             warnings.filterwarnings("ignore", category=FutureWarning)
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 

@@ -13,7 +13,7 @@ class MLP(nnx.Module):
 
     def __init__(self, input_shape, hidden_dims, num_classes, *, activation="relu", dropout_rate=0.1, rngs: nnx.Rngs):
         sizes = [math.prod(input_shape), *hidden_dims]
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)])
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
         self.activation = getattr(jax.nn, activation)

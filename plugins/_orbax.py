@@ -267,7 +267,7 @@ def _drain(loop: asyncio.AbstractEventLoop, tasks: list) -> None:
             t.cancel()
         if stuck:
             loop.run_until_complete(asyncio.wait(stuck, timeout=_DRAIN_SECONDS))
-    except BaseException:  # noqa: BLE001 - the original failure is the one to report
+    except BaseException:  # the original failure is the one to report
         pass
     for t in tasks:  # their failures are part of the one reported: not "never retrieved"
         if t.done() and not t.cancelled():
@@ -320,7 +320,7 @@ def _orbax_asyncio_utils():
     return asyncio_utils
 
 
-_OPEN: "weakref.WeakSet[OrbaxCheckpointer]" = weakref.WeakSet()
+_OPEN: weakref.WeakSet[OrbaxCheckpointer] = weakref.WeakSet()
 
 
 def _close_at_exit() -> None:
@@ -331,7 +331,7 @@ def _close_at_exit() -> None:
             ckpt.close()
         except CheckpointError as err:
             ckpt._warn(f"at exit: {err}")
-        except Exception:  # noqa: BLE001 - nothing useful to print at exit
+        except Exception:  # nothing useful to print at exit
             pass
 
 
@@ -571,7 +571,7 @@ class OrbaxCheckpointer:
         if error is not None:
             raise error
 
-    def __enter__(self) -> "OrbaxCheckpointer":
+    def __enter__(self) -> OrbaxCheckpointer:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -586,14 +586,14 @@ class OrbaxCheckpointer:
         try:
             self._mgr.close()
             return None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             failure = exc
         for part in ("_checkpointer", "_non_blocking_metadata_store", "_blocking_metadata_store", "_checkpoint_deleter"):
             close = getattr(getattr(self._mgr, part, None), "close", None)
             if callable(close):
                 try:
                     close()
-                except Exception:  # noqa: BLE001 - the first failure is the one reported
+                except Exception:  # the first failure is the one reported
                     pass
         return failure
 
@@ -784,7 +784,7 @@ class OrbaxCheckpointer:
             return
         try:
             self._mgr.reload()
-        except Exception as exc:  # noqa: BLE001 - orbax then reports what it cannot do
+        except Exception as exc:  # orbax then reports what it cannot do
             self._warn(f"could not re-read the checkpoint list in {self._dir}: {describe_exception(exc)}")
 
     def _make_room(self, step: int) -> None:
@@ -852,7 +852,7 @@ class OrbaxCheckpointer:
             if start is not None:
                 try:
                     start()
-                except Exception:  # noqa: BLE001 - only an optimization
+                except Exception:  # only an optimization
                     pass
         out: dict[str, np.ndarray] = {}
         for key, value in arrays.items():
@@ -885,7 +885,7 @@ class OrbaxCheckpointer:
     def _restore_item(self, step: int, name: str, args: Any, what: str) -> Any:
         try:
             return self._mgr.restore(step, args=ocp.args.Composite(**{name: args}))[name]
-        except Exception as exc:  # noqa: BLE001 - every failure is damage
+        except Exception as exc:  # every failure is damage
             raise _Damaged(f"{what} unreadable ({name}/): {describe_exception(exc)}") from None
 
     def _load(self, step: int) -> Restored:

@@ -49,7 +49,8 @@ FLUSH_SECONDS = 1.0
 
 # Settings in every mode, then offline only; a setting this wandb does not know is left out.
 QUIET = {"silent": True, "quiet": True, "console": "off", "reinit": "create_new", "x_transaction_log_flush_interval": FLUSH_SECONDS}
-LOCAL = {"x_disable_stats": True, "x_disable_meta": True, "x_disable_machine_info": True, "disable_git": True, "disable_code": True, "save_code": False}
+LOCAL = {"x_disable_stats": True, "x_disable_meta": True, "x_disable_machine_info": True,
+         "disable_git": True, "disable_code": True, "save_code": False}
 
 
 def _settings(mode: str):

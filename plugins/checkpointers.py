@@ -24,7 +24,7 @@ class OrbaxParams:
     async_save: bool = param(True, "save in the background so training does not wait on the disk")
 
 
-def orbax(params: OrbaxParams, *, directory: pathlib.Path) -> "Checkpointer":
+def orbax(params: OrbaxParams, *, directory: pathlib.Path) -> Checkpointer:
     """Orbax checkpoints on disk, with checksums, durable and optionally asynchronous saves.
 
     Storage only: it keeps every step until jaxyard's retention deletes one (the run's
@@ -79,7 +79,7 @@ class NoneCheckpointer:
         return None
 
 
-def none(params: NoneParams, *, directory: pathlib.Path) -> "Checkpointer":
+def none(params: NoneParams, *, directory: pathlib.Path) -> Checkpointer:
     """Saves nothing (no resuming, no ``eval`` of a checkpoint); for quick experiments.
 
     The directory is never created."""

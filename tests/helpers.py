@@ -22,7 +22,9 @@ BROKEN_CASES = [
     ("no_default", "parameter 'depth' of NoDefaultParams needs a default", ("model", "no-default")),
     ("hook_raises", "ValueError: hook_raises: registration failed on purpose", None),
     ("wrong_hook_args", "{'reg'}", ("optimizer", "wrong-args")),  # pluggy's own wording varies by release
-    ("factory_missing_keyword", "loader 'seedless': factory(params) does not accept seed, which jaxyard passes; expected def factory(params, *, seed)", ("loader", "seedless")),
+    ("factory_missing_keyword",
+     "loader 'seedless': factory(params) does not accept seed, which jaxyard passes; expected def factory(params, *, seed)",
+     ("loader", "seedless")),
     ("param_without_type", "optimizer 'untyped': parameter 'rate' of UntypedParams needs a type annotation", ("optimizer", "untyped")),
     ("traced_integer", "parameter 'period' of TracedIntParams is traced=True but of type int: only float parameters", ("scheduler", "traced-int")),
     ("param_without_doc", "optimizer 'undocumented': parameter 'rate' of UndocumentedParams needs a doc", ("optimizer", "undocumented")),

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from jaxyard.core.checkpoint import (
+    Checkpointer,
     CheckpointError,
     CheckpointMismatch,
-    Checkpointer,
     Restored,
     compare_structures,
     missing_methods,

@@ -56,11 +56,11 @@ def test_list_text_is_aligned(run_cli, cli_json):
     entries = cli_json(["list", "--json"])
     assert len(rows) == len(entries)
     # the description starts in one column and the [plugin] column is aligned, across every kind
-    starts = {row.index(e["description"]) for row, e in zip(rows, entries)}
+    starts = {row.index(e["description"]) for row, e in zip(rows, entries, strict=True)}
     assert len(starts) == 1
     plugin_starts = {row.rindex("[") for row in rows}
     assert len(plugin_starts) == 1
-    for row, e in zip(rows, entries):
+    for row, e in zip(rows, entries, strict=True):
         assert row.split()[0] == e["name"] and row.endswith(f"[{e['plugin']}]")
         assert row == row.rstrip()
 
@@ -74,7 +74,8 @@ def test_show_json(cli_json):
     assert shown["params"] == [
         {"name": "momentum", "type": "float", "default": 0.0, "doc": "momentum coefficient (0: plain SGD)", "traced": False},
         {"name": "nesterov", "type": "bool", "default": False, "doc": "use Nesterov momentum (needs momentum > 0)", "traced": False},
-        {"name": "weight_decay", "type": "float", "default": 0.0, "doc": "L2 penalty added to the gradient before the update (0: off)", "traced": False},
+        {"name": "weight_decay", "type": "float", "default": 0.0, "doc": "L2 penalty added to the gradient before the update (0: off)",
+         "traced": False},
     ]
     adam = {p["name"]: p["traced"] for p in cli_json(["show", "optimizer", "adam", "--json"])["params"]}
     assert adam == {"b1": True, "b2": True, "eps": True, "weight_decay": False}  # zero switches it off: structural
@@ -96,7 +97,7 @@ def test_show_text_is_aligned(run_cli):
     for column in ("float", "= "):
         assert len({r.index(column) for r in rows}) == 1, column
     docs = ["decay rate of the first-moment", "decay rate of the second-moment", "added to the denominator", "L2 penalty"]
-    assert len({r.index(d) for r, d in zip(rows, docs)}) == 1
+    assert len({r.index(d) for r, d in zip(rows, docs, strict=True)}) == 1
     assert run_cli(["show", "scheduler", "constant"]).stdout.splitlines()[-1] == "  parameters: none"
 
 
@@ -111,12 +112,15 @@ def test_show_run(cli_json, run_cli):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["show", "optimizer", "adamx"], ["unknown optimizer 'adamx'", "did you mean adam, adamw?", "valid: adafactor, adam, adamw, lamb, lion, rmsprop, sgd, signsgd"]),
+        (["show", "optimizer", "adamx"],
+         ["unknown optimizer 'adamx'", "did you mean adam, adamw?", "valid: adafactor, adam, adamw, lamb, lion, rmsprop, sgd, signsgd"]),
         (["show", "optimizers", "sdg"], ["unknown optimizer 'sdg'", "did you mean sgd", "valid: "]),
         (["show", "model", "resnet"], ["unknown model 'resnet'", "valid: logreg, mlp"]),
-        (["show", "optimiser", "adam"], ["unknown kind 'optimiser'", "did you mean optimizer?", "valid: optimizer, scheduler, model, loader, checkpointer"]),
+        (["show", "optimiser", "adam"],
+         ["unknown kind 'optimiser'", "did you mean optimizer?", "valid: optimizer, scheduler, model, loader, checkpointer"]),
         (["run", "--optimizer", "adamx", "--dry-run"], ["unknown optimizer 'adamx'", "did you mean adam, adamw?", "valid: "]),
-        (["run", "--scheduler", "cosin", "--dry-run"], ["unknown scheduler 'cosin'", "did you mean cosine", "constant, cosine, exponential, linear, warmup"]),
+        (["run", "--scheduler", "cosin", "--dry-run"],
+         ["unknown scheduler 'cosin'", "did you mean cosine", "constant, cosine, exponential, linear, warmup"]),
         (["run", "--loader", "mnist", "--dry-run"], ["unknown loader 'mnist'", "valid: csv, digits, npz, synthetic"]),
     ],
 )

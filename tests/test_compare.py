@@ -117,7 +117,9 @@ def test_labels_stay_unique_and_a_run_given_twice_is_read_once(tmp_path):
 def test_differing_ignores_what_never_changes_the_numbers(dirs):
     runs = C.load_runs([dirs["adam"], dirs["sgd"], dirs["legacy"]])
     keys = C.differing(runs)
-    assert keys == ["run.optimizer", "run.epochs", "run.learning_rate", "run.seed", "optimizer.b1", "optimizer.b2", "optimizer.momentum", "optimizer.nesterov"]
+    assert keys == [
+        "run.optimizer", "run.epochs", "run.learning_rate", "run.seed", "optimizer.b1", "optimizer.b2", "optimizer.momentum", "optimizer.nesterov"
+    ]
     assert "run.out" not in keys  # differs (runs-a, runs), but never affects results
     assert C.differing(runs[:1]) == []
 
@@ -127,7 +129,7 @@ def test_table_best_first_with_final_best_and_test(dirs):
     headers, rows = C.table(runs, "val_acc")
     assert headers == ["run", *C.differing(runs), "epochs", "final val_acc", "best val_acc", "test_acc", "test_loss"]
     assert [row[0] for row in rows] == ["sgd", "adam", "legacy"]
-    by_label = {row[0]: dict(zip(headers, row)) for row in rows}
+    by_label = {row[0]: dict(zip(headers, row, strict=True)) for row in rows}
     assert by_label["adam"]["final val_acc"] == 0.6 and by_label["adam"]["best val_acc"] == 0.7 and by_label["adam"]["epochs"] == 3
     assert by_label["adam"]["test_acc"] == pytest.approx(0.68) and by_label["sgd"]["optimizer.momentum"] == 0.9
     assert by_label["adam"]["optimizer.momentum"] is None  # adam has no momentum: blank
@@ -146,7 +148,8 @@ def test_unknown_metric_names_the_valid_ones(dirs):
 @pytest.mark.parametrize("name, make, fragment", [
     ("missing", None, "does not exist; expected a run directory (with config.toml) or a sweep directory (with sweep.jsonl)"),
     ("empty", lambda p: p.mkdir(), "is not a run directory (no config.toml) nor a sweep directory (no sweep.jsonl)"),
-    ("torn-sweep", lambda p: (p.mkdir(), (p / "sweep.jsonl").write_text('{"trial": 0}\nnot json\n{"trial": 1}\n')), "sweep.jsonl:2 is not a JSON line"),
+    ("torn-sweep", lambda p: (p.mkdir(), (p / "sweep.jsonl").write_text('{"trial": 0}\nnot json\n{"trial": 1}\n')),
+     "sweep.jsonl:2 is not a JSON line"),
     ("empty-sweep", lambda p: (p.mkdir(), (p / "sweep.jsonl").write_text("")), "no runs to compare in"),
 ])
 def test_bad_paths(tmp_path, name, make, fragment):
@@ -195,7 +198,9 @@ def test_compare_json_and_png(run_cli, dirs, tmp_path):
     data = json.loads(result.stdout)  # the PNG's line goes to stderr: stdout stays JSON
     assert result.stderr.strip() == f"Plot saved to {png}"
     assert data["metric"] == "val_loss" and data["differing"] == ["run.epochs", "run.learning_rate", "optimizer.b2"]
-    assert [(e["label"], e["state"]) for e in data["runs"]] == [("lr-sweep/0003", "complete"), ("lr-sweep/0000", "complete"), ("lr-sweep/0001", "pruned")]
+    assert [(e["label"], e["state"]) for e in data["runs"]] == [
+        ("lr-sweep/0003", "complete"), ("lr-sweep/0000", "complete"), ("lr-sweep/0001", "pruned")
+    ]
     best = data["runs"][0]
     assert best["best"] == pytest.approx(0.1) and best["best_epoch"] == 3 and best["config"]["run.learning_rate"] == 1e-2
     assert data["runs"][2]["test_acc"] is None and data["runs"][2]["epochs"] == 2

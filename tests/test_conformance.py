@@ -10,9 +10,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import jaxyard
 import pytest
-from helpers import EXAMPLE, REPO, clean_environ
+
+import jaxyard
 from jaxyard.core import testing as kit
 from jaxyard.core.testing import (
     check_component,
@@ -20,6 +20,8 @@ from jaxyard.core.testing import (
     components,
     parametrize_with_checks,
 )
+
+from helpers import EXAMPLE, REPO, clean_environ
 
 # --- the built-ins pass their own kit --------------------------------------------------------------
 
@@ -115,7 +117,8 @@ def test_check_component_reports_each_check():
 
 def test_importing_the_kit_is_light():
     """pytest loads the kit in every session (the pytest11 entry point): no jax there."""
-    code = "import json, sys, jaxyard.core.testing; print(json.dumps(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules)))"
+    code = ("import json, sys, jaxyard.core.testing; "
+            "print(json.dumps(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60, env=clean_environ())
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
@@ -434,13 +437,17 @@ def test_check_component_names_every_failure(bad_registry):
     with pytest.raises(AssertionError) as info:
         check_component("loader:kit-label-overflow", registry=bad_registry, tier="api", skip={"light_import": "not the point here"})
     text = str(info.value)
-    assert text.startswith("1 of 12 checks failed:\n- loader 'kit-label-overflow' (plugin jaxyard_kit_bad) fails jaxyard check 'labels_in_range'"), text
+    assert text.startswith(
+        "1 of 12 checks failed:\n- loader 'kit-label-overflow' (plugin jaxyard_kit_bad) fails jaxyard check 'labels_in_range'"
+    ), text
 
 
 def test_a_missing_extra_skips_with_its_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # `import tensorboardX` now fails
     results = check_component("logger:tensorboard", tier="api")
-    assert results["logger_protocol"] == "skipped: the tensorboard logger needs tensorboardX, which is not installed: pip install 'jaxyard[tensorboard]'"
+    assert results["logger_protocol"] == (
+        "skipped: the tensorboard logger needs tensorboardX, which is not installed: pip install 'jaxyard[tensorboard]'"
+    )
 
 
 def test_source_of_the_example_is_what_the_kit_checks():

@@ -75,8 +75,9 @@ def test_digits_reaches_high_test_accuracy(tmp_path):
 
 
 def test_run_directory_holds_config_metrics_and_a_real_png(tmp_path, registry):
-    import matplotlib.image
     import tomllib
+
+    import matplotlib.image
 
     cfg = config(registry, epochs=3)
     out = tmp_path / "run"
@@ -207,7 +208,7 @@ def test_clip_norm_bounds_each_update(registry):
     before = [np.array(a) for a in jax.tree.leaves(nnx.state(nnx.merge(built.train_graphdef, built.state)[0], nnx.Param))]
     make_loop(built).train_epoch(1)  # one step: 100 examples, batch 100
     after = jax.tree.leaves(nnx.state(nnx.merge(built.train_graphdef, built.state)[0], nnx.Param))
-    moved = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(after, before)))
+    moved = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(after, before, strict=True)))
     assert 0 < moved <= 0.001 + 1e-7
 
 
@@ -217,8 +218,8 @@ def test_schedule_spans_the_run_and_warmup_composes(registry):
     assert info["total_steps"] == 21 and info["warmup_steps"] == 7
     rates = info["every_step"]
     assert rates[0] == 0 and rates[7] == pytest.approx(1e-3) and rates[21] == pytest.approx(0, abs=1e-9)
-    assert all(a <= b for a, b in zip(rates[:7], rates[1:8]))  # warmup rises, then cosine falls
-    assert all(a >= b for a, b in zip(rates[7:], rates[8:]))
+    assert all(a <= b for a, b in zip(rates[:7], rates[1:8], strict=True))  # warmup rises, then cosine falls
+    assert all(a >= b for a, b in zip(rates[7:-1], rates[8:], strict=True))
 
 
 def test_schedule_command_prints_a_table_and_a_png(run_cli, tmp_path):

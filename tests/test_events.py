@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import jaxyard
+
 from helpers import assert_one_line_error
 
 LOCAL = Path(__file__).parent / "plugins_local"
@@ -122,7 +123,8 @@ def test_built_in_plugins_can_be_disabled(run_cli, tmp_path):
 
 
 def test_the_report_prints_the_seed_stages(run_cli, tmp_path):
-    result = run_cli(["run", "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16", "--logger", "csv"] + [x for s in TINY for x in ("--set", s)])
+    result = run_cli(["run", "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16", "--logger", "csv"]
+                     + [x for s in TINY for x in ("--set", s)])
     assert result.exit_code == 0, result.stderr
     stages = [line for line in result.stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 8)}]
     assert [s[:2] for s in stages] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
@@ -216,7 +218,8 @@ def test_a_checkpointer_failing_to_save_is_named_not_the_plugin_that_asked(tmp_p
         "        import numpy as np\n\n        if (self.directory", "        raise ValueError('disk quota exceeded')\n        if (self.directory", 1))
     registry = jaxyard.build_registry(plugins=[str(module)], strict=True)
     cfg = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"epochs": 2, "batch_size": 16, "checkpointer": "npz"}, sets=TINY)
-    with pytest.raises(jaxyard.PluginError, match=r"checkpointer 'npz' \(plugin .*fragile_checkpointer.py\) failed saving step 14: ValueError: disk quota exceeded"):
+    with pytest.raises(jaxyard.PluginError,
+                       match=r"checkpointer 'npz' \(plugin .*fragile_checkpointer.py\) failed saving step 14: ValueError: disk quota exceeded"):
         jaxyard.train(cfg, out_dir=tmp_path / "run")
 
 

@@ -33,7 +33,8 @@ def test_optimizer_state_holding_the_parameters_trains(run_cli, tmp_path, optimi
     [
         (["--optimizer", "raises"], ["optimizer 'raises' (", PLUGIN, "failed: ValueError: this optimizer needs run.clip_norm > 0"]),
         (["--model", "raising"], ["model 'raising' (", PLUGIN, "failed: RuntimeError: no GPU kernel for this layer"]),
-        (["--optimizer", "uncalled"], ["optimizer 'uncalled' (", "returned function, not an optax.GradientTransformation (did you return optax.adam instead of calling it?)"]),
+        (["--optimizer", "uncalled"],
+         ["optimizer 'uncalled' (", "returned function, not an optax.GradientTransformation (did you return optax.adam instead of calling it?)"]),
         (["--scheduler", "float-schedule"], ["scheduler 'float-schedule' (", "returned float, not a schedule"]),
         (["--scheduler", "nan-schedule"], ["scheduler 'nan-schedule' (", "gives the learning rate nan at step 0"]),
     ],
@@ -85,8 +86,8 @@ def test_eval_and_resume_say_which_plugin_a_run_needs(run_cli, tmp_path):
     out = tmp_path / "run"
     assert run(run_cli, tmp_path, "--optimizer", "sam").exit_code == 0
     sources = __import__("json").loads((out / "components.json").read_text())
-    assert sources["optimizer"] == {"name": "sam", "qualified": "contracts:sam", "plugin": str(CONTRACTS), "source": "local", "module": str(CONTRACTS),
-                                    "distribution": None, "version": None}
+    assert sources["optimizer"] == {"name": "sam", "qualified": "contracts:sam", "plugin": str(CONTRACTS), "source": "local",
+                                    "module": str(CONTRACTS), "distribution": None, "version": None}
     for command in (["eval", out], ["resume", out]):
         assert_one_line_error(run_cli(command), f"was trained with optimizer 'sam' from plugin {CONTRACTS}, which is not loaded: "
                                                 f"add --plugin {CONTRACTS}")

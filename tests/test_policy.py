@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from jaxyard.core.checkpoint import CheckpointError, Checkpointer, Restored, missing_methods
+from jaxyard.core.checkpoint import Checkpointer, CheckpointError, Restored, missing_methods
 from jaxyard.core.policy import CheckpointPolicy, Monitor, steps_to_keep
 
 
@@ -302,7 +302,8 @@ def test_restore_latest_passes_over_damaged_steps():
 
 def test_restore_best_ranks_by_the_history_of_the_newest_intact_step():
     storage, policy = make(keep_latest=10)
-    run(policy, [rec(1, val_loss=0.5, val_acc=0.6), rec(2, val_loss=0.1, val_acc=0.7), rec(3, val_loss=0.3, val_acc=0.9), rec(4, val_loss=0.9, val_acc=0.5)])
+    run(policy, [rec(1, val_loss=0.5, val_acc=0.6), rec(2, val_loss=0.1, val_acc=0.7),
+                 rec(3, val_loss=0.3, val_acc=0.9), rec(4, val_loss=0.9, val_acc=0.5)])
     storage.calls.clear()
     assert policy.restore("best").step == 2
     assert storage.calls == [("load", 4), ("load", 2)]

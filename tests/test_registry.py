@@ -18,7 +18,8 @@ from jaxyard.core.settings import load_settings
 
 from helpers import BROKEN, BROKEN_CASES, EXAMPLE_DIST, fake_entry_point, fake_entry_points
 
-BUILTINS = ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards", "early_stopping", "checkpointing", "curves", "profiler", "progress")
+BUILTINS = ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards", "early_stopping",
+            "checkpointing", "curves", "profiler", "progress")
 BUILTIN_PLUGINS = [f"jaxyard.plugins.{m}" for m in BUILTINS]
 
 
@@ -422,3 +423,13 @@ def test_a_qualified_parameter_table_is_used(tmp_path):
     experiment.write_text('[optimizer."jaxyard:adam"]\nb1 = 0.5\n[optimizer.adam]\nb1 = 0.7\nb2 = 0.9\n')
     cfg = jaxyard.resolve_config(_registry(), jaxyard.load_settings(), config_file=str(experiment))
     assert (cfg.optimizer.params.b1, cfg.optimizer.params.b2) == (0.5, 0.9)  # the qualified table is the more specific
+
+
+def test_registration_hooks_go_through_pluggys_call_loop():
+    """A hook written as a pluggy wrapper registers what it registers (called directly, it would
+    only have created a generator), and the components are attributed to its plugin."""
+    path = str(BROKEN.parent / "plugins_local" / "wrapper_hook.py")
+    registry = build_registry(load_settings(None), plugins=[path], strict=True)
+    entry = registry.get("optimizer", "wrapped")
+    info = registry.plugin(entry.plugin)
+    assert info.error is None and info.components == ("optimizer:wrapped",)

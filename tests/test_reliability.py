@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import jaxyard
+
 from helpers import BROKEN, REPO, assert_one_line_error, clean_environ
 
 LOCAL = Path(__file__).parent / "plugins_local"

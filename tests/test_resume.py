@@ -25,7 +25,8 @@ RUN = [
 
 
 def cli(*args, env, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "jaxyard.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "jaxyard.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,13 @@ import subprocess
 import sys
 import tomllib
 
-import jaxyard
 import pytest
-from helpers import REPO, clean_environ
+
+import jaxyard
 from jaxyard.core.entries import KINDS
 from jaxyard.core.scaffold import write_plugin
+
+from helpers import REPO, clean_environ
 
 
 @pytest.mark.parametrize("name", ["", "Demo", "1abc", "my plugin", "a--b", "a-", "-a", "x" * 41, "opt.im"])

@@ -38,7 +38,8 @@ def _write(path, text):
 def test_shipped_registry_is_the_one_in_the_checkout():
     assert shipped_registry().resolve() == (REPO / "registry.toml").resolve()
     settings = load_settings()
-    assert settings.builtin == ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards", "early_stopping", "checkpointing", "curves", "profiler", "progress")
+    assert settings.builtin == ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards",
+                                "early_stopping", "checkpointing", "curves", "profiler", "progress")
     assert settings.disabled == () and settings.local == ()
     assert settings.files == (str(shipped_registry()),)
 
@@ -134,7 +135,8 @@ def test_missing_registry_file(run_cli, tmp_path):
 def test_wrong_component_parameter_in_registry_is_reported_when_used(run_cli, tmp_path):
     user = _write(tmp_path / "r.toml", "[optimizer.adam]\nb3 = 0.5\n")
     assert run_cli(["--registry", user, "list"]).exit_code == 0
-    assert_one_line_error(run_cli(["--registry", user, "run", "--dry-run"]), "optimizer 'adam': unknown key 'b3'", "valid keys: b1, b2, eps, weight_decay")
+    assert_one_line_error(run_cli(["--registry", user, "run", "--dry-run"]), "optimizer 'adam': unknown key 'b3'",
+                          "valid keys: b1, b2, eps, weight_decay")
 
 
 # --- experiment files (--config) --------------------------------------------------------------------
@@ -143,7 +145,8 @@ def test_wrong_component_parameter_in_registry_is_reported_when_used(run_cli, tm
 def test_config_file_is_merged_and_options_win(dry_run, tmp_path):
     exp = _write(
         tmp_path / "experiment.toml",
-        '[run]\nepochs = 7\nbatch_size = 64\nlearning_rate = 0.01\noptimizer = "sgd"\n\n[optimizer.sgd]\nmomentum = 0.9\nnesterov = true\n\n[model.mlp]\nhidden_dims = [64]\n',
+        '[run]\nepochs = 7\nbatch_size = 64\nlearning_rate = 0.01\noptimizer = "sgd"\n\n'
+        '[optimizer.sgd]\nmomentum = 0.9\nnesterov = true\n\n[model.mlp]\nhidden_dims = [64]\n',
     )
     config = dry_run("--config", exp)
     assert (config["run"]["epochs"], config["run"]["batch_size"], config["run"]["learning_rate"]) == (7, 64, 0.01)
@@ -197,7 +200,8 @@ def test_set_values(dry_run):
 
 def test_set_applies_to_the_chosen_component(dry_run, run_cli):
     # optimizer.momentum belongs to sgd; with the default adam it is an unknown key
-    assert_one_line_error(run_cli(["run", "--set", "optimizer.momentum=0.9", "--dry-run"]), "optimizer 'adam': unknown key 'momentum'", "valid keys: b1, b2, eps, weight_decay")
+    assert_one_line_error(run_cli(["run", "--set", "optimizer.momentum=0.9", "--dry-run"]), "optimizer 'adam': unknown key 'momentum'",
+                          "valid keys: b1, b2, eps, weight_decay")
     assert dry_run("--set", "optimizer.b1=0.5")["optimizer"]["adam"]["b1"] == 0.5
 
 

@@ -12,11 +12,11 @@ import sys
 import time
 
 import pytest
+from test_sweep import sets
 
 from jaxyard.core import sweep as S
 
 from helpers import clean_environ
-from test_sweep import sets
 
 optuna = pytest.importorskip("optuna")
 

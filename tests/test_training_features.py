@@ -67,10 +67,10 @@ def test_weight_average_follows_the_parameters_step_by_step(registry):
     for epoch in (1, 2, 3):
         loop.train_epoch(epoch)
         params, ema = params_and_ema()
-        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, params)]
-        for got, want in zip(ema, expected):
+        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, params, strict=True)]
+        for got, want in zip(ema, expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    assert not all(np.array_equal(p, e) for p, e in zip(params, ema))
+    assert not all(np.array_equal(p, e) for p, e in zip(params, ema, strict=True))
 
 
 def test_averaged_weights_are_evaluated_checkpointed_and_evaluable_again(tmp_path, registry, run_cli):

@@ -14,7 +14,6 @@ from attrs import validators as v
 
 import jaxyard
 
-
 # --- optimizer: signSGD ---------------------------------------------------------------------
 
 

@@ -1,0 +1,107 @@
+"""Several devices in one process: 4 host devices against 1 give the same numbers, with the state
+replicated or sharded, and a checkpoint moves between layouts.
+
+The device count is fixed when jax starts, so the 4-device runs happen in one subprocess started
+with 4 host devices (`--cpu-devices` does the same for the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import assert_one_line_error, clean_environ
+
+TINY = ["loader.train_size=256", "loader.val_size=64", "loader.test_size=64", "loader.features=32", "loader.classes=4",
+        "model.hidden_dims=[64,32]", "run.epochs=3", "run.batch_size=32", "run.save_every=1"]
+
+SCRIPT = """
+import json, sys
+from pathlib import Path
+import jax, jaxyard
+from jaxyard.core.registry import build_registry
+from jaxyard.core.settings import Settings
+from jaxyard.core.config import resolve_config
+from jaxyard.core.engine import train, resume, evaluate
+
+out = Path(sys.argv[1]); sets = json.loads(sys.argv[2])
+registry = build_registry()
+def config(*extra):
+    return resolve_config(registry, Settings(), sets=[*sets, *extra])
+histories = {}
+for name, extra in {"1": ["run.devices=1"], "4": ["run.devices=4"], "4 sharded": ["run.devices=4", "run.shard_params=true"],
+                    "all": []}.items():
+    result = train(config(*extra), out_dir=out / name.replace(" ", "-"))
+    histories[name] = [[r["train_loss"], r["val_loss"], r["val_acc"]] for r in result.history] + [[result.test["test_loss"]]]
+
+class Interrupt:  # stops the run after its epoch-2 checkpoint, as a kill would
+    @jaxyard.hookimpl
+    def jaxyard_on_checkpoint_saved(self, run, step, path, record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+registry.plugin_manager.register(Interrupt(), name="interrupt")
+try:
+    train(config("run.devices=4", "run.shard_params=true"), out_dir=out / "moved")
+except KeyboardInterrupt:
+    pass
+registry.plugin_manager.unregister(name="interrupt")
+moved = resume(out / "moved", registry=registry, devices=1, shard_params=False)
+histories["4 sharded -> 1"] = [[r["train_loss"], r["val_loss"], r["val_acc"]] for r in moved.history] + [[moved.test["test_loss"]]]
+ev = evaluate(out / "4-sharded", registry=registry)
+print(json.dumps({"devices": jax.device_count(), "histories": histories, "eval": ev.test_loss}))
+"""
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    out = tmp_path_factory.mktemp("devices")
+    env = clean_environ(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), json.dumps(TINY)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["4", "4 sharded", "all", "4 sharded -> 1"])
+def test_four_devices_match_one_within_1e5(four_devices, layout):
+    data, _ = four_devices
+    assert data["devices"] == 4
+    one, other = data["histories"]["1"], data["histories"][layout]
+    assert len(one) == len(other) == 4
+    for a, b in zip(one, other, strict=True):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-6), layout
+
+
+@pytest.mark.slow
+def test_eval_reads_a_sharded_run_on_one_device(four_devices):
+    data, _ = four_devices
+    assert data["eval"] == pytest.approx(data["histories"]["4 sharded"][-1][0], rel=1e-5)
+
+
+def test_layout_errors_are_one_line(run_cli, tmp_path):
+    sets = [x for s in TINY for x in ("--set", s)]
+    result = run_cli(["run", "--devices", "2", "--out", str(tmp_path / "a"), *sets])
+    assert_one_line_error(result, "run.devices = 2, but this process has 1 cpu device(s)", "--cpu-devices N")
+    result = run_cli(["run", "--devices", "0", "--out", str(tmp_path / "b"), *sets])
+    assert_one_line_error(result, "devices = 0 is invalid")
+    result = run_cli(["run", "--set", "run.shard_params=true", "--devices", "1", "--out", str(tmp_path / "c"), *sets])
+    assert_one_line_error(result, "run.shard_params = true needs several devices")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_cli_cpu_devices_splits_the_batch_and_says_so(tmp_path):
+    sets = [x for s in TINY for x in ("--set", s)]
+    cmd = [sys.executable, "-m", "jaxyard.cli", "--cpu-devices", "2", "run", "--devices", "2", "--out", str(tmp_path / "run"), *sets,
+           "--set", "run.batch_size=33"]
+    proc = subprocess.run(cmd, env=clean_environ(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "Error: run.batch_size = 33 does not divide over 2 devices (run.devices = 2); use a multiple of 2, e.g. 34")
+    check_cmd = [sys.executable, "-m", "jaxyard.cli", "--cpu-devices", "2", "check", "--devices", "2", *sets, "--memory-limit", "0.0001"]
+    check = subprocess.run(check_cmd, env=clean_environ(), capture_output=True, text=True, timeout=120)
+    assert check.returncode == 2, check.stderr
+    assert "on 2 cpu devices, batch split along 'data'" in check.stdout and "fits:              NO" in check.stdout
+    assert check.stderr.startswith("Error: model 'mlp' needs") and "--memory-limit" in check.stderr and check.stderr.count("\n") == 1
