@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from jaxyard.core.errors import JaxyardError
+from jaxyard.core.errors import JaxyardError, one_line
 
 if typing.TYPE_CHECKING:  # pragma: no cover - for annotations only
     import numpy
@@ -42,22 +42,9 @@ _MAX_CAUSE_CHARS = 400
 
 
 def describe_exception(exc: BaseException) -> str:
-    """One line naming an exception and its cause: ``"TypeName: first line"``.
-
-    Long messages (orbax and tensorstore like to embed JSON specs) are cut at a
-    few hundred characters, tracebacks never appear.
-    """
-    text = str(exc).strip()
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        text = exc.args[0]  # str(KeyError) adds quotes around the message
-    first = text.splitlines()[0].strip() if text else ""
-    out = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    return _shorten(out)
-
-
-def _shorten(text: str, limit: int = _MAX_CAUSE_CHARS) -> str:
-    text = " ".join(str(text).split())  # one line, collapsed whitespace
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """One line naming an exception and the first line of its message (orbax and tensorstore like
+    to embed JSON specs), cut at a few hundred characters; never a traceback."""
+    return one_line(exc, _MAX_CAUSE_CHARS, first_line=True)
 
 
 class CheckpointError(JaxyardError):
@@ -72,7 +59,7 @@ class CheckpointError(JaxyardError):
     """
 
     def __init__(self, cause: str, *, directory: Any = None, step: int | None = None):
-        self.cause = _shorten(cause, 2000)
+        self.cause = one_line(str(cause), 2000)
         self.directory = None if directory is None else str(directory)
         self.step = step
         super().__init__(self._message())

@@ -7,7 +7,6 @@ Pure Python: no jax; matplotlib only inside the plotting functions.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -19,7 +18,7 @@ from typing import Any
 import attrs
 
 from jaxyard.core import rundir as rd
-from jaxyard.core.errors import UsageError
+from jaxyard.core.errors import UsageError, did_you_mean
 
 SWEEP_TRIALS = "sweep.jsonl"
 SWEEP_META = "sweep.json"
@@ -240,9 +239,7 @@ def _check_metric(metric: str, valid: list[str]) -> str:
         return metric
     if not valid:
         raise UsageError(f"metric {metric!r}: these runs recorded no epochs yet (no metrics.jsonl records)")
-    close = difflib.get_close_matches(metric, valid, n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise UsageError(f"metric {metric!r} is not recorded by these runs{hint}; valid: {', '.join(valid)}")
+    raise UsageError(f"metric {metric!r} is not recorded by these runs{did_you_mean(metric, valid)} (valid: {', '.join(valid)})")
 
 
 def summarize(runs: Sequence[RunRecord], metric: str = "val_acc") -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import tomllib
 import types
@@ -11,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from jaxyard.core.errors import UsageError
+from jaxyard.core.errors import UsageError, did_you_mean
 
 
 def param(default: Any = attrs.NOTHING, doc: str = "", *, validator=None, converter=None, traced: bool = False):
@@ -97,10 +96,8 @@ def build(cls: type, values: dict[str, Any], *, where: str):
 
 
 def unknown_key_message(where: str, key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
     choices = ", ".join(valid) if valid else "none: it takes no parameters"
-    return f"{where}: unknown key {key!r}{hint}; valid keys: {choices}"
+    return f"{where}: unknown key {key!r}{did_you_mean(key, valid)} (valid keys: {choices})"
 
 
 def coerce(value: Any, tp: Any, *, where: str) -> Any:

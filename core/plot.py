@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from jaxyard.core.rundir import write_atomic
 
 FIGSIZE = (15, 4)
 DPI = 100
@@ -45,8 +46,6 @@ def plot_schedule(rates, path: Path, *, title: str = "") -> Path:
 
 
 def _save(fig, path: Path) -> Path:
-    """Render to a temporary file, then rename: a killed process never leaves half a PNG."""
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    """Render through a temporary file, then rename: a killed process never leaves half a PNG."""
+    write_atomic(path, lambda f: fig.savefig(f, format="png"))
     return path

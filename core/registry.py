@@ -9,7 +9,6 @@ fatal in strict mode.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import hashlib
 import importlib
@@ -28,7 +27,7 @@ import pluggy
 
 from jaxyard.core import hookspecs
 from jaxyard.core.entries import HOOKS, KINDS, Entry, PluginInfo
-from jaxyard.core.errors import PluginError, UnknownComponent, UsageError
+from jaxyard.core.errors import PluginError, UnknownComponent, UsageError, did_you_mean, one_line
 from jaxyard.core.params import NoParams, describe, field_types
 from jaxyard.core.settings import Settings, env_flag
 
@@ -140,10 +139,8 @@ def normalize_kind(kind: str) -> str:
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
     choices = ", ".join(valid) if valid else "none registered"
-    return f"unknown {kind} {name!r}{hint} (valid: {choices})"
+    return f"unknown {kind} {name!r}{did_you_mean(name, valid)} (valid: {choices})"
 
 
 def build_registry(
@@ -255,7 +252,7 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
     except (Exception, SystemExit, KeyboardInterrupt) as err:  # a plugin's own bug (even sys.exit() at import) must not take the registry down
         if plugin is not None:
             pm.unregister(plugin)
-        return attrs.evolve(info, error=_one_line(err))
+        return attrs.evolve(info, error=one_line(err))
     entries.update(staged)
     return attrs.evolve(info, hooks=hooks, components=tuple(f"{k}:{e.name}" for (k, _), e in staged.items()), warnings=tuple(warnings))
 
@@ -269,9 +266,7 @@ def _check_hooks(pm: pluggy.PluginManager, plugin: Any) -> tuple[str, ...]:
     callers = pm.get_hookcallers(plugin) or []
     for caller in callers:
         if not caller.has_spec():
-            close = difflib.get_close_matches(caller.name, list(HOOKS.values()), n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise PluginError(f"implements unknown hook {caller.name}{hint}")
+            raise PluginError(f"implements unknown hook {caller.name}{did_you_mean(caller.name, HOOKS.values(), n=1)}")
     return tuple(sorted(c.name for c in callers))
 
 
@@ -415,7 +410,3 @@ def _own_version() -> str | None:
     except metadata.PackageNotFoundError:
         return None
 
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or "(no message)"
-    return text if isinstance(err, PluginError) else f"{type(err).__name__}: {text}"

@@ -19,7 +19,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from jaxyard.core.errors import UsageError
 
@@ -175,14 +177,18 @@ def _holder(fd: int) -> str:
     return "another process"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsynced then renamed (the directory
-    fsynced too): a reader sees the old file or the new one, never a torn one, and a failure
-    (a full disk) leaves no temporary file behind."""
+def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], Any]) -> None:
+    """Write ``data`` (text, bytes, or a function writing to the open file) to ``path`` through
+    a temporary file, fsynced then renamed (the directory fsynced too): a reader sees the old
+    file or the new one, never a torn one, and a failure (a full disk) leaves no temporary file
+    behind. Every file jaxyard writes goes through here."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

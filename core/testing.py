@@ -51,7 +51,7 @@ from typing import Any
 import attrs
 
 from jaxyard.core.entries import KINDS, Entry
-from jaxyard.core.errors import UsageError
+from jaxyard.core.errors import UsageError, one_line
 
 __all__ = [
     "CHECKS",
@@ -228,7 +228,8 @@ def _message(subject: Subject, check: Check, what: str, fix: str) -> str:
 
 
 def _one_line(err: BaseException | str) -> str:
-    return " ".join(str(err).split())[:600]
+    """The message alone, collapsed (the kit names the exception's type itself where it matters)."""
+    return one_line(str(err), 600)
 
 
 # --- discovery ---------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxyard.core.checkpoint import CheckpointError, Restored, describe_exception
+from jaxyard.core.rundir import write_atomic
 
 MARKER_NAME = "jaxyard-checkpoints.json"
 MARKER_FORMAT = "jaxyard.orbax"
@@ -186,14 +187,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True))  # jaxyard's one durable write
 
 
 def _fsync_dir(path: pathlib.Path) -> None:

@@ -140,7 +140,7 @@ def test_table_best_first_with_final_best_and_test(dirs):
 
 def test_unknown_metric_names_the_valid_ones(dirs):
     runs = C.load_runs([dirs["adam"]])
-    expected = "metric 'val_accuracy' is not recorded by these runs (did you mean val_acc?); valid: train_acc, train_loss, val_acc, val_loss"
+    expected = "metric 'val_accuracy' is not recorded by these runs; did you mean val_acc? (valid: train_acc, train_loss, val_acc, val_loss)"
     with pytest.raises(UsageError, match=re.escape(expected)):
         C.table(runs, "val_accuracy")
 

@@ -263,7 +263,7 @@ def test_parse_set():
 
 def test_build_reports_unknown_keys_and_types():
     assert P.build(RunSettings, {}, where="run") == RunSettings()
-    with pytest.raises(UsageError, match=r"^run: unknown key 'epoch' \(did you mean epochs\?\); valid keys: optimizer"):
+    with pytest.raises(UsageError, match=r"^run: unknown key 'epoch'; did you mean epochs\? \(valid keys: optimizer"):
         P.build(RunSettings, {"epoch": 1}, where="run")
     with pytest.raises(UsageError, match=r"^run\.seed: expected an integer, got 'x'$"):
         P.build(RunSettings, {"seed": "x"}, where="run")
