@@ -177,7 +177,8 @@ def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True
     """
     run = config.run
     total = max(steps_per_epoch * run.epochs // run.accumulate_steps, 1)
-    warmup = min(run.warmup_steps, total)
+    takes_warmup = getattr(config.scheduler.entry.factory, "warmup", True)  # a factory may say `warmup = False`
+    warmup = min(run.warmup_steps, total) if takes_warmup else 0
     decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
     if check:  # concrete values (not traced ones): the scheduler's result is checked once, here
         _check_schedule(config, decay, total - warmup)

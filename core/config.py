@@ -36,7 +36,9 @@ class RunSettings:
     epochs: int = P.param(10, "number of passes over the training split", validator=v.ge(1))
     batch_size: int = P.param(32, "examples per training step", validator=v.ge(1))
     learning_rate: float = P.param(1e-3, "peak learning rate, given to the schedule", validator=v.gt(0.0), traced=True)
-    warmup_steps: int = P.param(0, "linear warmup from 0 to the peak rate, before any schedule", validator=v.ge(0))
+    warmup_steps: int = P.param(
+        100, "linear warmup from 0 to the peak rate, before the schedule (not `constant`'s: it is constant)", validator=v.ge(0)
+    )
     clip_norm: float = P.param(0.0, "clip gradients to this global norm (0: off)", validator=v.ge(0.0))
     seed: int = P.param(0, "seeds the initialisation, dropout and the shuffle", validator=[v.ge(0), v.lt(2**31)])
     drop_last: bool = P.param(False, "drop the last partial batch instead of padding and masking it")

@@ -76,8 +76,10 @@ def jaxyard_register_schedulers(register: RegisterFn) -> None:
     optax schedule (``step -> learning rate``). ``learning_rate`` is the run's peak rate;
     ``decay_steps`` is the number of steps the schedule spans: the run's total steps less its
     warmup (steps are optimizer updates). The engine puts the linear warmup of
-    ``run.warmup_steps`` in front of any schedule; a schedule with a warmup of its own is used
-    with ``run.warmup_steps = 0`` (say so in its description), and then spans the whole run.
+    ``run.warmup_steps`` in front of any schedule, unless the factory says otherwise with an
+    attribute ``factory.warmup = False`` (the built-in ``constant`` does: it is constant from the
+    first step); the schedule then spans the whole run. A schedule with a warmup of its own sets
+    it too.
     The result is checked before training: a callable giving a finite rate >= 0.
     """
 

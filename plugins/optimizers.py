@@ -26,7 +26,7 @@ class AdamParams:
     b1: float = param(0.9, "decay rate of the first-moment estimate", validator=_unit, traced=True)
     b2: float = param(0.999, "decay rate of the second-moment estimate", validator=_unit, traced=True)
     eps: float = param(1e-8, "added to the denominator for numerical stability", validator=v.gt(0.0), traced=True)
-    weight_decay: float = _weight_decay()
+    weight_decay: float = param(1e-4, "L2 penalty added to the gradient before the update (0: off)", validator=_nonneg)
 
 
 def adam(p: AdamParams, *, learning_rate):

@@ -1,4 +1,5 @@
-"""Built-in learning-rate schedules. The engine puts the run's linear warmup in front of each."""
+"""Built-in learning-rate schedules. The engine puts the run's linear warmup in front of each but
+`constant`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from jaxyard import hookimpl, param
 
 
 def constant(p, *, learning_rate, decay_steps):
-    """The peak learning rate, held after the run's warmup (run.warmup_steps; 0 for none)."""
+    """The peak learning rate at every step: no warmup (run.warmup_steps does not apply)."""
     import optax
 
     return optax.constant_schedule(learning_rate)
 
 
+constant.warmup = False  # type: ignore[attr-defined]  # the engine puts no warmup in front (see core/hookspecs.py)
+
+
 def warmup(p, *, learning_rate, decay_steps):
-    """Linear warmup over run.warmup_steps, then the peak rate held (constant under its warmup name)."""
+    """Linear warmup over run.warmup_steps, then the peak rate held."""
     import optax
 
     return optax.constant_schedule(learning_rate)
