@@ -165,9 +165,21 @@ def show(session, kind, name, as_json):
         params = D.params_list(RunSettings, session.settings.values.get("run"))
         data = {"kind": "run", "name": "run", "description": "the [run] table of registry and config files", "params": params}
     else:
-        if not name:
-            raise click.UsageError("missing NAME: jaxyard show KIND NAME")
         registry = session.registry
+        if not name:
+            from jaxyard.core.registry import normalize_kind
+
+            try:
+                normalize_kind(kind)
+            except JaxyardError:  # `show cnn`: a component's name where the kind goes
+                owners = [k for k in KINDS if kind in registry.names(k)]
+                if owners:
+                    from jaxyard.core.errors import UsageError
+
+                    article = "an" if owners[0][0] in "aeiou" else "a"
+                    raise UsageError(f"{kind!r} is not a kind but {article} {owners[0]}: jaxyard show {owners[0]} {kind}") from None
+                raise
+            raise click.UsageError("missing NAME: jaxyard show KIND NAME")
         entry = registry.get(kind, name)
         configured = session.settings.values.get(entry.kind, {}).get(entry.selector)
         data = D.entry_dict(entry, registry, params=True, configured=configured)
@@ -217,30 +229,33 @@ def plugins(session, as_json):
             click.echo(f"  error: {p.error}")
 
 
-def _run_options(f, *, sweep: bool = False):
-    """The options of ``run``; for ``sweep`` each value may also be a list or a distribution."""
+def _run_options(f, *, sweep: bool = False, only: tuple[str, ...] = ()):
+    """The options of ``run`` (``only``: those of these names); for ``sweep`` each value may also
+    be a list or a distribution."""
     spec = " (or a list, a-b, log(a,b), int(a,b), choice(a,b))" if sweep else ""
+    listed = " (or a list)" if sweep else ""
     number = {"type": str} if sweep else {}
-    options = [
-        click.option("--config", "config_file", metavar="FILE", help="An experiment TOML file ([run] and [KIND.NAME] tables)."),
-        *[click.option(f"--{k}", metavar="NAME", help=f"The {k} to use (jaxyard list {k}s){spec and ' (or a list)'}.") for k in CHOSEN],
-        click.option(
+    options = {
+        "config": click.option("--config", "config_file", metavar="FILE", help="An experiment TOML file ([run] and [KIND.NAME] tables)."),
+        **{k: click.option(f"--{k}", metavar="NAME", help=f"The {k} to use (jaxyard list {k}s){listed}.") for k in CHOSEN},
+        "logger": click.option(
             "--logger", "loggers", multiple=True, metavar="NAME", help="Add an experiment logger to run.loggers (repeatable; jaxyard list loggers)."
         ),
-        click.option("--epochs", **(number or {"type": int}), help=f"Number of epochs{spec and ' (or a list)'}."),
-        click.option("--batch-size", **(number or {"type": int}), help=f"Examples per step{spec and ' (or a list)'}."),
-        click.option("--lr", "learning_rate", **(number or {"type": float}), help=f"Peak learning rate{spec}."),
-        click.option("--devices", metavar="N|all", help="Local devices to train on: the batch is split over them (run.devices)."),
-        click.option(
+        "epochs": click.option("--epochs", **(number or {"type": int}), help=f"Number of epochs{listed}."),
+        "batch-size": click.option("--batch-size", **(number or {"type": int}), help=f"Examples per step{listed}."),
+        "lr": click.option("--lr", "learning_rate", **(number or {"type": float}), help=f"Peak learning rate{spec}."),
+        "devices": click.option("--devices", metavar="N|all", help="Local devices to train on: the batch is split over them (run.devices)."),
+        "seed": click.option(
             "--seed", **(number or {"type": int}),
             help=f"Seeds the initialisation, dropout and the shuffle (the data has its own seeds, e.g. loader.data_seed){spec}.",
         ),
-        click.option(
+        "set": click.option(
             "--set", "sets", multiple=True, metavar="KIND.KEY=VALUE", help=f"Set a parameter of a chosen component or of run (repeatable){spec}."
         ),
-    ]
-    for option in reversed(options):
-        f = option(f)
+    }
+    for name, option in reversed(options.items()):
+        if not only or name in only:
+            f = option(f)
     return f
 
 
@@ -347,22 +362,26 @@ def check(session, config_file, sets, memory_limit, as_json, **options):
 
 
 @cli.command(short_help="Print (and plot) the learning rate over a run.")
-@_run_options
+@functools.partial(_run_options, only=("config", "scheduler", "loader", "epochs", "batch-size", "lr", "set"))
+@click.option("--steps-per-epoch", type=click.IntRange(min=1),
+              help="Optimizer steps per epoch (default: from the loader's train split and the batch size).")
 @click.option("--points", default=11, show_default=True, type=click.IntRange(min=2), help="Rows of the table (at least 2).")
 @click.option("--png", metavar="FILE", help="Also plot the rate at every step to this PNG.")
 @click.pass_obj
-def schedule(session, config_file, sets, points, png, **options):
-    """Print the learning rate over a run of the given configuration (nothing is trained).
+def schedule(session, config_file, sets, steps_per_epoch, points, png, **options):
+    """Print the learning rate over a run of the given configuration (nothing is trained; with
+    --steps-per-epoch no data is read either).
 
     \b
     Examples:
       jaxyard schedule
       jaxyard schedule --scheduler exponential --set scheduler.decay_rate=0.9 --epochs 20 --png lr.png
+      jaxyard schedule --scheduler warmup --steps-per-epoch 500 --set run.warmup_steps=1000
     """
     config = _resolve(session, config_file, sets, **options)
     from jaxyard.core.build import schedule_points
 
-    info = schedule_points(config, points)
+    info = schedule_points(config, points, steps_per_epoch=steps_per_epoch)
     run = config.run
     click.echo(
         f"{config.scheduler.name}: peak {run.learning_rate:g}, warmup {info['warmup_steps']} steps, "

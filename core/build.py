@@ -188,9 +188,11 @@ def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True
     return optax.join_schedules([ramp, decay], [warmup]), warmup, total
 
 
-def schedule_points(config: RunConfig, points: int = 11) -> dict[str, Any]:
-    """The learning rate at ``points`` evenly spaced steps of the run (and every step for a plot)."""
-    _, steps_per_epoch = load_data(config)
+def schedule_points(config: RunConfig, points: int = 11, *, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """The learning rate at ``points`` evenly spaced steps of the run (and every step for a plot);
+    ``steps_per_epoch`` given, the loader is not called."""
+    if steps_per_epoch is None:
+        _, steps_per_epoch = load_data(config)
     schedule, warmup, total = make_schedule(config, steps_per_epoch)
     every = np.asarray(jax.vmap(schedule)(jnp.arange(total + 1)))
     marks = sorted({round(i * total / max(points - 1, 1)) for i in range(points)} | ({warmup} if warmup else set()))
