@@ -285,7 +285,7 @@ def _compile_cache(no_cache: bool):
 
 @cli.command(short_help="Train with the chosen components.")
 @_run_options
-@click.option("--out", metavar="DIR", help="The run's directory (default: run.out/<timestamp>-<model>-<optimizer>-<loader>).")
+@click.option("--out", metavar="DIR", help="The run's directory (default: run.runs_dir/<timestamp>-<model>-<optimizer>-<loader>).")
 @click.option("--profile", is_flag=True, default=None, help="Write a jax.profiler trace of the second epoch to RUN_DIR/profile (run.profile).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
@@ -480,7 +480,7 @@ def _print_table(headers: list[str], rows: list[list], text: list[list[str]]) ->
 
 @cli.command(short_help="Train a grid or a search of configurations and rank them.")
 @functools.partial(_run_options, sweep=True)
-@click.option("--out", metavar="DIR", help="The sweep's directory (default: run.out/sweep-<timestamp>).")
+@click.option("--out", metavar="DIR", help="The sweep's directory (default: run.runs_dir/sweep-<timestamp>).")
 @click.option(
     "--sampler", type=click.Choice(["grid", "random", "tpe"]), help="How trials are chosen (default: grid for lists, tpe with a distribution)."
 )
@@ -582,7 +582,7 @@ def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, pru
         return resolve_config(session.registry, session.settings, config_file=config_file, sets=[*fixed, *first, *extra], loggers=loggers)
 
     base = resolve([])
-    directory = Path(out) if out else Path(base.run.out) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    directory = Path(out) if out else Path(base.run.runs_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     return S.create(directory, base_config=base, resolve=resolve, dims=dims, sampler=sampler, trials=trials, prune=prune, storage=storage)
 
 

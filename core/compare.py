@@ -25,7 +25,10 @@ SWEEP_META = "sweep.json"
 MAX_LINES = 10  # curves overlaid in one compare figure
 TOP_TRIALS = 5  # curves in the sweep figure
 # config keys that never change the numbers: where files go, what is logged, how often to save
-IGNORED = {"run.out", "run.loggers", "run.eval_batch_size", "run.save_every", "run.keep_latest", "run.keep_best", "run.profile", "run.checkpointer"}
+IGNORED = {
+    "run.out", "run.runs_dir", "run.loggers", "run.eval_batch_size", "run.save_every",
+    "run.keep_latest", "run.keep_best", "run.profile", "run.checkpointer",
+}
 IGNORED_PREFIXES = ("logger.", "checkpointer.")
 _MISSING = object()
 

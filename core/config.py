@@ -70,7 +70,9 @@ class RunSettings:
     keep_latest: int = P.param(3, "checkpoints: keep the newest N", validator=v.ge(1))
     keep_best: int = P.param(1, "checkpoints: also keep the N best by `monitor`", validator=v.ge(0))
     loggers: tuple[str, ...] = P.param(("jsonl",), "experiment loggers (`jaxyard list loggers`); `--logger NAME` adds one")
-    out: str = P.param("runs", "directory under which each run gets its own directory")
+    runs_dir: str = P.param(
+        "runs", "directory under which each run (and sweep) gets a directory of its own; `--out DIR` names that directory instead"
+    )
 
 
 @attrs.frozen
@@ -148,8 +150,22 @@ class RunConfig:
         return dump_toml(self.to_dict())
 
 
+#: ``[run]`` keys renamed since a release: files (an old run's config.toml) still read
+RENAMED_RUN_KEYS = {"out": "runs_dir"}
+
+
+def renamed(table: dict[str, Any]) -> dict[str, Any]:
+    """A ``[run]`` table with its old key names replaced (the new name wins if both are set)."""
+    out = {RENAMED_RUN_KEYS.get(k, k): v for k, v in table.items() if k not in RENAMED_RUN_KEYS}
+    for old, new in RENAMED_RUN_KEYS.items():
+        if old in table:
+            out.setdefault(new, table[old])
+    return out
+
+
 def check_run_table(table: dict[str, Any]) -> None:
     """Check a ``[run]`` table's keys and value types (used when reading files)."""
+    table = renamed(table)
     types = P.field_types(RunSettings)
     valid = [f.name for f in attrs.fields(RunSettings)]
     for key, value in table.items():
@@ -179,13 +195,13 @@ def resolve_config(
         experiment = read_config_file(config_file)
         _check_component_tables(registry, experiment, config_file)
         values = merge(values, experiment)
-    run_values = dict(values.get("run", {}))
+    run_values = renamed(dict(values.get("run", {})))
     run_values.update({k: val for k, val in (options or {}).items() if val is not None})
     component_sets: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
     for item in sets:
         section, key, value = parse_set(item)
         if section == "run":
-            run_values[key] = value
+            run_values[RENAMED_RUN_KEYS.get(key, key)] = value
         else:
             component_sets[section][key] = value
     run = P.build(RunSettings, run_values, where="run")

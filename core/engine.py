@@ -60,7 +60,7 @@ def train(
 ) -> RunResult:
     """Train ``config`` in a new run directory and evaluate on the test split.
 
-    :param out_dir: the run's directory (must be new or empty); default ``run.out/<timestamp>-...``.
+    :param out_dir: the run's directory (must be new or empty); default ``run.runs_dir/<timestamp>-...``.
     :param echo: called with each line of the report (the CLI passes ``click.echo``).
     :param warn: called with warnings (a logger dropped, ...); default: ``echo``.
     :param progress: makes a per-epoch progress bar for streamed data (the CLI passes
@@ -76,7 +76,7 @@ def train(
     run = config.run
     config_toml = config.to_toml()
     name = "-".join(getattr(run, kind).replace(":", "_") for kind in ("model", "optimizer", "loader"))
-    run_dir = rd.RunDir.new(out_dir, base=run.out, name=name)
+    run_dir = rd.RunDir.new(out_dir, base=run.runs_dir, name=name)
     if compile_cache:
         enable_compile_cache(compile_cache)
     try:

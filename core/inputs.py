@@ -21,7 +21,7 @@ from jaxyard.core import params as P
 
 #: ``[run]`` keys that never reach the compiled programs: runs differing only in them share one
 PROGRAM_FREE = frozenset({
-    "seed", "out", "save_every", "patience", "min_delta", "monitor", "profile", "keep_latest", "keep_best", "loggers",
+    "seed", "out", "runs_dir", "save_every", "patience", "min_delta", "monitor", "profile", "keep_latest", "keep_best", "loggers",
     "checkpointer", "curves",
 })
 TUNED_KINDS = ("optimizer", "scheduler")  # whose traced parameters shape the update

@@ -107,7 +107,7 @@ def coerce(value: Any, tp: Any, *, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if isinstance(value, CommandLineText) and origin not in (typing.Union, types.UnionType):
-        parsed = parse_value(value)  # `--set run.out=2024` is a name, `--set run.out='"a b"'` one too
+        parsed = parse_value(value)  # `--set run.runs_dir=2024` is a name, `--set run.runs_dir='"a b"'` one too
         value = (parsed if isinstance(parsed, str) else str(value)) if tp is str else parsed
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() == "none" and type(None) in args):

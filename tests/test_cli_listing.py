@@ -104,7 +104,7 @@ def test_show_text_is_aligned(run_cli):
 def test_show_run(cli_json, run_cli):
     shown = cli_json(["show", "run", "--json"])
     names = [p["name"] for p in shown["params"]]
-    assert {"optimizer", "epochs", "batch_size", "learning_rate", "seed", "out"} <= set(names)
+    assert {"optimizer", "epochs", "batch_size", "learning_rate", "seed", "runs_dir"} <= set(names)
     assert all(p["doc"] and p["type"] for p in shown["params"])
     assert "epochs" in run_cli(["show", "run"]).stdout
 

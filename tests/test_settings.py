@@ -293,3 +293,12 @@ def test_read_config_file_checks_layout(tmp_path):
     with pytest.raises(UsageError, match="unknown key 'plugins'"):
         read_config_file(_write(tmp_path / "p.toml", "[plugins]\nlocal = []\n"))
     assert read_config_file(tmp_path / "p.toml", allow_plugins=True) == {"plugins": {"local": []}}
+
+
+def test_a_renamed_run_key_still_reads(tmp_path, dry_run):
+    """run.out became run.runs_dir (--out names one run's directory): an old run's config.toml and
+    old --set spellings still read, as the new name."""
+    old = _write(tmp_path / "old.toml", '[run]\nout = "elsewhere"\nepochs = 2\n')
+    config = dry_run("--config", str(old))
+    assert config["run"]["runs_dir"] == "elsewhere" and "out" not in config["run"]
+    assert dry_run("--set", "run.out=there")["run"]["runs_dir"] == "there"
