@@ -95,9 +95,9 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     tx = make_tx(config, schedule)
     optimizer = _calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
     model.eval()
-    eval_graphdef, _ = nnx.split((model, optimizer))
+    eval_graphdef, _ = steps.split(model, optimizer)
     model.train()
-    train_graphdef, state = nnx.split((model, optimizer))
+    train_graphdef, state = steps.split(model, optimizer)
     state = layout.place_state(state)
     if isinstance(data, Dataset):
         def on_device(split: Split) -> Split:

@@ -41,7 +41,7 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
         input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=nnx.Rngs(0))))
     model, optimizer = nnx.eval_shape(create)
     _check_fit(config, model, data)
-    graphdef, state = nnx.split((model, optimizer))
+    graphdef, state = steps.split(model, optimizer)
     params = nnx.state(model, nnx.Param)
     param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     param_bytes = _bytes(params)

@@ -7,8 +7,6 @@ import numpy as np
 
 from jaxyard.core.checkpoint import CheckpointMismatch, compare_structures, structure_of
 
-_ROOTS = ("model", "optimizer")
-
 
 def flatten(state) -> dict[str, np.ndarray]:
     """``{"model.hidden.0.kernel": array, ...}``: host copies, RNG keys as their uint32 key data."""
@@ -52,6 +50,4 @@ def _name(path) -> str:
             continue
         part = getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))
         parts.append(str(part))
-    if parts and parts[0] in ("0", "1"):
-        parts[0] = _ROOTS[int(parts[0])]
-    return ".".join(parts)
+    return ".".join(parts)  # "model.hidden.0.kernel": the state is split from {"model": ..., "optimizer": ...}

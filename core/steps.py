@@ -16,6 +16,18 @@ from jaxyard.core.averaging import use_ema
 from jaxyard.core.errors import UsageError
 
 
+def split(model, optimizer):
+    """``(graphdef, state)`` of a run's model and optimizer, by name: the state's paths start
+    ``model.`` or ``optimizer.`` (what checkpoints call them), whatever else is added later."""
+    return nnx.split({"model": model, "optimizer": optimizer})
+
+
+def merged(graphdef, state):
+    """``(model, optimizer)`` from what :func:`split` returned."""
+    parts = nnx.merge(graphdef, state)
+    return parts["model"], parts["optimizer"]
+
+
 def _masked_loss(model, x, y, mask):
     logits = model(x)
     per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
@@ -33,13 +45,13 @@ def _step(graphdef, make_tx, state, inputs, x, y, mask, batch=None):
     """
     if batch is not None:  # on a mesh: the batch's rows split over the devices
         x, y, mask = (jax.lax.with_sharding_constraint(a, batch) for a in (x, y, mask))
-    model, optimizer = nnx.merge(graphdef, state)
+    model, optimizer = merged(graphdef, state)
     if make_tx is not None:
         optimizer.tx = make_tx(inputs)
     grad_fn = nnx.value_and_grad(_masked_loss, has_aux=True)
     (_, sums), grads = grad_fn(model, x, y, mask)
     optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), sums
+    return nnx.state({"model": model, "optimizer": optimizer}), sums
 
 
 def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
@@ -95,7 +107,7 @@ def make_evaluate(graphdef, batch_size: int, *, ema: bool = False):
 
     @jax.jit
     def evaluate(state, x, y):
-        model, optimizer = nnx.merge(graphdef, state)
+        model, optimizer = merged(graphdef, state)
         if ema:
             use_ema(model, optimizer)
         n = x.shape[0]
@@ -121,7 +133,7 @@ def make_eval_step(graphdef, *, ema: bool = False):
 
     @jax.jit
     def step(state, x, y, mask):
-        model, optimizer = nnx.merge(graphdef, state)
+        model, optimizer = merged(graphdef, state)
         if ema:
             use_ema(model, optimizer)
         return _masked_loss(model, x, y, mask)[1]

@@ -11,6 +11,7 @@ import pytest
 import jaxyard
 from jaxyard.core.build import build, schedule_points
 from jaxyard.core.loop import make_loop, means
+from jaxyard.core.steps import merged  # (model, optimizer) of a built run's state
 
 LOCAL_PLUGIN = str(Path(__file__).parent / "plugins_local" / "shapes.py")
 TINY = [
@@ -106,19 +107,18 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, registry):
 def test_dropout_is_on_in_training_and_off_in_evaluation(registry):
     """The engine's evaluation equals a dropout-free forward pass; its training graph drops units."""
     import optax
-    from flax import nnx
 
     built = build(config(registry, "model.dropout_rate=0.9"))
     x, y = built.data.val.x, built.data.val.y
     no_dropout = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"batch_size": 16}, sets=[*TINY, "model.dropout_rate=0.0"])
-    plain, _ = nnx.merge(build(no_dropout).train_graphdef, built.state)  # same weights, no dropout layer effect
+    plain, _ = merged(build(no_dropout).train_graphdef, built.state)  # same weights, no dropout layer effect
     expected = float(optax.softmax_cross_entropy_with_integer_labels(plain(x), y).sum())
     loss_sum = float(make_loop(built).evaluate("val")[0])
     assert loss_sum == pytest.approx(expected, rel=1e-5)
 
-    model, _ = nnx.merge(built.train_graphdef, built.state)
+    model, _ = merged(built.train_graphdef, built.state)
     assert not np.array_equal(model(x), model(x))  # training mode: a new mask each call
-    model, _ = nnx.merge(built.eval_graphdef, built.state)
+    model, _ = merged(built.eval_graphdef, built.state)
     np.testing.assert_array_equal(model(x), model(x))
 
 
@@ -205,9 +205,9 @@ def test_clip_norm_bounds_each_update(registry):
     cfg = config(registry, "model.dropout_rate=0.0", "run.clip_norm=0.001", "run.warmup_steps=0",
                  optimizer="sgd", scheduler="constant", learning_rate=1.0, batch_size=100)
     built = build(cfg)
-    before = [np.array(a) for a in jax.tree.leaves(nnx.state(nnx.merge(built.train_graphdef, built.state)[0], nnx.Param))]
+    before = [np.array(a) for a in jax.tree.leaves(nnx.state(merged(built.train_graphdef, built.state)[0], nnx.Param))]
     make_loop(built).train_epoch(1)  # one step: 100 examples, batch 100
-    after = jax.tree.leaves(nnx.state(nnx.merge(built.train_graphdef, built.state)[0], nnx.Param))
+    after = jax.tree.leaves(nnx.state(merged(built.train_graphdef, built.state)[0], nnx.Param))
     moved = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(after, before, strict=True)))
     assert 0 < moved <= 0.001 + 1e-7
 

@@ -8,6 +8,7 @@ import pytest
 import jaxyard
 from jaxyard.core.build import build
 from jaxyard.core.loop import make_loop
+from jaxyard.core.steps import merged  # (model, optimizer) of a built run's state
 
 TINY = [
     "loader.train_size=96",
@@ -58,7 +59,7 @@ def test_weight_average_follows_the_parameters_step_by_step(registry):
     loop = make_loop(built)
 
     def params_and_ema():
-        model, optimizer = nnx.merge(built.train_graphdef, built.state)
+        model, optimizer = merged(built.train_graphdef, built.state)
         params = [np.asarray(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
         ema = [n for n in jax.tree.leaves(optimizer.opt_state, is_leaf=lambda n: isinstance(n, EmaParamsState)) if isinstance(n, EmaParamsState)]
         return params, [np.asarray(e) for e in jax.tree.leaves(ema[0].ema)]
