@@ -13,6 +13,7 @@ from jaxyard.core.entries import KINDS, Entry, PluginInfo
 from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UnknownComponent, UsageError
 from jaxyard.core.events import Run, RunResult
 from jaxyard.core.hookspecs import hookimpl
+from jaxyard.core.inputs import Programs
 from jaxyard.core.loggers import Logger, MissingExtra
 from jaxyard.core.params import param
 from jaxyard.core.policy import CheckpointPolicy, Monitor
@@ -20,6 +21,7 @@ from jaxyard.core.registry import Registry, build_registry
 from jaxyard.core.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # pragma: no cover - the engine imports jax: loaded on first use
+    from jaxyard.core.check import check
     from jaxyard.core.engine import Evaluation, evaluate, resume, train
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "Monitor",
     "PluginError",
     "PluginInfo",
+    "Programs",
     "Registry",
     "Restored",
     "Run",
@@ -50,6 +53,7 @@ __all__ = [
     "UnknownComponent",
     "UsageError",
     "build_registry",
+    "check",
     "evaluate",
     "hookimpl",
     "load_settings",
@@ -74,6 +78,10 @@ def __getattr__(name):
         from jaxyard.core import engine
 
         return getattr(engine, name)
+    if name == "check":
+        from jaxyard.core.check import check
+
+        return check
     raise AttributeError(f"module 'jaxyard' has no attribute {name!r}")
 
 

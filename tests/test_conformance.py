@@ -130,6 +130,7 @@ def test_pytest_plugin_is_registered(jaxyard_registry):
     assert jaxyard_registry.get("optimizer", "adam").plugin == "jaxyard.plugins.optimizers"
 
 
+@pytest.mark.slow
 def test_example_package_runs_the_kit_in_its_own_pytest_session():
     """The example package's tests, as its author runs them: pytest from its directory, the kit's
     pytest plugin loaded through the entry point (its fixture is used there)."""

@@ -385,9 +385,21 @@ def test_every_entry_shows(entry, run_cli):
         assert any(line.split()[:2] == [info.name, info.type.split()[0]] for line in lines), info.name
 
 
-def test_public_api():
-    assert jaxyard.build_registry is build_registry
-    assert jaxyard.KINDS == KINDS
+def test_public_api_resolves_every_name_and_stays_cheap_until_the_engine_is_used():
+    """Every name in jaxyard.__all__ resolves and is in dir(); touching the eager ones imports no jax
+    (a fresh process: this one has jax loaded already)."""
+    import subprocess
+
+    from helpers import clean_environ
+
+    assert set(jaxyard.__all__) <= set(dir(jaxyard))
+    assert all(getattr(jaxyard, name) is not None for name in jaxyard.__all__)
+    lazy = {"train", "evaluate", "resume", "Evaluation", "check", "__version__"}
+    code = ("import sys, jaxyard\n"
+            f"[getattr(jaxyard, n) for n in jaxyard.__all__ if n not in {sorted(lazy)!r}]\n"
+            "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_environ(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
 
 
 def test_every_hook_is_documented_used_and_in_the_readme():

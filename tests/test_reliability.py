@@ -37,6 +37,7 @@ def sets(*extra):
     return [x for s in (*TINY, *extra) for x in ("--set", s)]
 
 
+@pytest.mark.slow
 def test_two_writers_on_one_directory_one_wins_twenty_times_out_of_twenty(tmp_path):
     env = clean_environ()
 
@@ -79,6 +80,7 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     directory.unlock()
 
 
+@pytest.mark.slow
 def test_readers_and_second_writers_never_disturb_a_training_run(tmp_path, run_cli):
     """While a run trains (saving every epoch): `eval` in a loop, a second `run --out` and a `resume`
     of the same directory. The run ends with the numbers of an undisturbed one."""

@@ -79,6 +79,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, env, reference, point):
     out = tmp_path / "run"

@@ -57,6 +57,7 @@ def compiles_during(fn):
 # --- hyperparameters as inputs -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_runs_differing_in_traced_values_and_seed_compile_once_and_match_a_single_run(registry, tmp_path):
     programs = Programs(["run.learning_rate", "optimizer.b2", "scheduler.alpha"])
     first = train(config(registry, "run.learning_rate=0.001"), out_dir=tmp_path / "a", programs=programs)
@@ -142,6 +143,7 @@ def test_bad_specs_are_one_line(text, fragment):
 # --- jaxyard sweep -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_grid_sweep_ranks_its_trials_and_the_best_reruns_alone(run_cli, tmp_path, registry):
     out = tmp_path / "sweep"
     result = run_cli(["sweep", "--lr", "1e-3,1e-2", "--seed", "0-1", "--prune", "none", "--out", str(out), *sets()])
@@ -191,6 +193,7 @@ def test_search_needs_a_budget_and_bad_values_are_caught_before_any_trial(run_cl
     assert_one_line_error(result, "is not a sweep directory")
 
 
+@pytest.mark.slow
 def test_vectorized_members_equal_sequential_trials_and_one_diverging_member_leaves_alone(run_cli, tmp_path):
     def sweep(mode):
         out = tmp_path / mode
