@@ -17,8 +17,8 @@ RUN = [
     "--batch-size", "32",
     "--set", "run.save_every=2",
     "--set", "run.warmup_steps=20",
-    "--set", "loader.train_size=2000",
-    "--set", "loader.features=128",
+    "--set", "loader.train_size=1000",
+    "--set", "loader.features=64",
     "--set", "model.hidden_dims=128,64",
     "--set", "run.keep_latest=10",
 ]
@@ -117,7 +117,7 @@ def test_resume_refuses_a_changed_model_naming_the_paths(tmp_path, env, referenc
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert "Traceback" not in output
-    assert "model.hidden.0.kernel" in output and "(128, 256)" in output
+    assert "model.hidden.0.kernel" in output and "(64, 256)" in output  # 64 features in, 256 units out
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
     assert after == before  # nothing written, changed or deleted (but the lock's record of its last holder)
 
@@ -145,12 +145,12 @@ def test_eval_reads_the_best_and_latest_checkpoints(reference, run_cli):
     summary = json.loads((reference / "summary.json").read_text())
     # the latest checkpoint is the end of training: the same test numbers as the run printed
     latest = jaxyard.evaluate(reference, checkpoint="latest")
-    assert (latest.step, latest.test_loss, latest.test_acc) == (504, summary["test"]["test_loss"], summary["test"]["test_acc"])
+    assert (latest.step, latest.test_loss, latest.test_acc) == (256, summary["test"]["test_loss"], summary["test"]["test_acc"])
     # best: the saved step whose epoch has the lowest val_loss (run.monitor), not the latest
     saved = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
     expected = min((r for r in metrics(reference) if r["step"] in saved), key=lambda r: r["val_loss"])
     best = jaxyard.evaluate(reference, checkpoint="best")
     assert (best.step, best.epoch) == (expected["step"], expected["epoch"])
-    result = run_cli(["eval", reference, "--checkpoint", "252"])  # 63 steps per epoch: step 252 ends epoch 4
+    result = run_cli(["eval", reference, "--checkpoint", "128"])  # 32 steps per epoch: step 128 ends epoch 4
     assert result.exit_code == 0, result.stderr
-    assert "at checkpoint step 252 (epoch 4, 252)" in result.stdout
+    assert "at checkpoint step 128 (epoch 4, 128)" in result.stdout
