@@ -574,7 +574,8 @@ def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, pru
             fixed.append(f"{name}={text}")
         else:
             dims.append(dim)
-    if not any(name == "run.curves" for name, _ in items):  # sweep.png and `compare --png` plot the trials
+    given = {name for name, _ in items}
+    if "run.curves" not in given:  # sweep.png and `compare --png` plot the trials
         fixed.insert(0, "run.curves=false")
     first = [f"{d.name}={d.texts_for_check()[0]}" for d in dims]
 
@@ -582,6 +583,10 @@ def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, pru
         return resolve_config(session.registry, session.settings, config_file=config_file, sets=[*fixed, *first, *extra], loggers=loggers)
 
     base = resolve([])
+    if "run.save_every" not in given:  # one checkpoint per trial, at its end: a killed trial is run again, not resumed
+        epochs = [base.run.epochs, *(int(v) for d in dims if d.name == "run.epochs" and d.is_list for v in d.values)]
+        fixed.insert(0, f"run.save_every={max(epochs)}")
+        base = resolve([])
     directory = Path(out) if out else Path(base.run.runs_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     return S.create(directory, base_config=base, resolve=resolve, dims=dims, sampler=sampler, trials=trials, prune=prune, storage=storage)
 

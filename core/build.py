@@ -84,12 +84,17 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     def create(rngs):
         return config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
 
-    _check_memory(config, nnx.eval_shape(lambda: create(nnx.Rngs(0))))  # shapes only: nothing allocated yet
+    group = group_key(config, traced)
+    checked = (group, "checked", tuple(data.input_shape), data.num_classes)  # one static group: one model, one data shape
+    if checked not in programs:
+        _check_memory(config, nnx.eval_shape(lambda: create(nnx.Rngs(0))))  # shapes only: nothing allocated yet
     model = create(nnx.Rngs(params=seed_key(run.seed, PARAMS_STREAM), dropout=seed_key(run.seed, DROPOUT_STREAM)))
     if not isinstance(model, nnx.Module):
         raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module")
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    _check_fit(config, model, data)
+    if checked not in programs:
+        _check_fit(config, model, data)
+        programs.get(checked, lambda: True)  # a sweep's later trials of the group skip the two shape checks
 
     schedule, warmup, total = make_schedule(config, steps_per_epoch)
     tx = make_tx(config, schedule)
@@ -104,7 +109,6 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
             return Split(layout.place_data(jnp.asarray(split.x)), layout.place_data(jnp.asarray(split.y)))
 
         data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
-    group = group_key(config, traced)
     inputs = {name: jnp.asarray(traceable(config)[name], jnp.float32) for name in traced}
 
     def traced_schedule(values):  # the same schedule and optimizer, their traced hyperparameters now inputs

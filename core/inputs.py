@@ -103,3 +103,6 @@ class Programs:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def __contains__(self, key) -> bool:
+        return key in self._cache
