@@ -338,8 +338,9 @@ def check(session, config_file, sets, memory_limit, as_json, **options):
         click.echo(f"{info['model']} with {info['optimizer']} on {info['layout']}, batch {info['batch_size']}:")
         click.echo(f"  parameters:        {info['parameters']:,} ({info['parameter_bytes'] / 2**20:.2f} MiB)")
         click.echo(f"  optimizer state:   {info['optimizer_state_bytes'] / 2**20:.2f} MiB")
-        flops = info["flops_per_step"]
-        click.echo(f"  FLOPs per step:    {flops / 1e9:.3f} GFLOP" if flops else "  FLOPs per step:    unknown (the backend reports none)")
+        flops = info["flops_per_step_per_device"]
+        where = " per device" if info["devices"] > 1 else ""
+        click.echo(f"  FLOPs per step:    {flops / 1e9:.3f} GFLOP{where}" if flops else "  FLOPs per step:    unknown (the backend reports none)")
         step = info["step_memory_per_device_bytes"]
         click.echo(f"  memory per device: {info['memory_per_device_bytes'] / 2**20:.2f} MiB"
                    + (f" (step {step / 2**20:.2f} MiB + data {info['data_per_device_bytes'] / 2**20:.2f} MiB)" if step is not None else ""))
@@ -399,8 +400,9 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
 
 @cli.command(short_help="Continue an interrupted run from its newest checkpoint.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--devices", metavar="N|all", help="Continue on other devices (checkpoints restore in any layout).")
-@click.option("--shard-params/--no-shard-params", default=None, help="Continue with the state sharded (or not) over the devices.")
+@click.option("--devices", metavar="N|all",
+              help="Continue on other devices (checkpoints restore in any layout); for this resume only: config.toml keeps the run's own.")
+@click.option("--shard-params/--no-shard-params", default=None, help="Continue with the state sharded (or not) over the devices (this resume only).")
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @click.pass_obj
 def resume(session, run_dir, devices, shard_params, no_compile_cache):
@@ -486,8 +488,8 @@ def _print_table(headers: list[str], rows: list[list], text: list[list[str]]) ->
 )
 @click.option("--trials", type=click.IntRange(min=1), help="How many trials (default: the whole grid; needed with a distribution).")
 @click.option(
-    "--prune", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True,
-    help="Stop hopeless trials early, from their per-epoch `run.monitor`.",
+    "--prune", type=click.Choice(["median", "hyperband", "none"]),
+    help="Stop hopeless trials early, from their per-epoch `run.monitor` [default: median].",
 )
 @click.option("--storage", metavar="URL", help="An Optuna storage URL to share the study (default: a journal file in the sweep directory).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes on the same study.")
@@ -519,16 +521,26 @@ def sweep(
         vectorize = "off" if jax.default_backend() == "cpu" else "on"
     vectorized = vectorize == "on"
     if worker_index is not None:  # one of --workers: run trials, print them, leave the summary to the parent
+        wave = max(1, -(-S.load_spec(resume_dir).trials // workers))  # vectorized: each worker takes its share, at most 16
         counts = S.run_worker(resume_dir, registry=session.registry, worker=worker_index, vectorize=vectorized, echo=click.echo,
-                              warn=_warn, compile_cache=_compile_cache(no_compile_cache))
+                              warn=_warn, compile_cache=_compile_cache(no_compile_cache), wave=min(16, wave))
         click.echo(f"Worker {worker_index}: {_counts_text(counts)}")
         return
     if resume_dir:
+        changed = {**options, "config": config_file, "out": out, "sampler": sampler, "trials": trials, "prune": prune, "storage": storage}
+        flag = {"learning_rate": "--lr"}
+        given = [flag.get(k, f"--{k.replace('_', '-')}") for k, v in changed.items() if v] + ["--set"] * bool(sets) + ["--logger"] * bool(loggers)
+        if given:
+            from jaxyard.core.errors import UsageError
+
+            raise UsageError(f"{given[0]} cannot change a sweep being resumed (its sweep.json holds them); start a new sweep")
         directory = Path(resume_dir)
-        S.load_spec(directory)
         S.recover(directory, S.open_study(directory, S.load_spec(directory)), echo=click.echo)
     else:
-        directory = _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, prune, storage, options)
+        directory = _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, prune or "median", storage, options)
+        planned = S.load_spec(directory).trials
+        if trials and trials > planned:
+            click.echo(f"Note: --trials {trials} is more than the grid's {planned} points: {planned} trials")
     spec = S.load_spec(directory)
     space = ", ".join(f"{S.short(d.name)} {_dim_text(d)}" for d in spec.dims)
     click.echo(f"Sweep {directory}: {spec.trials} trials over {space}; sampler {spec.sampler}, pruner {spec.prune}, "
@@ -555,6 +567,10 @@ def sweep(
                    f"jaxyard run --config {directory / best['run_dir'] / 'config.toml'}")
     if any(r[1] != "failed" for r in rows):
         click.echo(f"Plot saved to {C.plot_sweep(directory, directory / 'sweep.png')}")
+    elif rows:
+        from jaxyard.core.errors import TrainingError
+
+        raise TrainingError(f"no trial of the sweep finished: every one failed (their errors are in {directory / S.RESULTS})")
 
 
 def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, prune, storage, options) -> Path:
@@ -571,7 +587,7 @@ def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, pru
     for name, text in items:
         dim = None if name.startswith("logger.") else S.parse_spec(name, text)
         if dim is None:
-            fixed.append(f"{name}={text}")
+            fixed.append(f"{name}={S.fixed_text(text)}")
         else:
             dims.append(dim)
     given = {name for name, _ in items}
@@ -592,7 +608,10 @@ def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, pru
 
 
 def _dim_text(d) -> str:
-    return "{" + ",".join(d.values) + "}" if d.is_list else f"{d.kind}({d.low:g},{d.high:g})"
+    if not d.is_list:
+        return f"{d.kind}({d.low:g},{d.high:g})"
+    shown = d.values if len(d.values) <= 6 else [*d.values[:3], "...", *d.values[-2:]]
+    return "{" + ",".join(shown) + "}" + (f" ({len(d.values)} values)" if len(d.values) > 6 else "")
 
 
 def _counts_text(counts: dict) -> str:

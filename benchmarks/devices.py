@@ -59,7 +59,7 @@ def main() -> None:
             info = memory(shard, args.hidden)
             print(json.dumps({"shard_params": shard, "parameters": info["parameters"],
                               "step_memory_per_device_MiB": round(info["step_memory_per_device_bytes"] / 2**20, 1),
-                              "flops_per_step_per_device": info["flops_per_step"]}), flush=True)
+                              "flops_per_step_per_device": info["flops_per_step_per_device"]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
         "parameters": param_count,
         "parameter_bytes": param_bytes,
         "optimizer_state_bytes": optimizer_bytes,
-        "flops_per_step": float(cost.get("flops", 0.0)) if cost else None,
+        "flops_per_step_per_device": float(cost.get("flops", 0.0)) if cost else None,  # XLA's per-device (SPMD) program
         "step_memory_per_device_bytes": step_bytes,
         "data_per_device_bytes": data_bytes,
         "memory_per_device_bytes": need,

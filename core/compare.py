@@ -277,9 +277,11 @@ def table(runs: Sequence[RunRecord], metric: str = "val_acc") -> tuple[list[str]
     epochs run, final and best ``metric``, and the test metrics where a summary holds them."""
     data = summarize(runs, metric)
     tests = [k for k in ("test_acc", "test_loss") if any(e[k] is not None for e in data["runs"])]
-    headers = ["run", *data["differing"], "epochs", f"final {metric}", f"best {metric}", *tests]
+    states = ["state"] if any(e["state"] for e in data["runs"]) else []  # a sweep's trials: complete, pruned, failed
+    headers = ["run", *states, *data["differing"], "epochs", f"final {metric}", f"best {metric}", *tests]
     rows = [
-        [e["label"], *(e["config"][k] for k in data["differing"]), e["epochs"], e["final"], e["best"], *(e[k] for k in tests)]
+        [e["label"], *([e["state"] or ""] if states else []), *(e["config"][k] for k in data["differing"]), e["epochs"], e["final"],
+         e["best"], *(e[k] for k in tests)]
         for e in data["runs"]
     ]
     return headers, rows

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -122,13 +123,19 @@ def parse_spec(name: str, text: str) -> Dim | None:
         low, high = int(match.group(1)), int(match.group(2))
         if high < low:
             raise UsageError(f"{where}: the range {text} is empty; write LOW-HIGH with LOW <= HIGH")
-        return Dim(name, "list", tuple(str(i) for i in range(low, high + 1))) if high > low else None
+        return Dim(name, "list", tuple(str(i) for i in range(low, high + 1))) if high > low else None  # N-N: N, fixed
     items = split_top(text)
     if len(items) > 1:
         if len(set(items)) != len(items):
             raise UsageError(f"{where}: a value is listed twice")
         return Dim(name, "list", tuple(items))
     return None
+
+
+def fixed_text(text: str) -> str:
+    """A value that :func:`parse_spec` found not swept, as ``--set`` reads it (``3-3`` is ``3``)."""
+    match = _RANGE.match(str(text).strip())
+    return match.group(1) if match else str(text)
 
 
 def _text(value: Any) -> str:
@@ -221,26 +228,52 @@ def create(
         trials = size
     if trials < 1:
         raise UsageError(f"--trials {trials}: expected at least 1")
+    from jaxyard.core.layout import make_layout
+
     for d in dims:  # every value of every dimension builds a valid configuration, or one line says which fails
         for text in d.texts_for_check():
             try:
-                resolve([f"{d.name}={text}"])
+                config = resolve([f"{d.name}={text}"])
+                make_layout(config.run.devices, config.run.shard_params, config.run.batch_size)  # devices, batch split
             except UsageError as err:
                 raise UsageError(f"sweep {d.name}={text}: {err}") from None
     directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"sweep directory {directory} exists and is not a directory; choose another --out")
+    if directory.exists() and any(directory.iterdir()):
         raise UsageError(f"sweep directory {directory} is not empty; choose another --out, or `jaxyard sweep --resume {directory}`")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / TRIALS).mkdir()
     run = base_config.run
-    spec = SweepSpec(tuple(dims), sampler, trials, prune, run.monitor, run.epochs, storage, directory.resolve().name, run.seed)
-    write_atomic(directory / BASE, base_config.to_toml())
-    study = open_study(directory, spec, create=True)
-    if sampler == "grid":
-        for point in grid(dims)[:trials]:
-            study.enqueue_trial(_optuna_params(dims, point))
-    write_atomic(directory / SPEC, json.dumps(spec.to_json(), indent=2) + "\n")
+    spec = SweepSpec(tuple(dims), sampler, trials, prune, run.monitor, max_epochs(run.epochs, dims), storage,
+                     directory.resolve().name, run.seed)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:  # the study first (a bad --storage is one line), then the files: a failure leaves nothing behind
+        study = open_study(directory, spec, create=True)
+        if sampler == "grid":
+            for point in grid(dims)[:trials]:
+                study.enqueue_trial(_optuna_params(dims, point))
+        (directory / TRIALS).mkdir()
+        write_atomic(directory / BASE, base_config.to_toml())
+        write_atomic(directory / SPEC, json.dumps(spec.to_json(), indent=2) + "\n")
+    except BaseException:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:  # an empty directory was given: empty again
+            for path in directory.iterdir():
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
     return directory
+
+
+def max_epochs(base: int, dims: Iterable[Dim]) -> int:
+    """The most epochs any trial trains (``run.epochs`` swept: its largest value)."""
+    for d in dims:
+        if d.name == "run.epochs":
+            return max(int(P.parse_value(v)) for v in d.values) if d.is_list else int(d.high or base)
+    return base
 
 
 def load_spec(directory: str | os.PathLike) -> SweepSpec:
@@ -294,6 +327,10 @@ def open_study(directory: Path, spec: SweepSpec, *, create: bool = False, worker
         raise UsageError(f"--storage {spec.storage} already holds a study named {spec.study!r}; choose another --out") from None
     except KeyError:
         raise UsageError(f"the study {spec.study!r} of {directory} is not in its storage {spec.storage or directory / STUDY_FILE}") from None
+    except Exception as err:  # sqlalchemy and the journal backend: a bad URL, an unreachable server, an unwritable file
+        if isinstance(err, JaxyardError):
+            raise
+        raise UsageError(f"--storage {spec.storage or directory / STUDY_FILE}: {one_line(err, first_line=True)}") from None
 
 
 def _optuna_params(dims: Iterable[Dim], point: dict[str, str]) -> dict[str, Any]:
@@ -425,18 +462,21 @@ def run_worker(
     echo: Callable[[str], None] = lambda line: None,
     warn: Callable[[str], None] | None = None,
     compile_cache=None,
+    wave: int = 16,
 ) -> dict[str, int]:
     """Run trials of the sweep in ``directory`` until its budget is spent; one process, one
     compiled program per static group. With ``vectorize``, the trials taken together that share
     a static group train as one vmapped program (each still its own run). Returns counts:
     trials by state, and ``compiles``."""
-    return Worker(Path(directory), registry, worker, echo, warn, compile_cache).run(vectorize)
+    runner = Worker(Path(directory), registry, worker, echo, warn, compile_cache)
+    runner.wave = wave
+    return runner.run(vectorize)
 
 
 class Worker:
     """One process's share of a sweep: asks the study for trials, trains them, tells it."""
 
-    WAVE = 16  # trials taken at once when vectorizing
+    wave = 16  # trials taken at once when vectorizing (several workers: each its share)
 
     def __init__(self, directory: Path, registry, worker: int, echo, warn, compile_cache):
         from jaxyard.core.inputs import Programs
@@ -458,7 +498,7 @@ class Worker:
 
     def _wave(self) -> list:
         out: list[Any] = []  # optuna trials
-        while len(out) < self.WAVE and (trial := next_trial(self.directory, self.study, self.spec)) is not None:
+        while len(out) < self.wave and (trial := next_trial(self.directory, self.study, self.spec)) is not None:
             out.append(trial)
         return out
 

@@ -165,6 +165,9 @@ def test_a_grid_sweep_ranks_its_trials_and_the_best_reruns_alone(run_cli, tmp_pa
     assert rerun.history[-1]["val_loss"] == pytest.approx(best["final"]["val_loss"], rel=1e-5)
     study = optuna.load_study(study_name="sweep", storage=S.storage_of(out, S.load_spec(out)))
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+    assert_one_line_error(run_cli(["sweep", "--resume", str(out), "--lr", "5"]), "--lr cannot change a sweep being resumed")
+    again = run_cli(["sweep", "--resume", str(out)])  # finished: nothing runs, the leaderboard again
+    assert again.exit_code == 0 and "0 complete, 0 pruned, 0 failed" in again.stdout and len(study.trials) == 4
 
 
 def test_a_diverging_trial_fails_alone_and_pruned_trials_keep_their_metrics(run_cli, tmp_path, monkeypatch):
@@ -191,6 +194,11 @@ def test_search_needs_a_budget_and_bad_values_are_caught_before_any_trial(run_cl
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     result = run_cli(["sweep", "--resume", str(tmp_path)])
     assert_one_line_error(result, "is not a sweep directory")
+    result = run_cli(["sweep", "--lr", "1e-3,1e-2", "--devices", "2", "--out", str(tmp_path / "d"), *sets()])
+    assert_one_line_error(result, "sweep run.learning_rate=1e-3: run.devices = 2, but this process has 1")  # before any trial
+    result = run_cli(["sweep", "--lr", "1e-3,1e-2", "--storage", "bogus://x", "--out", str(tmp_path / "e"), *sets()])
+    assert_one_line_error(result, "--storage bogus://x: NoSuchModuleError")
+    assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written by a refused sweep
 
 
 @pytest.mark.slow
