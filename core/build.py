@@ -79,7 +79,14 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     shared = programs is not None  # a sweep's: later runs of a static group reuse what the first one compiled
     programs = programs if programs is not None else Programs()
     traced = [name for name in programs.traced if name in traceable(config)]
-    data, steps_per_epoch = load_data(config)
+    # a loader gives the same data for the same parameters and seed (resume relies on it): a sweep's trials
+    # that share them share one loaded, checked, on-device copy
+    data_key = ("data", config.loader.key, repr(config.loader.params), run.seed, run.batch_size, run.drop_last, run.epochs,
+                run.devices, run.shard_params)
+    if shared and data_key in programs:
+        data, steps_per_epoch = programs.get(data_key, lambda: None)
+    else:
+        data, steps_per_epoch = load_data(config)
     sizes = data.sizes()
 
     def create(rngs):
@@ -113,7 +120,10 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         def on_device(split: Split) -> Split:
             return Split(layout.place_data(jnp.asarray(split.x)), layout.place_data(jnp.asarray(split.y)))
 
-        data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
+        if not (shared and data_key in programs):
+            data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
+        if shared:
+            programs.get(data_key, lambda: (data, steps_per_epoch))
     inputs = {name: jnp.asarray(traceable(config)[name], jnp.float32) for name in traced}
 
     def traced_schedule(values):  # the same schedule and optimizer, their traced hyperparameters now inputs

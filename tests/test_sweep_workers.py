@@ -39,7 +39,7 @@ def test_two_workers_share_a_study_without_losing_or_repeating_a_trial(run_cli, 
 def test_a_killed_worker_trial_is_failed_then_retried_by_resume(tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "jaxyard.cli", "sweep", "--lr", "1e-3,2e-3", "--prune", "none", "--out", str(out),
-           *sets("run.epochs=200", "loader.train_size=64", "run.save_every=200")]
+           *sets("run.epochs=120", "loader.train_size=64", "run.save_every=120")]
     proc = subprocess.Popen(cmd, env=clean_environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (out / S.TRIALS / "0000" / "config.toml").exists():
