@@ -13,7 +13,7 @@ import pytest
 
 RUN = [
     "run",
-    "--epochs", "8",
+    "--epochs", "6",
     "--batch-size", "32",
     "--set", "run.save_every=2",
     "--set", "run.warmup_steps=20",
@@ -145,7 +145,7 @@ def test_eval_reads_the_best_and_latest_checkpoints(reference, run_cli):
     summary = json.loads((reference / "summary.json").read_text())
     # the latest checkpoint is the end of training: the same test numbers as the run printed
     latest = jaxyard.evaluate(reference, checkpoint="latest")
-    assert (latest.step, latest.test_loss, latest.test_acc) == (256, summary["test"]["test_loss"], summary["test"]["test_acc"])
+    assert (latest.step, latest.test_loss, latest.test_acc) == (192, summary["test"]["test_loss"], summary["test"]["test_acc"])
     # best: the saved step whose epoch has the lowest val_loss (run.monitor), not the latest
     saved = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
     expected = min((r for r in metrics(reference) if r["step"] in saved), key=lambda r: r["val_loss"])
