@@ -83,7 +83,8 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     # that share them share one loaded, checked, on-device copy
     data_key = ("data", config.loader.key, repr(config.loader.params), run.seed, run.batch_size, run.drop_last, run.epochs,
                 run.devices, run.shard_params)
-    if shared and data_key in programs:
+    cached = shared and data_key in programs
+    if cached:
         data, steps_per_epoch = programs.get(data_key, lambda: None)
     else:
         data, steps_per_epoch = load_data(config)
@@ -120,10 +121,10 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         def on_device(split: Split) -> Split:
             return Split(layout.place_data(jnp.asarray(split.x)), layout.place_data(jnp.asarray(split.y)))
 
-        if not (shared and data_key in programs):
+        if not cached:
             data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
-        if shared:
-            programs.get(data_key, lambda: (data, steps_per_epoch))
+            if shared:
+                programs.get(data_key, lambda: (data, steps_per_epoch))
     inputs = {name: jnp.asarray(traceable(config)[name], jnp.float32) for name in traced}
 
     def traced_schedule(values):  # the same schedule and optimizer, their traced hyperparameters now inputs

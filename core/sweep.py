@@ -30,6 +30,7 @@ import attrs
 
 from jaxyard.core import params as P
 from jaxyard.core.errors import JaxyardError, UsageError, one_line
+from jaxyard.core.hookspecs import hookimpl
 from jaxyard.core.rundir import write_atomic
 
 SPEC = "sweep.json"
@@ -440,9 +441,7 @@ class Pruning:
     def __init__(self, trial, monitor: str, epochs: int, directory: Path):
         self.trial, self.monitor, self.epochs, self.directory, self.pruned = trial, monitor, epochs, Path(directory), False
 
-    from jaxyard import hookimpl as _hookimpl
-
-    @_hookimpl
+    @hookimpl
     def jaxyard_on_epoch_end(self, run, record):
         value = record.get(self.monitor)
         if value is None or Path(run.directory) != self.directory:  # its own trial only (--vectorize trains several)
