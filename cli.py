@@ -68,6 +68,7 @@ class JaxyardGroup(click.Group):
             return super().invoke(ctx)
         except (JaxyardError, OSError) as err:
             if (ctx.obj and ctx.obj.debug) or env_flag("JAXYARD_DEBUG"):
+                _leave_job(err)
                 raise
             if isinstance(err, OSError):  # a full disk, a file that vanished: name it, exit 1
                 where = f"{err.filename}: " if err.filename else ""
@@ -75,7 +76,34 @@ class JaxyardGroup(click.Group):
             else:
                 error = click.ClickException(str(err))
                 error.exit_code = err.exit_code
+            _leave_job(error)
             raise error from None
+        except BaseException as err:
+            _leave_job(err)
+            raise
+
+
+def _leave_job(err: BaseException) -> None:
+    """A process of a job that fails exits now: at a normal exit jax waits (5 minutes) for every
+    process to shut down, while the others wait in a collective for this one."""
+    from jaxyard.core import processes
+
+    if not processes.joined() or isinstance(err, SystemExit) and not err.code:
+        return
+    import traceback
+
+    if isinstance(err, click.ClickException):
+        err.show()
+        code = err.exit_code
+    elif isinstance(err, KeyboardInterrupt):
+        click.echo("Aborted!", err=True)
+        code = 130
+    else:
+        traceback.print_exception(err)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @click.group(cls=JaxyardGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -259,6 +287,31 @@ def _run_options(f, *, sweep: bool = False, only: tuple[str, ...] = ()):
     return f
 
 
+def _job_options(f):
+    """Joining a job of several processes (``jax.distributed``); ``launch`` sets the environment."""
+    from jaxyard.core import processes as J
+
+    for option in reversed([
+        click.option("--coordinator", metavar="HOST:PORT", envvar=J.ENV_COORDINATOR,
+                     help=f"Join a multi-process job whose process 0 serves at HOST:PORT [env {J.ENV_COORDINATOR}]."),
+        click.option("--num-processes", type=int, metavar="M", envvar=J.ENV_NUM_PROCESSES,
+                     help=f"Processes in the job [env {J.ENV_NUM_PROCESSES}]."),
+        click.option("--process-id", type=int, metavar="I", envvar=J.ENV_PROCESS_ID,
+                     help=f"This process's index, 0 to M-1 [env {J.ENV_PROCESS_ID}]."),
+        click.option("--coordinator-bind", metavar="HOST:PORT",
+                     help="Where process 0's coordination service listens (default: the --coordinator address, not every interface)."),
+        click.option("--cluster", is_flag=True, help="Join the job JAX finds in the environment (SLURM, Open MPI, ...)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _join(coordinator, num_processes, process_id, coordinator_bind, cluster) -> None:
+    from jaxyard.core.processes import join
+
+    join(coordinator, num_processes, process_id, cluster=cluster, bind=coordinator_bind)  # before jax starts
+
+
 def _resolve(session, config_file, sets, loggers=(), **options):
     from jaxyard.core.config import resolve_config
 
@@ -289,8 +342,10 @@ def _compile_cache(no_cache: bool):
 @click.option("--profile", is_flag=True, default=None, help="Write a jax.profiler trace of the second epoch to RUN_DIR/profile (run.profile).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
+@_job_options
 @click.pass_obj
-def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
+def run(session, config_file, sets, out, dry_run, no_compile_cache, coordinator, num_processes, process_id, coordinator_bind, cluster,
+        **options):
     """Train a model with the chosen components and write a run directory.
 
     \b
@@ -298,11 +353,13 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, **options):
       jaxyard run
       jaxyard run --optimizer sgd --set optimizer.momentum=0.9 --set optimizer.nesterov=true
       jaxyard run --loader digits --epochs 20 --config experiment.toml --dry-run
+      jaxyard launch -n 2 -- run    (a job of 2 processes on this machine)
     """
     config = _resolve(session, config_file, sets, **options)
     if dry_run:
         click.echo(config.to_toml(), nl=False)
         return
+    _join(coordinator, num_processes, process_id, coordinator_bind, cluster)
     from jaxyard.core.engine import train
 
     train(config, out_dir=out, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
@@ -404,15 +461,44 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
               help="Continue on other devices (checkpoints restore in any layout); for this resume only: config.toml keeps the run's own.")
 @click.option("--shard-params/--no-shard-params", default=None, help="Continue with the state sharded (or not) over the devices (this resume only).")
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
+@_job_options
 @click.pass_obj
-def resume(session, run_dir, devices, shard_params, no_compile_cache):
-    """Continue an interrupted run from its newest intact checkpoint."""
+def resume(session, run_dir, devices, shard_params, no_compile_cache, coordinator, num_processes, process_id, coordinator_bind, cluster):
+    """Continue an interrupted run from its newest intact checkpoint, in its own layout or another
+    (--devices, a job of several processes: checkpoints restore in any)."""
+    _join(coordinator, num_processes, process_id, coordinator_bind, cluster)
     from jaxyard.core.engine import resume as resume_run
 
     resume_run(
         run_dir, registry=session.registry, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache),
         devices=devices, shard_params=shard_params,
     )
+
+
+@cli.command(short_help="Run a command as M processes of one job on this machine.",
+             context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-n", "--num-processes", "count", type=click.IntRange(min=1), required=True, help="Processes to start.")
+@click.option("--port", type=click.IntRange(1, 65535), help="The coordinator's port on 127.0.0.1 (default: a free one).")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def launch(session, count, port, args):
+    """Start COUNT processes of `jaxyard ARGS` as one job (a loopback coordinator), each line of
+    their output prefixed with its process index. If one fails, the others are stopped; the exit
+    code is the worst of theirs.
+
+    \b
+    Examples:
+      jaxyard --cpu-devices 2 launch -n 2 -- run --epochs 3
+      jaxyard launch -n 2 -- resume runs/20261126-101010-mlp-adam-synthetic
+    """
+    from jaxyard.core.launch import launch as launch_job
+
+    args = list(args[1:] if args[:1] == ("--",) else args)
+    forwarded = [*(["--registry", session.registry_file] if session.registry_file else []),
+                 *[x for p in session.plugins for x in ("--plugin", p)], *[x for d in session.disable for x in ("--disable", d)],
+                 *(["--strict-plugins"] if session.strict else []), *(["--debug"] if session.debug else [])]
+    code = launch_job(count, [*forwarded, *args], echo=click.echo, echo_err=_warn, port=port)
+    sys.exit(code)
 
 
 @cli.command("eval", short_help="Evaluate a saved checkpoint on the test split.")

@@ -119,7 +119,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     state = layout.place_state(state)
     if isinstance(data, Dataset):
         def on_device(split: Split) -> Split:
-            return Split(layout.place_data(jnp.asarray(split.x)), layout.place_data(jnp.asarray(split.y)))
+            return Split(layout.place_data(split.x), layout.place_data(split.y, fill=-1))  # -1: a padding row (never counted)
 
         if not cached:
             data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
@@ -257,7 +257,7 @@ def _check_schedule(config: RunConfig, schedule, span: int) -> None:
 
 def available_memory() -> tuple[int | None, str]:
     """Bytes the default device can still take (None if unknown), and the device's name."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # (in a job of several processes, jax.devices()[0] may be another's)
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform} device {device.id}"

@@ -1,7 +1,9 @@
 """Orchestration: ``train(config)``, ``resume(run_dir)`` and ``evaluate(run_dir)``.
 
 A run is: build the components (:mod:`jaxyard.core.build`), run epochs (:mod:`jaxyard.core.loop`),
-and tell the plugins (:mod:`jaxyard.core.events`). Everything around the step is a plugin on
+and tell the plugins (:mod:`jaxyard.core.events`). In a job of several processes
+(:mod:`jaxyard.core.processes`) every process trains; only process 0 writes the run directory,
+prints, logs and saves checkpoints, and tells the others what it decided. Everything around the step is a plugin on
 those events: the printed report, the loggers (metrics.jsonl is one), the NaN guard, early
 stopping, checkpoint cadence and the curves PNG. The library prints nothing unless given ``echo``.
 """
@@ -20,10 +22,11 @@ import attrs
 import jax
 import optax
 
+from jaxyard.core import processes
 from jaxyard.core import rundir as rd
 from jaxyard.core import state as st
 from jaxyard.core.build import Built, build, enable_compile_cache
-from jaxyard.core.checkpoint import CheckpointError, missing_methods
+from jaxyard.core.checkpoint import CheckpointError, Restored, missing_methods
 from jaxyard.core.config import RunConfig
 from jaxyard.core.data import Dataset
 from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UsageError, one_line
@@ -76,17 +79,22 @@ def train(
     run = config.run
     config_toml = config.to_toml()
     name = "-".join(getattr(run, kind).replace(":", "_") for kind in ("model", "optimizer", "loader"))
-    run_dir = rd.RunDir.new(out_dir, base=run.runs_dir, name=name)
+    run_dir = processes.from_primary(lambda: rd.RunDir.new(out_dir, base=run.runs_dir, name=name), share=_same_run_dir)
     if compile_cache:
         enable_compile_cache(compile_cache)
-    try:
-        built = build(config, programs)  # every component is built and checked before anything is written
-        loggers = make_loggers(config, run_dir.path)
-        storage = make_checkpointer(config, run_dir)
+
+    def prepare():
+        loggers, storage = make_loggers(config, run_dir.path), make_checkpointer(config, run_dir)
         run_dir.write_config(config_toml)
         rd.write_atomic(run_dir / rd.COMPONENTS, _json(component_sources(config)))
+        return loggers, storage
+
+    try:
+        built = build(config, programs)  # every component is built and checked before anything is written
+        loggers, storage = processes.from_primary(prepare) or ({}, None)  # only process 0 writes
     except BaseException:
-        run_dir.discard()
+        if processes.is_primary():
+            run_dir.discard()
         raise
     return _fit(built, run_dir, storage, loggers, echo, warn or echo, progress, resume=False, started=started, make=make_loop)
 
@@ -114,11 +122,10 @@ def resume(
     if compile_cache:
         enable_compile_cache(compile_cache)
     directory = rd.RunDir(run_dir)
-    directory.lock()  # before anything is written: a second writer is refused, naming this one
+    processes.from_primary(directory.lock)  # before anything is written: a second writer is refused, naming this one
     try:
         built = build(config)
-        loggers = make_loggers(config, directory.path)
-        storage = make_checkpointer(config, directory)
+        loggers, storage = processes.from_primary(lambda: (make_loggers(config, directory.path), make_checkpointer(config, directory))) or ({}, None)
     except BaseException:
         directory.unlock()
         raise
@@ -286,8 +293,30 @@ def _parse_which(which: str | int) -> str | int:
 
 def _restore(policy: CheckpointPolicy, built: Built, which: str | int):
     restored = policy.restore(which)  # host arrays: any layout restores them
-    built.state = built.layout.place_state(st.unflatten(built.state, restored.arrays, step=restored.step))
+    _place(built, restored)
     return restored
+
+
+def _place(built: Built, restored) -> None:
+    built.state = built.layout.place_state(st.unflatten(built.state, restored.arrays, step=restored.step))
+
+
+def _same_run_dir(run_dir: rd.RunDir | None) -> rd.RunDir:
+    """Process 0's run directory, on every process (the others only read and name it)."""
+    path = processes.broadcast_json(str(run_dir.path) if run_dir is not None else None)
+    return run_dir if run_dir is not None else rd.RunDir(path)
+
+
+def _share_restored(restored: Restored | None) -> Restored | None:
+    """What process 0 restored (None: nothing to restore), on every process."""
+    head = processes.broadcast_json(None if restored is None else {
+        "step": restored.step, "meta": restored.meta, "skipped": [list(s) for s in restored.skipped],
+        "structure": {k: [list(a.shape), a.dtype.name] for k, a in restored.arrays.items()},
+    })
+    if head is None:
+        return None
+    arrays = processes.broadcast_arrays(restored.arrays if restored is not None else None, head["structure"])
+    return Restored(head["step"], arrays, head["meta"], tuple((int(s), str(c)) for s, c in head["skipped"]))
 
 
 def _fit(
@@ -305,7 +334,9 @@ def _fit(
 ) -> RunResult:
     config, settings = built.config, built.config.run
     pm = _plugins(config)
-    policy = CheckpointPolicy(
+    if not processes.is_primary():  # process 0 reports for the job
+        echo = warn = silent
+    policy = storage and CheckpointPolicy(  # None on the other processes of a job: process 0 saves
         storage, monitor=_monitor(config), keep_latest=settings.keep_latest, keep_best=settings.keep_best, warn=warn
     )
     run = Run(
@@ -323,6 +354,7 @@ def _fit(
         interactive=progress is not None,
         streamed=not isinstance(built.data, Dataset),
         devices=built.layout.describe(),
+        process_index=processes.index(),
     )
     loop = (make or make_loop)(built)
 
@@ -332,14 +364,19 @@ def _fit(
         if run.last_checkpoint != step:
             meta = {"epoch": record["epoch"], "step": step, "metrics": record, "history": run.history}
             checkpointer = config.checkpointer
-            try:
-                policy.save(step, st.flatten(built.state), meta)
-            except (JaxyardError, KeyboardInterrupt):
-                raise
-            except Exception as err:  # the checkpointer's own bug, not the plugin that asked for the save
-                raise PluginError(
-                    f"checkpointer {checkpointer.name!r} ({checkpointer.entry.origin()}) failed saving step {step}: {one_line(err)}"
-                ) from err
+            arrays = st.flatten(built.state)  # on every process: a state sharded over a job is gathered
+
+            def save():
+                try:
+                    policy.save(step, arrays, meta)
+                except (JaxyardError, KeyboardInterrupt):
+                    raise
+                except Exception as err:  # the checkpointer's own bug, not the plugin that asked for the save
+                    raise PluginError(
+                        f"checkpointer {checkpointer.name!r} ({checkpointer.entry.origin()}) failed saving step {step}: {one_line(err)}"
+                    ) from err
+
+            processes.from_primary(save)
             run.last_checkpoint = step
             emit(pm, "jaxyard_on_checkpoint_saved", run=run, step=step, path=run_dir / rd.CHECKPOINTS, record=record)
         return step
@@ -381,7 +418,7 @@ def _fit(
             if run.stop_reason:
                 break
         train_seconds = time.perf_counter() - t_train
-        policy.finish()
+        processes.from_primary(lambda: policy.finish())
 
         test_loss, test_acc = means(jax.device_get(loop.evaluate("test")))
         timings = {"total_s": time.perf_counter() - started, "train_s": train_seconds, "compile_s": loop.compile_seconds}
@@ -400,11 +437,12 @@ def _fit(
             "timings": timings,
             "versions": _versions(),
         }
-        rd.write_atomic(run_dir / rd.SUMMARY, _json(summary))
+        processes.from_primary(lambda: rd.write_atomic(run_dir / rd.SUMMARY, _json(summary)))
         emit(pm, "jaxyard_on_run_end", run=run, result=result)
     except BaseException as err:
         with suppress(Exception):  # the error on its way out is the one to report
-            policy.close()
+            if policy is not None:
+                policy.close()
         reported = _out_of_memory(err, built) or err
         emit_failed(pm, run, reported)
         if reported is not err:
@@ -431,24 +469,33 @@ def _out_of_memory(err: BaseException, built: Built) -> TrainingError | None:
 
 
 def _resume_state(run: Run, policy: CheckpointPolicy, built: Built) -> None:
-    """Put the newest intact checkpoint's state and history into ``run`` (or start over if none)."""
-    try:
-        restored = _restore(policy, built, "latest")
-    except CheckpointError as err:
-        if policy.storage.steps():
-            raise
-        if (run.directory / rd.SUMMARY).exists():
-            raise UsageError(
-                f"{run.directory} finished and has no checkpoint to resume from "
-                f"(checkpointer {built.config.checkpointer.name!r}); nothing to do"
-            ) from None
-        run.warn(f"  No checkpoint to resume from ({err}); starting again from epoch 1")
+    """Put the newest intact checkpoint's state and history into ``run`` (or start over if none).
+    Process 0 reads the checkpoint; the others receive it."""
+
+    def find() -> Restored | None:
+        try:
+            return policy.restore("latest")
+        except CheckpointError as err:
+            if policy.storage.steps():
+                raise
+            if (run.directory / rd.SUMMARY).exists():
+                raise UsageError(
+                    f"{run.directory} finished and has no checkpoint to resume from "
+                    f"(checkpointer {built.config.checkpointer.name!r}); nothing to do"
+                ) from None
+            run.warn(f"  No checkpoint to resume from ({err}); starting again from epoch 1")
+            return None
+
+    restored = processes.from_primary(find, share=_share_restored)
+    if restored is None:
         return
+    _place(built, restored)
     run.history = list(restored.meta["history"])
     run.start_epoch = restored.meta["epoch"]
     run.restored_step = run.last_checkpoint = restored.step
     run.skipped_checkpoints = restored.skipped
-    policy.records = {int(r["step"]): r for r in run.history}
+    if policy is not None:
+        policy.records = {int(r["step"]): r for r in run.history}
 
 
 def _versions() -> dict[str, str]:

@@ -1,14 +1,21 @@
-"""Where a run's arrays live: one device, or a 1-D ``data`` mesh over several local devices.
+"""Where a run's arrays live: one device, or a 1-D ``data`` mesh over several devices, of one
+process or of every process of a job (:mod:`jaxyard.core.processes`).
 
 On a mesh the global batch (``run.batch_size``) is split along ``data``; the model and optimizer
 state are replicated, or with ``run.shard_params`` split too (each array along its largest
 dimension the device count divides: ZeRO-3/FSDP style). XLA inserts the collectives: the
 gradient is the global batch's mean, so the numbers are one device's to floating-point
 tolerance. Checkpoints hold host arrays, so they restore in any layout.
+
+Over several processes the mesh holds ``run.devices`` devices of each, in process order. Each
+process puts only its block of every in-memory split on its devices (the global array is
+assembled with ``jax.make_array_from_process_local_data``; padding rows carry the label -1
+and are never drawn or counted), and only its rows of every streamed batch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -43,6 +50,8 @@ class Layout:
 
     mesh: Any = None
     shard_params: bool = False
+    processes: int = 1  # of the job whose devices the mesh spans
+    process: int = 0  # this one's index
 
     @property
     def devices(self) -> int:
@@ -82,12 +91,46 @@ class Layout:
     def place_state(self, state):
         import jax
 
-        return state if self.mesh is None else jax.device_put(state, self.state_shardings(state))
+        if self.mesh is None:
+            return state
+        if self.processes == 1:
+            return jax.device_put(state, self.state_shardings(state))
+        return jax.tree.map(_put_global, state, self.state_shardings(state))  # every process holds the same values
 
-    def place_data(self, array):
+    def place_data(self, array, fill=0):
+        """A whole split's array on the layout's devices: replicated over one process's, or over
+        a job's split by rows (this process's block of them, padded with ``fill``)."""
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        if self.mesh is None:
+            return jnp.asarray(array)
+        if self.processes == 1:
+            return jax.device_put(array, self.replicated)
+        n, local_devices = len(array), self.devices // self.processes
+        block = local_devices * math.ceil(n / self.devices)  # equal blocks: every device holds as many rows
+        rows = np.asarray(array[self.process * block:(self.process + 1) * block])
+        if len(rows) < block:
+            rows = np.concatenate([rows, np.full((block - len(rows), *rows.shape[1:]), fill, rows.dtype)])
+        return jax.make_array_from_process_local_data(self.batch, rows, (block * self.processes, *rows.shape[1:]))
+
+    def place_batch(self, *arrays):
+        """A streamed batch (every process holds all of it): over a job, each process contributes
+        only its rows to one global array; otherwise unchanged (the step splits it)."""
+        if self.processes == 1:
+            return arrays
         import jax
 
-        return array if self.mesh is None else jax.device_put(array, self.replicated)
+        def share(a):
+            size = len(a) // self.processes
+            return jax.make_array_from_process_local_data(self.batch, a[self.process * size:(self.process + 1) * size], a.shape)
+
+        return tuple(share(a) for a in arrays)
+
+    def rows(self, size: int) -> int:
+        """``size`` rounded up to rows every device of the mesh gets equally many of."""
+        return self.devices * math.ceil(size / self.devices)
 
     def describe(self) -> str:
         import jax
@@ -95,28 +138,49 @@ class Layout:
         if self.mesh is None:
             return f"1 device ({jax.devices()[0].platform})"
         what = "sharded" if self.shard_params else "replicated"
-        return f"{self.devices} {jax.devices()[0].platform} devices, batch split along '{AXIS}', state {what}"
+        where = f" ({self.processes} processes x {self.devices // self.processes})" if self.processes > 1 else ""
+        return f"{self.devices} {jax.devices()[0].platform} devices{where}, batch split along '{AXIS}', state {what}"
+
+
+def _put_global(leaf, sharding):
+    """A process's copy of an array (the same on every process) as one array over a job's mesh."""
+    import jax
+    import numpy as np
+
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_put_global(jax.random.key_data(leaf), sharding), impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def make_layout(devices: int | str, shard_params: bool, batch_size: int) -> Layout:
-    """The layout of ``run.devices`` (``all`` or N of the local devices) for ``batch_size``."""
+    """The layout of ``run.devices`` (``all`` or N of each process's local devices) for ``batch_size``."""
     import jax
 
+    from jaxyard.core import processes
+
     available = jax.local_devices()
-    n = len(available) if devices == "all" else int(devices)
-    if n > len(available):
+    per_process = len(available) if devices == "all" else int(devices)
+    if per_process > len(available):
         raise UsageError(
             f"run.devices = {devices}, but this process has {len(available)} {available[0].platform} device(s); "
             f"use at most {len(available)} (or --cpu-devices N for host devices)"
         )
+    count = processes.count()
+    n = per_process * count
     if n == 1:
         if shard_params:
             raise UsageError("run.shard_params = true needs several devices (run.devices = all or N > 1)")
         return Layout()
     if batch_size % n:
+        where = f"{count} processes x {per_process}" if count > 1 else f"run.devices = {devices}"
         raise UsageError(
-            f"run.batch_size = {batch_size} does not divide over {n} devices (run.devices = {devices}); "
+            f"run.batch_size = {batch_size} does not divide over {n} devices ({where}); "
             f"use a multiple of {n}, e.g. {batch_size + n - batch_size % n}"
         )
-    mesh = jax.make_mesh((n,), (AXIS,), devices=available[:n], axis_types=(jax.sharding.AxisType.Auto,))
-    return Layout(mesh, shard_params)
+    if count == 1:
+        chosen = available[:n]
+    else:  # each process's first devices, in process order: process p holds the p-th block of every split
+        chosen = [d for p in range(count) for d in [d for d in jax.devices() if d.process_index == p][:per_process]]
+    mesh = jax.make_mesh((n,), (AXIS,), devices=chosen, axis_types=(jax.sharding.AxisType.Auto,))
+    return Layout(mesh, shard_params, count, processes.index())

@@ -98,7 +98,7 @@ class InMemoryLoop:
     def _compile(self):
         b, run = self.b, self.b.config.run
         x, y = b.data.train.x, b.data.train.y
-        fn = steps.make_train_epoch(b.train_graphdef, len(x), run.batch_size, run.drop_last, b.make_tx, b.layout, b.state)
+        fn = steps.make_train_epoch(b.train_graphdef, b.sizes["train"], run.batch_size, run.drop_last, b.make_tx, b.layout, b.state)
         compiled = compiling(b, lambda: fn.lower(b.state, b.inputs, x, y, jax.random.fold_in(self.key, 0)).compile())
         b.programs.compiles += 1
         return compiled
@@ -138,7 +138,7 @@ class StreamingLoop:
     def train_epoch(self, epoch: int, progress: Progress | None = None):
         """``progress(length=steps, label=...)`` makes a per-batch bar (click.progressbar)."""
         b = self.b
-        total = jnp.zeros(3)
+        total = None
         bs = b.config.run.batch_size
         assert isinstance(b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
         with progress(length=b.steps_per_epoch, label=f"Epoch {epoch}") if progress else nullcontext() as bar:
@@ -146,23 +146,26 @@ class StreamingLoop:
                 xb, yb, mask = pad(xb, yb, bs)
                 if b.config.run.drop_last and mask.sum() < bs:
                     continue
+                xb, yb, mask = b.layout.place_batch(xb, yb, mask)  # over a job: this process's rows
                 if not self.traced:  # the first call traces and compiles: a component's bug surfaces here
                     b.state, sums = compiling(b, lambda xb=xb, yb=yb, mask=mask: self.step_fn(unalias(b.state), b.inputs, xb, yb, mask))
                     self.traced = True
                 else:
                     b.state, sums = self.step_fn(unalias(b.state), b.inputs, xb, yb, mask)
-                total = total + sums
+                total = sums if total is None else total + sums  # (over a job, sums live on every process's devices)
                 if bar is not None:
                     bar.update(1)
-        return total
+        return jnp.zeros(3) if total is None else total
 
     def evaluate(self, split: str, *, ema: bool = False):
-        total = jnp.zeros(3)
-        bs = self.b.config.run.eval_batch_size
+        total = None
+        bs, layout = self.b.config.run.eval_batch_size, self.b.layout
+        size = layout.rows(bs) if layout.processes > 1 else bs  # over a job: rows every device gets equally many of
         assert isinstance(self.b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
         for xb, yb in self.checked(split, self.b.data.batches(split, bs, 0)):
-            total = total + self.eval_steps[ema](self.b.state, *pad(xb, yb, bs))
-        return total
+            sums = self.eval_steps[ema](self.b.state, *layout.place_batch(*pad(xb, yb, size)))
+            total = sums if total is None else total + sums
+        return jnp.zeros(3) if total is None else total
 
 
 def check_batch(built: Built, split: str, x, y) -> None:

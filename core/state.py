@@ -5,16 +5,20 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxyard.core.processes import host_copy
+
 from jaxyard.core.checkpoint import CheckpointMismatch, compare_structures, structure_of
 
 
 def flatten(state) -> dict[str, np.ndarray]:
-    """``{"model.hidden.0.kernel": array, ...}``: host copies, RNG keys as their uint32 key data."""
+    """``{"model.hidden.0.kernel": array, ...}``: host copies, RNG keys as their uint32 key data.
+
+    Over a job, an array sharded across processes is gathered: every process calls this."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        out[_name(path)] = np.array(leaf, copy=True)  # a copy: the device buffer is donated next step
+        out[_name(path)] = host_copy(leaf)  # a copy: the device buffer is donated next step
     return out
 
 

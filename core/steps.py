@@ -114,9 +114,9 @@ def make_evaluate(graphdef, batch_size: int, *, ema: bool = False):
         chunk = min(batch_size, n)
         chunks = math.ceil(n / chunk)
         pad = chunks * chunk - n
-        mask = (jnp.arange(chunks * chunk) < n).astype(jnp.float32).reshape(chunks, chunk)
         xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, chunk, *x.shape[1:])
-        ys = jnp.pad(y, (0, pad)).reshape(chunks, chunk)
+        ys = jnp.pad(y, (0, pad), constant_values=-1).reshape(chunks, chunk)
+        mask = (ys >= 0).astype(jnp.float32)  # label -1: padding (here, or a job's equal blocks of rows)
 
         def body(total, batch):
             _, sums = _masked_loss(model, *batch)

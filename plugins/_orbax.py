@@ -437,6 +437,9 @@ class OrbaxCheckpointer:
             # steps written by earlier versions hold a metrics file that orbax
             # refuses to open the directory over when it is damaged.
             lightweight_initialize=True,
+            # In a job of several processes, one writes checkpoints (jaxyard gathers the state to its
+            # host arrays first): orbax must not wait for the others at its barriers.
+            multiprocessing_options=_this_process_alone(),
         )
         _Quiet.acquire()  # released by close(), or when this object is collected unclosed
         self._unquiet = weakref.finalize(self, _Quiet.release)
@@ -949,6 +952,13 @@ _ML_DTYPE_NAMES = frozenset(
         "uint4",
     }
 )
+
+
+def _this_process_alone() -> ocp.options.MultiprocessingOptions:
+    import jax
+
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
 
 
 def _steps_text(steps: list[int]) -> str:

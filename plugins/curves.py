@@ -8,7 +8,7 @@ from jaxyard.core.rundir import CURVES
 
 @hookimpl
 def jaxyard_on_run_end(run, result):
-    if not result.history or not run.config.run.curves:
+    if not result.history or not run.config.run.curves or not run.is_main_process:  # one process of a job writes
         return
     from jaxyard.core.plot import plot_curves
 

@@ -22,7 +22,7 @@ def _stop(run) -> None:
 @hookimpl
 def jaxyard_on_epoch_end(run, record):
     """Start tracing after the first epoch of this process (compiled by then); stop after the next."""
-    if not run.config.run.profile:
+    if not run.config.run.profile or not run.is_main_process:  # one trace per job (process 0's)
         return
     if id(run) in _active:
         _stop(run)

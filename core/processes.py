@@ -1,0 +1,215 @@
+"""A job of several processes on JAX's own runtime: joining it (``jax.distributed``), and the few
+things the processes must agree on.
+
+Every process runs the same program: the same configuration, the same compiled steps, its share
+of each batch. Process 0 is the *primary*: it alone prints, writes the run directory, the metrics,
+the loggers' output, the plot and the checkpoints; what only it decides (the run directory's name,
+the checkpoint restored, whether a save succeeded) reaches the others through :func:`from_primary`,
+a broadcast over the job's devices. Nothing is pickled or sent over sockets of our own.
+
+One process (no job joined) is the common case: every function here then costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from jaxyard.core.errors import JaxyardError, UsageError, one_line
+
+# jax is imported inside the functions: join() must run before jax initialises its backends
+
+ENV_COORDINATOR = "JAXYARD_COORDINATOR"
+ENV_NUM_PROCESSES = "JAXYARD_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAXYARD_PROCESS_ID"
+
+T = TypeVar("T")
+
+
+def join(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    cluster: bool = False,
+    bind: str | None = None,
+    timeout: int = 300,
+) -> bool:
+    """Join a multi-process job (``jax.distributed.initialize``) before jax starts; False when
+    none is asked for.
+
+    :param coordinator: ``HOST:PORT`` of process 0's coordination service.
+    :param cluster: let JAX find the job in its environment (SLURM, Open MPI, ...) instead.
+    :param bind: where process 0's service listens; default the coordinator's own address
+        (loopback for a local job), not every interface.
+    """
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if not cluster and not any(given):
+        return False
+    if not cluster and not all(given):
+        missing = [n for n, g in zip(("--coordinator", "--num-processes", "--process-id"), given, strict=True) if not g]
+        raise UsageError(f"joining a multi-process job needs --coordinator, --num-processes and --process-id; missing {', '.join(missing)}"
+                         " (or --cluster on SLURM and the other clusters JAX detects)")
+    if coordinator is not None:
+        _check_address("--coordinator", coordinator)
+    if bind is not None:
+        _check_address("--coordinator-bind", bind)
+    if num_processes is not None and num_processes < 1:
+        raise UsageError(f"--num-processes {num_processes}: expected at least 1")
+    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+        raise UsageError(f"--process-id {process_id}: expected 0 to {num_processes - 1} (--num-processes {num_processes})")
+    import jax
+
+    # host devices talk over gloo (the default, "none", cannot run a collective across processes)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator, num_processes, process_id, coordinator_bind_address=bind or coordinator, initialization_timeout=timeout
+        )
+    except Exception as err:
+        where = f"the job at {coordinator} as process {process_id} of {num_processes}" if coordinator else "the cluster's job"
+        raise JaxyardError(f"could not join {where}: {one_line(err, first_line=True)}") from err
+    return True
+
+
+def _check_address(option: str, address: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{option} {address!r}: expected HOST:PORT, e.g. 127.0.0.1:12355")
+
+
+def count() -> int:
+    """Processes in the job (1 when none was joined)."""
+    if not joined():
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def index() -> int:
+    """This process's index in the job (0 when none was joined)."""
+    if not joined():
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def is_primary() -> bool:
+    return index() == 0
+
+
+def joined() -> bool:
+    """Whether a job was joined, without starting jax's backends when it was not."""
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+
+
+def from_primary(fn: Callable[[], T], *, share: Callable[[T | None], Any] | None = None) -> T:
+    """``fn()`` on the primary; its outcome on every process.
+
+    The primary runs ``fn``. Its error, if any, is raised on every process (the others raise a
+    :class:`JaxyardError` of the same kind with the same line), so no process waits for a
+    collective that will never come. Otherwise the result reaches the others through ``share``
+    (called on every process with the primary's result, None elsewhere: it returns the value
+    on all); without ``share`` the others get None.
+    """
+    if count() == 1:
+        return fn()
+    result: Any = None
+    error: BaseException | None = None
+    if is_primary():
+        try:
+            result = fn()
+        except BaseException as err:  # noqa: B036 - every process must learn of it, even an interrupt
+            error = err
+    outcome = broadcast_json({"error": _describe(error)} if error is not None else {"error": None})
+    if error is not None:
+        raise error
+    if outcome["error"] is not None:
+        raise _rebuild(outcome["error"])
+    return share(result) if share is not None else result
+
+
+def _describe(err: BaseException) -> dict[str, Any]:
+    if isinstance(err, JaxyardError):
+        return {"message": str(err), "exit_code": err.exit_code}
+    return {"message": f"process 0 failed: {one_line(err)}", "exit_code": 1}
+
+
+def _rebuild(error: Mapping[str, Any]) -> JaxyardError:
+    """The primary's error, as this process raises it: the same line and exit code."""
+    err = JaxyardError(error["message"])
+    err.exit_code = int(error["exit_code"])
+    return err
+
+
+def broadcast_json(value: Any) -> Any:
+    """The primary's JSON value on every process (a collective: every process calls it)."""
+    if count() == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    data = json.dumps(value).encode() if is_primary() else b""
+    size = int(multihost_utils.broadcast_one_to_all(np.array(len(data), np.int64)))
+    buffer = np.frombuffer(data.ljust(size, b"\0"), np.uint8)
+    received = multihost_utils.broadcast_one_to_all(buffer)
+    return json.loads(np.asarray(received, np.uint8).tobytes().decode())
+
+
+def broadcast_arrays(arrays: Mapping[str, Any] | None, structure: Mapping[str, tuple[list[int], str]]) -> dict[str, Any]:
+    """The primary's host arrays (``structure``: name -> (shape, dtype) on every process)."""
+    import numpy as np
+
+    if count() == 1:
+        assert arrays is not None
+        return dict(arrays)
+    from jax.experimental import multihost_utils
+
+    template = arrays if is_primary() else {k: np.zeros(shape, dtype) for k, (shape, dtype) in structure.items()}
+    assert template is not None
+    out = multihost_utils.broadcast_one_to_all({k: np.asarray(v) for k, v in template.items()})
+    return {k: np.asarray(v).astype(structure[k][1], copy=False) for k, v in out.items()}
+
+
+def host_copy(leaf) -> Any:
+    """A host (NumPy) copy of an array, gathered from every process when it is sharded over
+    several (a collective: every process calls it)."""
+    import numpy as np
+
+    if getattr(leaf, "is_fully_addressable", True) or getattr(leaf, "is_fully_replicated", False):
+        return np.array(leaf, copy=True)
+    from jax.experimental import multihost_utils
+
+    return np.array(multihost_utils.process_allgather(leaf, tiled=True), copy=True)
+
+
+def barrier(name: str) -> None:
+    """Wait until every process of the job reaches ``name``."""
+    if count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def environment(coordinator: str, num_processes: int, process_id: int) -> dict[str, str]:
+    """The environment that makes ``jaxyard run``/``resume`` join a job (what ``launch`` sets)."""
+    return {ENV_COORDINATOR: coordinator, ENV_NUM_PROCESSES: str(num_processes), ENV_PROCESS_ID: str(process_id)}
+
+
+def shutdown() -> None:
+    if joined():
+        import jax
+
+        jax.distributed.shutdown()
+
+
+__all__ = ["barrier", "broadcast_arrays", "broadcast_json", "count", "from_primary", "host_copy", "index", "is_primary", "join"]
