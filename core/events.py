@@ -79,6 +79,9 @@ class Run:
 
     @property
     def is_main_process(self) -> bool:
+        """True in process 0 of a job of several processes (and in a run of one). Every process
+        receives every event; a plugin that writes files or calls an outside service does it here
+        only. ``echo`` and ``warn`` are silent in the other processes."""
         return self.process_index == 0
 
     def stop(self, reason: str) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxyard.core.processes import host_copy
-
 from jaxyard.core.checkpoint import CheckpointMismatch, compare_structures, structure_of
+from jaxyard.core.processes import host_copy
 
 
 def flatten(state) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Epochs that take at least half a second: a test can stop a job between two of them."""
+"""Epochs that take at least 0.3 s: a test can stop a job between two of them."""
 import time
 
 import jaxyard
@@ -6,4 +6,4 @@ import jaxyard
 
 @jaxyard.hookimpl
 def jaxyard_on_epoch_end(record):
-    time.sleep(0.5)
+    time.sleep(0.3)
