@@ -199,6 +199,10 @@ class Checkpointer(Protocol):
 
     Every failure is a :class:`CheckpointError` with a one-line message naming the
     directory, the step and the cause; a failed save never deletes a step already saved.
+
+    In a job of several processes, process 0 alone creates and calls the checkpointer, with the
+    whole state gathered to its host arrays; what it restores is broadcast to the others. A
+    checkpointer writes as if it were the only process (orbax's is told so).
     """
 
     def save(self, step: int, arrays: dict[str, numpy.ndarray], meta: dict) -> None:

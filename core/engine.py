@@ -1,11 +1,13 @@
 """Orchestration: ``train(config)``, ``resume(run_dir)`` and ``evaluate(run_dir)``.
 
 A run is: build the components (:mod:`jaxyard.core.build`), run epochs (:mod:`jaxyard.core.loop`),
-and tell the plugins (:mod:`jaxyard.core.events`). In a job of several processes
-(:mod:`jaxyard.core.processes`) every process trains; only process 0 writes the run directory,
-prints, logs and saves checkpoints, and tells the others what it decided. Everything around the step is a plugin on
+and tell the plugins (:mod:`jaxyard.core.events`). Everything around the step is a plugin on
 those events: the printed report, the loggers (metrics.jsonl is one), the NaN guard, early
 stopping, checkpoint cadence and the curves PNG. The library prints nothing unless given ``echo``.
+
+In a job of several processes (:mod:`jaxyard.core.processes`) every process trains and receives
+every event; process 0 alone writes the run directory, prints, logs and saves checkpoints, and
+tells the others what it decided (the directory, the checkpoint restored, an error).
 """
 
 from __future__ import annotations
@@ -336,7 +338,7 @@ def _fit(
     pm = _plugins(config)
     if not processes.is_primary():  # process 0 reports for the job
         echo = warn = silent
-    policy = storage and CheckpointPolicy(  # None on the other processes of a job: process 0 saves
+    policy = None if storage is None else CheckpointPolicy(  # None on the other processes of a job: process 0 saves
         storage, monitor=_monitor(config), keep_latest=settings.keep_latest, keep_best=settings.keep_best, warn=warn
     )
     run = Run(
@@ -443,7 +445,7 @@ def _fit(
         with suppress(Exception):  # the error on its way out is the one to report
             if policy is not None:
                 policy.close()
-        reported = _out_of_memory(err, built) or err
+        reported = _out_of_memory(err, built) or processes.lost_contact(err) or err
         emit_failed(pm, run, reported)
         if reported is not err:
             raise reported from err

@@ -151,6 +151,27 @@ def _rebuild(error: Mapping[str, Any]) -> JaxyardError:
     return err
 
 
+_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "coordination service", "heartbeat")
+
+
+def lost_contact(err: BaseException) -> JaxyardError | None:
+    """A collective that failed because another process of the job is gone (killed, failed), as
+    one line; None for any other error. Looks through the chain of causes (a plugin's error that
+    wraps it, for one)."""
+    if count() == 1:
+        return None
+    seen: BaseException | None = err
+    while seen is not None:
+        text = str(seen)
+        if type(seen).__name__ == "JaxRuntimeError" and any(marker in text for marker in _LOST):
+            return JaxyardError(
+                f"process {index()} lost contact with another process of the job ({count()} processes): it stopped or failed, "
+                f"and its own output says why ({one_line(seen, 200, first_line=True)})"
+            )
+        seen = seen.__cause__
+    return None
+
+
 def broadcast_json(value: Any) -> Any:
     """The primary's JSON value on every process (a collective: every process calls it)."""
     if count() == 1:
@@ -212,4 +233,4 @@ def shutdown() -> None:
         jax.distributed.shutdown()
 
 
-__all__ = ["barrier", "broadcast_arrays", "broadcast_json", "count", "from_primary", "host_copy", "index", "is_primary", "join"]
+__all__ = ["barrier", "broadcast_arrays", "broadcast_json", "count", "from_primary", "host_copy", "index", "is_primary", "join", "lost_contact"]

@@ -190,3 +190,22 @@ def test_one_process_needs_no_collective():
     assert (processes.count(), processes.index(), processes.is_primary()) == (1, 0, True)
     assert processes.from_primary(lambda: 41 + 1) == 42
     assert processes.broadcast_json({"a": [1]}) == {"a": [1]}
+
+
+def test_a_collective_broken_by_a_dead_process_is_one_line(monkeypatch):
+    from jaxyard.core import processes
+    from jaxyard.core.errors import PluginError
+
+    class JaxRuntimeError(RuntimeError):  # jax's name for it; what matters is its message
+        pass
+
+    broken = JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: [pair.cc:547] Connection closed by peer [127.0.0.1]:7584\nmore")
+    wrapped = PluginError("plugin jaxyard.plugins.checkpointing failed in jaxyard_on_epoch_end: ...")
+    wrapped.__cause__ = broken
+    assert processes.lost_contact(wrapped) is None  # one process: no job to lose
+    monkeypatch.setattr(processes, "count", lambda: 2)
+    monkeypatch.setattr(processes, "index", lambda: 0)
+    error = processes.lost_contact(wrapped)
+    assert str(error).startswith("process 0 lost contact with another process of the job (2 processes): it stopped or failed")
+    assert "Connection closed by peer" in str(error) and "\n" not in str(error)
+    assert processes.lost_contact(JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")) is None
