@@ -372,8 +372,10 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, coordinator,
     help="Check the fit against this many GiB per device (default: what the device has free).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_job_options
 @click.pass_obj
-def check(session, config_file, sets, memory_limit, as_json, **options):
+def check(session, config_file, sets, memory_limit, as_json, coordinator, num_processes, process_id, coordinator_bind, cluster,
+          **options):
     """Build the configured run as shapes only, compile one training step ahead of time for its
     devices and print its size, FLOPs per step, memory per device, compile time and whether it
     fits. A combination that cannot work fails here with the same one-line error as `run`.
@@ -382,33 +384,19 @@ def check(session, config_file, sets, memory_limit, as_json, **options):
     Examples:
       jaxyard check --set model.hidden_dims=[4096,4096]
       jaxyard --cpu-devices 4 check --devices 4 --set run.shard_params=true --json
+      jaxyard --cpu-devices 2 launch -n 2 -- check    (the layout of a job of 2 processes)
     """
     config = _resolve(session, config_file, sets, **options)
+    _join(coordinator, num_processes, process_id, coordinator_bind, cluster)
+    from jaxyard.core import processes
     from jaxyard.core.check import check as check_config
 
     limit = int(memory_limit * 2**30) if memory_limit else None
     info = check_config(config, memory_limit=limit)
-    if as_json:
+    if processes.is_primary() and as_json:  # process 0 reports for the job
         _echo_json(info)
-    else:
-        gib = 2**30
-        click.echo(f"{info['model']} with {info['optimizer']} on {info['layout']}, batch {info['batch_size']}:")
-        click.echo(f"  parameters:        {info['parameters']:,} ({info['parameter_bytes'] / 2**20:.2f} MiB)")
-        click.echo(f"  optimizer state:   {info['optimizer_state_bytes'] / 2**20:.2f} MiB")
-        flops = info["flops_per_step_per_device"]
-        where = " per device" if info["devices"] > 1 else ""
-        click.echo(f"  FLOPs per step:    {flops / 1e9:.3f} GFLOP{where}" if flops else "  FLOPs per step:    unknown (the backend reports none)")
-        step = info["step_memory_per_device_bytes"]
-        click.echo(f"  memory per device: {info['memory_per_device_bytes'] / 2**20:.2f} MiB"
-                   + (f" (step {step / 2**20:.2f} MiB + data {info['data_per_device_bytes'] / 2**20:.2f} MiB)" if step is not None else ""))
-        click.echo(f"  compile time:      {info['compile_seconds']:.2f} s")
-        limit = info["memory_limit_bytes"]
-        if info["fits"] is None:
-            click.echo("  fits:              unknown (no memory figure for this device)")
-        else:
-            verdict = "yes" if info["fits"] else "NO"
-            click.echo(f"  fits:              {verdict}: {info['memory_per_device_bytes'] / gib:.2f} GiB of {limit / gib:.2f} GiB "
-                       f"({info['memory_limit_source']})")
+    elif processes.is_primary():
+        _print_check(info)
     if info["fits"] is False:
         from jaxyard.core.errors import UsageError
 
@@ -417,6 +405,27 @@ def check(session, config_file, sets, memory_limit, as_json, **options):
             f"{info['memory_limit_bytes'] / 2**30:.2f} GiB of {info['memory_limit_source']}: lower run.batch_size or the model's sizes, "
             f"or add devices with run.shard_params = true"
         )
+
+
+def _print_check(info) -> None:
+    gib = 2**30
+    click.echo(f"{info['model']} with {info['optimizer']} on {info['layout']}, batch {info['batch_size']}:")
+    click.echo(f"  parameters:        {info['parameters']:,} ({info['parameter_bytes'] / 2**20:.2f} MiB)")
+    click.echo(f"  optimizer state:   {info['optimizer_state_bytes'] / 2**20:.2f} MiB")
+    flops = info["flops_per_step_per_device"]
+    where = " per device" if info["devices"] > 1 else ""
+    click.echo(f"  FLOPs per step:    {flops / 1e9:.3f} GFLOP{where}" if flops else "  FLOPs per step:    unknown (the backend reports none)")
+    step = info["step_memory_per_device_bytes"]
+    click.echo(f"  memory per device: {info['memory_per_device_bytes'] / 2**20:.2f} MiB"
+               + (f" (step {step / 2**20:.2f} MiB + data {info['data_per_device_bytes'] / 2**20:.2f} MiB)" if step is not None else ""))
+    click.echo(f"  compile time:      {info['compile_seconds']:.2f} s")
+    limit = info["memory_limit_bytes"]
+    if info["fits"] is None:
+        click.echo("  fits:              unknown (no memory figure for this device)")
+    else:
+        verdict = "yes" if info["fits"] else "NO"
+        click.echo(f"  fits:              {verdict}: {info['memory_per_device_bytes'] / gib:.2f} GiB of {limit / gib:.2f} GiB "
+                   f"({info['memory_limit_source']})")
 
 
 @cli.command(short_help="Print (and plot) the learning rate over a run.")

@@ -67,8 +67,10 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
         step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
                       + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
     data_bytes = 0
-    if isinstance(data, Dataset):  # kept on every device (replicated), as run puts it
+    if isinstance(data, Dataset):  # kept on every device (replicated), as run puts it; over a job, a block on each
         data_bytes = sum(np.asarray(s.x, np.float32).nbytes + np.asarray(s.y).nbytes for s in (data.train, data.val, data.test))
+        if layout.processes > 1:
+            data_bytes = -(-data_bytes // layout.devices)
     free, where = available_memory()
     limit = memory_limit if memory_limit is not None else free
     need = (step_bytes or 0) + data_bytes

@@ -370,7 +370,7 @@ def _fit(
 
             def save():
                 try:
-                    policy.save(step, arrays, meta)
+                    _primary(policy).save(step, arrays, meta)
                 except (JaxyardError, KeyboardInterrupt):
                     raise
                 except Exception as err:  # the checkpointer's own bug, not the plugin that asked for the save
@@ -420,7 +420,7 @@ def _fit(
             if run.stop_reason:
                 break
         train_seconds = time.perf_counter() - t_train
-        processes.from_primary(lambda: policy.finish())
+        processes.from_primary(lambda: _primary(policy).finish())
 
         test_loss, test_acc = means(jax.device_get(loop.evaluate("test")))
         timings = {"total_s": time.perf_counter() - started, "train_s": train_seconds, "compile_s": loop.compile_seconds}
@@ -470,15 +470,21 @@ def _out_of_memory(err: BaseException, built: Built) -> TrainingError | None:
     )
 
 
-def _resume_state(run: Run, policy: CheckpointPolicy, built: Built) -> None:
+def _primary(policy: CheckpointPolicy | None) -> CheckpointPolicy:
+    """The run's checkpoint policy, which process 0 of a job (or a process alone) has."""
+    assert policy is not None, "only process 0 of a job saves and restores checkpoints"
+    return policy
+
+
+def _resume_state(run: Run, policy: CheckpointPolicy | None, built: Built) -> None:
     """Put the newest intact checkpoint's state and history into ``run`` (or start over if none).
     Process 0 reads the checkpoint; the others receive it."""
 
     def find() -> Restored | None:
         try:
-            return policy.restore("latest")
+            return _primary(policy).restore("latest")
         except CheckpointError as err:
-            if policy.storage.steps():
+            if _primary(policy).storage.steps():
                 raise
             if (run.directory / rd.SUMMARY).exists():
                 raise UsageError(
