@@ -506,7 +506,11 @@ def launch(session, count, port, args):
     forwarded = [*(["--registry", session.registry_file] if session.registry_file else []),
                  *[x for p in session.plugins for x in ("--plugin", p)], *[x for d in session.disable for x in ("--disable", d)],
                  *(["--strict-plugins"] if session.strict else []), *(["--debug"] if session.debug else [])]
-    code = launch_job(count, [*forwarded, *args], echo=click.echo, echo_err=_warn, port=port)
+    try:
+        code = launch_job(count, [*forwarded, *args], echo=click.echo, echo_err=_warn, port=port)
+    except KeyboardInterrupt:
+        _warn("jaxyard launch: interrupted; every process was stopped")
+        code = 130
     sys.exit(code)
 
 

@@ -119,7 +119,8 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     state = layout.place_state(state)
     if isinstance(data, Dataset):
         def on_device(split: Split) -> Split:
-            return Split(layout.place_data(split.x), layout.place_data(split.y, fill=-1))  # -1: a padding row (never counted)
+            y = np.asarray(split.y, np.int32)  # signed: -1 marks a padding row (never counted)
+            return Split(layout.place_data(split.x), layout.place_data(y, fill=-1))
 
         if not cached:
             data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)

@@ -92,7 +92,7 @@ def train(
         return loggers, storage
 
     try:
-        built = build(config, programs)  # every component is built and checked before anything is written
+        built = processes.together(lambda: build(config, programs))  # built and checked before anything is written
         loggers, storage = processes.from_primary(prepare) or ({}, None)  # only process 0 writes
     except BaseException:
         if processes.is_primary():
@@ -120,13 +120,13 @@ def resume(
         any layout restores them); default: the run's own.
     """
     started = time.perf_counter()
-    config = _in_layout(load_run_config(run_dir, registry), devices, shard_params)
+    config = processes.together(lambda: _in_layout(load_run_config(run_dir, registry), devices, shard_params))
     if compile_cache:
         enable_compile_cache(compile_cache)
     directory = rd.RunDir(run_dir)
     processes.from_primary(directory.lock)  # before anything is written: a second writer is refused, naming this one
     try:
-        built = build(config)
+        built = processes.together(lambda: build(config))
         loggers, storage = processes.from_primary(lambda: (make_loggers(config, directory.path), make_checkpointer(config, directory))) or ({}, None)
     except BaseException:
         directory.unlock()
@@ -366,17 +366,24 @@ def _fit(
         if run.last_checkpoint != step:
             meta = {"epoch": record["epoch"], "step": step, "metrics": record, "history": run.history}
             checkpointer = config.checkpointer
-            arrays = st.flatten(built.state)  # on every process: a state sharded over a job is gathered
+
+            def failed(err: Exception) -> PluginError:  # the checkpointer's own bug, not the plugin that asked for the save
+                return PluginError(
+                    f"checkpointer {checkpointer.name!r} ({checkpointer.entry.origin()}) failed saving step {step}: {one_line(err)}"
+                )
+
+            try:
+                arrays = st.flatten(built.state)  # on every process: a state sharded over a job is gathered
+            except Exception as err:
+                raise failed(err) from err
 
             def save():
                 try:
                     _primary(policy).save(step, arrays, meta)
                 except (JaxyardError, KeyboardInterrupt):
                     raise
-                except Exception as err:  # the checkpointer's own bug, not the plugin that asked for the save
-                    raise PluginError(
-                        f"checkpointer {checkpointer.name!r} ({checkpointer.entry.origin()}) failed saving step {step}: {one_line(err)}"
-                    ) from err
+                except Exception as err:
+                    raise failed(err) from err
 
             processes.from_primary(save)
             run.last_checkpoint = step
@@ -417,6 +424,7 @@ def _fit(
                 record.update(val_loss_ema=ema_loss, val_acc_ema=ema_acc)
             run.history.append(record)
             emit(pm, "jaxyard_on_epoch_end", run=run, record=record)
+            run.stop_reason = processes.broadcast_json(run.stop_reason)  # process 0's decision is the job's
             if run.stop_reason:
                 break
         train_seconds = time.perf_counter() - t_train

@@ -85,7 +85,10 @@ class Run:
         return self.process_index == 0
 
     def stop(self, reason: str) -> None:
-        """Ask the run to end after the current epoch (its checkpoint is saved, the test split evaluated)."""
+        """Ask the run to end after the current epoch (its checkpoint is saved, the test split evaluated).
+
+        In a job of several processes, ask on every process (decide from the record, which is the
+        same everywhere); the job follows process 0's request."""
         if self.stop_reason is None:
             self.stop_reason = str(reason)
 
@@ -94,6 +97,10 @@ class Run:
 
         Retention and ``jaxyard_on_checkpoint_saved`` follow. The checkpoint plugin calls this
         every ``run.save_every`` epochs, at the last epoch and when the run is stopping.
+
+        In a job of several processes every process must call it at the same point (decide from
+        the record, which is the same everywhere, not from ``is_main_process``): the state is
+        gathered from all of them.
         """
         if self._saver is None:
             raise RuntimeError("this run cannot save checkpoints")

@@ -48,24 +48,28 @@ def launch(
     """Run ``jaxyard ARGS`` as ``count`` processes of one job; returns the job's exit code."""
     if count < 1:
         raise UsageError(f"-n {count}: expected at least 1 process")
-    if not args:
+    command = _command(args)
+    if command is None:
         raise UsageError("nothing to launch: give the command after --, e.g. jaxyard launch -n 2 -- run --epochs 2")
+    if command not in JOB_COMMANDS:
+        raise UsageError(f"jaxyard {command} does not join a job: launch runs {', '.join(JOB_COMMANDS)}")
     coordinator = f"{host}:{port or free_port(host)}"
     lock = threading.Lock()
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
-    for i in range(count):
-        env = {**os.environ, **processes.environment(coordinator, count, i), "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "jaxyard.cli", *args], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, errors="replace")
-        procs.append(proc)
-        for stream, out in ((proc.stdout, echo), (proc.stderr, echo_err)):
-            pump = threading.Thread(target=_pump, args=(stream, f"[{i}] ", out, lock), daemon=True)
-            pump.start()
-            pumps.append(pump)
     stopped: set[int] = set()  # stopped by us: their exit codes are not the job's
     codes: dict[int, int] = {}
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}  # as Ctrl-C: stop them all
     try:
+        for i in range(count):
+            env = {**os.environ, **processes.environment(coordinator, count, i), "PYTHONUNBUFFERED": "1"}
+            proc = subprocess.Popen([sys.executable, "-m", "jaxyard.cli", *args], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+            procs.append(proc)
+            for stream, out in ((proc.stdout, echo), (proc.stderr, echo_err)):
+                pump = threading.Thread(target=_pump, args=(stream, f"[{i}] ", out, lock), daemon=True)
+                pump.start()
+                pumps.append(pump)
         while len(codes) < count:
             for i, proc in enumerate(procs):
                 if i in codes or proc.poll() is None:
@@ -80,21 +84,46 @@ def launch(
                     stopped.update(others)
                     _stop([procs[j] for j in others], grace)
             time.sleep(0.05)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, SIGTERM, SIGHUP, a process that could not start: none is left behind
         stopped.update(range(count))
         _stop(procs, grace)
         raise
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for pump in pumps:
-            pump.join(timeout=2)
+            pump.join(timeout=5)
     own = [_exit_code(c) for i, c in codes.items() if i not in stopped]
     return max(own, default=1)
 
 
+#: the commands that join a job (the others would run as M independent copies)
+JOB_COMMANDS = ("run", "resume", "check")
+_VALUED = ("--registry", "--plugin", "--disable", "--cpu-devices")  # global options that take a value
+
+
+def _command(args: Sequence[str]) -> str | None:
+    """The subcommand in ``args`` (after any global options)."""
+    it = iter(args)
+    for arg in it:
+        if arg in _VALUED:
+            next(it, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _pump(stream, prefix: str, out: Echo, lock: threading.Lock) -> None:
+    noise = False
     for line in stream:
         text = line.rstrip("\n")
-        if any(n in text for n in _NOISE) or text.strip().isdigit():
+        # gloo's lines, and the bare count a line of it may be split from
+        noise = any(n in text for n in _NOISE) or (noise and text.strip().isdigit())
+        if noise:
             continue
         with lock:
             out(prefix + text)

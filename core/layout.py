@@ -156,6 +156,7 @@ def _put_global(leaf, sharding):
 def make_layout(devices: int | str, shard_params: bool, batch_size: int) -> Layout:
     """The layout of ``run.devices`` (``all`` or N of each process's local devices) for ``batch_size``."""
     import jax
+    import numpy as np
 
     from jaxyard.core import processes
 
@@ -179,8 +180,10 @@ def make_layout(devices: int | str, shard_params: bool, batch_size: int) -> Layo
             f"use a multiple of {n}, e.g. {batch_size + n - batch_size % n}"
         )
     if count == 1:
-        chosen = available[:n]
-    else:  # each process's first devices, in process order: process p holds the p-th block of every split
-        chosen = [d for p in range(count) for d in [d for d in jax.devices() if d.process_index == p][:per_process]]
-    mesh = jax.make_mesh((n,), (AXIS,), devices=chosen, axis_types=(jax.sharding.AxisType.Auto,))
+        mesh = jax.make_mesh((n,), (AXIS,), devices=available[:n], axis_types=(jax.sharding.AxisType.Auto,))
+        return Layout(mesh, shard_params)
+    # each process's first devices in process order (not make_mesh's, which may reorder them): process p's
+    # devices hold the p-th block of every split's rows
+    chosen = [d for p in range(count) for d in [d for d in jax.devices() if d.process_index == p][:per_process]]
+    mesh = jax.sharding.Mesh(np.array(chosen), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
     return Layout(mesh, shard_params, count, processes.index())

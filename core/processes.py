@@ -41,8 +41,9 @@ def join(
 
     :param coordinator: ``HOST:PORT`` of process 0's coordination service.
     :param cluster: let JAX find the job in its environment (SLURM, Open MPI, ...) instead.
-    :param bind: where process 0's service listens; default the coordinator's own address
-        (loopback for a local job), not every interface.
+    :param bind: where process 0's service listens; default: the coordinator's own address when
+        that is a loopback one (a local job: nothing outside this machine may join), else every
+        interface (JAX's default; a hostname may resolve to a loopback address on its own host).
     """
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if not cluster and not any(given):
@@ -65,12 +66,28 @@ def join(
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         jax.distributed.initialize(
-            coordinator, num_processes, process_id, coordinator_bind_address=bind or coordinator, initialization_timeout=timeout
+            coordinator, num_processes, process_id, coordinator_bind_address=bind or _loopback(coordinator),
+            initialization_timeout=timeout,
         )
     except Exception as err:
         where = f"the job at {coordinator} as process {process_id} of {num_processes}" if coordinator else "the cluster's job"
         raise JaxyardError(f"could not join {where}: {one_line(err, first_line=True)}") from err
     return True
+
+
+def _loopback(address: str | None) -> str | None:
+    """``address`` when its host is a loopback one, else None."""
+    import ipaddress
+
+    if address is None:
+        return None
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return address
+    try:
+        return address if ipaddress.ip_address(host).is_loopback else None
+    except ValueError:  # a hostname
+        return None
 
 
 def _check_address(option: str, address: str) -> None:
@@ -138,10 +155,46 @@ def from_primary(fn: Callable[[], T], *, share: Callable[[T | None], Any] | None
     return share(result) if share is not None else result
 
 
+def together(fn: Callable[[], T]) -> T:
+    """``fn()`` on every process, then agree: if it failed anywhere, every process raises the
+    first failing process's error (otherwise a process that failed alone would leave the others
+    waiting at their next collective, and they would report a lost process, not the cause)."""
+    if count() == 1:
+        return fn()
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    result: Any = None
+    error: BaseException | None = None
+    try:
+        result = fn()
+    except BaseException as err:  # noqa: B036 - every process must learn of it
+        error = err
+    text = json.dumps(_describe(error) if error is not None else None).encode()[:_AGREE_BYTES]
+    gathered = multihost_utils.process_allgather(np.frombuffer(text.ljust(_AGREE_BYTES, b" "), np.uint8))
+    if error is not None:
+        raise error
+    for row in np.asarray(gathered).reshape(count(), _AGREE_BYTES):
+        outcome = _loads(row.tobytes())
+        if outcome is not None:
+            raise _rebuild(outcome)
+    return result
+
+
+_AGREE_BYTES = 1024
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data.decode(errors="replace"))
+    except ValueError:  # a message cut at _AGREE_BYTES
+        return {"message": "another process of the job failed (its output says why)", "exit_code": 1}
+
+
 def _describe(err: BaseException) -> dict[str, Any]:
     if isinstance(err, JaxyardError):
         return {"message": str(err), "exit_code": err.exit_code}
-    return {"message": f"process 0 failed: {one_line(err)}", "exit_code": 1}
+    return {"message": f"process {index()} failed: {one_line(err)}", "exit_code": 1}
 
 
 def _rebuild(error: Mapping[str, Any]) -> JaxyardError:
@@ -195,10 +248,11 @@ def broadcast_arrays(arrays: Mapping[str, Any] | None, structure: Mapping[str, t
         return dict(arrays)
     from jax.experimental import multihost_utils
 
-    template = arrays if is_primary() else {k: np.zeros(shape, dtype) for k, (shape, dtype) in structure.items()}
-    assert template is not None
-    out = multihost_utils.broadcast_one_to_all({k: np.asarray(v) for k, v in template.items()})
-    return {k: np.asarray(v).astype(structure[k][1], copy=False) for k, v in out.items()}
+    out = {}
+    for name, (shape, dtype) in structure.items():  # one array at a time: the devices hold one at most
+        value = np.asarray(arrays[name]) if arrays is not None else np.zeros(shape, dtype)
+        out[name] = np.asarray(multihost_utils.broadcast_one_to_all(value)).astype(dtype, copy=False)
+    return out
 
 
 def host_copy(leaf) -> Any:

@@ -116,7 +116,7 @@ def make_evaluate(graphdef, batch_size: int, *, ema: bool = False):
         pad = chunks * chunk - n
         xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, chunk, *x.shape[1:])
         ys = jnp.pad(y, (0, pad), constant_values=-1).reshape(chunks, chunk)
-        mask = (ys >= 0).astype(jnp.float32)  # label -1: padding (here, or a job's equal blocks of rows)
+        mask = ((jnp.arange(chunks * chunk).reshape(chunks, chunk) < n) & (ys >= 0)).astype(jnp.float32)  # -1: a job's padding row
 
         def body(total, batch):
             _, sums = _masked_loss(model, *batch)

@@ -182,6 +182,9 @@ def test_launch_refuses_nothing_to_launch(run_cli):
     assert result.exit_code == 2 and result.stderr.startswith("Error: nothing to launch: give the command after --")
     result = run_cli(["launch", "-n", "0", "--", "run"])
     assert result.exit_code == 2 and "0 is not in the range x>=1" in result.stderr
+    result = run_cli(["launch", "-n", "2", "--", "--plugin", "x.py", "sweep", "--lr", "1e-3,1e-2"])
+    assert result.exit_code == 2
+    assert result.stderr == "Error: jaxyard sweep does not join a job: launch runs run, resume, check\n"
 
 
 def test_one_process_needs_no_collective():
