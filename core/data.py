@@ -52,6 +52,10 @@ class StreamingDataset:
     ``batches(split, batch_size, epoch)`` yields ``(x, y)`` NumPy batches of at most
     ``batch_size`` examples; for ``"train"`` it should shuffle by ``epoch`` so that a run is
     reproducible. ``sizes`` gives the number of examples per split when known (None if not).
+
+    In a job of several processes every process calls ``batches`` and keeps its rows of each
+    batch: the batches must be the same on every process (a different count leaves a process
+    waiting for a step the others never take).
     """
 
     batches: Callable[[str, int, int], Iterable[tuple[Any, Any]]]

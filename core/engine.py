@@ -338,6 +338,7 @@ def _fit(
     pm = _plugins(config)
     if not processes.is_primary():  # process 0 reports for the job
         echo = warn = silent
+        progress = None
     policy = None if storage is None else CheckpointPolicy(  # None on the other processes of a job: process 0 saves
         storage, monitor=_monitor(config), keep_latest=settings.keep_latest, keep_best=settings.keep_best, warn=warn
     )
