@@ -267,24 +267,10 @@ def host_copy(leaf) -> Any:
     return np.array(multihost_utils.process_allgather(leaf, tiled=True), copy=True)
 
 
-def barrier(name: str) -> None:
-    """Wait until every process of the job reaches ``name``."""
-    if count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def environment(coordinator: str, num_processes: int, process_id: int) -> dict[str, str]:
     """The environment that makes ``jaxyard run``/``resume`` join a job (what ``launch`` sets)."""
     return {ENV_COORDINATOR: coordinator, ENV_NUM_PROCESSES: str(num_processes), ENV_PROCESS_ID: str(process_id)}
 
 
-def shutdown() -> None:
-    if joined():
-        import jax
-
-        jax.distributed.shutdown()
-
-
-__all__ = ["barrier", "broadcast_arrays", "broadcast_json", "count", "from_primary", "host_copy", "index", "is_primary", "join", "lost_contact"]
+__all__ = ["broadcast_arrays", "broadcast_json", "count", "environment", "from_primary", "host_copy", "index", "is_primary", "join",
+           "lost_contact", "together"]
