@@ -288,8 +288,15 @@ def _run_options(f, *, sweep: bool = False, only: tuple[str, ...] = ()):
 
 
 def _job_options(f):
-    """Joining a job of several processes (``jax.distributed``); ``launch`` sets the environment."""
+    """Joining a job of several processes (``jax.distributed``; ``launch`` sets the environment): the
+    command receives them as one ``job`` dict, for :func:`_join`."""
     from jaxyard.core import processes as J
+
+    @functools.wraps(f)
+    def command(*args, coordinator, num_processes, process_id, coordinator_bind, cluster, **kwargs):
+        job = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id, "bind": coordinator_bind,
+               "cluster": cluster}
+        return f(*args, job=job, **kwargs)
 
     for option in reversed([
         click.option("--coordinator", metavar="HOST:PORT", envvar=J.ENV_COORDINATOR,
@@ -299,17 +306,18 @@ def _job_options(f):
         click.option("--process-id", type=int, metavar="I", envvar=J.ENV_PROCESS_ID,
                      help=f"This process's index, 0 to M-1 [env {J.ENV_PROCESS_ID}]."),
         click.option("--coordinator-bind", metavar="HOST:PORT",
-                     help="Where process 0's coordination service listens (default: the --coordinator address, not every interface)."),
+                     help="Where process 0's coordination service listens (default: the --coordinator address if it is a loopback one, "
+                          "else every interface)."),
         click.option("--cluster", is_flag=True, help="Join the job JAX finds in the environment (SLURM, Open MPI, ...)."),
     ]):
-        f = option(f)
-    return f
+        command = option(command)
+    return command
 
 
-def _join(coordinator, num_processes, process_id, coordinator_bind, cluster) -> None:
+def _join(job: dict) -> None:
     from jaxyard.core.processes import join
 
-    join(coordinator, num_processes, process_id, cluster=cluster, bind=coordinator_bind)  # before jax starts
+    join(**job)  # before jax starts
 
 
 def _resolve(session, config_file, sets, loggers=(), **options):
@@ -344,8 +352,7 @@ def _compile_cache(no_cache: bool):
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @_job_options
 @click.pass_obj
-def run(session, config_file, sets, out, dry_run, no_compile_cache, coordinator, num_processes, process_id, coordinator_bind, cluster,
-        **options):
+def run(session, config_file, sets, out, dry_run, no_compile_cache, job, **options):
     """Train a model with the chosen components and write a run directory.
 
     \b
@@ -359,7 +366,7 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, coordinator,
     if dry_run:
         click.echo(config.to_toml(), nl=False)
         return
-    _join(coordinator, num_processes, process_id, coordinator_bind, cluster)
+    _join(job)
     from jaxyard.core.engine import train
 
     train(config, out_dir=out, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
@@ -374,8 +381,7 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, coordinator,
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_job_options
 @click.pass_obj
-def check(session, config_file, sets, memory_limit, as_json, coordinator, num_processes, process_id, coordinator_bind, cluster,
-          **options):
+def check(session, config_file, sets, memory_limit, as_json, job, **options):
     """Build the configured run as shapes only, compile one training step ahead of time for its
     devices and print its size, FLOPs per step, memory per device, compile time and whether it
     fits. A combination that cannot work fails here with the same one-line error as `run`.
@@ -387,7 +393,7 @@ def check(session, config_file, sets, memory_limit, as_json, coordinator, num_pr
       jaxyard --cpu-devices 2 launch -n 2 -- check    (the layout of a job of 2 processes)
     """
     config = _resolve(session, config_file, sets, **options)
-    _join(coordinator, num_processes, process_id, coordinator_bind, cluster)
+    _join(job)
     from jaxyard.core import processes
     from jaxyard.core.check import check as check_config
 
@@ -472,10 +478,10 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @_job_options
 @click.pass_obj
-def resume(session, run_dir, devices, shard_params, no_compile_cache, coordinator, num_processes, process_id, coordinator_bind, cluster):
+def resume(session, run_dir, devices, shard_params, no_compile_cache, job):
     """Continue an interrupted run from its newest intact checkpoint, in its own layout or another
     (--devices, a job of several processes: checkpoints restore in any)."""
-    _join(coordinator, num_processes, process_id, coordinator_bind, cluster)
+    _join(job)
     from jaxyard.core.engine import resume as resume_run
 
     resume_run(

@@ -374,7 +374,7 @@ def _fit(
                 )
 
             try:
-                arrays = st.flatten(built.state)  # on every process: a state sharded over a job is gathered
+                arrays = st.flatten(built.state, keep=processes.is_primary())  # every process gathers; process 0 saves
             except Exception as err:
                 raise failed(err) from err
 

@@ -108,8 +108,7 @@ class Layout:
             return jnp.asarray(array)
         if self.processes == 1:
             return jax.device_put(array, self.replicated)
-        n, local_devices = len(array), self.devices // self.processes
-        block = local_devices * math.ceil(n / self.devices)  # equal blocks: every device holds as many rows
+        block = self.rows(len(array)) // self.processes  # equal blocks: every device holds as many rows
         rows = np.asarray(array[self.process * block:(self.process + 1) * block])
         if len(rows) < block:
             rows = np.concatenate([rows, np.full((block - len(rows), *rows.shape[1:]), fill, rows.dtype)])

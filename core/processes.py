@@ -255,13 +255,14 @@ def broadcast_arrays(arrays: Mapping[str, Any] | None, structure: Mapping[str, t
     return out
 
 
-def host_copy(leaf) -> Any:
+def host_copy(leaf, *, needed: bool = True) -> Any:
     """A host (NumPy) copy of an array, gathered from every process when it is sharded over
-    several (a collective: every process calls it)."""
+    several (a collective: every process calls it). ``needed=False``: only take part in the
+    gathering (None when there is none to take part in)."""
     import numpy as np
 
     if getattr(leaf, "is_fully_addressable", True) or getattr(leaf, "is_fully_replicated", False):
-        return np.array(leaf, copy=True)
+        return np.array(leaf, copy=True) if needed else None
     from jax.experimental import multihost_utils
 
     return np.array(multihost_utils.process_allgather(leaf, tiled=True), copy=True)

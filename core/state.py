@@ -9,15 +9,18 @@ from jaxyard.core.checkpoint import CheckpointMismatch, compare_structures, stru
 from jaxyard.core.processes import host_copy
 
 
-def flatten(state) -> dict[str, np.ndarray]:
+def flatten(state, *, keep: bool = True) -> dict[str, np.ndarray]:
     """``{"model.hidden.0.kernel": array, ...}``: host copies, RNG keys as their uint32 key data.
 
-    Over a job, an array sharded across processes is gathered: every process calls this."""
+    Over a job, an array sharded across processes is gathered: every process calls this; those
+    that do not save (``keep=False``) only take part in the gathering and get ``{}``."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        out[_name(path)] = host_copy(leaf)  # a copy: the device buffer is donated next step
+        copy = host_copy(leaf, needed=keep)  # a copy: the device buffer is donated next step
+        if keep:
+            out[_name(path)] = copy
     return out
 
 
