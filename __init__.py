@@ -6,23 +6,26 @@ flax and optax) loads on first use of :func:`train`, :func:`evaluate` or :func:`
 
 from typing import TYPE_CHECKING
 
-from jaxyard.core.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch, Restored
-from jaxyard.core.config import RunConfig, resolve_config
-from jaxyard.core.data import Dataset, Split, StreamingDataset
-from jaxyard.core.entries import KINDS, Entry, PluginInfo
+from jaxyard.core import moved
 from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UnknownComponent, UsageError
-from jaxyard.core.events import Run, RunResult
-from jaxyard.core.hookspecs import hookimpl
-from jaxyard.core.inputs import Programs
-from jaxyard.core.loggers import Logger, MissingExtra
-from jaxyard.core.params import param
-from jaxyard.core.policy import CheckpointPolicy, Monitor
-from jaxyard.core.registry import Registry, build_registry
-from jaxyard.core.settings import Settings, load_settings
+from jaxyard.core.registry.config import RunConfig, resolve_config
+from jaxyard.core.registry.entries import KINDS, Entry, PluginInfo
+from jaxyard.core.registry.hookspecs import hookimpl
+from jaxyard.core.registry.loading import Registry, build_registry
+from jaxyard.core.registry.params import param
+from jaxyard.core.registry.settings import Settings, load_settings
+from jaxyard.core.store.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch, Restored
+from jaxyard.core.store.policy import CheckpointPolicy, Monitor
+from jaxyard.core.train.data import Dataset, Split, StreamingDataset
+from jaxyard.core.train.events import Run, RunResult
+from jaxyard.core.train.loggers import Logger, MissingExtra
+from jaxyard.core.train.traced import Programs
+
+moved.install()  # jaxyard.testing, and 0.1's module paths (they warn)
 
 if TYPE_CHECKING:  # pragma: no cover - the engine imports jax: loaded on first use
-    from jaxyard.core.check import check
-    from jaxyard.core.engine import Evaluation, evaluate, resume, train
+    from jaxyard.core.train.check import check
+    from jaxyard.core.train.engine import Evaluation, evaluate, resume, train
 
 __all__ = [
     "__version__",
@@ -75,11 +78,11 @@ def __getattr__(name):
         except PackageNotFoundError:  # a checkout that was never installed
             return "0+unknown"
     if name in _ENGINE:
-        from jaxyard.core import engine
+        from jaxyard.core.train import engine
 
         return getattr(engine, name)
     if name == "check":
-        from jaxyard.core.check import check
+        from jaxyard.core.train.check import check
 
         return check
     raise AttributeError(f"module 'jaxyard' has no attribute {name!r}")

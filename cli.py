@@ -18,10 +18,10 @@ if __name__ == "__main__" and not importlib.util.find_spec("jaxyard"):  # `pytho
 
 import click  # noqa: E402
 
-from jaxyard.core import describe as D  # noqa: E402
-from jaxyard.core.entries import CHOSEN, KINDS  # noqa: E402
 from jaxyard.core.errors import JaxyardError  # noqa: E402
-from jaxyard.core.settings import env_flag  # noqa: E402
+from jaxyard.core.registry import describe as D  # noqa: E402
+from jaxyard.core.registry.entries import CHOSEN, KINDS  # noqa: E402
+from jaxyard.core.registry.settings import env_flag  # noqa: E402
 
 ENV_NO_CACHE = "JAXYARD_NO_COMPILE_CACHE"
 
@@ -37,7 +37,7 @@ class Session:
     @property
     def settings(self):
         if self._settings is None:
-            from jaxyard.core.settings import load_settings
+            from jaxyard.core.registry.settings import load_settings
 
             self._settings = load_settings(self.registry_file)
         return self._settings
@@ -45,7 +45,7 @@ class Session:
     @property
     def registry(self):
         if self._registry is None:
-            from jaxyard.core.registry import build_registry
+            from jaxyard.core.registry.loading import build_registry
 
             def warn(info):
                 click.echo(f"Warning: plugin {info.label()} failed to load and was skipped: {info.error}", err=True)
@@ -86,7 +86,7 @@ class JaxyardGroup(click.Group):
 def _leave_job(err: BaseException) -> None:
     """A process of a job that fails exits now: at a normal exit jax waits (5 minutes) for every
     process to shut down, while the others wait in a collective for this one."""
-    from jaxyard.core import processes
+    from jaxyard.core.scale import processes
 
     if not processes.joined() or isinstance(err, SystemExit) and not err.code:
         return
@@ -129,7 +129,7 @@ def cli(ctx, registry_file, plugins, disable, strict_plugins, debug, cpu_devices
     """
     ctx.obj = Session(registry_file, plugins, disable, strict_plugins, debug)
     if cpu_devices:
-        from jaxyard.core.layout import use_cpu_devices
+        from jaxyard.core.scale.layout import use_cpu_devices
 
         try:
             use_cpu_devices(cpu_devices)  # before jax starts: this CLI imports it late
@@ -188,14 +188,14 @@ def show(session, kind, name, as_json):
       jaxyard show run
     """
     if kind == "run":
-        from jaxyard.core.config import RunSettings
+        from jaxyard.core.registry.run_settings import RunSettings
 
         params = D.params_list(RunSettings, session.settings.values.get("run"))
         data = {"kind": "run", "name": "run", "description": "the [run] table of registry and config files", "params": params}
     else:
         registry = session.registry
         if not name:
-            from jaxyard.core.registry import normalize_kind
+            from jaxyard.core.registry.loading import normalize_kind
 
             try:
                 normalize_kind(kind)
@@ -290,7 +290,7 @@ def _run_options(f, *, sweep: bool = False, only: tuple[str, ...] = ()):
 def _job_options(f):
     """Joining a job of several processes (``jax.distributed``; ``launch`` sets the environment): the
     command receives them as one ``job`` dict, for :func:`_join`."""
-    from jaxyard.core import processes as J
+    from jaxyard.core.scale import processes as J
 
     @functools.wraps(f)
     def command(*args, coordinator, num_processes, process_id, coordinator_bind, cluster, **kwargs):
@@ -315,13 +315,13 @@ def _job_options(f):
 
 
 def _join(job: dict) -> None:
-    from jaxyard.core.processes import join
+    from jaxyard.core.scale.processes import join
 
     join(**job)  # before jax starts
 
 
 def _resolve(session, config_file, sets, loggers=(), **options):
-    from jaxyard.core.config import resolve_config
+    from jaxyard.core.registry.config import resolve_config
 
     return resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets, loggers=loggers)
 
@@ -367,7 +367,7 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, job, **optio
         click.echo(config.to_toml(), nl=False)
         return
     _join(job)
-    from jaxyard.core.engine import train
+    from jaxyard.core.train.engine import train
 
     train(config, out_dir=out, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
 
@@ -394,8 +394,8 @@ def check(session, config_file, sets, memory_limit, as_json, job, **options):
     """
     config = _resolve(session, config_file, sets, **options)
     _join(job)
-    from jaxyard.core import processes
-    from jaxyard.core.check import check as check_config
+    from jaxyard.core.scale import processes
+    from jaxyard.core.train.check import check as check_config
 
     limit = int(memory_limit * 2**30) if memory_limit else None
     info = check_config(config, memory_limit=limit)
@@ -452,7 +452,7 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
       jaxyard schedule --scheduler warmup --steps-per-epoch 500 --set run.warmup_steps=1000
     """
     config = _resolve(session, config_file, sets, **options)
-    from jaxyard.core.build import schedule_points
+    from jaxyard.core.train.build import schedule_points
 
     info = schedule_points(config, points, steps_per_epoch=steps_per_epoch)
     run = config.run
@@ -465,7 +465,7 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
     ]):
         click.echo(line)
     if png:
-        from jaxyard.core.plot import plot_schedule
+        from jaxyard.core.experiments.plot import plot_schedule
 
         click.echo(f"Plot saved to {plot_schedule(info['every_step'], Path(png), title=config.scheduler.name)}")
 
@@ -482,7 +482,7 @@ def resume(session, run_dir, devices, shard_params, no_compile_cache, job):
     """Continue an interrupted run from its newest intact checkpoint, in its own layout or another
     (--devices, a job of several processes: checkpoints restore in any)."""
     _join(job)
-    from jaxyard.core.engine import resume as resume_run
+    from jaxyard.core.train.engine import resume as resume_run
 
     resume_run(
         run_dir, registry=session.registry, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache),
@@ -506,7 +506,7 @@ def launch(session, count, port, args):
       jaxyard --cpu-devices 2 launch -n 2 -- run --epochs 3
       jaxyard launch -n 2 -- resume runs/20261126-101010-mlp-adam-synthetic
     """
-    from jaxyard.core.launch import launch as launch_job
+    from jaxyard.core.scale.launch import launch as launch_job
 
     args = list(args[1:] if args[:1] == ("--",) else args)
     forwarded = [*(["--registry", session.registry_file] if session.registry_file else []),
@@ -536,7 +536,7 @@ def launch(session, count, port, args):
 @click.pass_obj
 def eval_(session, run_dir, checkpoint, weights):
     """Evaluate a run's saved model on the test split, without training."""
-    from jaxyard.core.engine import evaluate
+    from jaxyard.core.train.engine import evaluate
 
     evaluate(run_dir, checkpoint=checkpoint, weights=weights, registry=session.registry, echo=click.echo)
 
@@ -555,7 +555,7 @@ def compare(run_dirs, metric, png, as_json):
       jaxyard compare runs/adam runs/sgd
       jaxyard compare sweeps/lr --metric val_loss --png compare.png
     """
-    from jaxyard.core import compare as C
+    from jaxyard.core.experiments import compare as C
 
     runs = C.load_runs(run_dirs)
     if as_json:
@@ -618,7 +618,7 @@ def sweep(
       jaxyard sweep --lr 'log(1e-4,1e-2)' --set optimizer.b2=0.99,0.999 --trials 20 --workers 2
       jaxyard sweep --resume runs/sweep-20261126-120000
     """
-    from jaxyard.core import sweep as S
+    from jaxyard.core.experiments import sweep as S
 
     if vectorize == "auto":
         import jax
@@ -660,7 +660,7 @@ def sweep(
     else:
         _spawn_workers(session, directory, workers, no_compile_cache, vectorize)
     headers, rows, best = S.leaderboard(directory)
-    from jaxyard.core import compare as C
+    from jaxyard.core.experiments import compare as C
 
     click.echo(f"\nLeaderboard ({spec.monitor}, {'lower' if spec.direction == 'minimize' else 'higher'} is better), "
                f"{time.perf_counter() - started:.1f} s:")
@@ -682,7 +682,7 @@ def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, pru
     """Split the options into fixed values and swept dimensions, check them, write the sweep directory."""
     import time
 
-    from jaxyard.core.config import parse_set, resolve_config
+    from jaxyard.core.registry.config import parse_set, resolve_config
 
     fixed, dims = [], []
     items = [(f"run.{k}", v) for k, v in options.items() if v is not None]
@@ -773,7 +773,7 @@ def _spawn_workers(session, directory: Path, workers: int, no_compile_cache: boo
 @click.option("--dir", "directory", metavar="DIR", help="Where to write the package (default: ./jaxyard-NAME); must be new or empty.")
 def new_plugin(name, kinds, directory):
     """Write a plugin package NAME: a working component per --kind, its entry point, tests and README."""
-    from jaxyard.core.scaffold import write_plugin
+    from jaxyard.core.kit.scaffold import write_plugin
 
     path = write_plugin(directory or f"jaxyard-{name}", name, kinds or ("optimizer",))
     click.echo(f"Wrote {path}/: the package jaxyard-{name} (module jaxyard_{name.replace('-', '_')}).")

@@ -20,7 +20,7 @@ import jaxyard  # noqa: E402
 from jaxyard import Dataset, Split, hookimpl, param  # noqa: E402
 
 if __name__ == "__main__":
-    import jaxyard.core.engine  # jax, flax, optax: what the baselines' import_s holds
+    import jaxyard.core.train.engine  # jax, flax, optax: what the baselines' import_s holds
 
 IMPORT_S = time.perf_counter() - _start
 

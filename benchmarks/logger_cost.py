@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import jaxyard
-from jaxyard.core.engine import describe_components
-from jaxyard.core.events import Run, RunResult
+from jaxyard.core.train.engine import describe_components
+from jaxyard.core.train.events import Run, RunResult
 
 
 def record(epoch: int) -> dict:

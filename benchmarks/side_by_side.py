@@ -25,11 +25,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import jaxyard  # noqa: E402
-from jaxyard.core.build import build  # noqa: E402
-from jaxyard.core.engine import describe_components, make_loggers  # noqa: E402
-from jaxyard.core.events import Run, emit  # noqa: E402
-from jaxyard.core.loggers import LoggerHub  # noqa: E402
-from jaxyard.core.loop import make_loop, means  # noqa: E402
+from jaxyard.core.train.build import build  # noqa: E402
+from jaxyard.core.train.engine import describe_components, make_loggers  # noqa: E402
+from jaxyard.core.train.events import Run, emit  # noqa: E402
+from jaxyard.core.train.loggers import LoggerHub  # noqa: E402
+from jaxyard.core.train.loop import make_loop, means  # noqa: E402
 
 import baselines  # noqa: E402
 import jaxyard_variants  # noqa: E402

@@ -12,7 +12,7 @@ Layout of ``directory``::
     <step>.damaged                a damaged checkpoint moved aside because the step was saved again
 
 Storage only: which step is the latest intact one, which is best, how many to keep and passing
-over damaged steps are decided by :class:`jaxyard.core.policy.CheckpointPolicy` for every
+over damaged steps are decided by :class:`jaxyard.core.store.policy.CheckpointPolicy` for every
 checkpointer. Orbax keeps every step it saves; a step goes away only through :meth:`delete`.
 (Steps written by earlier versions may also hold a ``metrics/`` item; it is never read.)
 
@@ -69,8 +69,8 @@ import attrs
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxyard.core.checkpoint import CheckpointError, Restored, describe_exception
-from jaxyard.core.rundir import write_atomic
+from jaxyard.core.store.checkpoint import CheckpointError, Restored, describe_exception
+from jaxyard.core.store.rundir import write_atomic
 
 MARKER_NAME = "jaxyard-checkpoints.json"
 MARKER_FORMAT = "jaxyard.orbax"
@@ -388,9 +388,9 @@ def _save_cause(exc: BaseException) -> str:
 class OrbaxCheckpointer:
     """Checkpointer on orbax's CheckpointManager; see the module docstring.
 
-    Implements :class:`jaxyard.core.checkpoint.Checkpointer`: ``save``, ``steps``,
+    Implements :class:`jaxyard.core.store.checkpoint.Checkpointer`: ``save``, ``steps``,
     ``load(step)``, ``delete(step)``, ``wait``, ``close``. It ranks and retains
-    nothing; wrap it in :class:`jaxyard.core.policy.CheckpointPolicy` for that.
+    nothing; wrap it in :class:`jaxyard.core.store.policy.CheckpointPolicy` for that.
 
     ``warn`` receives one-line notes about things it worked around (a damaged step
     moved aside, an unreadable marker); by default they are dropped, since jaxyard
@@ -465,7 +465,7 @@ class OrbaxCheckpointer:
 
         Copies the arrays to host memory and computes their checksums before
         returning; with ``async_save`` the disk writes happen in the
-        background. See :meth:`jaxyard.core.checkpoint.Checkpointer.save`.
+        background. See :meth:`jaxyard.core.store.checkpoint.Checkpointer.save`.
         """
         self._check_open()
         step = _as_step(step)
@@ -502,7 +502,7 @@ class OrbaxCheckpointer:
     def load(self, step: int) -> Restored:
         """Load exactly ``step``, verified against its checksum record; reads only.
 
-        See :meth:`jaxyard.core.checkpoint.Checkpointer.load`. A missing or damaged
+        See :meth:`jaxyard.core.store.checkpoint.Checkpointer.load`. A missing or damaged
         step raises :class:`CheckpointError` naming the cause; ``skipped`` is empty.
         """
         self._check_open()

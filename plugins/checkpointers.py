@@ -12,11 +12,11 @@ import typing
 import attrs
 
 from jaxyard import hookimpl
-from jaxyard.core.checkpoint import CheckpointError, Restored
-from jaxyard.core.params import param
+from jaxyard.core.registry.params import param
+from jaxyard.core.store.checkpoint import CheckpointError, Restored
 
 if typing.TYPE_CHECKING:  # pragma: no cover
-    from jaxyard.core.checkpoint import Checkpointer
+    from jaxyard.core.store.checkpoint import Checkpointer
 
 
 @attrs.frozen

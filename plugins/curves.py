@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from jaxyard import hookimpl
-from jaxyard.core.rundir import CURVES
+from jaxyard.core.store.rundir import CURVES
 
 
 @hookimpl
 def jaxyard_on_run_end(run, result):
     if not result.history or not run.config.run.curves or not run.is_main_process:  # one process of a job writes
         return
-    from jaxyard.core.plot import plot_curves
+    from jaxyard.core.experiments.plot import plot_curves
 
     run.echo("\n7. Plotting training curves...")
     png = plot_curves(result.history, run.directory / CURVES)

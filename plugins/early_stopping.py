@@ -1,13 +1,13 @@
 """Early stopping: stop when ``run.monitor`` has not improved by ``run.min_delta`` for
 ``run.patience`` epochs (0: off). "Improved" is the one definition of better
-(:class:`jaxyard.core.policy.Monitor`) that checkpoint retention and ``eval --checkpoint best``
+(:class:`jaxyard.core.store.policy.Monitor`) that checkpoint retention and ``eval --checkpoint best``
 use too. Worked out from ``run.history`` each epoch, so a resumed run stops where an
 uninterrupted one would."""
 
 from __future__ import annotations
 
 from jaxyard import hookimpl
-from jaxyard.core.policy import Monitor
+from jaxyard.core.store.policy import Monitor
 
 
 def epochs_without_improvement(history, monitor: Monitor) -> tuple[float | None, int]:

@@ -7,7 +7,7 @@ import math
 
 from jaxyard import hookimpl
 from jaxyard.core.errors import TrainingError
-from jaxyard.core.rundir import CHECKPOINTS
+from jaxyard.core.store.rundir import CHECKPOINTS
 
 
 @hookimpl(wrapper=True)

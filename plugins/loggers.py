@@ -10,7 +10,6 @@ import csv
 import importlib.util
 import io
 import json
-import numbers
 import os
 import sys
 from pathlib import Path
@@ -18,10 +17,8 @@ from pathlib import Path
 import attrs
 
 from jaxyard import hookimpl, param
-from jaxyard.core.loggers import MissingExtra, require
-from jaxyard.core.rundir import write_atomic
-
-COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_time", "val_time")
+from jaxyard.core.store.rundir import write_atomic
+from jaxyard.core.train.loggers import MissingExtra, require
 
 
 def _append(path: Path, text: str) -> None:
@@ -124,39 +121,6 @@ def _installed(module: str) -> bool:
         return False
 
 
-def metric_name(key: str) -> str:
-    """The name a record key gets in the trackers: ``train_loss`` -> ``train/loss``,
-    ``val_acc`` -> ``val/acc``, ``train_time`` -> ``time/train``; ``lr`` stays ``lr``."""
-    head, sep, tail = key.partition("_")
-    if sep and tail == "time":
-        return f"time/{head}"
-    if sep and head in ("train", "val", "test"):
-        return f"{head}/{tail}"
-    return key
-
-
-def scalars(record: dict) -> dict[str, float]:
-    """The numeric values of an epoch's record under their tracker names (``epoch`` and ``step``
-    are the x axis, not metrics; ``None`` and non-numbers are left out)."""
-    out = {}
-    for key, value in record.items():
-        if key in ("epoch", "step") or isinstance(value, bool) or not isinstance(value, numbers.Real):
-            continue
-        out[metric_name(key)] = float(value)
-    return out
-
-
-def final_scalars(result) -> dict[str, float]:
-    """A finished run's test metrics (``test/loss``, ``test/acc``) and timings (``time/total_s``, ...)."""
-    if result is None:
-        return {}
-    out = scalars(dict(result.test or {}))
-    for key, value in (result.timings or {}).items():
-        if value is not None and not isinstance(value, bool) and isinstance(value, numbers.Real):
-            out[f"time/{key}"] = float(value)
-    return out
-
-
 @attrs.frozen
 class TensorboardParams:
     subdir: str = param("tensorboard", "folder in the run directory for the event files (tensorboard --logdir RUN_DIR)")
@@ -165,7 +129,7 @@ class TensorboardParams:
 def tensorboard_logger(p: TensorboardParams, *, directory: Path):
     """TensorBoard event files: per-epoch scalars and the config as text (pip install 'jaxyard[tensorboard]')."""
     require("tensorboardX", what="the tensorboard logger", extra="tensorboard")
-    from jaxyard.plugins._tensorboard import TensorboardLogger
+    from jaxyard.plugins._trackers.tensorboard import TensorboardLogger
 
     return TensorboardLogger(Path(directory) / p.subdir)
 
@@ -197,7 +161,7 @@ def mlflow_logger(p: MlflowParams, *, directory: Path):
     finally:
         if added:
             os.environ.pop("MLFLOW_DISABLE_TELEMETRY", None)
-    from jaxyard.plugins._mlflow import MlflowLogger
+    from jaxyard.plugins._trackers.mlflow import MlflowLogger
 
     return MlflowLogger(Path(directory), tracking_uri=p.tracking_uri, experiment=p.experiment, run_name=p.run_name)
 
@@ -217,6 +181,6 @@ class WandbParams:
 def wandb_logger(p: WandbParams, *, directory: Path):
     """Weights & Biases, offline unless mode=online: config, per-epoch metrics, test summary (pip install 'jaxyard[wandb]')."""
     require("wandb", what="the wandb logger", extra="wandb")
-    from jaxyard.plugins._wandb import WandbLogger
+    from jaxyard.plugins._trackers.wandb import WandbLogger
 
     return WandbLogger(Path(directory), mode=p.mode, project=p.project, entity=p.entity, run_name=p.run_name)

@@ -16,7 +16,7 @@ def constant(p, *, learning_rate, decay_steps):
     return optax.constant_schedule(learning_rate)
 
 
-constant.warmup = False  # type: ignore[attr-defined]  # the engine puts no warmup in front (see core/hookspecs.py)
+constant.warmup = False  # type: ignore[attr-defined]  # the engine puts no warmup in front (see core/registry/hookspecs.py)
 
 
 def warmup(p, *, learning_rate, decay_steps):

@@ -55,7 +55,7 @@ def assert_one_line_error(result, *fragments: str, exit_code: int | None = 2) ->
 
 
 def fake_entry_points(monkeypatch, *extra):
-    """Make importlib.metadata.entry_points (as core/registry.py calls it) also return ``extra``."""
+    """Make importlib.metadata.entry_points (as core/registry/loading.py calls it) also return ``extra``."""
     real = metadata.entry_points
 
     def entry_points(**kwargs):

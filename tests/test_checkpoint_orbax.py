@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from jaxyard.core.checkpoint import (
+from jaxyard.core.store.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointMismatch,
@@ -27,7 +27,7 @@ from jaxyard.core.checkpoint import (
     missing_methods,
     structure_of,
 )
-from jaxyard.core.policy import CheckpointPolicy, Monitor
+from jaxyard.core.store.policy import CheckpointPolicy, Monitor
 from jaxyard.plugins._orbax import MARKER_NAME, OrbaxCheckpointer, _save_cause
 
 # When a restore or save fails with other reads/writes in flight, tensorstore used to call
@@ -850,7 +850,7 @@ def test_unwritable_directory_does_not_hang_the_process(tmp_path):
         """
         import os, pathlib, sys
         import numpy as np
-        from jaxyard.core.checkpoint import CheckpointError
+        from jaxyard.core.store.checkpoint import CheckpointError
         from jaxyard.plugins._orbax import OrbaxCheckpointer
         d = pathlib.Path(sys.argv[1]) / "ckpt"
         c = OrbaxCheckpointer(d, async_save=True)
@@ -968,11 +968,11 @@ def test_modules_import_without_jax_orbax_numpy():
     code = textwrap.dedent(
         """
         import sys
-        import jaxyard, jaxyard.core.params
+        import jaxyard, jaxyard.core.registry.params
         heavy = ("jax", "orbax", "numpy")
         before = {m for m in heavy if m in sys.modules}
-        import jaxyard.core.checkpoint
-        import jaxyard.core.policy
+        import jaxyard.core.store.checkpoint
+        import jaxyard.core.store.policy
         import jaxyard.plugins.checkpointers
         after = {m for m in heavy if m in sys.modules}
         print(sorted(after - before))
@@ -1160,8 +1160,8 @@ STRAY_OUTPUT_SCRIPT = textwrap.dedent(
     """
     import pathlib, resource, signal, sys
     import numpy as np
-    from jaxyard.core.checkpoint import CheckpointError
-    from jaxyard.core.policy import CheckpointPolicy, Monitor
+    from jaxyard.core.store.checkpoint import CheckpointError
+    from jaxyard.core.store.policy import CheckpointPolicy, Monitor
     from jaxyard.plugins._orbax import OrbaxCheckpointer
 
     root = pathlib.Path(sys.argv[1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jaxyard.core.entries import KINDS
+from jaxyard.core.registry.entries import KINDS
 
 from helpers import assert_one_line_error
 

@@ -104,7 +104,7 @@ def test_resume_of_a_finished_run_without_checkpoints_changes_nothing(run_cli, t
 
 
 def test_default_run_directories_never_collide(tmp_path):
-    from jaxyard.core.rundir import RunDir
+    from jaxyard.core.store.rundir import RunDir
 
     dirs = [RunDir.new(None, base=str(tmp_path), name="mlp-adam-synthetic").path for _ in range(3)]
     assert len(set(dirs)) == 3 and all(d.is_dir() for d in dirs)

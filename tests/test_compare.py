@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from jaxyard.core import compare as C
 from jaxyard.core.errors import UsageError
-from jaxyard.core.settings import dump_toml
+from jaxyard.core.experiments import compare as C
+from jaxyard.core.registry.settings import dump_toml
 
 from helpers import HEAVY, assert_one_line_error, clean_environ
 
@@ -233,7 +233,7 @@ def test_compare_imports_no_jax(dirs, tmp_path):
 
 
 def test_compare_figure_keeps_the_best_ten(tmp_path, monkeypatch):
-    from jaxyard.core import plot
+    from jaxyard.core.experiments import plot
 
     made = {}
     monkeypatch.setattr(plot, "_save", lambda fig, path: made.setdefault("fig", fig) and path)

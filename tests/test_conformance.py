@@ -1,4 +1,4 @@
-"""The conformance kit (jaxyard.core.testing): the built-ins pass it, it catches broken components,
+"""The conformance kit (jaxyard.core.kit): the built-ins pass it, it catches broken components,
 and a plugin package's own tests use it in a real pytest session (the pytest11 entry point)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import jaxyard
-from jaxyard.core import testing as kit
-from jaxyard.core.testing import (
+from jaxyard.core import kit
+from jaxyard.core.kit import (
     check_component,
     checks_for,
     components,
@@ -117,7 +117,7 @@ def test_check_component_reports_each_check():
 
 def test_importing_the_kit_is_light():
     """pytest loads the kit in every session (the pytest11 entry point): no jax there."""
-    code = ("import json, sys, jaxyard.core.testing; "
+    code = ("import json, sys, jaxyard.core.kit; "
             "print(json.dumps(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules)))")
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60, env=clean_environ())
     assert proc.returncode == 0, proc.stderr
@@ -126,7 +126,7 @@ def test_importing_the_kit_is_light():
 
 def test_pytest_plugin_is_registered(jaxyard_registry):
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="pytest11") if ep.dist and ep.dist.name == "jaxyard"}
-    assert eps == {"jaxyard": "jaxyard.core.testing"}, "reinstall jaxyard (pip install -e .) to register the pytest11 entry point"
+    assert eps == {"jaxyard": "jaxyard.core.kit"}, "reinstall jaxyard (pip install -e .) to register the pytest11 entry point"
     assert jaxyard_registry.get("optimizer", "adam").plugin == "jaxyard.plugins.optimizers"
 
 

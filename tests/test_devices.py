@@ -22,10 +22,10 @@ SCRIPT = """
 import json, sys
 from pathlib import Path
 import jax, jaxyard
-from jaxyard.core.registry import build_registry
-from jaxyard.core.settings import Settings
-from jaxyard.core.config import resolve_config
-from jaxyard.core.engine import train, resume, evaluate
+from jaxyard.core.registry.loading import build_registry
+from jaxyard.core.registry.settings import Settings
+from jaxyard.core.registry.config import resolve_config
+from jaxyard.core.train.engine import train, resume, evaluate
 
 out = Path(sys.argv[1]); sets = json.loads(sys.argv[2])
 registry = build_registry()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import jaxyard
-from jaxyard.core.build import build, schedule_points
-from jaxyard.core.loop import make_loop, means
-from jaxyard.core.steps import merged  # (model, optimizer) of a built run's state
+from jaxyard.core.train.build import build, schedule_points
+from jaxyard.core.train.loop import make_loop, means
+from jaxyard.core.train.steps import merged  # (model, optimizer) of a built run's state
 
 LOCAL_PLUGIN = str(Path(__file__).parent / "plugins_local" / "shapes.py")
 TINY = [

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import jaxyard
-from jaxyard.core.params import build
+from jaxyard.core.registry.params import build
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxyard
-from jaxyard.core.params import build
+from jaxyard.core.registry.params import build
 from jaxyard.plugins.loaders import MAX_INFERRED_CLASSES
 
 

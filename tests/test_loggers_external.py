@@ -26,8 +26,9 @@ from types import SimpleNamespace
 import pytest
 
 from jaxyard.core.errors import UsageError
-from jaxyard.core.loggers import LOGGER_METHODS, MissingExtra
+from jaxyard.core.train.loggers import LOGGER_METHODS, MissingExtra
 from jaxyard.plugins import loggers as builtin
+from jaxyard.plugins._trackers import common as trackers
 
 from helpers import clean_environ
 
@@ -154,8 +155,8 @@ def test_listing_imports_no_tracker_and_mlflow_telemetry_stays_off(tmp_path):
         from jaxyard.plugins import loggers
         found = {{}}
         loggers.jaxyard_register_loggers(lambda name, f, params=None, description=None: found.__setitem__(name, (f, params)))
-        heavy = ("tensorboardX", "tensorboard", "mlflow", "wandb", "sqlalchemy", "alembic", "jaxyard.plugins._tensorboard",
-                 "jaxyard.plugins._mlflow", "jaxyard.plugins._wandb")
+        heavy = ("tensorboardX", "tensorboard", "mlflow", "wandb", "sqlalchemy", "alembic", "jaxyard.plugins._trackers.tensorboard",
+                 "jaxyard.plugins._trackers.mlflow", "jaxyard.plugins._trackers.wandb")
         before = sorted(m for m in sys.modules if m in heavy)
         out = {{"before": before}}
         import importlib.util
@@ -511,7 +512,7 @@ def test_wandb_sigkill_and_resume_leaves_each_epoch_once(wandb_lib, tmp_path, fl
     second: killed later than that, the file holds epochs 1-5 and the resumed run logs only 6;
     killed sooner, it holds nothing and the resumed run logs 1-3 from the restored history, then
     4-6. Each epoch is in one of the run's files, once."""
-    from jaxyard.plugins._wandb import FLUSH_SECONDS
+    from jaxyard.plugins._trackers.wandb import FLUSH_SECONDS
 
     script = textwrap.dedent(
         f"""
@@ -561,8 +562,8 @@ def test_wandb_disabled_writes_nothing(wandb_lib, tmp_path):
 
 
 def test_metric_names_match_across_trackers():
-    assert builtin.scalars(record(2)) == {name: record(2)[key] for name, key in NAMES.items()}
-    assert builtin.scalars({"epoch": 1, "val_loss": None, "flag": True, "note": "x", "val_acc": math.inf}) == {"val/acc": math.inf}
+    assert trackers.scalars(record(2)) == {name: record(2)[key] for name, key in NAMES.items()}
+    assert trackers.scalars({"epoch": 1, "val_loss": None, "flag": True, "note": "x", "val_acc": math.inf}) == {"val/acc": math.inf}
     result = fake_result(Path("."), [])
-    assert builtin.final_scalars(result) == {"test/loss": 0.42, "test/acc": 0.91, "time/total_s": 12.5, "time/train_s": 10.0}
-    assert builtin.final_scalars(None) == {}
+    assert trackers.final_scalars(result) == {"test/loss": 0.42, "test/acc": 0.91, "time/total_s": 12.5, "time/train_s": 10.0}
+    assert trackers.final_scalars(None) == {}

@@ -45,7 +45,8 @@ def test_wheel_has_only_the_jaxyard_package(wheel):
     assert top == {"jaxyard", "jaxyard-0.1.0.dist-info"}, top
     assert {"core", "plugins", "cli.py", "tests", "benchmarks", "examples"}.isdisjoint(top)
     assert "jaxyard/registry.toml" in names
-    for module in ("__init__.py", "cli.py", "core/registry.py", "core/hookspecs.py", "plugins/optimizers.py", "plugins/checkpointers.py"):
+    modules = ("__init__.py", "cli.py", "core/registry/loading.py", "core/registry/hookspecs.py", "plugins/optimizers.py", "plugins/checkpointers.py")
+    for module in modules:
         assert f"jaxyard/{module}" in names, module
     assert not [n for n in names if n.startswith(("jaxyard/tests/", "jaxyard/benchmarks/", "jaxyard/examples/", "jaxyard/.venv/"))]
     assert "jaxyard = jaxyard.cli:main" in entry_points
@@ -58,7 +59,7 @@ def test_wheel_works_on_its_own(wheel, tmp_path):
     proc = _pip("install", "--no-deps", "--no-index", "--target", target, wheel, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     probe = (
-        "import json, jaxyard, jaxyard.core.settings as s, jaxyard.core.registry as r\n"
+        "import json, jaxyard, jaxyard.core.registry.settings as s, jaxyard.core.registry.loading as r\n"
         "reg = r.build_registry(s.load_settings())\n"
         "print(json.dumps([jaxyard.__file__, str(s.shipped_registry()), r.metadata.version('jaxyard'), reg.names('optimizer')]))\n"
     )

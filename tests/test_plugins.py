@@ -76,7 +76,7 @@ def test_example_components_build_and_step():
     from flax import nnx
 
     import jaxyard
-    from jaxyard.core.params import build
+    from jaxyard.core.registry.params import build
 
     reg = jaxyard.build_registry()
 

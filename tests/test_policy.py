@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from jaxyard.core.checkpoint import Checkpointer, CheckpointError, Restored, missing_methods
-from jaxyard.core.policy import CheckpointPolicy, Monitor, steps_to_keep
+from jaxyard.core.errors import UsageError
+from jaxyard.core.store.checkpoint import Checkpointer, CheckpointError, Restored, missing_methods
+from jaxyard.core.store.policy import CheckpointPolicy, Monitor, steps_to_keep
 
 
 class FakeStorage:
@@ -95,10 +96,18 @@ def test_fake_storage_is_a_checkpointer():
 
 
 @pytest.mark.parametrize(
-    "metric, mode", [("val_loss", "min"), ("train_loss", "min"), ("val_acc", "max"), ("train_acc", "max"), ("bleu", "max")]
+    "metric, mode", [("val_loss", "min"), ("train_loss", "min"), ("val_acc", "max"), ("train_acc", "max"), ("val_loss_ema", "min")]
 )
-def test_monitor_mode_follows_the_name(metric, mode):
+def test_monitor_mode_is_the_declared_direction(metric, mode):
     assert Monitor(metric).mode == mode
+
+
+def test_monitor_of_an_undeclared_metric_needs_its_mode():
+    """No guess from the name: 'val_lossless' or 'bleu' say nothing about which way is better."""
+    for metric in ("bleu", "val_lossless", "my_loss"):
+        with pytest.raises(UsageError, match="no direction"):
+            Monitor(metric)
+    assert Monitor("bleu", mode="max").mode == "max" and Monitor("perplexity", mode="min").mode == "min"
 
 
 def test_monitor_default_is_val_loss():

@@ -44,9 +44,9 @@ def launch(*args: str, env, plugin: str | None = None, **kwargs) -> subprocess.P
 
 
 def config(*sets: str):
-    from jaxyard.core.config import resolve_config
-    from jaxyard.core.registry import build_registry
-    from jaxyard.core.settings import Settings
+    from jaxyard.core.registry.config import resolve_config
+    from jaxyard.core.registry.loading import build_registry
+    from jaxyard.core.registry.settings import Settings
 
     return resolve_config(build_registry(), Settings(), sets=[*SETS, *sets])
 
@@ -69,7 +69,7 @@ def assert_equal_within_1e5(a, b):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run on one device in one process."""
-    from jaxyard.core.engine import train
+    from jaxyard.core.train.engine import train
 
     result = train(config(), out_dir=tmp_path_factory.mktemp("one") / "run")
     return numbers(result.history, result.test)
@@ -88,7 +88,7 @@ def test_a_two_process_job_matches_one_process_and_only_process_0_writes(referen
     assert sorted(p.name for p in out.iterdir()) == [".jaxyard.lock", *written]
     assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16, 24, 32]
 
-    from jaxyard.core.engine import evaluate
+    from jaxyard.core.train.engine import evaluate
 
     assert evaluate(out).test_loss == pytest.approx(reference[-1][0], rel=1e-5)  # one device reads the job's checkpoint
 
@@ -122,7 +122,7 @@ def test_a_killed_process_stops_the_job_and_resume_in_one_process_ends_equal(ref
     assert "jaxyard launch: process 1 of 2 was killed by SIGKILL; stopping the other 1 process(es)" in stderr
     assert not (out / "summary.json").exists()
 
-    from jaxyard.core.engine import resume
+    from jaxyard.core.train.engine import resume
 
     result = resume(out)  # one process, one device, from the job's newest intact checkpoint
     assert_equal_within_1e5(reference, numbers(result.history, result.test))
@@ -131,7 +131,7 @@ def test_a_killed_process_stops_the_job_and_resume_in_one_process_ends_equal(ref
 @pytest.mark.slow
 def test_a_one_process_checkpoint_resumes_as_a_two_process_job(reference, env, tmp_path):
     import jaxyard
-    from jaxyard.core.engine import train
+    from jaxyard.core.train.engine import train
 
     cfg = config()
 
@@ -166,7 +166,7 @@ def test_process_0s_error_is_every_process_error_in_one_line(env, tmp_path):
 
 def test_joining_needs_the_whole_address_of_the_job():
     from jaxyard.core.errors import UsageError
-    from jaxyard.core.processes import join
+    from jaxyard.core.scale.processes import join
 
     assert join() is False  # no job asked for: nothing happens
     with pytest.raises(UsageError, match="missing --num-processes, --process-id"):
@@ -188,7 +188,7 @@ def test_launch_refuses_nothing_to_launch(run_cli):
 
 
 def test_one_process_needs_no_collective():
-    from jaxyard.core import processes
+    from jaxyard.core.scale import processes
 
     assert (processes.count(), processes.index(), processes.is_primary()) == (1, 0, True)
     assert processes.from_primary(lambda: 41 + 1) == 42
@@ -196,8 +196,8 @@ def test_one_process_needs_no_collective():
 
 
 def test_a_collective_broken_by_a_dead_process_is_one_line(monkeypatch):
-    from jaxyard.core import processes
     from jaxyard.core.errors import PluginError
+    from jaxyard.core.scale import processes
 
     class JaxRuntimeError(RuntimeError):  # jax's name for it; what matters is its message
         pass

@@ -10,11 +10,11 @@ from unittest import mock
 import pytest
 
 import jaxyard
-from jaxyard.core import params as P
-from jaxyard.core.entries import KINDS
 from jaxyard.core.errors import PluginError, UnknownComponent, UsageError
-from jaxyard.core.registry import build_registry, normalize_kind
-from jaxyard.core.settings import load_settings
+from jaxyard.core.registry import params as P
+from jaxyard.core.registry.entries import KINDS
+from jaxyard.core.registry.loading import build_registry, normalize_kind
+from jaxyard.core.registry.settings import load_settings
 
 from helpers import BROKEN, BROKEN_CASES, EXAMPLE_DIST, fake_entry_point, fake_entry_points
 
@@ -227,7 +227,7 @@ def test_register_validates_each_entry(tmp_path, call, error):
     assert error in failed.error
 
 
-# --- entry points (faked, as core/registry.py reads them) -----------------------------------------
+# --- entry points (faked, as core/registry/loading.py reads them) -----------------------------------------
 
 
 @pytest.fixture
@@ -407,8 +407,8 @@ def test_every_hook_is_documented_used_and_in_the_readme():
     import inspect
     from pathlib import Path
 
-    from jaxyard.core import hookspecs
-    from jaxyard.core.entries import HOOKS
+    from jaxyard.core.registry import hookspecs
+    from jaxyard.core.registry.entries import HOOKS
 
     specs = {name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("jaxyard_")}
     events = {name for name in specs if name.startswith("jaxyard_on_")}

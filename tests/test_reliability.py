@@ -21,7 +21,7 @@ TINY = ["loader.train_size=100", "loader.val_size=50", "loader.test_size=50", "l
 WRITER = """
 import os, sys, time
 from jaxyard.core.errors import UsageError
-from jaxyard.core.rundir import RunDir
+from jaxyard.core.store.rundir import RunDir
 try:
     d = RunDir.new(sys.argv[1], base="unused", name="x")
 except UsageError as err:
@@ -69,7 +69,7 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     while not (out / "config.toml").exists():
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    from jaxyard.core.rundir import RunDir, RunDirBusy
+    from jaxyard.core.store.rundir import RunDir, RunDirBusy
 
     with pytest.raises(RunDirBusy, match=rf"is being written by pid {proc.pid} on "):
         RunDir(out).lock()
@@ -173,7 +173,7 @@ def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path):
     code = (
         "import resource, signal, sys\n"
         "from pathlib import Path\n"
-        "from jaxyard.core.rundir import write_atomic\n"
+        "from jaxyard.core.store.rundir import write_atomic\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
         "try:\n"

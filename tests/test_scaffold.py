@@ -13,8 +13,8 @@ import tomllib
 import pytest
 
 import jaxyard
-from jaxyard.core.entries import KINDS
-from jaxyard.core.scaffold import write_plugin
+from jaxyard.core.kit.scaffold import write_plugin
+from jaxyard.core.registry.entries import KINDS
 
 from helpers import REPO, clean_environ
 

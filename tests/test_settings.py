@@ -6,10 +6,11 @@ import tomllib
 
 import pytest
 
-from jaxyard.core import params as P
-from jaxyard.core.config import RunSettings, parse_set
 from jaxyard.core.errors import UsageError
-from jaxyard.core.settings import load_settings, read_config_file, shipped_registry
+from jaxyard.core.registry import params as P
+from jaxyard.core.registry.config import parse_set
+from jaxyard.core.registry.run_settings import RunSettings
+from jaxyard.core.registry.settings import load_settings, read_config_file, shipped_registry
 
 from helpers import REPO, assert_one_line_error
 
@@ -48,8 +49,8 @@ def test_defaults(dry_run):
     config = dry_run()
     shipped = tomllib.loads((REPO / "registry.toml").read_text())
     assert set(shipped) == {"plugins"}  # each default has one home: its parameter class
-    from jaxyard.core.config import RunSettings
-    from jaxyard.core.params import to_plain
+    from jaxyard.core.registry.params import to_plain
+    from jaxyard.core.registry.run_settings import RunSettings
 
     assert {k: v for k, v in config["run"].items() if k != "loggers"} == {
         k: v for k, v in to_plain(RunSettings()).items() if k != "loggers"}  # the CLI's defaults are the library's

@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxyard.core import sweep as S
-from jaxyard.core.build import make_schedule, make_tx
-from jaxyard.core.config import resolve_config
-from jaxyard.core.engine import train
 from jaxyard.core.errors import UsageError
-from jaxyard.core.inputs import Programs, traceable, with_values
-from jaxyard.core.registry import build_registry
-from jaxyard.core.settings import Settings
+from jaxyard.core.experiments import sweep as S
+from jaxyard.core.registry.config import resolve_config
+from jaxyard.core.registry.loading import build_registry
+from jaxyard.core.registry.settings import Settings
+from jaxyard.core.train.build import make_schedule, make_tx
+from jaxyard.core.train.engine import train
+from jaxyard.core.train.traced import Programs, traceable, with_values
 
 from helpers import assert_one_line_error
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from test_sweep import sets
 
-from jaxyard.core import sweep as S
+from jaxyard.core.experiments import sweep as S
 
 from helpers import clean_environ
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import jaxyard
-from jaxyard.core.build import build
-from jaxyard.core.loop import make_loop
-from jaxyard.core.steps import merged  # (model, optimizer) of a built run's state
+from jaxyard.core.train.build import build
+from jaxyard.core.train.loop import make_loop
+from jaxyard.core.train.steps import merged  # (model, optimizer) of a built run's state
 
 TINY = [
     "loader.train_size=96",
@@ -52,7 +52,7 @@ def test_weight_average_follows_the_parameters_step_by_step(registry):
     """One step per epoch (batch = the whole split): after each, ema = d * ema + (1 - d) * params."""
     from flax import nnx
 
-    from jaxyard.core.averaging import EmaParamsState
+    from jaxyard.core.train.averaging import EmaParamsState
 
     decay = 0.7
     built = build(config(registry, f"run.ema_decay={decay}", batch_size=96))

@@ -1,0 +1,1 @@
+"""Many runs: search spaces, sweeps, vectorized trials, comparing runs and their figures."""

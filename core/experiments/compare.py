@@ -1,0 +1,425 @@
+"""Runs side by side: what differs in their configs, how their metrics compare, their curves.
+
+Reads run directories (config.toml, metrics.jsonl, summary.json) and sweep directories
+(sweep.jsonl, sweep.json), tolerating runs from earlier versions (no summary.json, no timings).
+Pure Python: no jax; matplotlib only inside the plotting functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from jaxyard.core.errors import UsageError, did_you_mean
+from jaxyard.core.metrics import is_metric, minimized
+from jaxyard.core.store import rundir as rd
+
+SWEEP_TRIALS = "sweep.jsonl"
+SWEEP_META = "sweep.json"
+MAX_LINES = 10  # curves overlaid in one compare figure
+TOP_TRIALS = 5  # curves in the sweep figure
+# config keys that never change the numbers: where files go, what is logged, how often to save
+IGNORED = {
+    "run.out", "run.runs_dir", "run.loggers", "run.eval_batch_size", "run.save_every",
+    "run.keep_latest", "run.keep_best", "run.profile", "run.checkpointer",
+}
+IGNORED_PREFIXES = ("logger.", "checkpointer.")
+_MISSING = object()
+
+
+@attrs.frozen
+class RunRecord:
+    """One run read back: its label, directory, flattened config, epoch records and summary."""
+
+    label: str
+    path: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    summary: dict[str, Any] | None = None
+    trial: dict[str, Any] | None = None  # its sweep.jsonl line, when it came from a sweep
+
+
+@attrs.frozen
+class Sweep:
+    """A sweep directory read back: its monitor, direction, space and trials (last line per trial wins)."""
+
+    path: Path
+    monitor: str
+    direction: str
+    space: dict[str, Any]
+    trials: list[dict[str, Any]]
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def load_runs(paths: Iterable[str | os.PathLike]) -> list[RunRecord]:
+    """Read each run directory, and each sweep directory's trials in trial order."""
+    paths = list(paths)
+    found: list[tuple[Path, dict | None, str | None]] = []  # (run dir, trial, sweep name)
+    for given in paths:
+        path = Path(given)
+        if (path / rd.CONFIG).is_file():
+            found.append((path, None, None))
+        elif (path / SWEEP_TRIALS).is_file():
+            sweep = load_sweep(path)
+            found.extend((run_dir, trial, _name(path)) for trial, run_dir in _trial_dirs(sweep))
+        elif not path.exists():
+            raise UsageError(f"{path} does not exist; expected a run directory (with {rd.CONFIG}) or a sweep directory (with {SWEEP_TRIALS})")
+        else:
+            raise UsageError(
+                f"{path} is not a run directory (no {rd.CONFIG}) nor a sweep directory (no {SWEEP_TRIALS}); "
+                "give a directory that `jaxyard run` or `jaxyard sweep` wrote"
+            )
+    seen: set[Path] = set()
+    unique = []
+    for path, trial, sweep_name in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append((path, trial, sweep_name))
+    if not unique:
+        where = ", ".join(str(p) for p in paths)
+        raise UsageError(f"no runs to compare in {where}: no trial of the sweep has a run directory yet; wait for one to finish")
+    labels = _labels([(path, sweep_name) for path, _, sweep_name in unique])
+    return [_load_run(path, label, trial) for (path, trial, _), label in zip(unique, labels, strict=True)]
+
+
+def load_sweep(path: str | os.PathLike) -> Sweep:
+    """Read a sweep directory's sweep.jsonl (and sweep.json when present)."""
+    path = Path(path)
+    if not (path / SWEEP_TRIALS).is_file():
+        raise UsageError(f"{path} is not a sweep directory (no {SWEEP_TRIALS}); give a directory that `jaxyard sweep` wrote")
+    meta = _read_json(path / SWEEP_META) or {}
+    by_number: dict[Any, dict] = {}
+    for line in _read_jsonl(path / SWEEP_TRIALS):
+        by_number.pop(line.get("trial"), None)  # a retried trial: the last line wins
+        by_number[line.get("trial")] = line
+    trials = sorted(by_number.values(), key=lambda t: t["trial"] if isinstance(t.get("trial"), int) else math.inf)
+    monitor = meta.get("monitor") or "val_loss"
+    direction = meta.get("direction") or ("minimize" if minimized(monitor) else "maximize")
+    return Sweep(path, monitor, direction, dict(meta.get("space") or {}), trials)
+
+
+def flatten_config(data: dict[str, Any]) -> dict[str, Any]:
+    """``run.KEY`` for the [run] table, ``KIND.KEY`` for the chosen component of each kind (its
+    name is ``run.KIND``), ``KIND.NAME.KEY`` where a kind has several tables (loggers)."""
+    out = {f"run.{key}": value for key, value in data.get("run", {}).items()}
+    for kind, tables in data.items():
+        if kind == "run" or not isinstance(tables, dict):
+            continue
+        single = kind != "logger" and len(tables) == 1
+        for name, table in tables.items():
+            prefix = f"{kind}." if single else f"{kind}.{name}."
+            for key, value in (table.items() if isinstance(table, dict) else ()):
+                out[prefix + key] = value
+    return out
+
+
+def _load_run(path: Path, label: str, trial: dict | None) -> RunRecord:
+    try:
+        data = tomllib.loads((path / rd.CONFIG).read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"{path / rd.CONFIG} is not valid TOML ({err}); it is not a run jaxyard wrote, or it was edited") from None
+    metrics_file = data.get("logger", {}).get("jsonl", {}).get("filename", rd.METRICS)
+    records: dict[Any, dict] = {}
+    for record in _read_jsonl(path / metrics_file) if (path / metrics_file).is_file() else ():
+        records.pop(record.get("epoch"), None)  # a repeated epoch: the last record wins
+        records[record.get("epoch")] = record
+    summary = _read_json(path / rd.SUMMARY)
+    return RunRecord(label, path, flatten_config(data), list(records.values()), summary, trial)
+
+
+def _trial_dirs(sweep: Sweep):
+    """(trial, run dir) for each trial that has a run directory; a failed one without is skipped."""
+    for trial in sweep.trials:
+        run_dir = trial.get("run_dir")
+        if not run_dir:
+            continue
+        path = sweep.path / run_dir
+        if not (path / rd.CONFIG).is_file():
+            if trial.get("state") == "failed":
+                continue
+            raise UsageError(
+                f"{sweep.path / SWEEP_TRIALS}: trial {trial.get('trial')}'s run directory {path} has no {rd.CONFIG}; was it moved or deleted?"
+            )
+        yield trial, path
+
+
+def _labels(items: list[tuple[Path, str | None]]) -> list[str]:
+    """The directory's name (``SWEEP/NAME`` for a trial), longer where two would be the same."""
+
+    def label(path: Path, sweep: str | None, parts: int) -> str:
+        names = path.resolve().parts[-parts:]
+        return "/".join(([sweep] if sweep else []) + list(names))
+
+    labels = [label(p, s, 1) for p, s in items]
+    for parts in (2, 3):
+        clashes = {x for x in labels if labels.count(x) > 1}
+        labels = [label(p, s, parts) if x in clashes else x for (p, s), x in zip(items, labels, strict=True)]
+    counts: dict[str, int] = {}
+    out = []
+    for x in labels:
+        counts[x] = counts.get(x, 0) + 1
+        out.append(x if labels.count(x) == 1 else f"{x}#{counts[x]}")
+    return out
+
+
+def _name(path: Path) -> str:
+    return path.resolve().name
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object file, or None when missing or unreadable (an interrupted or older run)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """One object per line; a torn last line (a killed writer) is left out."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            raise UsageError(f"{path}:{number} is not a JSON line; it was not written by jaxyard, or it was edited") from None
+        if isinstance(item, dict):
+            out.append(item)
+    return out
+
+
+# --- comparing -----------------------------------------------------------------------------------
+
+
+def differing(runs: Sequence[RunRecord]) -> list[str]:
+    """The config keys whose values differ between runs (missing counts as a value), in file order;
+    keys that never change the numbers (where files go, loggers, checkpoint cadence) left out."""
+    keys = list(dict.fromkeys(k for r in runs for k in r.config))
+    out = []
+    for key in keys:
+        if key in IGNORED or key.startswith(IGNORED_PREFIXES):
+            continue
+        if len({_canonical(r.config.get(key, _MISSING)) for r in runs}) > 1:
+            out.append(key)
+    return out
+
+
+def metrics(runs: Sequence[RunRecord]) -> list[str]:
+    """The metrics (``*_loss``, ``*_acc``, their ``_ema`` averages) recorded per epoch by any of ``runs``, sorted."""
+    return _metrics(r.history for r in runs)
+
+
+def _metrics(histories: Iterable[list[dict]]) -> list[str]:
+    return sorted({k for h in histories for rec in h for k in rec if is_metric(k)})
+
+
+def check_metric(runs: Sequence[RunRecord], metric: str) -> str:
+    """``metric`` if some run records it per epoch, else a UsageError naming the valid ones."""
+    return _check_metric(metric, metrics(runs))
+
+
+def _check_metric(metric: str, valid: list[str]) -> str:
+    if metric in valid:
+        return metric
+    if not valid:
+        raise UsageError(f"metric {metric!r}: these runs recorded no epochs yet (no metrics.jsonl records)")
+    raise UsageError(f"metric {metric!r} is not recorded by these runs{did_you_mean(metric, valid)} (valid: {', '.join(valid)})")
+
+
+def summarize(runs: Sequence[RunRecord], metric: str = "val_acc") -> dict[str, Any]:
+    """Plain data for ``--json``: the metric, the differing keys and one entry per run, best first."""
+    check_metric(runs, metric)
+    keys = differing(runs)
+    sign = 1.0 if minimized(metric) else -1.0
+    entries = []
+    for r in runs:
+        scored = [(sign * rec[metric], i, rec) for i, rec in enumerate(r.history) if _finite(rec.get(metric))]
+        best = min(scored, key=lambda s: s[:2])[2] if scored else None  # on a tie, the earlier epoch
+        test = (r.summary or {}).get("test") or {}
+        final = r.history[-1].get(metric) if r.history else None
+        entries.append({
+            "label": r.label,
+            "path": str(r.path),
+            "config": {k: r.config.get(k) for k in keys},
+            "epochs": (r.summary or {}).get("epochs_run", len(r.history)),
+            "final": final,
+            "best": best[metric] if best else None,
+            "best_epoch": best.get("epoch") if best else None,
+            "test_acc": test.get("test_acc"),
+            "test_loss": test.get("test_loss"),
+            "state": (r.trial or {}).get("state"),
+        })
+    entries.sort(key=lambda e: (e["best"] is None, sign * e["best"] if e["best"] is not None else 0.0))
+    return {"metric": metric, "differing": keys, "runs": entries}
+
+
+def table(runs: Sequence[RunRecord], metric: str = "val_acc") -> tuple[list[str], list[list[Any]]]:
+    """Headers and one row per run, best ``metric`` first: label, the differing config values,
+    epochs run, final and best ``metric``, and the test metrics where a summary holds them."""
+    data = summarize(runs, metric)
+    tests = [k for k in ("test_acc", "test_loss") if any(e[k] is not None for e in data["runs"])]
+    states = ["state"] if any(e["state"] for e in data["runs"]) else []  # a sweep's trials: complete, pruned, failed
+    headers = ["run", *states, *data["differing"], "epochs", f"final {metric}", f"best {metric}", *tests]
+    rows = [
+        [e["label"], *([e["state"] or ""] if states else []), *(e["config"][k] for k in data["differing"]), e["epochs"], e["final"],
+         e["best"], *(e[k] for k in tests)]
+        for e in data["runs"]
+    ]
+    return headers, rows
+
+
+def format_rows(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[str]]:
+    """:func:`table`'s rows as text: settings as written (``0.0003``), metrics to 4 decimals."""
+    settings = range(1, headers.index("epochs")) if "epochs" in headers else range(0)
+    return [[format_cell(v, metric=i not in settings) for i, v in enumerate(row)] for row in rows]
+
+
+def format_cell(value: Any, *, metric: bool = False) -> str:
+    """A table cell: blank for missing, lower-case booleans, JSON for lists; a float to 4 decimals
+    when it is a ``metric``, else in its shortest form."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if not metric:
+            return f"{value:.6g}"
+        return f"{value:.4f}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.4g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _canonical(value: Any) -> str:
+    return "<missing>" if value is _MISSING else json.dumps(value, sort_keys=True, default=str)
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def plot_compare(runs: Sequence[RunRecord], metric: str, path: str | os.PathLike) -> Path:
+    """Overlay ``metric`` per epoch, one line per run (the best ``MAX_LINES`` by it), as a PNG."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from jaxyard.core.experiments.plot import DPI, _save
+
+    data = summarize(runs, metric)
+    by_label = {r.label: r for r in runs}
+    ranked = [e for e in data["runs"] if e["best"] is not None]
+    shown = ranked[:MAX_LINES]
+    fig = Figure(figsize=(10, 5), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    for e in shown:
+        epochs, values = _curve(by_label[e["label"]].history, metric)
+        ax.plot(epochs, values, "o-", markersize=3, label=f"{e['label']} (best {e['best']:.4g})")
+    note = f" (best {len(shown)} of {len(ranked)} runs)" if len(ranked) > len(shown) else ""
+    ax.set(title=f"{metric} per epoch{note}", xlabel="epoch", ylabel=metric)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if shown:
+        ax.legend(fontsize="small")
+    return _save(fig, Path(path))
+
+
+def plot_sweep(sweep_dir: str | os.PathLike, path: str | os.PathLike, metric: str | None = None) -> Path:
+    """The sweep figure: the monitored value against each swept parameter (pruned trials marked,
+    failed ones left out), and ``metric`` per epoch for the best ``TOP_TRIALS`` trials, as a PNG."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from jaxyard.core.experiments.plot import DPI, _save
+
+    sweep = load_sweep(sweep_dir)
+    metric = metric or sweep.monitor or "val_loss"
+    trials = [t for t in sweep.trials if t.get("state") != "failed"]
+    scored = [t for t in trials if _finite(t.get("value"))]
+    params = list(dict.fromkeys([*sweep.space, *(k for t in sweep.trials for k in (t.get("params") or {}))]))
+    sign = 1.0 if sweep.direction.startswith("min") else -1.0
+    top = sorted(scored, key=lambda t: sign * t["value"])[:TOP_TRIALS]
+    curves = []
+    for t in top:
+        run_dir = sweep.path / t["run_dir"] if t.get("run_dir") else None
+        if run_dir is not None and (run_dir / rd.CONFIG).is_file():
+            record = _load_run(run_dir, f"{t.get('trial')}", t)
+            curves.append((t, record.history))
+    if curves:
+        _check_metric(metric, _metrics(h for _, h in curves))
+
+    panels = len(params) + 1
+    cols = min(3, panels)
+    rows = math.ceil(panels / cols)
+    fig = Figure(figsize=(5 * cols, 4 * rows), dpi=DPI)  # fixed margins: half the time of a constrained layout
+    width, height = 5 * cols, 4 * rows  # margins in inches: room for tick labels, axis labels and the title
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.55 / height, top=1 - 0.7 / height, wspace=0.3, hspace=0.4)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, params, strict=False):  # more axes than parameters: the curve panel and spare cells follow
+        _param_panel(ax, name, sweep.space.get(name) or {}, scored, sweep.monitor)
+    ax = axes[len(params)]
+    for t, history in curves:
+        epochs, values = _curve(history, metric)
+        style = "x--" if t.get("state") == "pruned" else "o-"
+        ax.plot(epochs, values, style, markersize=3, label=f"trial {t.get('trial')} ({t['value']:.4g})")
+    ax.set(title=f"{metric} per epoch, best {len(curves)} trials", xlabel="epoch", ylabel=metric)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize="small")
+    for extra in axes[panels:]:
+        extra.set_visible(False)
+    states = [t.get("state") for t in sweep.trials]
+    fig.suptitle(
+        f"{_name(sweep.path)}: {sweep.direction} {sweep.monitor}; {states.count('complete')} complete, "
+        f"{states.count('pruned')} pruned, {states.count('failed')} failed"
+    )
+    return _save(fig, Path(path))
+
+
+def _param_panel(ax, name: str, spec: dict, trials: list[dict], monitor: str) -> None:
+    """The monitored value against parameter ``name``: log, linear or categorical x-axis."""
+    points = [(t["params"][name], t["value"], t.get("state") == "pruned") for t in trials if name in (t.get("params") or {})]
+    xs = [x for x, _, _ in points]
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs) and spec.get("kind") != "choice"
+    if numeric:
+        positions = xs
+        log = bool(xs) and all(x > 0 for x in xs) and (spec.get("kind") == "log" or max(xs) >= 100 * min(xs))
+        if log:
+            ax.set_xscale("log")
+    else:
+        order = [_canonical(c) for c in spec.get("choices") or spec.get("values") or ()]
+        categories = list(dict.fromkeys([*order, *(_canonical(x) for x in xs)]))
+        positions = [categories.index(_canonical(x)) for x in xs]
+        ax.set_xticks(range(len(categories)), [format_cell(json.loads(c)) for c in categories])
+    for pruned, marker, label in ((False, "o", "complete"), (True, "x", "pruned")):
+        chosen = [(p, y) for p, (_, y, was) in zip(positions, points, strict=True) if was == pruned]
+        if chosen:
+            ax.scatter([p for p, _ in chosen], [y for _, y in chosen], marker=marker, label=label,
+                       color="tab:blue" if not pruned else "tab:red")
+    ax.set(title=name, xlabel=name, ylabel=monitor)
+    ax.grid(alpha=0.3)
+    if any(pruned for *_, pruned in points):
+        ax.legend(fontsize="small")
+
+
+def _curve(history: list[dict], metric: str) -> tuple[list, list]:
+    points = [(r.get("epoch"), r.get(metric)) for r in history if isinstance(r.get(metric), (int, float))]
+    return [e for e, _ in points], [v for _, v in points]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,663 @@
+"""Sweeps: many configurations of one run, as trials of an Optuna study, compiled once per static group.
+
+A sweep directory holds ``sweep.json`` (the space, the sampler, the budget), ``base.toml`` (the
+resolved configuration every trial starts from), the study (``study.log``, an Optuna journal
+file, unless ``--storage`` names another), ``trials/NNNN/`` (each trial's ordinary run
+directory: its config.toml reruns it alone) and ``sweep.jsonl`` (one line per finished trial).
+
+Workers (processes) share the study: each asks it for the next trial under a lock on the sweep
+directory, so no trial is lost or run twice, and trains its trials in one process: the
+hyperparameters it varies that are traced (``jaxyard.param(traced=True)``) are inputs of one
+compiled program per static group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from jaxyard.core.errors import JaxyardError, UsageError, one_line
+from jaxyard.core.metrics import minimized
+from jaxyard.core.registry import params as P
+from jaxyard.core.registry.hookspecs import hookimpl
+from jaxyard.core.store.rundir import write_atomic
+
+SPEC = "sweep.json"
+BASE = "base.toml"
+RESULTS = "sweep.jsonl"
+STUDY_FILE = "study.log"
+TRIALS = "trials"
+LOCK = ".sweep.lock"
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("median", "hyperband", "none")
+_DIST = re.compile(r"^(log|uniform|int|choice)\((.*)\)$", re.S)
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+@attrs.frozen
+class Dim:
+    """One swept parameter: ``values`` (a list, or ``choice``: texts as typed) or a distribution
+    (``log``/``uniform``: floats, ``int``: integers) between ``low`` and ``high``."""
+
+    name: str
+    kind: str  # list | choice | log | uniform | int
+    values: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def is_list(self) -> bool:
+        return self.kind in ("list", "choice")
+
+    def texts_for_check(self) -> list[str]:
+        """Values whose configurations are validated before any trial starts."""
+        if self.is_list:
+            return list(self.values)
+        assert self.low is not None and self.high is not None  # a distribution has both bounds
+        return [_text(self.low if self.kind != "int" else int(self.low)), _text(self.high if self.kind != "int" else int(self.high))]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "values": [P.parse_value(v) for v in self.values]} if self.is_list else {
+            "kind": self.kind, "low": self.low, "high": self.high}
+
+
+def split_top(text: str) -> list[str]:
+    """``a,[1,2],b`` -> ``["a", "[1,2]", "b"]``: commas inside brackets or quotes do not split."""
+    out, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(current.strip())
+            current = ""
+            continue
+        current += ch
+    out.append(current.strip())
+    return [x for x in out if x]
+
+
+def parse_spec(name: str, text: str) -> Dim | None:
+    """A swept value (``1e-4,3e-4``, ``0-4``, ``log(1e-5,1e-2)``, ``int(16,256)``,
+    ``choice(a,b)``, ``uniform(0.8,0.99)``), or None for a single fixed value."""
+    text = str(text).strip()
+    where = f"--set {name}={text}"
+    match = _DIST.match(text)
+    if match:
+        kind, inner = match.groups()
+        items = split_top(inner)
+        if kind == "choice":
+            if len(items) < 2:
+                raise UsageError(f"{where}: choice(...) needs at least two values, for example choice(adam,sgd)")
+            return Dim(name, "choice", tuple(items))
+        if len(items) != 2:
+            raise UsageError(f"{where}: {kind}(LOW,HIGH) takes two numbers, for example {kind}(1e-5,1e-2)")
+        try:
+            low, high = (float(P.parse_value(x)) for x in items)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: {kind}(LOW,HIGH) takes two numbers, got {', '.join(items)}") from None
+        if not low < high:
+            raise UsageError(f"{where}: LOW must be below HIGH")
+        if kind == "log" and low <= 0:
+            raise UsageError(f"{where}: log(LOW,HIGH) needs LOW > 0")
+        if kind == "int" and not (low.is_integer() and high.is_integer()):
+            raise UsageError(f"{where}: int(LOW,HIGH) takes two integers")
+        return Dim(name, kind, low=low, high=high)
+    match = _RANGE.match(text)
+    if match:
+        low, high = int(match.group(1)), int(match.group(2))
+        if high < low:
+            raise UsageError(f"{where}: the range {text} is empty; write LOW-HIGH with LOW <= HIGH")
+        return Dim(name, "list", tuple(str(i) for i in range(low, high + 1))) if high > low else None  # N-N: N, fixed
+    items = split_top(text)
+    if len(items) > 1:
+        if len(set(items)) != len(items):
+            raise UsageError(f"{where}: a value is listed twice")
+        return Dim(name, "list", tuple(items))
+    return None
+
+
+def fixed_text(text: str) -> str:
+    """A value that :func:`parse_spec` found not swept, as ``--set`` reads it (``3-3`` is ``3``)."""
+    match = _RANGE.match(str(text).strip())
+    return match.group(1) if match else str(text)
+
+
+def _text(value: Any) -> str:
+    """A value as ``--set`` reads it back."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@attrs.frozen
+class SweepSpec:
+    """What ``sweep.json`` holds: everything a worker needs besides the registry."""
+
+    dims: tuple[Dim, ...]
+    sampler: str
+    trials: int
+    prune: str
+    monitor: str
+    epochs: int
+    storage: str | None
+    study: str
+    seed: int
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if minimized(self.monitor) else "maximize"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1, "study": self.study, "storage": self.storage, "sampler": self.sampler, "trials": self.trials,
+            "prune": self.prune, "monitor": self.monitor, "direction": self.direction, "epochs": self.epochs,
+            "seed": self.seed, "space": {d.name: d.to_json() for d in self.dims},
+            "dims": [attrs.asdict(d) for d in self.dims],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SweepSpec:
+        dims = tuple(Dim(**{**d, "values": tuple(d["values"])}) for d in data["dims"])
+        return cls(dims, data["sampler"], data["trials"], data["prune"], data["monitor"], data["epochs"], data["storage"],
+                   data["study"], data["seed"])
+
+
+def grid(dims: Iterable[Dim]) -> list[dict[str, str]]:
+    """Every combination of the list dimensions, in order (the last varies fastest)."""
+    dims = list(dims)
+    return [dict(zip([d.name for d in dims], combo, strict=True)) for combo in itertools.product(*(d.values for d in dims))]
+
+
+def create(
+    directory: str | os.PathLike,
+    *,
+    base_config,
+    resolve: Callable[[list[str]], Any],
+    dims: list[Dim],
+    sampler: str | None = None,
+    trials: int | None = None,
+    prune: str = "median",
+    storage: str | None = None,
+) -> Path:
+    """Write a new sweep directory (refused if it holds anything) after checking every value.
+
+    :param base_config: the resolved configuration without the swept values (a RunConfig).
+    :param resolve: ``resolve(["KIND.KEY=VALUE", ...])`` -> the configuration with those values
+        over the base (each swept value is checked through it before anything is written).
+    """
+    _optuna()
+    if not dims:
+        raise UsageError("nothing to sweep: give a parameter several values, e.g. --lr 1e-4,3e-4,1e-3 or --set optimizer.b2=0.99,0.999")
+    names = [d.name for d in dims]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{sorted(n for n in names if names.count(n) > 1)[0]} is swept twice")
+    lists_only = all(d.is_list for d in dims)
+    sampler = sampler or ("grid" if lists_only else "tpe")
+    if sampler not in SAMPLERS:
+        raise UsageError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if prune not in PRUNERS:
+        raise UsageError(f"--prune {prune!r}: expected one of {', '.join(PRUNERS)}")
+    size = len(grid(dims)) if lists_only else None
+    if sampler == "grid":
+        bad = [d for d in dims if not d.is_list]
+        if bad:
+            raise UsageError(
+                f"--sampler grid: {bad[0].name} is a distribution ({bad[0].kind}); grids take lists (a,b,c); use --sampler tpe or random"
+            )
+        assert size is not None  # only lists: the grid's size is known
+        trials = size if trials is None else min(trials, size)
+    elif trials is None:
+        if size is None:
+            raise UsageError("a search over distributions needs --trials N (how many configurations to try)")
+        trials = size
+    if trials < 1:
+        raise UsageError(f"--trials {trials}: expected at least 1")
+    from jaxyard.core.scale.layout import make_layout
+
+    for d in dims:  # every value of every dimension builds a valid configuration, or one line says which fails
+        for text in d.texts_for_check():
+            try:
+                config = resolve([f"{d.name}={text}"])
+                make_layout(config.run.devices, config.run.shard_params, config.run.batch_size)  # devices, batch split
+            except UsageError as err:
+                raise UsageError(f"sweep {d.name}={text}: {err}") from None
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"sweep directory {directory} exists and is not a directory; choose another --out")
+    if directory.exists() and any(directory.iterdir()):
+        raise UsageError(f"sweep directory {directory} is not empty; choose another --out, or `jaxyard sweep --resume {directory}`")
+    run = base_config.run
+    spec = SweepSpec(tuple(dims), sampler, trials, prune, run.monitor, max_epochs(run.epochs, dims), storage,
+                     directory.resolve().name, run.seed)
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:  # the study first (a bad --storage is one line), then the files: a failure leaves nothing behind
+        study = open_study(directory, spec, create=True)
+        if sampler == "grid":
+            for point in grid(dims)[:trials]:
+                study.enqueue_trial(_optuna_params(dims, point))
+        (directory / TRIALS).mkdir()
+        write_atomic(directory / BASE, base_config.to_toml())
+        write_atomic(directory / SPEC, json.dumps(spec.to_json(), indent=2) + "\n")
+    except BaseException:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:  # an empty directory was given: empty again
+            for path in directory.iterdir():
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
+    return directory
+
+
+def max_epochs(base: int, dims: Iterable[Dim]) -> int:
+    """The most epochs any trial trains (``run.epochs`` swept: its largest value)."""
+    for d in dims:
+        if d.name == "run.epochs":
+            return max(int(P.parse_value(v)) for v in d.values) if d.is_list else int(d.high or base)
+    return base
+
+
+def load_spec(directory: str | os.PathLike) -> SweepSpec:
+    path = Path(directory) / SPEC
+    try:
+        return SweepSpec.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise UsageError(f"{directory} is not a sweep directory (no {SPEC})") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{path} is damaged ({one_line(err)}); start a new sweep") from None
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        from jaxyard.core.errors import MissingExtra
+
+        raise MissingExtra("jaxyard sweep", "sweep", "optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def storage_of(directory: Path, spec: SweepSpec):
+    """The study's storage: ``--storage URL`` (any Optuna storage: a database server lets workers
+    on several machines share the study), else the journal file inside the sweep directory."""
+    optuna = _optuna()
+    if spec.storage:
+        return spec.storage
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(directory / STUDY_FILE)))
+
+
+def open_study(directory: Path, spec: SweepSpec, *, create: bool = False, worker: int = 0):
+    optuna = _optuna()
+    seed = spec.seed + worker  # workers draw different points from the same sampler kind
+    samplers = {"grid": optuna.samplers.RandomSampler, "random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
+    sampler = samplers[spec.sampler](seed=seed)
+    pruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
+        "none": optuna.pruners.NopPruner,
+    }[spec.prune]()
+    try:
+        if create:
+            return optuna.create_study(storage=storage_of(directory, spec), study_name=spec.study, direction=spec.direction,
+                                       sampler=sampler, pruner=pruner)
+        return optuna.load_study(storage=storage_of(directory, spec), study_name=spec.study, sampler=sampler, pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise UsageError(f"--storage {spec.storage} already holds a study named {spec.study!r}; choose another --out") from None
+    except KeyError:
+        raise UsageError(f"the study {spec.study!r} of {directory} is not in its storage {spec.storage or directory / STUDY_FILE}") from None
+    except Exception as err:  # sqlalchemy and the journal backend: a bad URL, an unreachable server, an unwritable file
+        if isinstance(err, JaxyardError):
+            raise
+        raise UsageError(f"--storage {spec.storage or directory / STUDY_FILE}: {one_line(err, first_line=True)}") from None
+
+
+def _optuna_params(dims: Iterable[Dim], point: dict[str, str]) -> dict[str, Any]:
+    return {d.name: _choice_value(point[d.name]) for d in dims}
+
+
+def _choice_value(text: str):
+    """A list value as Optuna stores it: the number or string itself, else its text (a list)."""
+    value = P.parse_value(text)
+    return value if isinstance(value, (bool, int, float, str)) else text
+
+
+def suggest(trial, dims: Iterable[Dim]) -> dict[str, str]:
+    """The trial's value of each dimension, as ``--set`` text."""
+    out = {}
+    for d in dims:
+        if d.is_list:
+            value = trial.suggest_categorical(d.name, [_choice_value(v) for v in d.values])
+            out[d.name] = next(v for v in d.values if _choice_value(v) == value)
+        elif d.kind == "int":
+            assert d.low is not None and d.high is not None  # a distribution has both bounds
+            out[d.name] = str(trial.suggest_int(d.name, int(d.low), int(d.high)))
+        else:
+            out[d.name] = _text(trial.suggest_float(d.name, d.low, d.high, log=d.kind == "log"))
+    return out
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """This machine's workers of one sweep, one at a time (asking for a trial, appending a line)."""
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _counted(trial) -> bool:
+    """A trial that uses up the budget: every one but those waiting and those lost with a killed
+    worker (retried under a new number)."""
+    from optuna.trial import TrialState
+
+    return trial.state != TrialState.WAITING and not trial.user_attrs.get("retried")
+
+
+def next_trial(directory: Path, study, spec: SweepSpec):
+    """The next trial to run (a waiting one first: grid points, retries), or None when the
+    budget is spent. Under the sweep's lock: two workers never take the same one."""
+    from optuna.trial import TrialState
+
+    with _locked(directory):
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if not waiting and sum(map(_counted, trials)) >= spec.trials:
+            return None
+        trial = study.ask()
+        trial.set_user_attr("worker", {"pid": os.getpid(), "host": socket.gethostname()})
+        return trial
+
+
+def recover(directory: Path, study, echo: Callable[[str], None]) -> int:
+    """Mark the trials of workers that died as failed and queue their configurations again.
+    Returns how many were requeued."""
+    from optuna.trial import TrialState
+
+    host, count = socket.gethostname(), 0
+    with _locked(directory):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = t.user_attrs.get("worker") or {}
+            if worker.get("host") == host and _alive(worker.get("pid")):
+                continue
+            study._storage.set_trial_user_attr(t._trial_id, "retried", True)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            _append(directory, {"trial": t.number, "state": "failed", "params": _params(t.params), "run_dir": None,
+                                "best": None, "final": None, "test": None, "value": None, "seconds": None,
+                                "error": "its worker stopped (killed?) before it finished; queued again"})
+            echo(f"Trial {t.number}: its worker stopped before it finished; queued again")
+            count += 1
+    return count
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: P.parse_value(v) if isinstance(v, str) else v for k, v in params.items()}
+
+
+def _append(directory: Path, line: dict[str, Any]) -> None:
+    with open(directory / RESULTS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Pruning:
+    """An event plugin for one trial: reports the monitored metric each epoch and stops the run
+    when the study's pruner says the trial is hopeless."""
+
+    def __init__(self, trial, monitor: str, epochs: int, directory: Path):
+        self.trial, self.monitor, self.epochs, self.directory, self.pruned = trial, monitor, epochs, Path(directory), False
+
+    @hookimpl
+    def jaxyard_on_epoch_end(self, run, record):
+        value = record.get(self.monitor)
+        if value is None or Path(run.directory) != self.directory:  # its own trial only (--vectorize trains several)
+            return
+        self.trial.report(float(value), int(record["epoch"]))
+        if record["epoch"] < self.epochs and self.trial.should_prune():  # the last epoch: nothing left to save
+            self.pruned = True
+            run.stop(f"pruned by the sweep at epoch {record['epoch']} ({self.monitor} {value:.4f})")
+
+
+def run_worker(
+    directory: str | os.PathLike,
+    *,
+    registry,
+    worker: int = 0,
+    vectorize: bool = False,
+    echo: Callable[[str], None] = lambda line: None,
+    warn: Callable[[str], None] | None = None,
+    compile_cache=None,
+    wave: int = 16,
+) -> dict[str, int]:
+    """Run trials of the sweep in ``directory`` until its budget is spent; one process, one
+    compiled program per static group. With ``vectorize``, the trials taken together that share
+    a static group train as one vmapped program (each still its own run). Returns counts:
+    trials by state, and ``compiles``."""
+    runner = Worker(Path(directory), registry, worker, echo, warn, compile_cache)
+    runner.wave = wave
+    return runner.run(vectorize)
+
+
+class Worker:
+    """One process's share of a sweep: asks the study for trials, trains them, tells it."""
+
+    wave = 16  # trials taken at once when vectorizing (several workers: each its share)
+
+    def __init__(self, directory: Path, registry, worker: int, echo, warn, compile_cache):
+        from jaxyard.core.train.traced import Programs
+
+        self.directory, self.registry, self.echo, self.warn, self.compile_cache = directory, registry, echo, warn, compile_cache
+        self.spec = load_spec(directory)
+        self.study = open_study(directory, self.spec, worker=worker)
+        self.programs = Programs(d.name for d in self.spec.dims)
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+
+    def run(self, vectorize: bool) -> dict[str, int]:
+        if not vectorize:
+            while (trial := next_trial(self.directory, self.study, self.spec)) is not None:
+                self.finish(*self.train(*self.prepare(trial)))
+        else:
+            while wave := self._wave():
+                self._train_wave(wave)
+        return {**self.counts, "compiles": self.programs.compiles}
+
+    def _wave(self) -> list:
+        out: list[Any] = []  # optuna trials
+        while len(out) < self.wave and (trial := next_trial(self.directory, self.study, self.spec)) is not None:
+            out.append(trial)
+        return out
+
+    def prepare(self, trial):
+        """(trial, its line, its configuration or None when it cannot be built, its start time)."""
+        from jaxyard.core.registry.config import resolve_config
+        from jaxyard.core.registry.settings import Settings
+
+        started = time.perf_counter()
+        values = suggest(trial, self.spec.dims)
+        line: dict[str, Any] = {"trial": trial.number, "params": _params(values), "run_dir": None, "best": None,
+                                "final": None, "test": None, "value": None, "error": None}
+        try:
+            config = resolve_config(self.registry, Settings(), config_file=str(self.directory / BASE),
+                                    sets=[f"{k}={v}" for k, v in values.items()])
+        except JaxyardError as err:
+            line.update(error=str(err))
+            config = None
+        return trial, line, config, started
+
+    def train(self, trial, line, config, started, make_loop=None):
+        """Train one trial (its events: pruning); returns what :meth:`finish` records."""
+        from optuna.trial import TrialState
+
+        from jaxyard.core.store.policy import Monitor
+        from jaxyard.core.train.engine import train
+
+        out = self.directory / TRIALS / f"{trial.number:04d}"
+        if config is None:
+            line["state"] = "failed"
+            return trial, line, TrialState.FAIL, started
+        pm = self.registry.plugin_manager
+        pruning = Pruning(trial, self.spec.monitor, config.run.epochs, out)
+        name = f"jaxyard.sweep.pruning.{trial.number}"
+        try:
+            pm.register(pruning, name=name)
+            try:
+                result = train(config, out_dir=out, warn=self.warn, compile_cache=self.compile_cache, programs=self.programs,
+                               make_loop=make_loop)
+            finally:
+                pm.unregister(name=name)
+        except JaxyardError as err:  # a diverged or broken configuration ends its trial, not the sweep
+            line.update(state="failed", error=str(err), run_dir=_relative(out, self.directory) if out.exists() else None)
+            return trial, line, TrialState.FAIL, started
+        except BaseException:  # interrupted: the trial is queued again for `sweep --resume`
+            with contextlib.suppress(Exception):
+                self.study._storage.set_trial_user_attr(trial._trial_id, "retried", True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+            raise
+        best = Monitor(self.spec.monitor, config.run.min_delta).best(result.history)
+        value = float(best[self.spec.monitor]) if best and self.spec.monitor in best else None
+        state = TrialState.PRUNED if pruning.pruned else TrialState.COMPLETE
+        line.update(state="pruned" if pruning.pruned else "complete", run_dir=_relative(out, self.directory),
+                    best=dict(best) if best else None, final=result.history[-1] if result.history else None,
+                    test=result.test, value=value, stop_reason=result.stop_reason)
+        if value is None or value != value:
+            state, line["state"] = TrialState.FAIL, "failed"
+        return trial, line, state, started
+
+    def finish(self, trial, line, state, started) -> None:
+        """Tell the study, append the trial's line, print it."""
+        from optuna.trial import TrialState
+
+        line["seconds"] = round(time.perf_counter() - started, 3)
+        if state == TrialState.COMPLETE:
+            self.study.tell(trial, line["value"])
+        else:
+            self.study.tell(trial, state=state)
+        with _locked(self.directory):
+            _append(self.directory, line)
+        self.counts[line["state"]] += 1
+        self.echo(trial_line(line, self.spec))
+
+    def _train_wave(self, wave: list) -> None:
+        """The wave's trials by static group: a group of several trains as one vmapped program,
+        each member in its own thread; a lone trial trains as usual."""
+        import threading
+
+        from jaxyard.core.experiments.vectorize import VectorGroup
+        from jaxyard.core.train.traced import group_key
+
+        prepared = [self.prepare(trial) for trial in wave]
+        groups: dict[str, list] = {}
+        for item in prepared:
+            key = group_key(item[2], self.programs.traced) if item[2] is not None else f"unbuilt-{item[0].number}"
+            groups.setdefault(key, []).append(item)
+        for members in groups.values():
+            if len(members) == 1:
+                self.finish(*self.train(*members[0]))
+                continue
+            group = VectorGroup(len(members))
+            outcomes: list = [None] * len(members)
+
+            def member(i, item, outcomes, group):
+                try:
+                    outcomes[i] = self.train(*item, make_loop=group.member(i))
+                except BaseException as err:  # noqa: BLE001 (re-raised below, in the worker's thread)
+                    outcomes[i] = err
+                finally:
+                    group.leave(i)
+
+            threads = [threading.Thread(target=member, args=(i, item, outcomes, group), daemon=True) for i, item in enumerate(members)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self.finish(*outcome)
+
+
+def _relative(path: Path, directory: Path) -> str:
+    return str(path.relative_to(directory))
+
+
+def trial_line(line: dict[str, Any], spec: SweepSpec) -> str:
+    """One finished trial, as the sweep prints it."""
+    params = "  ".join(f"{short(k)}={v:.4g}" if isinstance(v, float) else f"{short(k)}={_text(v)}" for k, v in line["params"].items())
+    if line["state"] == "failed":
+        return f"Trial {line['trial']:>3} failed    {params}  {line['error']}"
+    test = line.get("test") or {}
+    acc = f"  test_acc {test['test_acc']:.4f}" if "test_acc" in test else ""
+    epoch = (line.get("best") or {}).get("epoch")
+    return f"Trial {line['trial']:>3} {line['state']:<9} {params}  {spec.monitor} {line['value']:.4f} (epoch {epoch}){acc}  {line['seconds']:.1f} s"
+
+
+def short(name: str) -> str:
+    """``run.learning_rate`` -> ``learning_rate``; ``optimizer.b2`` stays."""
+    return name.split(".", 1)[1] if name.startswith("run.") else name
+
+
+def results(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """The finished trials of a sweep, the last line of each trial number winning."""
+    path = Path(directory) / RESULTS
+    out: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for text in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                line = json.loads(text)
+                out[int(line["trial"])] = line
+    return [out[k] for k in sorted(out)]
+
+
+def leaderboard(directory: str | os.PathLike) -> tuple[list[str], list[list[Any]], dict[str, Any] | None]:
+    """(headers, rows, best line): the trials sorted by the monitored metric, best first
+    (pruned after complete ones, failed last)."""
+    spec = load_spec(directory)
+    lines = results(directory)
+    sign = 1 if spec.direction == "minimize" else -1
+    rank = {"complete": 0, "pruned": 1, "failed": 2}
+    lines.sort(key=lambda r: (rank.get(r["state"], 3), sign * r["value"] if r.get("value") is not None else 0, r["trial"]))
+    names = [d.name for d in spec.dims]
+    headers = ["trial", "state", *map(short, names), spec.monitor, "epoch", "test_acc", "seconds", "run_dir"]
+    rows = [
+        [r["trial"], r["state"], *(r["params"].get(n) for n in names), r.get("value"), (r.get("best") or {}).get("epoch"),
+         (r.get("test") or {}).get("test_acc"), r.get("seconds"), r.get("run_dir")]
+        for r in lines
+    ]
+    best = next((r for r in lines if r["state"] == "complete" and r.get("value") is not None), None)
+    return headers, rows, best

@@ -1,0 +1,180 @@
+"""The resolved configuration of a run: ``[run]`` settings plus one validated choice per kind.
+
+Layers, later ones winning: the shipped registry.toml, the user's registry file, the
+experiment file (``run --config``), command-line options, then ``--set KIND.KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
+from jaxyard.core.registry import params as P
+from jaxyard.core.registry.entries import CHOSEN, KINDS, Entry
+from jaxyard.core.registry.run_settings import RENAMED_RUN_KEYS, RunSettings, check_run_table, renamed  # noqa: F401 - their 0.1 home
+from jaxyard.core.registry.settings import Settings, dump_toml, merge, read_config_file
+
+
+@attrs.frozen
+class Choice:
+    """One component of a run: its registry entry and its validated parameters."""
+
+    entry: Entry
+    params: Any
+
+    @property
+    def name(self) -> str:
+        """The name that selects it (``acme:cnn`` where a bare name is shared)."""
+        return self.entry.selector
+
+    @property
+    def key(self) -> str:
+        """How config files name it: a built-in by its name, anything else qualified, so that a
+        saved config means the same component whatever plugins are installed later."""
+        return self.entry.name if self.entry.source == "builtin" else self.entry.qualified
+
+    def create(self, **context: Any) -> Any:
+        """Build the component. A plugin's exception becomes one line naming the kind, the
+        component, the plugin and its distribution (a PluginError: the plugin's bug, not the
+        user's input); an OSError names the component it came from. The original is chained
+        (``--debug`` shows it)."""
+        entry = self.entry
+        try:
+            return entry.create(self.params, **context)
+        except JaxyardError:
+            raise  # already one line naming what went wrong (a missing file, a missing extra)
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            raise JaxyardError(f"{entry.kind} {entry.name!r}: {where}{err.strerror or err}") from err
+        except Exception as err:
+            hint = ""
+            if type(err).__name__ in ("TracerBoolConversionError", "ConcretizationTypeError", "TracerIntegerConversionError"):
+                traced = ", ".join(P.traced_fields(type(self.params)))
+                hint = f" (its traced=True parameters, {traced}, must only be computed with: not branched on nor converted to Python numbers)"
+            raise PluginError(f"{entry.kind} {entry.name!r} ({entry.origin()}) failed{hint}: {one_line(err)}") from err
+
+
+@attrs.frozen
+class RunConfig:
+    """Everything a run needs, validated: nothing here can fail later for a bad value.
+
+    ``registry`` is the registry the configuration was resolved against: its plugins receive
+    the run's events.
+    """
+
+    run: RunSettings
+    optimizer: Choice
+    scheduler: Choice
+    model: Choice
+    loader: Choice
+    checkpointer: Choice
+    loggers: tuple[Choice, ...] = ()
+    registry: Any = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def choices(self) -> dict[str, Choice]:
+        """The five single choices by kind."""
+        return {kind: getattr(self, kind) for kind in CHOSEN}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"run": P.to_plain(self.run)}
+        for kind, choice in self.choices.items():
+            out["run"][kind] = choice.key
+            out[kind] = {choice.key: P.to_plain(choice.params)}
+        if self.loggers:
+            out["run"]["loggers"] = [c.key for c in self.loggers]
+            out["logger"] = {c.key: P.to_plain(c.params) for c in self.loggers}
+        return out
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+def resolve_config(
+    registry,
+    settings: Settings,
+    *,
+    config_file: str | None = None,
+    options: dict[str, Any] | None = None,
+    sets: Iterable[str] = (),
+    loggers: Iterable[str] = (),
+) -> RunConfig:
+    """Merge the configuration layers and validate every value against the registry.
+
+    :param options: ``[run]`` values from command-line options (None values are ignored).
+    :param sets: ``KIND.KEY=VALUE``, ``logger.NAME.KEY=VALUE`` or ``run.KEY=VALUE`` strings;
+        ``KIND`` is the chosen component.
+    :param loggers: logger names added to ``run.loggers`` (``--logger``).
+    """
+    values = settings.values
+    if config_file:
+        experiment = read_config_file(config_file)
+        _check_component_tables(registry, experiment, config_file)
+        values = merge(values, experiment)
+    run_values = renamed(dict(values.get("run", {})))
+    run_values.update({k: val for k, val in (options or {}).items() if val is not None})
+    component_sets: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    for item in sets:
+        section, key, value = parse_set(item)
+        if section == "run":
+            run_values[RENAMED_RUN_KEYS.get(key, key)] = value
+        else:
+            component_sets[section][key] = value
+    run = P.build(RunSettings, run_values, where="run")
+    run = attrs.evolve(run, loggers=tuple(dict.fromkeys((*run.loggers, *loggers))))
+
+    def choose(kind: str, name: str, sets_: dict[str, Any]) -> Choice:
+        entry = registry.get(kind, name)
+        tables = values.get(kind, {})
+        # its parameters may be written under its bare name (when it owns it), as selected, or
+        # qualified; the more specific table wins key by key
+        table: dict[str, Any] = {}
+        for n in dict.fromkeys([entry.name] * (entry.selector == entry.name) + [entry.selector, name, entry.qualified]):
+            table.update(tables.get(n, {}))
+        table.update(sets_)
+        return Choice(entry, P.build(entry.params, table, where=f"{kind} {entry.name!r}"))
+
+    choices = {kind: choose(kind, getattr(run, kind), component_sets[kind]) for kind in CHOSEN}
+    logger_sets: dict[str, dict[str, Any]] = {}
+    chosen = {registry.get("logger", n).qualified: n for n in run.loggers}
+    for key, value in component_sets["logger"].items():
+        name, _, param = key.rpartition(".")  # a qualifier may hold dots (a module name); a parameter never does
+        target = registry.get("logger", name).qualified
+        if target not in chosen:
+            raise UsageError(f"--set logger.{key}: logger {name!r} is not in run.loggers ({', '.join(run.loggers) or 'none'}); add --logger {name}")
+        logger_sets.setdefault(chosen[target], {})[param] = value
+    chosen_loggers = tuple(choose("logger", name, logger_sets.get(name, {})) for name in run.loggers)
+    run = attrs.evolve(run, loggers=tuple(c.key for c in chosen_loggers), **{kind: c.key for kind, c in choices.items()})
+    return RunConfig(run, **choices, loggers=chosen_loggers, registry=registry)
+
+
+def _check_component_tables(registry, data: dict[str, Any], path: str) -> None:
+    """Every ``[KIND.NAME]`` table of an experiment file names a registered component and its keys,
+    chosen or not: a typo there is caught now, not in a later run."""
+    for kind in KINDS:
+        for name, table in data.get(kind, {}).items():
+            try:
+                entry = registry.get(kind, name)
+            except UsageError as err:
+                raise UsageError(f"{path}: [{kind}.{name}]: {err}") from None
+            try:
+                P.build(entry.params, table, where=f"[{kind}.{name}]")
+            except UsageError as err:
+                raise UsageError(f"{path}: {err}") from None
+
+
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """Split ``optimizer.momentum=0.9`` into ``("optimizer", "momentum", 0.9)``."""
+    target, sep, text = item.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not key or (section == "logger" and "." not in key.strip(".")):
+        raise UsageError(
+            f"--set {item!r}: expected KIND.KEY=VALUE (logger.NAME.KEY=VALUE for a logger), for example optimizer.momentum=0.9"
+        )
+    sections = ("run", *KINDS)
+    if section not in sections:
+        raise UsageError(f"--set {item!r}: unknown section {section!r} (valid: {', '.join(sections)})")
+    return section, key, P.CommandLineText(text.strip())

@@ -1,0 +1,156 @@
+"""``jaxyard launch -n M -- run ...``: the M processes of one job on this machine.
+
+Each process is ``python -m jaxyard.cli ARGS`` with the job in its environment (a loopback
+coordinator on a free port, the process count, its index: :func:`jaxyard.core.scale.processes.environment`).
+Their output comes back line by line, each line prefixed ``[i]``. When one process fails, the others
+are stopped (an interrupt, then a kill after ``grace`` seconds): a job whose process died cannot go on,
+and the survivors would otherwise wait in a collective for it. The exit code is the worst of those the
+processes ended with on their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from jaxyard.core.errors import UsageError
+from jaxyard.core.scale import processes
+
+Echo = Callable[[str], None]
+
+# gloo (host-device collectives) prints its connections from C++; two threads of one process may
+# interleave them: drop those lines and their broken halves
+_NOISE = ("[Gloo]", "peer ranks. Expected number of connected peer ranks is")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def launch(
+    count: int,
+    args: Sequence[str],
+    *,
+    echo: Echo,
+    echo_err: Echo,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    grace: float = 5.0,
+) -> int:
+    """Run ``jaxyard ARGS`` as ``count`` processes of one job; returns the job's exit code."""
+    if count < 1:
+        raise UsageError(f"-n {count}: expected at least 1 process")
+    command = _command(args)
+    if command is None:
+        raise UsageError("nothing to launch: give the command after --, e.g. jaxyard launch -n 2 -- run --epochs 2")
+    if command not in JOB_COMMANDS:
+        raise UsageError(f"jaxyard {command} does not join a job: launch runs {', '.join(JOB_COMMANDS)}")
+    coordinator = f"{host}:{port or free_port(host)}"
+    lock = threading.Lock()
+    procs: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
+    stopped: set[int] = set()  # stopped by us: their exit codes are not the job's
+    codes: dict[int, int] = {}
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}  # as Ctrl-C: stop them all
+    try:
+        for i in range(count):
+            env = {**os.environ, **processes.environment(coordinator, count, i), "PYTHONUNBUFFERED": "1"}
+            proc = subprocess.Popen([sys.executable, "-m", "jaxyard.cli", *args], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
+            procs.append(proc)
+            for stream, out in ((proc.stdout, echo), (proc.stderr, echo_err)):
+                pump = threading.Thread(target=_pump, args=(stream, f"[{i}] ", out, lock), daemon=True)
+                pump.start()
+                pumps.append(pump)
+        while len(codes) < count:
+            for i, proc in enumerate(procs):
+                if i in codes or proc.poll() is None:
+                    continue
+                codes[i] = proc.returncode
+                if proc.returncode != 0 and not stopped:
+                    others = [j for j in range(count) if j != i and procs[j].poll() is None]
+                    with lock:
+                        echo_err(f"jaxyard launch: process {i} of {count} {_ended(proc.returncode)}; "
+                                 f"stopping the other {len(others)} process(es)" if others else
+                                 f"jaxyard launch: process {i} of {count} {_ended(proc.returncode)}")
+                    stopped.update(others)
+                    _stop([procs[j] for j in others], grace)
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C, SIGTERM, SIGHUP, a process that could not start: none is left behind
+        stopped.update(range(count))
+        _stop(procs, grace)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for pump in pumps:
+            pump.join(timeout=5)
+    own = [_exit_code(c) for i, c in codes.items() if i not in stopped]
+    return max(own, default=1)
+
+
+#: the commands that join a job (the others would run as M independent copies)
+JOB_COMMANDS = ("run", "resume", "check")
+_VALUED = ("--registry", "--plugin", "--disable", "--cpu-devices")  # global options that take a value
+
+
+def _command(args: Sequence[str]) -> str | None:
+    """The subcommand in ``args`` (after any global options)."""
+    it = iter(args)
+    for arg in it:
+        if arg in _VALUED:
+            next(it, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _pump(stream, prefix: str, out: Echo, lock: threading.Lock) -> None:
+    noise = False
+    for line in stream:
+        text = line.rstrip("\n")
+        # gloo's lines, and the bare count a line of it may be split from
+        noise = any(n in text for n in _NOISE) or (noise and text.strip().isdigit())
+        if noise:
+            continue
+        with lock:
+            out(prefix + text)
+
+
+def _stop(procs: list[subprocess.Popen], grace: float) -> None:
+    """An interrupt (a clean exit where a process can take one), then a kill after ``grace`` s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _exit_code(code: int) -> int:
+    return 128 - code if code < 0 else code

@@ -1,0 +1,1 @@
+"""One run: data, the compiled steps and loops, assembly, events, loggers and the engine."""

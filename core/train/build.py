@@ -1,0 +1,326 @@
+"""Assembly: a run's components built from its configuration and checked to fit together.
+
+Everything that can be refused is refused here, before a run directory is written or a step
+compiled: the loader's arrays, the model's output shape, each factory's result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
+from jaxyard.core.registry.config import RunConfig
+from jaxyard.core.scale.layout import Layout, make_layout
+from jaxyard.core.train import steps
+from jaxyard.core.train.averaging import ema_of_params
+from jaxyard.core.train.data import Dataset, Split, StreamingDataset
+from jaxyard.core.train.traced import Programs, group_key, traceable, with_values
+
+# fold_in constants of the streams derived from run.seed (one place: resume must match)
+PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM = 0, 1, 2
+
+
+def seed_key(seed: int, stream: int):
+    """The key of one random stream of the run (threefry, not the global default: resume elsewhere matches)."""
+    return jax.random.fold_in(jax.random.key(seed, impl="threefry2x32"), stream)
+
+
+@attrs.define
+class Built:
+    """A run's components, built and on the device, ready to train or evaluate.
+
+    ``data`` is the loader's StreamingDataset, or its Dataset with every split moved to the
+    device (the host copies are let go: at 100k examples that is 300 MB).
+    """
+
+    config: RunConfig
+    data: Dataset | StreamingDataset
+    train_graphdef: Any
+    eval_graphdef: Any
+    state: Any
+    schedule: Callable[[int | jax.Array], Any]  # a step count, or an array of them (vmapped, traced)
+    epoch_lr: np.ndarray  # the rate at the end of each epoch (index 0: before training)
+    steps_per_epoch: int
+    warmup_steps: int
+    total_steps: int
+    num_params: int
+    sizes: Mapping[str, int | None]
+    programs: Programs = attrs.field(factory=Programs)  # compiled programs, shared by a sweep's runs
+    group: str = ""  # the static group: equal for runs that can share compiled programs
+    inputs: dict[str, Any] = attrs.field(factory=dict)  # traced hyperparameters, as device scalars
+    make_tx: Callable[[dict[str, Any]], Any] | None = None  # the optimizer, from traced inputs
+    layout: Layout = attrs.field(factory=Layout)  # one device, or a mesh the batch is split over
+
+
+def enable_compile_cache(directory: str | os.PathLike) -> None:
+    """Persist compiled programs under ``directory`` so a rerun of a configuration skips compiling."""
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def build(config: RunConfig, programs: Programs | None = None) -> Built:
+    """Load the data, build the model, schedule and optimizer, and check they fit together.
+
+    With ``programs`` (a sweep's), the hyperparameters it traces that ``config`` has become
+    inputs of the compiled programs, which runs of one static group share.
+    """
+    run = config.run
+    layout = make_layout(run.devices, run.shard_params, run.batch_size)  # before anything is loaded: a bad count fails fast
+    shared = programs is not None  # a sweep's: later runs of a static group reuse what the first one compiled
+    programs = programs if programs is not None else Programs()
+    traced = [name for name in programs.traced if name in traceable(config)]
+    # a loader gives the same data for the same parameters and seed (resume relies on it): a sweep's trials
+    # that share them share one loaded, checked, on-device copy
+    data_key = ("data", config.loader.key, repr(config.loader.params), run.seed, run.batch_size, run.drop_last, run.epochs,
+                run.devices, run.shard_params)
+    cached = shared and data_key in programs
+    if cached:
+        data, steps_per_epoch = programs.get(data_key, lambda: None)
+    else:
+        data, steps_per_epoch = load_data(config)
+    sizes = data.sizes()
+
+    def create(rngs):
+        return config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
+
+    group = group_key(config, traced)
+    checked = (group, "checked", tuple(data.input_shape), data.num_classes)  # one static group: one model, one data shape
+    if checked not in programs:
+        _check_memory(config, nnx.eval_shape(lambda: create(nnx.Rngs(0))))  # shapes only: nothing allocated yet
+    rngs = nnx.Rngs(params=seed_key(run.seed, PARAMS_STREAM), dropout=seed_key(run.seed, DROPOUT_STREAM))
+    if shared:  # the group's initialiser, compiled once (eager: ~70 ms a run for the default MLP; same numbers)
+        model = programs.get((*checked, "init"), lambda: nnx.jit(create))(rngs)
+    else:
+        model = create(rngs)
+    if not isinstance(model, nnx.Module):
+        raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module")
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    if checked not in programs:
+        _check_fit(config, model, data)
+        programs.get(checked, lambda: True)  # a sweep's later trials of the group skip the two shape checks
+
+    schedule, warmup, total = make_schedule(config, steps_per_epoch)
+    tx = make_tx(config, schedule)
+    optimizer = _calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
+    model.eval()
+    eval_graphdef, _ = steps.split(model, optimizer)
+    model.train()
+    train_graphdef, state = steps.split(model, optimizer)
+    state = layout.place_state(state)
+    if isinstance(data, Dataset):
+        def on_device(split: Split) -> Split:
+            y = np.asarray(split.y, np.int32)  # signed: -1 marks a padding row (never counted)
+            return Split(layout.place_data(split.x), layout.place_data(y, fill=-1))
+
+        if not cached:
+            data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
+            if shared:
+                programs.get(data_key, lambda: (data, steps_per_epoch))
+    inputs = {name: jnp.asarray(traceable(config)[name], jnp.float32) for name in traced}
+
+    def traced_schedule(values):  # the same schedule and optimizer, their traced hyperparameters now inputs
+        return make_schedule(with_values(config, values), steps_per_epoch, check=False)[0]
+
+    def traced_tx(values):
+        return make_tx(with_values(config, values), traced_schedule(values))
+
+    # one small compiled program instead of eager schedule calls (each a compile the first time)
+    updates_at_epoch_end = jnp.arange(run.epochs + 1) * steps_per_epoch // run.accumulate_steps
+    if traced:  # the rates as a function of the inputs: compiled once for the group
+        rates = programs.get((group, "rates"), lambda: jax.jit(lambda v, s: jax.vmap(traced_schedule(v))(s)))
+        epoch_lr = np.asarray(rates(inputs, updates_at_epoch_end))
+    else:
+        epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(updates_at_epoch_end))
+    return Built(
+        config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params,
+        sizes, programs, group, inputs, traced_tx if traced else None, layout,
+    )
+
+
+def make_tx(config: RunConfig, schedule) -> optax.GradientTransformation:
+    """The run's optimizer on ``schedule``, with its gradient clipping, weight average and
+    accumulation around it (values may be traced: nothing here branches on one)."""
+    run = config.run
+    tx = config.optimizer.create(learning_rate=schedule)
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        hint = " (did you return optax.adam instead of calling it?)" if callable(tx) else ""
+        raise _broken(config.optimizer, f"returned {type(tx).__name__}, not an optax.GradientTransformation{hint}")
+    if run.clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(run.clip_norm), tx)
+    if run.ema_decay:
+        tx = optax.chain(tx, ema_of_params(run.ema_decay))
+    if run.accumulate_steps > 1:  # the steps above (and the schedule) count real updates
+        tx = optax.MultiSteps(tx, every_k_schedule=run.accumulate_steps).gradient_transformation()
+    return tx
+
+
+def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
+    """The loader's data, checked, and the number of training steps per epoch."""
+    run, name = config.run, config.loader.name
+    data = config.loader.create(seed=run.seed)
+    if not isinstance(data, (Dataset, StreamingDataset)):
+        raise _broken(config.loader, f"returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
+    sizes = data.sizes()
+    if not sizes["train"]:
+        raise UsageError(f"loader {name!r} must give the size of its train split (StreamingDataset sizes=...)")
+    if run.batch_size > sizes["train"]:
+        raise UsageError(
+            f"run.batch_size = {run.batch_size} is larger than the {sizes['train']} training examples of loader {name!r}; "
+            f"use at most {sizes['train']}"
+        )
+    if isinstance(data, Dataset):
+        _check_dataset(name, data)
+    steps_per_epoch = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
+    if steps_per_epoch * run.epochs >= 2**31:
+        raise UsageError(
+            f"run.epochs = {run.epochs} of {steps_per_epoch} steps is {steps_per_epoch * run.epochs} steps, more than "
+            f"the step counter holds (2**31 - 1); use at most {(2**31 - 1) // steps_per_epoch} epochs"
+        )
+    return data, steps_per_epoch
+
+
+def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True) -> tuple[Callable[[int | jax.Array], Any], int, int]:
+    """The run's learning-rate schedule: linear warmup, then the chosen schedule to the last step.
+
+    Returns ``(schedule, warmup_steps, total_steps)``; the chosen schedule spans
+    ``total_steps - warmup_steps``, the steps the run will actually take. Steps are optimizer
+    updates: with ``run.accumulate_steps = k``, one per k batches.
+    """
+    run = config.run
+    total = max(steps_per_epoch * run.epochs // run.accumulate_steps, 1)
+    takes_warmup = getattr(config.scheduler.entry.factory, "warmup", True)  # a factory may say `warmup = False`
+    warmup = min(run.warmup_steps, total) if takes_warmup else 0
+    decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
+    if check:  # concrete values (not traced ones): the scheduler's result is checked once, here
+        _check_schedule(config, decay, total - warmup)
+    if not warmup:
+        return decay, 0, total
+    ramp = optax.linear_schedule(0.0, run.learning_rate, warmup)
+    return optax.join_schedules([ramp, decay], [warmup]), warmup, total
+
+
+def schedule_points(config: RunConfig, points: int = 11, *, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """The learning rate at ``points`` evenly spaced steps of the run (and every step for a plot);
+    ``steps_per_epoch`` given, the loader is not called."""
+    if steps_per_epoch is None:
+        _, steps_per_epoch = load_data(config)
+    schedule, warmup, total = make_schedule(config, steps_per_epoch)
+    every = np.asarray(jax.vmap(schedule)(jnp.arange(total + 1)))
+    marks = sorted({round(i * total / max(points - 1, 1)) for i in range(points)} | ({warmup} if warmup else set()))
+    k = config.run.accumulate_steps
+    return {
+        "steps_per_epoch": steps_per_epoch / k if k > 1 else steps_per_epoch,  # optimizer updates
+        "warmup_steps": warmup,
+        "total_steps": total,
+        "table": [(int(m), float(every[m])) for m in marks],
+        "every_step": every,
+    }
+
+
+def _broken(choice, what: str) -> PluginError:
+    """A factory broke its contract: the plugin's bug, named with where the plugin comes from."""
+    return PluginError(f"{choice.entry.kind} {choice.name!r} ({choice.entry.origin()}) {what}")
+
+
+def _calling(choice, doing: str, fn):
+    """``fn()``, with an exception from the component's own code named like a factory's."""
+    try:
+        return fn()
+    except JaxyardError:
+        raise
+    except Exception as err:
+        raise _broken(choice, f"failed {doing}: {one_line(err)}") from err
+
+
+def _check_schedule(config: RunConfig, schedule, span: int) -> None:
+    """A schedule is a callable of the step count giving a finite, non-negative scalar."""
+    choice = config.scheduler
+    if not callable(schedule):
+        raise _broken(choice, f"returned {type(schedule).__name__}, not a schedule (a callable of the step count)")
+    for step in (0, max(span, 0)):
+        rate = _calling(choice, f"at step {step}", lambda s=step: jnp.asarray(schedule(jnp.asarray(s))))
+        if rate.shape != () or not jnp.issubdtype(rate.dtype, jnp.floating) and not jnp.issubdtype(rate.dtype, jnp.integer):
+            raise _broken(choice, f"gives {rate.dtype}{list(rate.shape)} at step {step}, not a scalar learning rate")
+        value = float(rate)
+        if not (np.isfinite(value) and value >= 0):
+            raise _broken(choice, f"gives the learning rate {value} at step {step}; a rate must be finite and >= 0")
+
+
+def available_memory() -> tuple[int | None, str]:
+    """Bytes the default device can still take (None if unknown), and the device's name."""
+    device = jax.local_devices()[0]  # (in a job of several processes, jax.devices()[0] may be another's)
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform} device {device.id}"
+    try:  # the CPU backend: the host's available memory
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024, "host"
+    except (OSError, KeyError, ValueError):
+        return None, "host"
+
+
+def _check_memory(config: RunConfig, abstract_model) -> None:
+    """Refuse a model whose parameters, gradients and two optimizer moments cannot fit, before
+    allocating any of it (a 30 GB allocation would otherwise end in a traceback or the OOM killer)."""
+    leaves = jax.tree.leaves(nnx.state(abstract_model, nnx.Param))
+    count = sum(int(np.prod(p.shape)) for p in leaves)
+    nbytes = sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in leaves)
+    free, where = available_memory()
+    if free is not None and 4 * nbytes > free:
+        raise UsageError(
+            f"model {config.model.name!r} has {count:,} parameters ({nbytes / 2**30:.1f} GiB); training needs at least "
+            f"4x that (parameters, gradients, optimizer state): {4 * nbytes / 2**30:.1f} GiB, but the {where} has "
+            f"{free / 2**30:.1f} GiB available. Choose smaller sizes"
+        )
+
+
+def _check_dataset(name: str, data: Dataset) -> None:
+    """Splits with as many labels as examples, at least one of each, labels below num_classes,
+    finite features."""
+    for split in ("train", "val", "test"):
+        part = getattr(data, split)
+        if len(part.x) != len(part.y) or len(part.y) == 0 or np.ndim(part.y) != 1:
+            raise UsageError(f"loader {name!r}: the {split} split has {len(part.x)} examples and labels of shape {np.shape(part.y)}")
+        if part.x.shape[1:] != data.train.x.shape[1:]:
+            raise UsageError(f"loader {name!r}: {split} examples have shape {part.x.shape[1:]}, train examples {data.train.x.shape[1:]}")
+        if not np.issubdtype(part.y.dtype, np.integer):
+            raise UsageError(f"loader {name!r}: {split} labels must be integers, got dtype {part.y.dtype}")
+        low, high = int(np.min(part.y)), int(np.max(part.y))
+        if low < 0 or high >= data.num_classes:
+            raise UsageError(
+                f"loader {name!r}: {split} labels range over {low}..{high}, outside 0..{data.num_classes - 1} (num_classes)"
+            )
+        finite = np.isfinite(part.x)
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0][0])
+            raise UsageError(f"loader {name!r}: {split} example {row} has a non-finite feature ({part.x[row][~finite[row]].flat[0]})")
+
+
+def _check_fit(config: RunConfig, model, data) -> None:
+    """A model whose output is not (batch, num_classes) for the loader's inputs is refused now."""
+    x = jax.ShapeDtypeStruct((2, *data.input_shape), jnp.float32)
+    graphdef, state = nnx.split(model)
+    try:
+        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+    except Exception as err:
+        msg = " ".join(str(err).split())[:300]
+        raise UsageError(
+            f"model {config.model.name!r} does not accept inputs of shape {tuple(data.input_shape)} "
+            f"from loader {config.loader.name!r}: {msg}"
+        ) from None
+    if getattr(out, "shape", None) != (2, data.num_classes):
+        raise UsageError(
+            f"model {config.model.name!r} returns shape {getattr(out, 'shape', type(out).__name__)} for a batch of 2, "
+            f"but loader {config.loader.name!r} has {data.num_classes} classes: expected (2, {data.num_classes})"
+        )

@@ -1,0 +1,209 @@
+"""The ``mlflow`` logger: one MLflow run per jaxyard run, through ``mlflow.MlflowClient``.
+
+Imported by the factory in :mod:`jaxyard.plugins.loggers`, never when components are listed.
+
+Store: ``tracking_uri`` empty means a SQLite database in the run directory,
+``sqlite:///RUN_DIR/mlflow.db``, its artifacts in ``RUN_DIR/mlflow-artifacts`` (view it with
+``mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db``, which needs the full ``mlflow``
+package). Only the client API is used, with explicit run ids: no active run, nothing global.
+
+Logged: the flattened configuration as params (``run.epochs``, ``optimizer.adam.b1``), the
+components as tags (``jaxyard.optimizer = adam``), per-epoch metrics at step = epoch
+(``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``lr``, ``time/train``, ``time/val``),
+at the end the test metrics and timings at the last epoch's step, the artifacts config.toml,
+summary.json and training_curves.png, and the status FINISHED or FAILED.
+
+Resume: the MLflow run id is kept in ``RUN_DIR/mlflow_run.json``; a resumed run continues that
+MLflow run. Its metric history is read once at start: restored epochs it lacks are logged
+then, and epochs it already holds (logged before the interruption; the resumed run computes
+them again bit for bit) are not logged again, so every epoch is there once. MLflow cannot
+delete a metric point: had the numbers differed, the first ones would stay.
+
+Quiet and offline: the factory imports mlflow with ``MLFLOW_DISABLE_TELEMETRY=true`` (unless the
+variable is set), so MLflow 3 sets up no usage telemetry; MLflow's INFO lines (the database
+set-up) and its libraries' deprecation warnings are held back while the store opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+import warnings
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from jaxyard.core.store.rundir import write_atomic
+from jaxyard.plugins._trackers.common import final_scalars, scalars
+
+RUN_FILE = "mlflow_run.json"
+ARTIFACTS = ("config.toml", "summary.json", "training_curves.png")
+MAX_PARAMS_PER_BATCH = 100  # MLflow's limits for one log_batch
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_VALUE = 6000
+
+
+@contextlib.contextmanager
+def _quiet():
+    """For this block only: MLflow's and alembic's INFO lines held back (creating a database
+    prints two), and the deprecation warnings of the store's libraries (SQLAlchemy's, when
+    MLflow sets up its tables) not shown."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """``{"optimizer": {"adam": {"b1": 0.9}}}`` -> ``{"optimizer.adam.b1": "0.9"}`` (values as JSON, strings as is)."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            out[re.sub(r"[^\w\-. /]", "_", name)] = text[:MAX_PARAM_VALUE]
+    return out
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MlflowLogger:
+    def __init__(self, directory: Path, *, tracking_uri: str = "", experiment: str = "jaxyard", run_name: str = ""):
+        self.directory = Path(directory)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_name = run_name or self.directory.name
+        self.client: MlflowClient | None = None
+        self.run_id: str | None = None
+        self.logged: dict[str, set[int]] = {}  # metric -> steps the store holds (a resumed run skips them)
+        self.last_epoch = 0
+        self.pending: list = []  # epochs queued for MLflow's writer thread (waited for by finish)
+
+    # --- the store ---------------------------------------------------------------------------
+
+    def _uri(self) -> str:
+        return self.tracking_uri or "sqlite:///" + str((self.directory / "mlflow.db").resolve())
+
+    def _artifact_location(self, uri: str) -> str | None:
+        """Artifacts next to a SQLite database (MLflow's default would be ./mlruns in the working
+        directory); for other stores MLflow (or its server) decides."""
+        if not uri.startswith("sqlite:///"):
+            return None
+        return (Path(uri[len("sqlite:///"):]).parent / "mlflow-artifacts").resolve().as_uri()
+
+    def _saved_run(self) -> str | None:
+        try:
+            saved = json.loads((self.directory / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("tracking_uri") != self.tracking_uri:
+            return None  # another store now: start a new MLflow run there
+        return saved.get("run_id") or None
+
+    def _open_run(self, run) -> bool:
+        """Continue the saved MLflow run (True) or create one (False)."""
+        run_id = self._saved_run()
+        if run_id is not None:
+            try:
+                found = self.client.get_run(run_id)
+            except Exception:  # deleted from the store, or the database is gone: a new run
+                found = None
+            if found is not None and found.info.lifecycle_stage == "active":
+                self.run_id = run_id
+                self.client.update_run(run_id, status="RUNNING")
+                return True
+        uri = self._uri()
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            experiment_id = self.client.create_experiment(self.experiment, artifact_location=self._artifact_location(uri))
+        tags = {"jaxyard.run_dir": str(self.directory.resolve())}
+        tags.update({f"jaxyard.{kind}": str(name) for kind, name in dict(run.components or {}).items()})
+        self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
+        record = {"run_id": self.run_id, "experiment_id": experiment_id, "tracking_uri": self.tracking_uri}
+        write_atomic(self.directory / RUN_FILE, json.dumps(record) + "\n")
+        return False
+
+    # --- the Logger protocol -------------------------------------------------------------------
+
+    def start(self, run) -> None:
+        with _quiet():
+            self.client = MlflowClient(tracking_uri=self._uri())
+            resumed = self._open_run(run)
+        params = flatten(run.config_dict)
+        if resumed:
+            data = self.client.get_run(self.run_id).data
+            changed = sorted(k for k, v in params.items() if k in data.params and data.params[k] != v)
+            params = {k: v for k, v in params.items() if k not in data.params}  # MLflow params cannot change
+            if changed and callable(getattr(run, "warn", None)):
+                run.warn(f"Warning: mlflow keeps the first value of parameters changed on resume: {', '.join(changed)}")
+            self.logged = {key: {m.step for m in self.client.get_metric_history(self.run_id, key)} for key in data.metrics}
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
+        history = list(run.history)
+        self.last_epoch = history[-1]["epoch"] if history else 0
+        # Restored epochs the store lacks (say, the logger was added when resuming).
+        self._log_metrics([m for record in history for m in self._metrics(record["epoch"], scalars(record))])
+
+    def log_epoch(self, record: dict) -> None:
+        """Queued: MLflow writes in its own thread (a SQLite transaction costs ~6 ms an epoch).
+        A kill may lose queued epochs; the next resume logs those the checkpoint holds."""
+        self.last_epoch = record["epoch"]
+        metrics = self._metrics(record["epoch"], scalars(record))
+        if metrics:
+            self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+
+    def finish(self, run, status: str, result=None) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        try:
+            for operation in self.pending:
+                operation.wait()
+            self.pending.clear()
+            if status == "finished":
+                metrics = self._metrics(self.last_epoch, final_scalars(result))
+                tags = []
+                if result is not None and getattr(result, "stop_reason", None):
+                    tags.append(RunTag("jaxyard.stop_reason", str(result.stop_reason)))
+                if metrics or tags:
+                    self.client.log_batch(self.run_id, metrics=metrics, tags=tags, synchronous=True)
+                for name in ARTIFACTS:
+                    path = self.directory / name
+                    if path.is_file():
+                        self.client.log_artifact(self.run_id, str(path))
+        finally:
+            self.client.set_terminated(self.run_id, "FINISHED" if status == "finished" else "FAILED")
+            self.client = None
+
+    def _log_metrics(self, metrics: list[Metric]) -> None:
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH], synchronous=True)
+
+    def _metrics(self, step: int, values: dict[str, float]) -> list[Metric]:
+        """Metrics at ``step``, less those the store already holds."""
+        now = _now_ms()
+        out = []
+        for key, value in values.items():
+            if int(step) in self.logged.get(key, ()):
+                continue
+            out.append(Metric(key, value, now, int(step)))
+            self.logged.setdefault(key, set()).add(int(step))
+        return out
