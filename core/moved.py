@@ -12,6 +12,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
+import types
 import warnings
 
 #: public names that are other modules, for good
@@ -85,10 +86,18 @@ class AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _caller_level() -> int:
-    """The stack level of the first frame outside the import machinery and this module."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith("<frozen") or frame.f_code.co_filename == __file__):
-        frame, level = frame.f_back, level + 1
+    """The ``stacklevel`` that points a warning raised in :meth:`AliasFinder.create_module` at
+    the line that imports. ``warnings`` does not count the import system's frozen frames; the
+    Python-level ``importlib.import_module`` is a frame of its own, passed over too."""
+    level = 1
+    frame: types.FrameType | None = sys._getframe(2)  # the caller of create_module
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not ("importlib" in name and "_bootstrap" in name):
+            level += 1
+            if not name.endswith(("importlib/__init__.py", "importlib\\__init__.py")):
+                break
+        frame = frame.f_back
     return level
 
 
