@@ -14,7 +14,8 @@ from jaxyard.core.registry.hookspecs import hookimpl
 from jaxyard.core.registry.loading import Registry, build_registry
 from jaxyard.core.registry.params import param
 from jaxyard.core.registry.settings import Settings, load_settings
-from jaxyard.core.store.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch, Restored
+from jaxyard.core.store.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch, CheckpointWarning, Restored
+from jaxyard.core.store.integrity import checksum_record, verify_checksums
 from jaxyard.core.store.policy import CheckpointPolicy, Monitor
 from jaxyard.core.train.data import Dataset, Split, StreamingDataset
 from jaxyard.core.train.events import Run, RunResult
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatch",
     "CheckpointPolicy",
+    "CheckpointWarning",
     "Checkpointer",
     "Dataset",
     "Entry",
@@ -57,6 +59,7 @@ __all__ = [
     "UsageError",
     "build_registry",
     "check",
+    "checksum_record",
     "evaluate",
     "hookimpl",
     "load_settings",
@@ -64,6 +67,7 @@ __all__ = [
     "resolve_config",
     "resume",
     "train",
+    "verify_checksums",
 ]
 
 _ENGINE = ("train", "evaluate", "resume", "Evaluation")

@@ -13,7 +13,7 @@ import attrs
 
 from jaxyard import hookimpl
 from jaxyard.core.registry.params import param
-from jaxyard.core.store.checkpoint import CheckpointError, Restored
+from jaxyard.core.store.checkpoint import CheckpointError, Restored, warn_checkpoint
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from jaxyard.core.store.checkpoint import Checkpointer
@@ -35,12 +35,13 @@ def orbax(params: OrbaxParams, *, directory: pathlib.Path) -> Checkpointer:
     load verifies a crc32 of each array, of the saved ``meta`` and of the checksum record,
     and that the step directory holds the step it is named after; the cause of any damage is
     named. A failed save is one line naming the cause (``No space left on device (ENOSPC)``),
-    with nothing printed by orbax. Opening and loading never change the directory, so a
-    run can be evaluated while it trains.
+    with nothing printed by orbax. What it worked around (a damaged step moved aside when its
+    step is saved again, an unreadable marker) is a :class:`jaxyard.CheckpointWarning` on stderr.
+    Opening and loading never change the directory, so a run can be evaluated while it trains.
     """
     from jaxyard.plugins._orbax import OrbaxCheckpointer  # heavy import only when called
 
-    return OrbaxCheckpointer(directory, async_save=params.async_save)
+    return OrbaxCheckpointer(directory, async_save=params.async_save, warn=warn_checkpoint)
 
 
 @attrs.frozen

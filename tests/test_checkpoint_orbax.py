@@ -1,5 +1,7 @@
 """The orbax checkpointer on real files: round trips, damage, failures, readers beside a writer,
-and jaxyard's retention and latest/best choice (CheckpointPolicy) on top of it.
+the checksum record it shares with other checkpointers, and its workarounds for orbax's output.
+Retention and the latest/best choice are CheckpointPolicy's (tests/test_policy.py, and the kit's
+checkpointer checks over orbax); here the policy only passes over damage orbax storage reports.
 
 Small arrays and synchronous saves unless a test is about async saving, so the
 whole file runs in a few seconds on two CPU cores.
@@ -7,9 +9,11 @@ whole file runs in a few seconds on two CPU cores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -22,13 +26,16 @@ from jaxyard.core.store.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointMismatch,
+    CheckpointWarning,
     Restored,
     compare_structures,
     missing_methods,
     structure_of,
 )
+from jaxyard.core.store.integrity import checksum_record, read_checksums, verify_checksums
 from jaxyard.core.store.policy import CheckpointPolicy, Monitor
-from jaxyard.plugins._orbax import MARKER_NAME, OrbaxCheckpointer, _save_cause
+from jaxyard.plugins._orbax import MARKER_NAME, OrbaxCheckpointer, quiet
+from jaxyard.plugins._orbax.oserrors import save_cause
 
 # When a restore or save fails with other reads/writes in flight, tensorstore used to call
 # back into the asyncio loop orbax had already closed ("Event loop is closed" tracebacks
@@ -192,24 +199,34 @@ def test_async_save_returns_then_wait_makes_it_durable(tmp_path):
 
 
 @pytest.mark.parametrize("async_save", [True, False])
-def test_files_are_fsynced(tmp_path, monkeypatch, async_save):
-    import jaxyard.plugins._orbax as impl
+def test_every_file_of_a_step_is_fsynced(tmp_path, monkeypatch, async_save):
+    """Every file and directory of the finished step, and the checkpoint directory after the step
+    appeared in it, by the time wait() returns; asynchronously, the items' files before the step is
+    renamed into place. Observed at os.fsync, whoever calls it (orbax does not fsync its JSON items)."""
+    d = tmp_path / "ckpt"
+    synced: list[tuple[str, bool]] = []  # (path relative to d, with the temporary name made final; step published yet)
+    real_fsync = os.fsync
 
-    calls = []
-    real = impl._fsync_tree
+    def fsync(fd):
+        path = pathlib.Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if d in path.parents or path == d:
+            rel = re.sub(r"^4\.orbax-checkpoint-tmp[^/]*", "4", str(path.relative_to(d)) if path != d else ".")
+            synced.append((rel, (d / "4").is_dir()))
+        return real_fsync(fd)
 
-    def spy(root):
-        calls.append((pathlib.Path(root).name, (tmp_path / "ckpt" / "4").exists()))
-        real(root)
-
-    monkeypatch.setattr(impl, "_fsync_tree", spy)
-    with OrbaxCheckpointer(tmp_path / "ckpt", async_save=async_save) as c:
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name an fsynced descriptor")
+    with OrbaxCheckpointer(d, async_save=async_save) as c:
+        monkeypatch.setattr(os, "fsync", fsync)
         c.save(4, make_arrays(4), make_meta(4))
         c.wait()
-    if async_save:  # in the background, before the step is renamed into place
-        assert len(calls) == 1 and calls[0][0].startswith("4.orbax-checkpoint-tmp") and not calls[0][1]
-    else:
-        assert calls == [("4", True)]
+        monkeypatch.undo()
+    on_disk = {str(p.relative_to(d)) for p in (d / "4").rglob("*")} | {"4"}
+    assert on_disk <= {rel for rel, _ in synced}, sorted(on_disk - {rel for rel, _ in synced})
+    assert (".", True) in synced  # the rename itself
+    if async_save:  # the items before publication: a step that is there holds durable data
+        items = {rel for rel in on_disk if rel.split("/")[1:2] in (["state"], ["meta"], ["checksums"])}
+        assert items and items <= {rel for rel, published in synced if not published}
 
 
 def test_save_keeps_no_view_of_jax_buffers(tmp_path):
@@ -336,11 +353,11 @@ def test_killed_mid_save_leaves_earlier_steps_intact(tmp_path):
         """
         import os, signal, sys
         import numpy as np
-        import jaxyard.plugins._orbax as impl
-        c = impl.OrbaxCheckpointer(sys.argv[1], async_save=True)
+        from jaxyard.plugins._orbax import OrbaxCheckpointer, durable
+        c = OrbaxCheckpointer(sys.argv[1], async_save=True)
         for step in (1, 2, 3):
             if step == 3:  # the background fsync of the finished temporary directory
-                impl._fsync_tree = lambda root: os.kill(os.getpid(), signal.SIGKILL)
+                durable.fsync_tree = lambda root: os.kill(os.getpid(), signal.SIGKILL)
             c.save(step, {"w": np.full(50_000, step, np.float32)}, {"step": step})
             c.wait()
         """
@@ -359,78 +376,7 @@ def test_killed_mid_save_leaves_earlier_steps_intact(tmp_path):
     assert sorted(p.name for p in d.iterdir()) == ["1", "2", "3", MARKER_NAME]
 
 
-# ------------------------------------------- retention and latest/best choice
-
-
-@pytest.mark.parametrize("async_save", [True, False])
-def test_retention_keeps_latest_k_plus_best_n(tmp_path, async_save):
-    losses = {10: 0.9, 20: 0.2, 30: 0.5, 40: 0.6, 50: 0.7, 60: 0.8}  # best is early: 20
-    d = tmp_path / "ckpt"
-    p = policy(d, async_save=async_save, keep_latest=2, keep_best=1)
-    history: list[dict] = []
-    for s, loss in losses.items():
-        history = save_all(p, [record(s, val_loss=loss)], history=history)
-        assert len(p.storage.steps()) <= 2 + 1 + 1  # kept ones + the one just saved
-    p.finish()
-    assert sorted(x.name for x in d.iterdir() if x.is_dir()) == ["20", "50", "60"]
-
-    # a resumed run: ranks the steps saved before from the restored history (as the engine does)
-    p = policy(d, async_save=async_save, keep_latest=2, keep_best=1)
-    assert p.restore("best").step == 20
-    latest = p.restore("latest")
-    assert latest.step == 60
-    p.records = {int(r["step"]): r for r in latest.meta["history"]}
-    history = save_all(p, [record(70, val_loss=0.95), record(80, val_loss=0.3)], history=latest.meta["history"])
-    p.finish()
-    p = policy(d, async_save=async_save)
-    assert p.storage.steps() == [20, 70, 80]
-    best = p.restore("best")
-    assert best.step == 20 and best.meta["metrics"]["val_loss"] == 0.2
-    assert_bit_exact(best.arrays, make_arrays(20))
-    p.close()
-
-
-def test_best_by_val_acc_is_max_and_by_val_loss_is_min(tmp_path):
-    d = tmp_path / "ckpt"
-    records = [
-        record(1, val_loss=0.9, val_acc=0.5),
-        record(2, val_loss=0.4, val_acc=0.7),
-        record(3, val_loss=0.2, val_acc=0.6),  # lowest loss
-        record(4, val_loss=0.5, val_acc=0.9),  # highest accuracy
-        record(5, val_loss=0.8, val_acc=0.8),
-    ]
-    with OrbaxCheckpointer(d, async_save=False) as c:
-        save_all(c, records)
-    for metric, want in (("val_loss", 3), ("val_acc", 4), ("train_loss", 5)):
-        p = policy(d, metric=metric)
-        r = p.restore("best")
-        assert (r.step, r.skipped) == (want, ()), metric
-        assert_bit_exact(r.arrays, make_arrays(want))
-        p.close()
-
-
-def test_retention_by_val_acc_and_steps_without_the_metric(tmp_path):
-    accs = {1: 0.5, 2: 0.9, 3: None, 4: 0.7, 5: 0.6, 6: None}  # None: no validation that epoch
-    d = tmp_path / "ckpt"
-    p = policy(d, metric="val_acc", keep_latest=1, keep_best=2)
-    save_all(p, [record(s, **({} if a is None else {"val_acc": a})) for s, a in accs.items()])
-    p.finish()
-    p = policy(d, metric="val_acc")
-    assert p.storage.steps() == [2, 4, 6]
-    assert p.restore("best").step == 2
-    assert p.restore("latest").step == 6
-    p.close()
-
-
-def test_keep_best_zero_keeps_exactly_the_latest(tmp_path):
-    d = tmp_path / "ckpt"
-    p = policy(d, keep_latest=2, keep_best=0)
-    save_all(p, [record(s, val_loss=loss) for s, loss in {1: 0.1, 2: 0.5, 3: 0.6, 4: 0.7}.items()])
-    p.finish()
-    p = policy(d)
-    assert p.storage.steps() == [3, 4]
-    assert p.restore("best").step == 3  # best among those kept
-    p.close()
+# ------------------------------------------------------ failures and retention
 
 
 @pytest.mark.parametrize("async_save", [False, True])
@@ -538,7 +484,7 @@ def test_damaged_newest_is_passed_over(tmp_path, damage):
     if damage == "flip bytes in array data":
         assert "checksum mismatch" in cause  # orbax itself reads the bytes back silently
     if damage.startswith("edit") and "meta" in damage:
-        assert cause == "checksum mismatch for meta (meta/metadata): edited or corrupted on disk"
+        assert cause == "checksum mismatch for meta: edited or corrupted on disk"
     if damage == "edit the checksum record's step" or "crc in the checksum record" in damage:
         assert "checksum mismatch for the checksum record" in cause
     if damage == "another step's directory in its place":
@@ -695,13 +641,33 @@ def test_marker_of_another_format_is_refused(tmp_path):
         OrbaxCheckpointer(d)
 
 
-def test_unreadable_marker_is_a_warning(tmp_path):
-    d = saved(tmp_path, steps=(1,))
+def registered_orbax(directory, *, async_save=False):
+    """The ``orbax`` checkpointer as a run creates it: through the plugin's registered factory."""
+    from jaxyard.plugins import checkpointers as plugin
+
+    registered = {}
+    plugin.jaxyard_register_checkpointers(lambda name, factory, params: registered.__setitem__(name, (factory, params)))
+    factory, params_cls = registered["orbax"]
+    return factory(params_cls(async_save=async_save), directory=directory)
+
+
+def test_notes_reach_the_user_as_warnings(tmp_path):
+    """What the checkpointer worked around is a CheckpointWarning (stderr, unless filtered), not
+    dropped: a run's checkpointer comes from the factory, which used to pass no ``warn``."""
+    d = saved(tmp_path, steps=(1, 3))
     (d / MARKER_NAME).write_text("{not json")
-    notes: list[str] = []
-    with OrbaxCheckpointer(d, warn=notes.append) as c:
-        assert c.steps() == [1]
-    assert len(notes) == 1 and MARKER_NAME in notes[0] and one_line(notes[0])
+    with pytest.warns(CheckpointWarning) as unreadable:
+        c = registered_orbax(d)
+    [note] = [str(w.message) for w in unreadable]
+    assert one_line(note) and note.startswith(f"{d / MARKER_NAME} is unreadable (JSONDecodeError: ")
+    assert note.endswith("); using the directory anyway")
+    _flip(d / "3")
+    with pytest.warns(CheckpointWarning) as moved:
+        c.save(3, make_arrays(33), make_meta(3))
+    c.close()
+    [note] = [str(w.message) for w in moved]
+    assert one_line(note) and note.startswith(f"checkpoint step 3 in {d} was damaged (checksum mismatch for array ")
+    assert note.endswith("; moved it to 3.damaged and saving again")
 
 
 def test_path_that_is_a_file_is_refused(tmp_path):
@@ -714,38 +680,56 @@ def test_path_that_is_a_file_is_refused(tmp_path):
     assert f.read_text() == "not a directory"
 
 
-def _permissions_enforced(tmp_path) -> bool:
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    os.chmod(probe, 0o555)
+@contextlib.contextmanager
+def _without_root():
+    """Run the block with file permissions enforced. As root (CI containers), the effective user id
+    of the whole process, orbax's and tensorstore's threads included, is an unprivileged one until
+    the block ends."""
+    if os.name != "posix":
+        pytest.skip("POSIX file permissions")
+    if os.geteuid() != 0:
+        yield
+        return
     try:
-        (probe / "x").write_text("x")
-    except PermissionError:
-        return True
+        os.seteuid(65534)  # nobody
+    except OSError as exc:
+        pytest.skip(f"cannot drop root privileges here: {exc}")
+    try:
+        yield
     finally:
-        os.chmod(probe, 0o755)
-    return False
+        os.seteuid(0)
 
 
-def test_unwritable_directory(tmp_path):
-    if os.name != "posix" or not _permissions_enforced(tmp_path):
-        pytest.skip("file permissions are not enforced for this user (root)")
-    d = saved(tmp_path, steps=(1, 2))
+@pytest.fixture
+def shared_tmp(tmp_path):
+    """A temporary directory an unprivileged user can read (pytest's own are root's alone under root)."""
+    import tempfile
+
+    root = pathlib.Path(tempfile.mkdtemp(prefix="jaxyard-unwritable-"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_unwritable_directory(shared_tmp):
+    d = saved(shared_tmp, steps=(1, 2))
     os.chmod(d, 0o555)
     try:
-        c = OrbaxCheckpointer(d, async_save=False)
-        with pytest.raises(CheckpointError) as info:
-            c.save(3, make_arrays(3), make_meta(3))
-        assert one_line(str(info.value)) and "step 3" in str(info.value)
-        assert c.steps() == [1, 2]
-        assert c.load(2).step == 2
-        with pytest.raises(CheckpointError, match="could not delete"):
-            c.delete(1)
-        c.close()
-        with pytest.raises(CheckpointError, match="cannot use the directory"):
-            OrbaxCheckpointer(d / "new")
+        with _without_root():
+            c = OrbaxCheckpointer(d, async_save=False)
+            with pytest.raises(CheckpointError) as info:
+                c.save(3, make_arrays(3), make_meta(3))
+            assert one_line(str(info.value)) and "step 3" in str(info.value) and "Permission denied" in str(info.value)
+            assert c.steps() == [1, 2]
+            assert c.load(2).step == 2
+            with pytest.raises(CheckpointError, match="could not delete"):
+                c.delete(1)
+            c.close()
+            with pytest.raises(CheckpointError, match="cannot use the directory"):
+                OrbaxCheckpointer(d / "new")
     finally:
         os.chmod(d, 0o755)
+    assert sorted(p.name for p in d.iterdir()) == ["1", "2", MARKER_NAME]
 
 
 @pytest.fixture
@@ -972,6 +956,7 @@ def test_modules_import_without_jax_orbax_numpy():
         heavy = ("jax", "orbax", "numpy")
         before = {m for m in heavy if m in sys.modules}
         import jaxyard.core.store.checkpoint
+        import jaxyard.core.store.integrity
         import jaxyard.core.store.policy
         import jaxyard.plugins.checkpointers
         after = {m for m in heavy if m in sys.modules}
@@ -1020,7 +1005,97 @@ def test_plugin_registers_orbax_and_none(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
-# --------------------------------------------- integrity record (version 2)
+# --------------------------------------------- checksum record (version 2)
+
+
+GOLDEN_ARRAYS = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "e": np.zeros((0,), np.uint8)}
+GOLDEN_META = {"epoch": 1, "metrics": {"val_loss": 0.25}}
+# written by the orbax checkpointer before the record moved to jaxyard.core.store.integrity: the same
+# bytes now, so checkpoints written before and after verify alike
+GOLDEN_RECORD = {
+    "format": "jaxyard.orbax", "version": 2, "algorithm": "crc32", "step": 3, "meta_crc32": 1450595056,
+    "arrays": {"w": {"shape": [2, 3], "dtype": "float32", "crc32": 2447872023, "stored": True},
+               "e": {"shape": [0], "dtype": "uint8", "crc32": 0, "stored": False}},
+    "record_crc32": 4167041971,
+}
+
+
+def test_checksum_record_is_unchanged_and_verifies():
+    record = checksum_record(3, GOLDEN_ARRAYS, GOLDEN_META)
+    assert json.dumps(record) == json.dumps(GOLDEN_RECORD)  # key order included
+    verify_checksums(json.loads(json.dumps(record)), 3, GOLDEN_ARRAYS, GOLDEN_META)
+    fortran = {"w": np.asfortranarray(GOLDEN_ARRAYS["w"]), "e": GOLDEN_ARRAYS["e"]}
+    verify_checksums(record, 3, fortran, GOLDEN_META)  # the bytes in C order, whatever the layout
+    # meta as it reads back from JSON: a tuple is a list, an integer key a string
+    odd = {"pair": (1, 2), "by_epoch": {2: 0.5, 10: 0.25}}
+    verify_checksums(checksum_record(3, {}, odd), 3, {}, json.loads(json.dumps(odd)))
+
+
+def _changed(change):
+    record = json.loads(json.dumps(GOLDEN_RECORD))
+    change(record)
+    return record
+
+
+VERIFY_FAILURES = {
+    "a flipped byte": (GOLDEN_RECORD, 3, {**GOLDEN_ARRAYS, "w": GOLDEN_ARRAYS["w"] + 1}, GOLDEN_META,
+                       "checksum mismatch for array 'w': data corrupted on disk"),
+    "another step's record": (GOLDEN_RECORD, 4, GOLDEN_ARRAYS, GOLDEN_META,
+                              "the checkpoint holds step 3, not 4: its directory was renamed or copied from step 3"),
+    "an edited meta": (GOLDEN_RECORD, 3, GOLDEN_ARRAYS, {**GOLDEN_META, "epoch": 2}, "checksum mismatch for meta: edited or corrupted on disk"),
+    "a missing array": (GOLDEN_RECORD, 3, {"w": GOLDEN_ARRAYS["w"]}, GOLDEN_META,
+                        "the arrays do not match the checksum record: missing e"),
+    "another dtype": (GOLDEN_RECORD, 3, {**GOLDEN_ARRAYS, "w": GOLDEN_ARRAYS["w"].astype(np.float64)}, GOLDEN_META,
+                      "array 'w' has dtype float64, checksum record says float32"),
+    "an edited record": (_changed(lambda r: r["arrays"]["w"].update(crc32=1)), 3, GOLDEN_ARRAYS, GOLDEN_META,
+                         "checksum mismatch for the checksum record: edited or corrupted on disk"),
+    "no record": (None, 3, GOLDEN_ARRAYS, GOLDEN_META, "checksum record is malformed: not a JSON object with an 'arrays' object"),
+}
+
+
+@pytest.mark.parametrize("case", list(VERIFY_FAILURES), ids=list(VERIFY_FAILURES))
+def test_verify_checksums_names_the_damage(case):
+    record, step, arrays, meta, cause = VERIFY_FAILURES[case]
+    with pytest.raises(CheckpointError) as info:
+        verify_checksums(record, step, arrays, meta, directory="/runs/a/checkpoints")
+    assert str(info.value) == f"checkpoint step {step} in /runs/a/checkpoints: {cause}"
+
+
+def test_checksum_record_in_parts():
+    """What a checkpointer that loads in parts uses: the arrays to read, the zero-size ones rebuilt."""
+    checksums = read_checksums(GOLDEN_RECORD, 3)
+    assert checksums.stored() == ["w"]
+    assert_bit_exact(checksums.unstored(), {"e": GOLDEN_ARRAYS["e"]})
+    checksums.check_meta(GOLDEN_META)
+    with pytest.raises(CheckpointError, match="meta is not JSON"):
+        checksums.check_meta({"f": object()})
+    with pytest.raises(CheckpointError, match=r"checkpoint step 3: meta is not JSON-serializable: TypeError: Object of type object"):
+        checksum_record(3, {}, {"f": object()})
+
+
+def test_the_npz_example_checkpointer_verifies_its_checksums(tmp_path):
+    """tests/plugins_local/npz_checkpointer.py, the README's storage-only checkpointer, through the
+    same record: an edited meta and a step directory renamed to another step are damage (a flipped
+    array byte already is: the zip inside an .npz has a crc32 of its own)."""
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("npz_example", REPO / "tests" / "plugins_local" / "npz_checkpointer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.NpzCheckpointer(tmp_path)
+    for step in (1, 2):
+        c.save(step, make_arrays(step), make_meta(step))
+    assert_bit_exact(c.load(2).arrays, make_arrays(2))
+    _edit_json(tmp_path / "1" / "meta.json", lambda doc: doc["meta"].update(epoch=9))
+    os.rename(tmp_path / "2", tmp_path / "5")
+    for step, cause in ((1, "checksum mismatch for meta: edited or corrupted on disk"), (5, "the checkpoint holds step 2, not 5")):
+        with pytest.raises(CheckpointError, match=rf"^checkpoint step {step} in {re.escape(str(tmp_path))}: {cause}"):
+            c.load(step)
+
+
+# --------------------------------------------- the checksum record on orbax's files
 
 
 def test_step_directory_renamed_to_another_step_is_damaged(tmp_path):
@@ -1116,7 +1191,7 @@ SAVE_FAILURES = {
 @pytest.mark.parametrize("case", list(SAVE_FAILURES), ids=list(SAVE_FAILURES))
 def test_save_failure_names_the_operating_system_error(tmp_path, monkeypatch, case):
     exc, cause = SAVE_FAILURES[case]
-    assert _save_cause(exc) == cause
+    assert save_cause(exc) == cause
     d = saved(tmp_path, steps=(1,))
     with OrbaxCheckpointer(d, async_save=False) as c:
 
@@ -1139,9 +1214,7 @@ def test_orbax_logs_are_dropped_only_while_a_checkpointer_is_open(tmp_path, capl
     from absl import logging as absl_logging
     from orbax.checkpoint._src import asyncio_utils
 
-    import jaxyard.plugins._orbax as impl
-
-    for leftover in list(impl._OPEN):  # a checkpointer another test left open
+    for leftover in quiet.open_checkpointers():  # a checkpointer another test left open
         leftover.close()
     original = asyncio_utils._run_sync_via_new_loop
     c = OrbaxCheckpointer(tmp_path / "ckpt", async_save=False)
@@ -1152,8 +1225,49 @@ def test_orbax_logs_are_dropped_only_while_a_checkpointer_is_open(tmp_path, capl
     assert asyncio_utils._run_sync_via_new_loop is not original  # c2 still open
     c2.close()
     assert asyncio_utils._run_sync_via_new_loop is original
-    assert not [f for f in logging.getLogger("absl").filters if isinstance(f, impl._DropOrbaxRecords)]
+    assert not [f for f in logging.getLogger("absl").filters if isinstance(f, quiet._DropOrbaxRecords)]
     assert "the program's own absl message" in caplog.text
+
+
+def test_an_untested_orbax_is_not_patched(tmp_path, monkeypatch):
+    """Outside the releases its workarounds were written for, nothing of orbax's or absl's is
+    touched (said once, as a CheckpointWarning), and checkpoints work the same."""
+    import logging
+
+    from orbax.checkpoint._src import asyncio_utils
+
+    for leftover in quiet.open_checkpointers():
+        leftover.close()
+    monkeypatch.setattr(quiet, "ORBAX_VERSION", "0.13.0")
+    monkeypatch.setattr(quiet.Quiet, "_warned", False)
+    original, filters = asyncio_utils._run_sync_via_new_loop, list(logging.getLogger("absl").filters)
+    with pytest.warns(CheckpointWarning, match=r"orbax-checkpoint 0\.13\.0 is not a release jaxyard was tested with \(>=0\.11\.20,<0\.13\)"):
+        c = OrbaxCheckpointer(tmp_path / "ckpt", async_save=False)
+    assert asyncio_utils._run_sync_via_new_loop is original
+    assert logging.getLogger("absl").filters == filters
+    c.save(1, make_arrays(1), make_meta(1))
+    assert_bit_exact(c.load(1).arrays, make_arrays(1))
+    c.close()
+    assert asyncio_utils._run_sync_via_new_loop is original
+
+
+@pytest.mark.parametrize(
+    "version, tested",
+    [("0.11.20", True), ("0.12.8", True), ("0.12.99rc1", True), ("0.11.19", False), ("0.13.0", False), ("1.0", False), ("", False)],
+)
+def test_tested_orbax_releases(version, tested):
+    assert quiet.tested(version) is tested
+
+
+def test_the_orbax_pin_is_the_tested_range():
+    """pyproject.toml's orbax-checkpoint bounds and quiet.TESTED_ORBAX move together."""
+    import tomllib
+
+    from helpers import REPO
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    low, high = quiet.TESTED_ORBAX
+    assert f"orbax-checkpoint>={low},<{high}" in deps
 
 
 STRAY_OUTPUT_SCRIPT = textwrap.dedent(
@@ -1213,7 +1327,14 @@ STRAY_OUTPUT_SCRIPT = textwrap.dedent(
     report(c.close)
     disk_full(False)
 
-    # 4. an error on its way out while a save is pending, the checkpointer never closed
+    # 4. a damaged step saved again by a run's checkpointer (the registered factory): one warning
+    from jaxyard.plugins.checkpointers import OrbaxParams, orbax
+
+    c = orbax(OrbaxParams(async_save=False), directory=d)
+    c.save(2, arrays(2), {"step": 2})
+    c.close()
+
+    # 5. an error on its way out while a save is pending, the checkpointer never closed
     c = OrbaxCheckpointer(root / "pending", async_save=True)
     c.save(1, arrays(1), {"step": 1})
     raise SystemExit("bad input: exiting")
@@ -1232,13 +1353,19 @@ def test_nothing_is_printed_after_the_error_line(tmp_path):
     lines = out.stderr.splitlines()
     damaged = f"checkpoint step 2 in {tmp_path / 'damaged'}: array data unreadable (state/): "
     full = "saving failed: File too large (EFBIG); earlier checkpoints were left in place"
-    assert len(lines) == 6, out.stderr[-3000:]
+    assert len(lines) == 8, out.stderr[-3000:]
     assert all(line.startswith(damaged) for line in lines[:3]), out.stderr[-3000:]
-    assert lines[3:] == [
+    assert lines[3:5] == [
         f"checkpoint step 2 in {tmp_path / 'full-sync'}: {full}",
         f"checkpoint step 2 in {tmp_path / 'full-async'}: {full}",
-        "bad input: exiting",
     ], out.stderr[-3000:]
+    # Python's display of a warning: where it was issued, then that line of source
+    assert re.fullmatch(
+        rf".*: CheckpointWarning: checkpoint step 2 in {re.escape(str(tmp_path / 'damaged'))} was damaged \(array data unreadable "
+        r"\(state/\): .*\); moved it to 2\.damaged and saving again",
+        lines[5],
+    ), out.stderr[-3000:]
+    assert lines[6].startswith("  ") and lines[7] == "bad input: exiting", out.stderr[-3000:]
     assert out.stdout == ""
     # the pending save was finished at exit, not lost
     with OrbaxCheckpointer(tmp_path / "pending") as c:

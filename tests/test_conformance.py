@@ -1,5 +1,6 @@
-"""The conformance kit (jaxyard.core.kit): the built-ins pass it, it catches broken components,
-and a plugin package's own tests use it in a real pytest session (the pytest11 entry point)."""
+"""The conformance kit (jaxyard.testing, which is jaxyard.core.kit): the built-ins pass it, it catches
+broken components, and a plugin package's own tests use it in a real pytest session (the pytest11
+entry point)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,8 @@ from pathlib import Path
 import pytest
 
 import jaxyard
-from jaxyard.core import kit
-from jaxyard.core.kit import (
-    check_component,
-    checks_for,
-    components,
-    parametrize_with_checks,
-)
+import jaxyard.testing as kit
+from jaxyard.testing import check_component, checks_for, components, parametrize_with_checks
 
 from helpers import EXAMPLE, REPO, clean_environ
 
@@ -115,18 +111,35 @@ def test_check_component_reports_each_check():
     assert set(results) == {c.name for c in checks_for("scheduler:linear", "api")}
 
 
-def test_importing_the_kit_is_light():
-    """pytest loads the kit in every session (the pytest11 entry point): no jax there."""
-    code = ("import json, sys, jaxyard.core.kit; "
-            "print(json.dumps(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'numpy') if m in sys.modules)))")
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60, env=clean_environ())
+PROBE = """
+import json, sys, warnings
+HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "numpy")
+import jaxyard.core.kit.pytest_plugin
+plugin = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY or m.startswith("jaxyard.core.kit.") and not m.endswith(".pytest_plugin"))
+import jaxyard.core.kit, jaxyard.testing
+from jaxyard.testing import CHECKS
+kit = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import jaxyard.core.testing
+print(json.dumps({"plugin": plugin, "kit": kit, "alias": jaxyard.testing is jaxyard.core.kit, "checks": len(CHECKS),
+                  "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}))
+"""
+
+
+def test_what_importing_the_kit_and_its_pytest_plugin_costs():
+    """pytest imports the plugin in every session: it loads nothing of the kit and no jax. The kit,
+    checks included, loads no jax either; jaxyard.testing is it, jaxyard.core.testing warns."""
+    proc = subprocess.run([sys.executable, "-c", PROBE], check=False, capture_output=True, text=True, timeout=60, env=clean_environ())
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == []
+    found = json.loads(proc.stdout)
+    assert found["plugin"] == [] and found["kit"] == [] and found["alias"] and found["checks"] == len(kit.CHECKS), found
+    assert [w.split(" in jaxyard")[0] for w in found["warnings"]] == ["DeprecationWarning: jaxyard.core.testing moved to jaxyard.core.kit"]
 
 
 def test_pytest_plugin_is_registered(jaxyard_registry):
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="pytest11") if ep.dist and ep.dist.name == "jaxyard"}
-    assert eps == {"jaxyard": "jaxyard.core.kit"}, "reinstall jaxyard (pip install -e .) to register the pytest11 entry point"
+    assert eps == {"jaxyard": "jaxyard.core.kit.pytest_plugin"}, "reinstall jaxyard (pip install -e .) to register the pytest11 entry point"
     assert jaxyard_registry.get("optimizer", "adam").plugin == "jaxyard.plugins.optimizers"
 
 
@@ -413,7 +426,7 @@ CAUGHT = [
 
 @pytest.mark.parametrize("label, check_name, fragment", CAUGHT, ids=[f"{c[0]}-{c[1]}" for c in CAUGHT])
 def test_the_kit_catches(bad_registry, label, check_name, fragment, tmp_path):
-    entry = kit._resolve_entry(label, bad_registry)
+    entry = kit.resolve_entry(label, bad_registry)
     check = next(c for c in checks_for(entry) if c.name == check_name).bind(kit.Options(registry=bad_registry))
     with pytest.raises(AssertionError) as info:
         kit.run_check(entry, check, tmp_path=tmp_path)

@@ -1,22 +1,21 @@
 """The scaffold behind `jaxyard new-plugin`: what it writes and refuses, and (slow) that a generated
-package with all six kinds installs, is listed through its entry point, trains and passes its own
-conformance tests."""
+package with all six kinds is found through its entry point, is listed, trains, evaluates and passes
+the conformance kit its own test file runs."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import importlib.util
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
 import jaxyard
-from jaxyard.core.kit.scaffold import write_plugin
+from jaxyard.core.kit import harness
+from jaxyard.core.kit.scaffold import next_steps, write_plugin
 from jaxyard.core.registry.entries import KINDS
-
-from helpers import REPO, clean_environ
+from jaxyard.testing import check_component, checks_for
 
 
 @pytest.mark.parametrize("name", ["", "Demo", "1abc", "my plugin", "a--b", "a-", "-a", "x" * 41, "opt.im"])
@@ -63,52 +62,86 @@ def test_writes_one_documented_component_per_kind_asked(tmp_path):
         compile(path.read_text(), str(path), "exec")
     readme = (pkg / "README.md").read_text()
     assert "jaxyard run --model my-model --logger my-model --epochs 2" in readme and "python -m pytest -q" in readme
-    assert 'parametrize_with_checks(distribution="jaxyard-my-model")' in (pkg / "tests/test_plugin.py").read_text()
+    tests = (pkg / "tests/test_plugin.py").read_text()
+    assert "from jaxyard.testing import parametrize_with_checks" in tests and 'parametrize_with_checks(distribution="jaxyard-my-model")' in tests
+    assert "pip install -e '.[test]'" in readme and tomllib.loads((pkg / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert next_steps(pkg) == f"cd {pkg} && pip install -e '.[test]' && python -m pytest -q"
+    assert next_steps("my dir") == "cd 'my dir' && pip install -e '.[test]' && python -m pytest -q"
 
 
-# --- the real thing: installed (into a folder of its own on PYTHONPATH: the shared environment, and
-# any test running beside this one, never see it) ------------------------------------------------
+def test_each_kind_alone_is_a_complete_module(tmp_path):
+    """plugin.py's sections are cut apart right: one kind's module defines its hook and imports what it uses."""
+    for kind in KINDS:
+        pkg = write_plugin(tmp_path / kind, "solo", kinds=[kind])
+        source = (pkg / "src/jaxyard_solo/__init__.py").read_text()
+        hooks = [line for line in source.splitlines() if line.startswith("def jaxyard_register_")]
+        assert hooks == [f"def jaxyard_register_{kind}s(register):"], hooks
+        assert ("from pathlib import Path" in source) == (kind in ("checkpointer", "logger")) and "PLUGIN" not in source
+        compile(source, kind, "exec")
+
+
+# --- the real thing: found through a real entry point (a dist-info folder on sys.path: no build, no
+# pip, no network), listed, trained and evaluated through the CLI, and checked by the kit --------
 
 NAME = "scaffold-check"
 DIST = f"jaxyard-{NAME}"
+MODULE = "jaxyard_scaffold_check"
 
 
-def _run(args, site=None, **kwargs):
-    env = clean_environ()
-    if site is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    return subprocess.run(args, check=False, env=env, capture_output=True, text=True, timeout=300, **kwargs)
+def write_dist_info(site: Path, dist: str, version: str, entry_points: dict[str, dict[str, str]]) -> Path:
+    """What pip leaves in site-packages for importlib.metadata to find: ``NAME-VERSION.dist-info/`` with
+    METADATA and entry_points.txt (``{group: {name: value}}``). On sys.path, its entry points are real."""
+    folder = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    folder.mkdir(parents=True)
+    (folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    groups = [f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items()) for group, eps in entry_points.items()]
+    (folder / "entry_points.txt").write_text("\n".join(groups))
+    return folder
 
 
-def _pip(*args):
-    return _run([sys.executable, "-m", "pip", *args])
+@pytest.fixture
+def generated(tmp_path, monkeypatch):
+    """A generated package with all six kinds, as if installed: its src/ and a dist-info on sys.path
+    (which the kit's fresh-process import check passes on as PYTHONPATH); forgotten afterwards."""
+    pkg = write_plugin(tmp_path / DIST, NAME, kinds=KINDS)
+    project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
+    write_dist_info(tmp_path / "site", DIST, project["version"], {"jaxyard": project["entry-points"]["jaxyard"]})
+    for folder in (pkg / "src", tmp_path / "site"):
+        monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.chdir(tmp_path)  # not the checkout: its registry.toml is not the user's
+    harness.default_registry.cache_clear()  # the kit's registry of this process predates the package
+    yield pkg
+    harness.default_registry.cache_clear()
+    for module in [m for m in sys.modules if m == MODULE or m.startswith(MODULE + ".")]:
+        del sys.modules[module]
 
 
 @pytest.mark.slow
-def test_generated_plugin_installs_lists_trains_and_passes_its_own_tests(tmp_path):
-    pkg = write_plugin(tmp_path / DIST, NAME, kinds=KINDS)
-    site = tmp_path / "site"
-    proc = _pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(pkg))
-    if proc.returncode != 0:  # setuptools here cannot build it offline (no wheel package): let pip fetch a backend
-        proc = _pip("install", "--no-deps", "--target", str(site), str(pkg))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def test_generated_plugin_is_listed_trains_and_passes_the_kit(generated, run_cli, cli_json, tmp_path):
+    listing = cli_json(["list", "--json"])
+    assert {(e["kind"], e["name"]) for e in listing if e["distribution"] == DIST} == {(kind, NAME) for kind in KINDS}
 
-    listing = _run([sys.executable, str(REPO / "cli.py"), "list", "--json"], site, cwd=tmp_path)
-    assert listing.returncode == 0, listing.stderr
-    ours = {(e["kind"], e["name"]) for e in json.loads(listing.stdout) if e["distribution"] == DIST}
-    assert ours == {(kind, NAME) for kind in KINDS}
-
+    run = tmp_path / "run"
     chosen = [arg for kind in KINDS for arg in (f"--{kind}", NAME)]
-    train = _run([sys.executable, str(REPO / "cli.py"), "run", *chosen, "--epochs", "2", "--out", str(tmp_path / "run")], site, cwd=tmp_path)
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr
-    rows = (tmp_path / "run" / f"{NAME}-metrics.tsv").read_text().splitlines()
+    train = run_cli(["run", *chosen, "--epochs", "2", "--out", run])
+    assert train.exit_code == 0, (train.stdout[-2000:], train.stderr, train.exception)
+    rows = (run / f"{NAME}-metrics.tsv").read_text().splitlines()
     assert rows[0].startswith("epoch\tstep\tlr") and [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]
-    steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert steps and (tmp_path / "run" / "checkpoints" / str(steps[-1]) / "manifest.json").is_file()
-    best = _run([sys.executable, str(REPO / "cli.py"), "eval", str(tmp_path / "run"), "--checkpoint", "best"], site, cwd=tmp_path)
-    assert best.returncode == 0 and "Test Accuracy" in best.stdout, best.stdout + best.stderr
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir())
+    assert steps and (run / "checkpoints" / str(steps[-1]) / "manifest.json").is_file()
+    best = run_cli(["eval", run, "--checkpoint", "best"])
+    assert best.exit_code == 0 and "Test Accuracy" in best.stdout, (best.stdout, best.stderr, best.exception)
 
-    tests = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], site, cwd=pkg)
-    summary = tests.stdout.strip().splitlines()[-1] if tests.stdout.strip() else tests.stderr
-    assert tests.returncode == 0 and "failed" not in summary, tests.stdout[-4000:] + tests.stderr
-    assert int(summary.split(" passed")[0].split()[-1]) >= 50, summary  # one test per component and check
+    # the package's own test file asks the kit for one test per component and check, all of them...
+    spec = importlib.util.spec_from_file_location("generated_test_plugin", generated / "tests" / "test_plugin.py")
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    cases = tests.test_conformance.pytestmark[0].args[1]
+    assert sorted(case.id for case in cases) == sorted(f"{kind}:{NAME}-{c.name}" for kind in KINDS for c in checks_for(kind))
+    assert not any(case.marks for case in cases)
+    # ...and they pass: the same checks, run here rather than by a nested pytest
+    registry = jaxyard.build_registry()
+    for kind in KINDS:
+        results = check_component(f"{kind}:{NAME}", tier="full", distribution=DIST, registry=registry, tmp_path=tmp_path / "kit" / kind)
+        assert results["entry_point"] == f"passed: entry point {NAME} = {MODULE} of {DIST} 0.1.0", results
+        assert all(r.startswith(("passed", "skipped")) for r in results.values()), results

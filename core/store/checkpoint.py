@@ -14,6 +14,7 @@ jax, orbax nor numpy.
 from __future__ import annotations
 
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -27,12 +28,14 @@ if typing.TYPE_CHECKING:  # pragma: no cover - for annotations only
 __all__ = [
     "CheckpointError",
     "CheckpointMismatch",
+    "CheckpointWarning",
     "Checkpointer",
     "Restored",
     "compare_structures",
     "missing_methods",
     "describe_exception",
     "structure_of",
+    "warn_checkpoint",
 ]
 
 #: ``(shape, dtype)`` of one array; dtype may be a numpy dtype or its name.
@@ -74,6 +77,17 @@ class CheckpointError(JaxyardError):
         else:
             return self.cause
         return f"{where}: {self.cause}"
+
+
+class CheckpointWarning(UserWarning):
+    """A note from a checkpointer about something it worked around (a damaged step moved aside, an
+    unreadable marker file); issued through :mod:`warnings`, so it reaches stderr unless filtered:
+    ``warnings.filterwarnings("ignore", category=jaxyard.CheckpointWarning)`` silences it."""
+
+
+def warn_checkpoint(message: str) -> None:
+    """Issue ``message`` as a :class:`CheckpointWarning` (a checkpointer's default ``warn``)."""
+    warnings.warn(message, CheckpointWarning, stacklevel=2)
 
 
 class CheckpointMismatch(CheckpointError):

@@ -1,8 +1,9 @@
-"""A storage-only checkpointer in about 40 lines: one .npz and one .json per step, no ranking or
-retention of its own (jaxyard's core provides both)."""
+"""A storage-only checkpointer in about 50 lines: one .npz and one .json per step, verified by jaxyard's
+checksum record on load; no ranking or retention of its own (jaxyard's core provides both)."""
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import attrs
@@ -25,7 +26,8 @@ class NpzCheckpointer:
         tmp.mkdir()
         np.savez(tmp / "arrays.npz", **arrays)
         dtypes = {k: np.asarray(v).dtype.name for k, v in arrays.items()}  # npz keeps bfloat16 only as raw bytes
-        (tmp / "meta.json").write_text(json.dumps({"meta": meta, "dtypes": dtypes}))
+        checksums = jaxyard.checksum_record(step, arrays, meta)  # each array's crc32, the meta's, the step's
+        (tmp / "meta.json").write_text(json.dumps({"meta": meta, "dtypes": dtypes, "checksums": checksums}))
         os.replace(tmp, self.directory / str(step))
 
     def steps(self):
@@ -38,11 +40,14 @@ class NpzCheckpointer:
         path = self.directory / str(step)
         try:
             saved = json.loads((path / "meta.json").read_text())
+            meta, checksums = saved["meta"], saved["checksums"]
             with np.load(path / "arrays.npz", allow_pickle=False) as z:
                 arrays = {k: z[k].view(np.dtype(saved["dtypes"][k])) for k in z.files}
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
             raise jaxyard.CheckpointError(str(err), directory=self.directory, step=step) from None
-        return jaxyard.Restored(step, arrays, saved["meta"])
+        # a CheckpointError naming the damage: a flipped byte, an edited meta, another step's files
+        jaxyard.verify_checksums(checksums, step, arrays, meta, directory=self.directory)
+        return jaxyard.Restored(step, arrays, meta)
 
     def delete(self, step):
         shutil.rmtree(self.directory / str(step), ignore_errors=True)

@@ -1,6 +1,6 @@
 """jaxyard's conformance kit over this package's components: one test per component and check."""
 
-from jaxyard.core.kit import parametrize_with_checks
+from jaxyard.testing import parametrize_with_checks
 
 
 @parametrize_with_checks(distribution="jaxyard-example-plugin")

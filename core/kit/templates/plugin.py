@@ -1,0 +1,192 @@
+"""jaxyard-PLUGIN: a jaxyard plugin with PLUGIN_KINDS, each named PLUGIN_NAME.
+
+jaxyard finds it through its entry point (``[project.entry-points.jaxyard]`` in pyproject.toml).
+Each hook below registers one component: ``register(name, factory, params=ParamsClass)``; the
+factory's first docstring line is its description in ``jaxyard list``. Import jax, flax, optax
+and numpy inside the factories (or modules they import), never at the top of this module:
+listing components must stay fast. jaxyard's ``core/registry/hookspecs.py`` documents every factory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+from attrs import validators as v
+
+import jaxyard
+
+NAME = "PLUGIN_NAME"
+
+
+# --- optimizer --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OptimizerParams:
+    momentum: float = jaxyard.param(0.9, "decay of the running average of the gradients (0: plain SGD)", validator=[v.ge(0.0), v.lt(1.0)])
+    nesterov: bool = jaxyard.param(False, "use Nesterov momentum")
+    weight_decay: float = jaxyard.param(0.0, "decoupled weight decay, scaled by the learning rate (0: off)", validator=v.ge(0.0))
+
+
+def optimizer(p: OptimizerParams, *, learning_rate):
+    """SGD with momentum and decoupled weight decay, chained from optax primitives."""
+    import optax
+
+    return optax.chain(
+        optax.trace(decay=p.momentum, nesterov=p.nesterov),
+        optax.add_decayed_weights(p.weight_decay),
+        optax.scale_by_learning_rate(learning_rate),  # the run's schedule, always last
+    )
+
+
+@jaxyard.hookimpl
+def jaxyard_register_optimizers(register):
+    register(NAME, optimizer, params=OptimizerParams)
+
+
+# --- scheduler --------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SchedulerParams:
+    power: float = jaxyard.param(2.0, "exponent of the decay: 1 is linear, more falls faster at first", validator=v.gt(0.0))
+    end_fraction: float = jaxyard.param(0.01, "final rate as a fraction of the peak", validator=[v.ge(0.0), v.le(1.0)])
+
+
+def scheduler(p: SchedulerParams, *, learning_rate, decay_steps):
+    """Polynomial decay from the peak rate to end_fraction x peak over the rest of the run."""
+    import optax
+
+    return optax.polynomial_schedule(
+        init_value=learning_rate,
+        end_value=learning_rate * p.end_fraction,
+        power=p.power,
+        transition_steps=max(decay_steps, 1),
+    )
+
+
+@jaxyard.hookimpl
+def jaxyard_register_schedulers(register):
+    register(NAME, scheduler, params=SchedulerParams)
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ModelParams:
+    hidden: int = jaxyard.param(64, "units of the hidden layer", validator=v.ge(1))
+    dropout_rate: float = jaxyard.param(0.1, "dropout after the hidden layer, active only in training", validator=[v.ge(0.0), v.lt(1.0)])
+
+
+def model(p: ModelParams, *, input_shape, num_classes, rngs):
+    """A small MLP: flatten, Linear, ReLU, dropout, Linear to the logits."""
+    from jaxyard_PLUGIN._model import MLP  # flax is imported only when a model is built
+
+    return MLP(input_shape, p.hidden, num_classes, dropout_rate=p.dropout_rate, rngs=rngs)
+
+
+@jaxyard.hookimpl
+def jaxyard_register_models(register):
+    register(NAME, model, params=ModelParams)
+
+
+# --- loader -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class LoaderParams:
+    train_size: int = jaxyard.param(512, "training examples", validator=v.ge(1))
+    val_size: int = jaxyard.param(128, "validation examples", validator=v.ge(1))
+    test_size: int = jaxyard.param(128, "test examples", validator=v.ge(1))
+    features: int = jaxyard.param(16, "features per example", validator=v.ge(1))
+    classes: int = jaxyard.param(4, "number of classes", validator=v.ge(2))
+    separation: float = jaxyard.param(3.0, "spread of the class means, in noise standard deviations", validator=v.ge(0.0))
+    data_seed: int = jaxyard.param(0, "seeds the data (not run.seed: a sweep over seeds trains on the same data)", validator=v.ge(0))
+
+
+def loader(p: LoaderParams, *, seed):
+    """Learnable synthetic data: Gaussian blobs around one random mean per class."""
+    import numpy as np
+
+    rng = np.random.default_rng(p.data_seed)
+    means = rng.normal(size=(p.classes, p.features)) * p.separation / np.sqrt(p.features)
+
+    def split(n):
+        y = rng.integers(0, p.classes, size=n)
+        x = means[y] + rng.normal(size=(n, p.features))
+        return jaxyard.Split(x.astype(np.float32), y.astype(np.int32))
+
+    return jaxyard.Dataset(split(p.train_size), split(p.val_size), split(p.test_size), p.classes)
+
+
+@jaxyard.hookimpl
+def jaxyard_register_loaders(register):
+    register(NAME, loader, params=LoaderParams)
+
+
+# --- checkpointer -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class CheckpointerParams:
+    compress: bool = jaxyard.param(False, "compress the arrays (smaller files, slower saves)")
+
+
+def checkpointer(p: CheckpointerParams, *, directory):
+    """Checkpoints as .npz files with a manifest of dtypes, shapes and checksums (storage only)."""
+    from jaxyard_PLUGIN._checkpointer import NpzCheckpointer  # numpy is imported only when it is built
+
+    return NpzCheckpointer(Path(directory), compress=p.compress)
+
+
+@jaxyard.hookimpl
+def jaxyard_register_checkpointers(register):
+    register(NAME, checkpointer, params=CheckpointerParams)
+
+
+# --- logger -----------------------------------------------------------------------------------
+
+COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_time", "val_time")
+
+
+@attrs.frozen
+class LoggerParams:
+    filename: str = jaxyard.param("PLUGIN_NAME-metrics.tsv", "file in the run directory", validator=v.min_len(1))
+
+
+class FileLogger:
+    """A header and one tab-separated row per epoch. ``start`` rewrites the file from the epochs
+    the run already has (``run.history``), so after a kill and ``jaxyard resume`` each epoch is
+    in it exactly once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def start(self, run) -> None:
+        rows = "".join(self._row(r) for r in run.history)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("\t".join(COLUMNS) + "\n" + rows, encoding="utf-8")
+        tmp.replace(self.path)
+
+    def log_epoch(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(self._row(record))
+
+    def finish(self, run, status: str, result=None) -> None:
+        pass  # every row is already written; a logger holding a connection would close it here
+
+    @staticmethod
+    def _row(record: dict) -> str:
+        return "\t".join(str(record.get(c, "")) for c in COLUMNS) + "\n"
+
+
+def logger(p: LoggerParams, *, directory):
+    """One tab-separated row of metrics per epoch, in a file of the run directory."""
+    return FileLogger(Path(directory) / p.filename)
+
+
+@jaxyard.hookimpl
+def jaxyard_register_loggers(register):
+    register(NAME, logger, params=LoggerParams)
