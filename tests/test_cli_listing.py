@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import pytest
 
 from jaxyard.core.registry.entries import KINDS
 
 from helpers import assert_one_line_error
 
+VERSION = metadata.version("jaxyard")
 ENTRY_KEYS = {"kind", "name", "qualified", "description", "plugin", "distribution", "version"}
 
 
@@ -90,7 +93,7 @@ def test_show_text_is_aligned(run_cli):
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0].startswith("optimizer adam: Adam")
-    assert lines[1] == "  plugin: jaxyard.plugins.optimizers (jaxyard 0.1.0)"
+    assert lines[1] == f"  plugin: jaxyard.plugins.optimizers (jaxyard {VERSION})"
     assert lines[2] == "  parameters:"
     rows = lines[3:]
     assert [r.split()[0] for r in rows] == ["b1", "b2", "eps", "weight_decay"]
@@ -142,7 +145,7 @@ def test_plugins_text(run_cli):
     result = run_cli(["plugins"])
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0] == "jaxyard.plugins.optimizers  [builtin, jaxyard 0.1.0]  ok"
+    assert lines[0] == f"jaxyard.plugins.optimizers  [builtin, jaxyard {VERSION}]  ok"
     assert lines[1] == "  hooks: jaxyard_register_optimizers"
     assert lines[2].startswith("  components: optimizer:adam, optimizer:adamw, optimizer:sgd")
 
@@ -163,7 +166,7 @@ def test_help_and_version(run_cli):
     for command in ("list", "show", "plugins", "run", "resume", "eval"):
         assert f"  {command} " in result.stdout
     assert "--strict-plugins" in result.stdout and "JAXYARD_REGISTRY" in result.stdout
-    assert run_cli(["--version"]).stdout.strip().endswith("0.1.0")
+    assert run_cli(["--version"]).stdout.strip().endswith(VERSION)
     assert "--set KIND.KEY=VALUE" in run_cli(["run", "--help"]).stdout
 
 

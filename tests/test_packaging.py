@@ -6,12 +6,15 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 
 import pytest
 
 from helpers import REPO, clean_environ
 
+#: the version the wheel is built at: the checkout's own (never a number written here)
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 # What a build must not see: build outputs and caches (the rest of the tree is copied as is, so a
 # packaging mistake that would ship tests/, benchmarks/ or examples/ shows up).
 IGNORE = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "*.whl")
@@ -42,7 +45,7 @@ def test_wheel_has_only_the_jaxyard_package(wheel):
         names = zf.namelist()
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     top = {n.split("/", 1)[0] for n in names}
-    assert top == {"jaxyard", "jaxyard-0.1.0.dist-info"}, top
+    assert top == {"jaxyard", f"jaxyard-{VERSION}.dist-info"}, top
     assert {"core", "plugins", "cli.py", "tests", "benchmarks", "examples"}.isdisjoint(top)
     assert "jaxyard/registry.toml" in names
     modules = ("__init__.py", "cli.py", "core/registry/loading.py", "core/registry/hookspecs.py", "plugins/optimizers.py", "plugins/checkpointers.py")
@@ -68,4 +71,4 @@ def test_wheel_works_on_its_own(wheel, tmp_path):
     assert proc.returncode == 0, proc.stderr
     module, registry_toml, version, optimizers = json.loads(proc.stdout)
     assert module.startswith(str(target)) and registry_toml == str(target / "jaxyard" / "registry.toml")
-    assert version == "0.1.0" and "adam" in optimizers
+    assert version == VERSION and "adam" in optimizers

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from jaxyard.core.errors import UsageError
+from jaxyard.core.registry.api import PLUGIN_API
 from jaxyard.core.registry.entries import KINDS
 
 __all__ = ["NAME_PATTERN", "next_steps", "write_plugin"]
@@ -79,6 +80,7 @@ def write_plugin(directory: str | os.PathLike, name: str, kinds: Iterable[str] =
         "PLUGIN_ROWS": "\n".join(f"| {k} | `{name}` | {_WHAT[k]} |" for k in chosen),
         "PLUGIN_RUN_OPTIONS": " ".join(f"{_RUN_OPTIONS[k]} {name}" for k in chosen),
         "PLUGIN_SHOW_COMMANDS": "\n".join(f"jaxyard show {k} {name}" for k in chosen),
+        "PLUGIN_API": PLUGIN_API,
     }
     files = {
         "pyproject.toml": _template("pyproject.toml.tmpl"),

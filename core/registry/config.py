@@ -6,6 +6,7 @@ experiment file (``run --config``), command-line options, then ``--set KIND.KEY=
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,7 @@ from jaxyard.core.registry import params as P
 from jaxyard.core.registry.entries import CHOSEN, KINDS, Entry
 from jaxyard.core.registry.run_settings import RENAMED_RUN_KEYS, RunSettings, check_run_table, renamed  # noqa: F401 - their 0.1 home
 from jaxyard.core.registry.settings import Settings, dump_toml, merge, read_config_file
+from jaxyard.core.registry.stale import refuse_stale_keys
 
 
 @attrs.frozen
@@ -101,6 +103,7 @@ def resolve_config(
     options: dict[str, Any] | None = None,
     sets: Iterable[str] = (),
     loggers: Iterable[str] = (),
+    run_dir: str | os.PathLike | None = None,
 ) -> RunConfig:
     """Merge the configuration layers and validate every value against the registry.
 
@@ -108,10 +111,15 @@ def resolve_config(
     :param sets: ``KIND.KEY=VALUE``, ``logger.NAME.KEY=VALUE`` or ``run.KEY=VALUE`` strings;
         ``KIND`` is the chosen component.
     :param loggers: logger names added to ``run.loggers`` (``--logger``).
+    :param run_dir: the run directory whose config.toml ``config_file`` is (``eval``, ``resume``): a
+        key its component no longer takes (the plugin was upgraded since) is a :class:`StaleConfig`
+        naming the way out, ``jaxyard upgrade RUN_DIR``, rather than an unknown key.
     """
     values = settings.values
     if config_file:
         experiment = read_config_file(config_file)
+        if run_dir is not None:
+            refuse_stale_keys(registry, experiment, path=config_file, run_dir=str(run_dir))
         _check_component_tables(registry, experiment, config_file)
         values = merge(values, experiment)
     run_values = renamed(dict(values.get("run", {})))

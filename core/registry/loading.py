@@ -5,6 +5,10 @@ Built-in plugins (modules in ``jaxyard.plugins``), third-party plugins (entry po
 group ``jaxyard``) and local plugins (modules or ``.py`` files named in registry.toml or with
 ``--plugin``) all go through the same path. A plugin that fails is reported and skipped, or is
 fatal in strict mode.
+
+An entry-point plugin whose distribution requires another jaxyard (``Requires-Dist: jaxyard<0.2``)
+fails before it is imported, naming both versions; one that breaks a contract at registration is
+told which jaxyard it was written for (:mod:`jaxyard.core.registry.api`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ import pluggy
 
 from jaxyard.core.errors import PluginError, UnknownComponent, UsageError, did_you_mean, one_line
 from jaxyard.core.registry import hookspecs
+from jaxyard.core.registry.api import declared_requirement, unmet_requirement, written_for
 from jaxyard.core.registry.entries import HOOKS, KINDS, Entry, PluginInfo
 from jaxyard.core.registry.params import NoParams, describe, field_types
 from jaxyard.core.registry.settings import Settings, env_flag
@@ -50,13 +55,18 @@ class Candidate:
     load: Callable[[], Any] = attrs.field(repr=False)
     distribution: str | None = None
     version: str | None = None
+    requires: str | None = None  # the jaxyard version specifier its distribution declares
 
 
 class Registry:
     """Components by kind and name, and the plugins that did (or did not) provide them."""
 
-    def __init__(self, entries: Iterable[Entry], plugins: Iterable[PluginInfo], pm: pluggy.PluginManager, prefer: Iterable[str] = ()):
-        """``prefer``: qualified names (``acme:cnn``) that own their bare name when plugins share it."""
+    def __init__(
+        self, entries: Iterable[Entry], plugins: Iterable[PluginInfo], pm: pluggy.PluginManager, prefer: Iterable[str] = (),
+        requirements: Mapping[str, str] | None = None,
+    ):
+        """``prefer``: qualified names (``acme:cnn``) that own their bare name when plugins share it.
+        ``requirements``: plugin name -> the jaxyard version specifier its distribution declares."""
         by_bare: dict[tuple[str, str], list[Entry]] = {}
         for e in entries:
             by_bare.setdefault((e.kind, e.name), []).append(e)
@@ -72,6 +82,7 @@ class Registry:
                 self._entries[e.kind, e.selector] = e
         self.plugins = tuple(plugins)
         self.plugin_manager = pm
+        self._requirements = dict(requirements or {})
 
     def get(self, kind: str, name: str) -> Entry:
         """The entry ``name`` selects: its bare name, or ``qualifier:name`` (``acme:cnn``,
@@ -111,6 +122,11 @@ class Registry:
             if p.name == name:
                 return p
         raise UsageError(unknown_name_message("plugin", name, [p.name for p in self.plugins]))
+
+    def requirement(self, name: str) -> str | None:
+        """The jaxyard that plugin ``name``'s distribution requires (``">=0.2"``, ``""`` for any), or
+        None when it declares none (built-ins are jaxyard itself)."""
+        return self._requirements.get(name)
 
     @property
     def failures(self) -> list[PluginInfo]:
@@ -186,7 +202,10 @@ def build_registry(
     entries: dict[tuple[str, str], Entry] = {}
     infos: list[PluginInfo] = []
     matched: set[str] = set()
+    requirements: dict[str, str] = {}
     for candidate in _candidates(settings, plugins, load):
+        if candidate.requires is not None:
+            requirements[candidate.name] = candidate.requires
         if pm.is_blocked(candidate.name):
             matched.add(candidate.name)
             infos.append(PluginInfo(candidate.name, candidate.source, candidate.module, candidate.distribution, candidate.version, disabled=True))
@@ -202,14 +221,14 @@ def build_registry(
         if on_warning:
             loaded = ", ".join(i.name for i in infos) or "none"
             on_warning(f"Warning: no plugin is named {name!r}, so disabling it does nothing (plugins: {loaded})")
-    return Registry(entries.values(), infos, pm, prefer=settings.prefer)
+    return Registry(entries.values(), infos, pm, prefer=settings.prefer, requirements=requirements)
 
 
 def _candidates(settings: Settings, extra: Iterable[str], load: Iterable[str] | None = None) -> Iterator[Candidate]:
-    version = _own_version()
+    own = _own_version()
     for short in settings.builtin:
         module = f"{PACKAGE}.plugins.{short}"
-        yield Candidate(module, "builtin", module, _importer(module), "jaxyard", version)
+        yield Candidate(module, "builtin", module, _importer(module), "jaxyard", own)
     allow = set(load) if load is not None else None
     seen: dict[str, str | None] = {}  # entry-point name -> its distribution
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
@@ -223,7 +242,10 @@ def _candidates(settings: Settings, extra: Iterable[str], load: Iterable[str] | 
                 yield Candidate(ep.name, "entry point", ep.value, _failing(msg), dist, version)
             continue
         seen[ep.name] = dist
-        yield Candidate(ep.name, "entry point", ep.value, ep.load, dist, version)
+        requires = declared_requirement(ep.dist)
+        unmet = unmet_requirement(requires, own, distribution=dist)
+        load_it = _failing(unmet) if unmet else ep.load  # never imported: its code was written for another API
+        yield Candidate(ep.name, "entry point", ep.value, load_it, dist, version, requires)
     for spec in dict.fromkeys((*settings.local, *extra)):  # a plugin named twice loads once
         yield Candidate(spec, "local", spec, _importer(spec))
 
@@ -250,9 +272,23 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
     except (Exception, SystemExit, KeyboardInterrupt) as err:  # a plugin's own bug (even sys.exit() at import) must not take the registry down
         if plugin is not None:
             pm.unregister(plugin)
-        return attrs.evolve(info, error=one_line(err))
+        error = one_line(err)
+        if c.source != "builtin" and _breaks_the_api(err):
+            error = f"{error}; {written_for(c.requires, _own_version())}"
+        return attrs.evolve(info, error=error)
     entries.update(staged)
     return attrs.evolve(info, hooks=hooks, components=tuple(f"{k}:{e.name}" for (k, _), e in staged.items()), warnings=tuple(warnings))
+
+
+def _breaks_the_api(err: BaseException) -> bool:
+    """Whether a plugin's failure is one of jaxyard's contracts (the registration checks, a hook
+    implementation's arguments, a jaxyard name that is not there): the jaxyard it was written for
+    is worth naming. A requirement already refused, or the plugin's own bug, is not."""
+    if isinstance(err, PluginError):
+        return not isinstance(err, _Refused)
+    if isinstance(err, pluggy.PluginValidationError):
+        return True
+    return isinstance(err, ImportError) and (err.name or "").partition(".")[0] == PACKAGE
 
 
 def _check_hooks(pm: pluggy.PluginManager, plugin: Any) -> tuple[str, ...]:
@@ -358,9 +394,14 @@ def _check_signature(where: str, kind: str, factory: Callable[..., Any]) -> None
         raise PluginError(f"{where}: factory{signature} requires {', '.join(required)}, which jaxyard never passes; expected {expected}")
 
 
+class _Refused(PluginError):
+    """A plugin refused before it is imported (its jaxyard requirement, a name already taken):
+    the message says everything."""
+
+
 def _failing(message: str) -> Callable[[], Any]:
     def load() -> Any:
-        raise PluginError(message)
+        raise _Refused(message)
 
     return load
 

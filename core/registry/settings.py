@@ -122,7 +122,7 @@ def dump_toml(data: dict[str, dict[str, Any]]) -> str:
 
     def table(header: str, values: dict[str, Any]) -> None:
         lines.append(f"[{header}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None)
         lines.append("")
 
     for key, value in data.items():
@@ -138,7 +138,8 @@ def _toml_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """``v`` as a TOML value: ``true``, ``3``, ``1e-08``, ``"val_loss"``, ``[256, 128]``."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -148,7 +149,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} ({type(v).__name__}) as TOML")
 
 
