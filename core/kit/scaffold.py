@@ -81,6 +81,7 @@ def write_plugin(directory: str | os.PathLike, name: str, kinds: Iterable[str] =
         "PLUGIN_RUN_OPTIONS": " ".join(f"{_RUN_OPTIONS[k]} {name}" for k in chosen),
         "PLUGIN_SHOW_COMMANDS": "\n".join(f"jaxyard show {k} {name}" for k in chosen),
         "PLUGIN_API": PLUGIN_API,
+        "PLUGIN_NEXT_API": _next_minor(PLUGIN_API),
     }
     files = {
         "pyproject.toml": _template("pyproject.toml.tmpl"),
@@ -119,6 +120,12 @@ def _plugin_module(kinds: list[str]) -> str:
     if not {"checkpointer", "logger"} & set(kinds):
         header = header.replace(PATH_IMPORT, "", 1)
     return header + "".join(sections[k] for k in kinds)
+
+
+def _next_minor(version: str) -> str:
+    """``0.3`` for ``0.2``: before 1.0 a new minor release may change the plugin API."""
+    major, minor = version.split(".")[:2]
+    return f"{major}.{int(minor) + 1}"
 
 
 def _fill(text: str, tokens: Mapping[str, str]) -> str:
