@@ -238,14 +238,20 @@ def _value_text(p: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def plugins(session, as_json):
-    """Show the plugins loaded (and those that failed), their hooks and components."""
-    infos = session.registry.plugins
+    """Show the plugins loaded (and those that failed), their hooks and components, and the
+    jaxyard each installed package requires."""
+    from jaxyard.core.registry.api import PLUGIN_API
+
+    registry = session.registry
+    infos = registry.plugins
     if as_json:
-        return _echo_json([D.plugin_dict(p) for p in infos])
+        return _echo_json([{**D.plugin_dict(p), "requires": _requires_text(registry, p)} for p in infos])
     for p in infos:
         status = "disabled" if p.disabled else "ok" if p.ok else "FAILED"
         dist = f"{p.distribution} {p.version}" if p.distribution else "-"
         click.echo(f"{p.name}  [{p.source}, {dist}]  {status}")
+        if p.source == "entry point":
+            click.echo(f"  requires: {_requires_text(registry, p) or 'jaxyard (its package declares no version)'}")
         if p.disabled:
             continue
         if p.ok:
@@ -255,6 +261,19 @@ def plugins(session, as_json):
                 click.echo(f"  warning: {warning}")
         else:
             click.echo(f"  error: {p.error}")
+    click.echo(f"jaxyard {_own_version()}, plugin API {PLUGIN_API} (a plugin package declares the jaxyard it needs as a dependency)")
+
+
+def _requires_text(registry, info) -> str | None:
+    """``jaxyard>=0.2`` for a plugin whose package declares it, else None."""
+    specifier = registry.requirement(info.name)
+    return None if specifier is None else f"jaxyard{specifier}"
+
+
+def _own_version() -> str:
+    import jaxyard
+
+    return jaxyard.__version__
 
 
 def _run_options(f, *, sweep: bool = False, only: tuple[str, ...] = ()):
@@ -509,15 +528,20 @@ def launch(session, count, port, args):
     from jaxyard.core.scale.launch import launch as launch_job
 
     args = list(args[1:] if args[:1] == ("--",) else args)
-    forwarded = [*(["--registry", session.registry_file] if session.registry_file else []),
-                 *[x for p in session.plugins for x in ("--plugin", p)], *[x for d in session.disable for x in ("--disable", d)],
-                 *(["--strict-plugins"] if session.strict else []), *(["--debug"] if session.debug else [])]
     try:
-        code = launch_job(count, [*forwarded, *args], echo=click.echo, echo_err=_warn, port=port)
+        code = launch_job(count, [*_global_options(session), *args], echo=click.echo, echo_err=_warn, port=port)
     except KeyboardInterrupt:
         _warn("jaxyard launch: interrupted; every process was stopped")
         code = 130
     sys.exit(code)
+
+
+def _global_options(session) -> list[str]:
+    """The global options this command was given, for the processes it starts."""
+    from jaxyard.core.scale.launch import global_options
+
+    return global_options(registry=session.registry_file, plugins=session.plugins, disable=session.disable, strict=session.strict,
+                          debug=session.debug)
 
 
 @cli.command("eval", short_help="Evaluate a saved checkpoint on the test split.")
@@ -539,6 +563,48 @@ def eval_(session, run_dir, checkpoint, weights):
     from jaxyard.core.train.engine import evaluate
 
     evaluate(run_dir, checkpoint=checkpoint, weights=weights, registry=session.registry, echo=click.echo)
+
+
+# --- upgrade: a run directory read again after its plugins were upgraded -------------------------
+
+
+@cli.command(short_help="Drop a run's config keys that upgraded plugins no longer take.")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Drop them without asking.")
+@click.pass_obj
+def upgrade(session, run_dir, yes):
+    """List the keys of RUN_DIR/config.toml that its components no longer take (a plugin upgraded
+    since the run dropped a parameter), ask, then rewrite the file without them, keeping the old one
+    as config.toml.bak. The other values are untouched, so eval and resume give the run's numbers."""
+    from jaxyard.core.errors import UsageError
+    from jaxyard.core.registry.settings import dump_toml, read_config_file
+    from jaxyard.core.registry.stale import stale_keys, without
+    from jaxyard.core.store import rundir as rd
+
+    directory = rd.RunDir(run_dir)
+    path = directory / rd.CONFIG
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a jaxyard run directory (no {rd.CONFIG})")
+    directory.lock()  # no resume is writing it meanwhile
+    try:
+        data = read_config_file(path)
+        keys = stale_keys(session.registry, data)
+        if not keys:
+            click.echo(f"{path}: every key is one its components take; nothing to do")
+            return
+        count = f"{len(keys)} key{'s' * (len(keys) > 1)}"
+        click.echo(f"Keys of {path} that its components no longer take:")
+        for key in keys:
+            click.echo(f"  {key.describe()}")
+        backup = next(p for p in (path.with_name(f"{rd.CONFIG}.bak{n or ''}") for n in range(1000)) if not p.exists())
+        if not yes:
+            click.confirm(f"Drop {count}, keeping the old file as {backup.name}?", abort=True)
+        rd.write_atomic(backup, path.read_bytes())
+        rd.write_atomic(path, dump_toml(without(data, keys)))
+    finally:
+        directory.unlock()
+    click.echo(f"Dropped {count} from {path} (the old file is {backup}); "
+               f"`jaxyard eval {run_dir}` and `jaxyard resume {run_dir}` read it now.")
 
 
 @cli.command(short_help="Compare runs: the settings that differ, their metrics and curves.")
@@ -620,15 +686,10 @@ def sweep(
     """
     from jaxyard.core.experiments import sweep as S
 
-    if vectorize == "auto":
-        import jax
-
-        vectorize = "off" if jax.default_backend() == "cpu" else "on"
-    vectorized = vectorize == "on"
+    vectorized = S.vectorized(vectorize)
     if worker_index is not None:  # one of --workers: run trials, print them, leave the summary to the parent
-        wave = max(1, -(-S.load_spec(resume_dir).trials // workers))  # vectorized: each worker takes its share, at most 16
         counts = S.run_worker(resume_dir, registry=session.registry, worker=worker_index, vectorize=vectorized, echo=click.echo,
-                              warn=_warn, compile_cache=_compile_cache(no_compile_cache), wave=min(16, wave))
+                              warn=_warn, compile_cache=_compile_cache(no_compile_cache), wave=S.worker_wave(resume_dir, workers))
         click.echo(f"Worker {worker_index}: {_counts_text(counts)}")
         return
     if resume_dir:
@@ -642,7 +703,8 @@ def sweep(
         directory = Path(resume_dir)
         S.recover(directory, S.open_study(directory, S.load_spec(directory)), echo=click.echo)
     else:
-        directory = _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, prune or "median", storage, options)
+        directory = S.new(lambda values: _resolve(session, config_file, values, loggers), options=options, sets=sets, out=out,
+                          sampler=sampler, trials=trials, prune=prune or "median", storage=storage)
         planned = S.load_spec(directory).trials
         if trials and trials > planned:
             click.echo(f"Note: --trials {trials} is more than the grid's {planned} points: {planned} trials")
@@ -658,7 +720,8 @@ def sweep(
                               compile_cache=_compile_cache(no_compile_cache))
         click.echo(f"Trials {_counts_text(counts)}")
     else:
-        _spawn_workers(session, directory, workers, no_compile_cache, vectorize)
+        S.spawn_workers(directory, workers, forwarded=_global_options(session), vectorize=vectorized, compile_cache=not no_compile_cache,
+                        echo=click.echo, warn=_warn)
     headers, rows, best = S.leaderboard(directory)
     from jaxyard.core.experiments import compare as C
 
@@ -678,40 +741,6 @@ def sweep(
         raise TrainingError(f"no trial of the sweep finished: every one failed (their errors are in {directory / S.RESULTS})")
 
 
-def _new_sweep(session, S, config_file, sets, loggers, out, sampler, trials, prune, storage, options) -> Path:
-    """Split the options into fixed values and swept dimensions, check them, write the sweep directory."""
-    import time
-
-    from jaxyard.core.registry.config import parse_set, resolve_config
-
-    fixed, dims = [], []
-    items = [(f"run.{k}", v) for k, v in options.items() if v is not None]
-    for item in sets:
-        section, key, value = parse_set(item)
-        items.append((f"{section}.{key}", str(value)))
-    for name, text in items:
-        dim = None if name.startswith("logger.") else S.parse_spec(name, text)
-        if dim is None:
-            fixed.append(f"{name}={S.fixed_text(text)}")
-        else:
-            dims.append(dim)
-    given = {name for name, _ in items}
-    if "run.curves" not in given:  # sweep.png and `compare --png` plot the trials
-        fixed.insert(0, "run.curves=false")
-    first = [f"{d.name}={d.texts_for_check()[0]}" for d in dims]
-
-    def resolve(extra):
-        return resolve_config(session.registry, session.settings, config_file=config_file, sets=[*fixed, *first, *extra], loggers=loggers)
-
-    base = resolve([])
-    if "run.save_every" not in given:  # one checkpoint per trial, at its end: a killed trial is run again, not resumed
-        epochs = [base.run.epochs, *(int(v) for d in dims if d.name == "run.epochs" and d.is_list for v in d.values)]
-        fixed.insert(0, f"run.save_every={max(epochs)}")
-        base = resolve([])
-    directory = Path(out) if out else Path(base.run.runs_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    return S.create(directory, base_config=base, resolve=resolve, dims=dims, sampler=sampler, trials=trials, prune=prune, storage=storage)
-
-
 def _dim_text(d) -> str:
     if not d.is_list:
         return f"{d.kind}({d.low:g},{d.high:g})"
@@ -725,47 +754,6 @@ def _counts_text(counts: dict) -> str:
     return f"{done}; {programs} training program{'s' * (programs != 1)} compiled"
 
 
-def _spawn_workers(session, directory: Path, workers: int, no_compile_cache: bool, vectorize: str) -> None:
-    """``workers`` processes on the sweep, their output prefixed; waits for all of them."""
-    import subprocess
-    import threading
-
-    argv = [sys.executable, "-m", "jaxyard.cli"]
-    if session.registry_file:
-        argv += ["--registry", session.registry_file]
-    for p in session.plugins:
-        argv += ["--plugin", p]
-    for d in session.disable:
-        argv += ["--disable", d]
-    argv += ["--strict-plugins"] * bool(session.strict) + ["--debug"] * bool(session.debug)
-    procs = []
-    for i in range(workers):
-        cmd = [*argv, "sweep", "--resume", str(directory), "--worker-index", str(i), "--vectorize", vectorize]
-        cmd += ["--no-compile-cache"] * no_compile_cache
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1))
-
-    def relay(i, proc):
-        for line in proc.stdout:
-            click.echo(f"[worker {i}] {line.rstrip()}")
-
-    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
-    for t in threads:
-        t.start()
-    try:
-        for p in procs:
-            p.wait()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        raise
-    for t in threads:
-        t.join(timeout=5)
-    failed = [i for i, p in enumerate(procs) if p.returncode]
-    if failed:
-        click.echo(f"Worker(s) {', '.join(map(str, failed))} stopped with an error; "
-                   f"`jaxyard sweep --resume {directory}` requeues their trials", err=True)
-
-
 @cli.command("new-plugin", short_help="Write a plugin package to start from.")
 @click.argument("name")
 @click.option("--kind", "kinds", multiple=True, metavar="KIND",
@@ -773,11 +761,11 @@ def _spawn_workers(session, directory: Path, workers: int, no_compile_cache: boo
 @click.option("--dir", "directory", metavar="DIR", help="Where to write the package (default: ./jaxyard-NAME); must be new or empty.")
 def new_plugin(name, kinds, directory):
     """Write a plugin package NAME: a working component per --kind, its entry point, tests and README."""
-    from jaxyard.core.kit.scaffold import write_plugin
+    from jaxyard.core.kit.scaffold import next_steps, write_plugin
 
     path = write_plugin(directory or f"jaxyard-{name}", name, kinds or ("optimizer",))
     click.echo(f"Wrote {path}/: the package jaxyard-{name} (module jaxyard_{name.replace('-', '_')}).")
-    click.echo(f"Next: cd {path} && pip install -e . && python -m pytest -q  (see its README.md)")
+    click.echo(f"Next: {next_steps(path)}  (see its README.md)")
 
 
 def main(argv=None):

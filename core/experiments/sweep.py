@@ -9,26 +9,36 @@ Workers (processes) share the study: each asks it for the next trial under a loc
 directory, so no trial is lost or run twice, and trains its trials in one process: the
 hyperparameters it varies that are traced (``jaxyard.param(traced=True)``) are inputs of one
 compiled program per static group.
+
+From Python, as the ``sweep`` command does: :func:`new` writes the directory (the trials' defaults
+included), then :func:`run_worker` runs the trials in this process, or :func:`spawn_workers` in
+several, and :func:`leaderboard` ranks them. The search space is :mod:`jaxyard.core.experiments.space`,
+the Optuna study :mod:`jaxyard.core.experiments.study`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import itertools
 import json
 import os
-import re
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from jaxyard.core.errors import JaxyardError, UsageError, one_line
+from jaxyard.core.experiments.space import Dim, as_text, grid, max_epochs, split_values
+from jaxyard.core.experiments.space import fixed_text as fixed_text  # `x as x`: still importable from here
+from jaxyard.core.experiments.space import parse_spec as parse_spec
+from jaxyard.core.experiments.space import split_top as split_top
+from jaxyard.core.experiments.study import LOCK as LOCK
+from jaxyard.core.experiments.study import STUDY_FILE as STUDY_FILE
+from jaxyard.core.experiments.study import grid_params, import_optuna, locked, next_trial, open_study, suggest
+from jaxyard.core.experiments.study import storage_of as storage_of
 from jaxyard.core.metrics import minimized
 from jaxyard.core.registry import params as P
 from jaxyard.core.registry.hookspecs import hookimpl
@@ -37,114 +47,9 @@ from jaxyard.core.store.rundir import write_atomic
 SPEC = "sweep.json"
 BASE = "base.toml"
 RESULTS = "sweep.jsonl"
-STUDY_FILE = "study.log"
 TRIALS = "trials"
-LOCK = ".sweep.lock"
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("median", "hyperband", "none")
-_DIST = re.compile(r"^(log|uniform|int|choice)\((.*)\)$", re.S)
-_RANGE = re.compile(r"^(\d+)-(\d+)$")
-
-
-@attrs.frozen
-class Dim:
-    """One swept parameter: ``values`` (a list, or ``choice``: texts as typed) or a distribution
-    (``log``/``uniform``: floats, ``int``: integers) between ``low`` and ``high``."""
-
-    name: str
-    kind: str  # list | choice | log | uniform | int
-    values: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def is_list(self) -> bool:
-        return self.kind in ("list", "choice")
-
-    def texts_for_check(self) -> list[str]:
-        """Values whose configurations are validated before any trial starts."""
-        if self.is_list:
-            return list(self.values)
-        assert self.low is not None and self.high is not None  # a distribution has both bounds
-        return [_text(self.low if self.kind != "int" else int(self.low)), _text(self.high if self.kind != "int" else int(self.high))]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "values": [P.parse_value(v) for v in self.values]} if self.is_list else {
-            "kind": self.kind, "low": self.low, "high": self.high}
-
-
-def split_top(text: str) -> list[str]:
-    """``a,[1,2],b`` -> ``["a", "[1,2]", "b"]``: commas inside brackets or quotes do not split."""
-    out, depth, quote, current = [], 0, None, ""
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            out.append(current.strip())
-            current = ""
-            continue
-        current += ch
-    out.append(current.strip())
-    return [x for x in out if x]
-
-
-def parse_spec(name: str, text: str) -> Dim | None:
-    """A swept value (``1e-4,3e-4``, ``0-4``, ``log(1e-5,1e-2)``, ``int(16,256)``,
-    ``choice(a,b)``, ``uniform(0.8,0.99)``), or None for a single fixed value."""
-    text = str(text).strip()
-    where = f"--set {name}={text}"
-    match = _DIST.match(text)
-    if match:
-        kind, inner = match.groups()
-        items = split_top(inner)
-        if kind == "choice":
-            if len(items) < 2:
-                raise UsageError(f"{where}: choice(...) needs at least two values, for example choice(adam,sgd)")
-            return Dim(name, "choice", tuple(items))
-        if len(items) != 2:
-            raise UsageError(f"{where}: {kind}(LOW,HIGH) takes two numbers, for example {kind}(1e-5,1e-2)")
-        try:
-            low, high = (float(P.parse_value(x)) for x in items)
-        except (TypeError, ValueError):
-            raise UsageError(f"{where}: {kind}(LOW,HIGH) takes two numbers, got {', '.join(items)}") from None
-        if not low < high:
-            raise UsageError(f"{where}: LOW must be below HIGH")
-        if kind == "log" and low <= 0:
-            raise UsageError(f"{where}: log(LOW,HIGH) needs LOW > 0")
-        if kind == "int" and not (low.is_integer() and high.is_integer()):
-            raise UsageError(f"{where}: int(LOW,HIGH) takes two integers")
-        return Dim(name, kind, low=low, high=high)
-    match = _RANGE.match(text)
-    if match:
-        low, high = int(match.group(1)), int(match.group(2))
-        if high < low:
-            raise UsageError(f"{where}: the range {text} is empty; write LOW-HIGH with LOW <= HIGH")
-        return Dim(name, "list", tuple(str(i) for i in range(low, high + 1))) if high > low else None  # N-N: N, fixed
-    items = split_top(text)
-    if len(items) > 1:
-        if len(set(items)) != len(items):
-            raise UsageError(f"{where}: a value is listed twice")
-        return Dim(name, "list", tuple(items))
-    return None
-
-
-def fixed_text(text: str) -> str:
-    """A value that :func:`parse_spec` found not swept, as ``--set`` reads it (``3-3`` is ``3``)."""
-    match = _RANGE.match(str(text).strip())
-    return match.group(1) if match else str(text)
-
-
-def _text(value: Any) -> str:
-    """A value as ``--set`` reads it back."""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @attrs.frozen
@@ -180,17 +85,50 @@ class SweepSpec:
                    data["study"], data["seed"])
 
 
-def grid(dims: Iterable[Dim]) -> list[dict[str, str]]:
-    """Every combination of the list dimensions, in order (the last varies fastest)."""
-    dims = list(dims)
-    return [dict(zip([d.name for d in dims], combo, strict=True)) for combo in itertools.product(*(d.values for d in dims))]
+def resolver(registry, settings=None, *, config_file: str | None = None, loggers: Iterable[str] = ()) -> Callable[[list[str]], Any]:
+    """``resolve(["KIND.KEY=VALUE", ...])`` -> the RunConfig with those values, through ``registry``
+    (and the registry files' ``settings``; default: none) over ``config_file``, with ``loggers``
+    added to ``run.loggers``: what :func:`new` and :func:`create` take."""
+    from jaxyard.core.registry.config import resolve_config
+    from jaxyard.core.registry.settings import Settings
+
+    settings = settings if settings is not None else Settings()
+    return lambda values: resolve_config(registry, settings, config_file=config_file, sets=values, loggers=loggers)
+
+
+def new(
+    resolve: Callable[[list[str]], Any],
+    *,
+    options: Mapping[str, Any] | None = None,
+    sets: Iterable[str] = (),
+    out: str | os.PathLike | None = None,
+    sampler: str | None = None,
+    trials: int | None = None,
+    prune: str = "median",
+    storage: str | None = None,
+) -> Path:
+    """Write a new sweep directory from a run's values, each single or swept: what ``jaxyard sweep`` does.
+
+    Each of ``options`` (``run`` settings by name, e.g. ``{"learning_rate": "1e-4,3e-4"}``) and
+    ``sets`` (``KIND.KEY=VALUE``) is a fixed value or a dimension (:func:`jaxyard.core.experiments.space.parse_spec`);
+    the rest is :func:`create`'s. For example::
+
+        directory = sweep.new(sweep.resolver(build_registry()), options={"learning_rate": "1e-4,3e-4,1e-3"})
+        sweep.run_worker(directory, registry=...)
+
+    :param resolve: the configuration of values (:func:`resolver`).
+    :param out: the sweep's directory (default: ``run.runs_dir/sweep-<timestamp>``).
+    :returns: the directory; :func:`run_worker` runs its trials.
+    """
+    fixed, dims = split_values(options, sets)
+    return create(out, resolve=resolve, fixed=fixed, dims=dims, sampler=sampler, trials=trials, prune=prune, storage=storage)
 
 
 def create(
-    directory: str | os.PathLike,
+    directory: str | os.PathLike | None,
     *,
-    base_config,
     resolve: Callable[[list[str]], Any],
+    fixed: Iterable[str] = (),
     dims: list[Dim],
     sampler: str | None = None,
     trials: int | None = None,
@@ -199,11 +137,22 @@ def create(
 ) -> Path:
     """Write a new sweep directory (refused if it holds anything) after checking every value.
 
-    :param base_config: the resolved configuration without the swept values (a RunConfig).
-    :param resolve: ``resolve(["KIND.KEY=VALUE", ...])`` -> the configuration with those values
-        over the base (each swept value is checked through it before anything is written).
+    A sweep's trials plot no curves (``run.curves = false``: sweep.png and ``compare --png`` plot
+    them together) and save one checkpoint, at their end (``run.save_every`` = the most epochs of
+    any trial: a killed trial is run again, not resumed), unless ``fixed`` or ``dims`` set these.
+
+    :param directory: the sweep's directory, new or empty (None: ``run.runs_dir/sweep-<timestamp>``).
+    :param resolve: ``resolve(["KIND.KEY=VALUE", ...])`` -> the configuration with those values (a
+        RunConfig); the base configuration and each swept value are checked through it before
+        anything is written.
+    :param fixed: the values every trial has, as ``KIND.KEY=VALUE``.
+    :param dims: the swept dimensions.
     """
-    _optuna()
+    first = [f"{d.name}={d.texts_for_check()[0]}" for d in dims]  # the base configuration has each dimension's first value
+    fixed, base = _with_trial_defaults(resolve, list(fixed), dims, first)
+    if not directory:
+        directory = Path(base.run.runs_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    import_optuna()
     if not dims:
         raise UsageError("nothing to sweep: give a parameter several values, e.g. --lr 1e-4,3e-4,1e-3 or --set optimizer.b2=0.99,0.999")
     names = [d.name for d in dims]
@@ -235,7 +184,7 @@ def create(
     for d in dims:  # every value of every dimension builds a valid configuration, or one line says which fails
         for text in d.texts_for_check():
             try:
-                config = resolve([f"{d.name}={text}"])
+                config = resolve([*fixed, *first, f"{d.name}={text}"])
                 make_layout(config.run.devices, config.run.shard_params, config.run.batch_size)  # devices, batch split
             except UsageError as err:
                 raise UsageError(f"sweep {d.name}={text}: {err}") from None
@@ -244,7 +193,7 @@ def create(
         raise UsageError(f"sweep directory {directory} exists and is not a directory; choose another --out")
     if directory.exists() and any(directory.iterdir()):
         raise UsageError(f"sweep directory {directory} is not empty; choose another --out, or `jaxyard sweep --resume {directory}`")
-    run = base_config.run
+    run = base.run
     spec = SweepSpec(tuple(dims), sampler, trials, prune, run.monitor, max_epochs(run.epochs, dims), storage,
                      directory.resolve().name, run.seed)
     created = not directory.exists()
@@ -253,9 +202,9 @@ def create(
         study = open_study(directory, spec, create=True)
         if sampler == "grid":
             for point in grid(dims)[:trials]:
-                study.enqueue_trial(_optuna_params(dims, point))
+                study.enqueue_trial(grid_params(dims, point))
         (directory / TRIALS).mkdir()
-        write_atomic(directory / BASE, base_config.to_toml())
+        write_atomic(directory / BASE, base.to_toml())
         write_atomic(directory / SPEC, json.dumps(spec.to_json(), indent=2) + "\n")
     except BaseException:
         if created:
@@ -270,12 +219,19 @@ def create(
     return directory
 
 
-def max_epochs(base: int, dims: Iterable[Dim]) -> int:
-    """The most epochs any trial trains (``run.epochs`` swept: its largest value)."""
-    for d in dims:
-        if d.name == "run.epochs":
-            return max(int(P.parse_value(v)) for v in d.values) if d.is_list else int(d.high or base)
-    return base
+def _with_trial_defaults(resolve: Callable[[list[str]], Any], fixed: list[str], dims: list[Dim], first: list[str]) -> tuple[list[str], Any]:
+    """``fixed`` with the trial defaults that neither it nor ``dims`` sets put in front, and the
+    base configuration (``fixed`` and ``first``, each dimension's first value) they give; the
+    default ``run.save_every`` follows the epochs the base resolves to."""
+    given = {text.partition("=")[0].strip() for text in fixed} | {d.name for d in dims}
+    if "run.curves" not in given:  # sweep.png and `compare --png` plot the trials
+        fixed.insert(0, "run.curves=false")
+    base = resolve([*fixed, *first])
+    if "run.save_every" not in given:  # one checkpoint per trial, at its end: a killed trial is run again, not resumed
+        epochs = [base.run.epochs, *(int(v) for d in dims if d.name == "run.epochs" and d.is_list for v in d.values)]
+        fixed.insert(0, f"run.save_every={max(epochs)}")
+        base = resolve([*fixed, *first])
+    return fixed, base
 
 
 def load_spec(directory: str | os.PathLike) -> SweepSpec:
@@ -288,119 +244,13 @@ def load_spec(directory: str | os.PathLike) -> SweepSpec:
         raise UsageError(f"{path} is damaged ({one_line(err)}); start a new sweep") from None
 
 
-def _optuna():
-    try:
-        import optuna
-    except ImportError:
-        from jaxyard.core.errors import MissingExtra
-
-        raise MissingExtra("jaxyard sweep", "sweep", "optuna") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
-def storage_of(directory: Path, spec: SweepSpec):
-    """The study's storage: ``--storage URL`` (any Optuna storage: a database server lets workers
-    on several machines share the study), else the journal file inside the sweep directory."""
-    optuna = _optuna()
-    if spec.storage:
-        return spec.storage
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(directory / STUDY_FILE)))
-
-
-def open_study(directory: Path, spec: SweepSpec, *, create: bool = False, worker: int = 0):
-    optuna = _optuna()
-    seed = spec.seed + worker  # workers draw different points from the same sampler kind
-    samplers = {"grid": optuna.samplers.RandomSampler, "random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
-    sampler = samplers[spec.sampler](seed=seed)
-    pruner = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.epochs),
-        "none": optuna.pruners.NopPruner,
-    }[spec.prune]()
-    try:
-        if create:
-            return optuna.create_study(storage=storage_of(directory, spec), study_name=spec.study, direction=spec.direction,
-                                       sampler=sampler, pruner=pruner)
-        return optuna.load_study(storage=storage_of(directory, spec), study_name=spec.study, sampler=sampler, pruner=pruner)
-    except optuna.exceptions.DuplicatedStudyError:
-        raise UsageError(f"--storage {spec.storage} already holds a study named {spec.study!r}; choose another --out") from None
-    except KeyError:
-        raise UsageError(f"the study {spec.study!r} of {directory} is not in its storage {spec.storage or directory / STUDY_FILE}") from None
-    except Exception as err:  # sqlalchemy and the journal backend: a bad URL, an unreachable server, an unwritable file
-        if isinstance(err, JaxyardError):
-            raise
-        raise UsageError(f"--storage {spec.storage or directory / STUDY_FILE}: {one_line(err, first_line=True)}") from None
-
-
-def _optuna_params(dims: Iterable[Dim], point: dict[str, str]) -> dict[str, Any]:
-    return {d.name: _choice_value(point[d.name]) for d in dims}
-
-
-def _choice_value(text: str):
-    """A list value as Optuna stores it: the number or string itself, else its text (a list)."""
-    value = P.parse_value(text)
-    return value if isinstance(value, (bool, int, float, str)) else text
-
-
-def suggest(trial, dims: Iterable[Dim]) -> dict[str, str]:
-    """The trial's value of each dimension, as ``--set`` text."""
-    out = {}
-    for d in dims:
-        if d.is_list:
-            value = trial.suggest_categorical(d.name, [_choice_value(v) for v in d.values])
-            out[d.name] = next(v for v in d.values if _choice_value(v) == value)
-        elif d.kind == "int":
-            assert d.low is not None and d.high is not None  # a distribution has both bounds
-            out[d.name] = str(trial.suggest_int(d.name, int(d.low), int(d.high)))
-        else:
-            out[d.name] = _text(trial.suggest_float(d.name, d.low, d.high, log=d.kind == "log"))
-    return out
-
-
-@contextlib.contextmanager
-def _locked(directory: Path):
-    """This machine's workers of one sweep, one at a time (asking for a trial, appending a line)."""
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _counted(trial) -> bool:
-    """A trial that uses up the budget: every one but those waiting and those lost with a killed
-    worker (retried under a new number)."""
-    from optuna.trial import TrialState
-
-    return trial.state != TrialState.WAITING and not trial.user_attrs.get("retried")
-
-
-def next_trial(directory: Path, study, spec: SweepSpec):
-    """The next trial to run (a waiting one first: grid points, retries), or None when the
-    budget is spent. Under the sweep's lock: two workers never take the same one."""
-    from optuna.trial import TrialState
-
-    with _locked(directory):
-        trials = study.get_trials(deepcopy=False)
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        if not waiting and sum(map(_counted, trials)) >= spec.trials:
-            return None
-        trial = study.ask()
-        trial.set_user_attr("worker", {"pid": os.getpid(), "host": socket.gethostname()})
-        return trial
-
-
 def recover(directory: Path, study, echo: Callable[[str], None]) -> int:
     """Mark the trials of workers that died as failed and queue their configurations again.
     Returns how many were requeued."""
     from optuna.trial import TrialState
 
     host, count = socket.gethostname(), 0
-    with _locked(directory):
+    with locked(directory):
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = t.user_attrs.get("worker") or {}
             if worker.get("host") == host and _alive(worker.get("pid")):
@@ -471,6 +321,53 @@ def run_worker(
     runner = Worker(Path(directory), registry, worker, echo, warn, compile_cache)
     runner.wave = wave
     return runner.run(vectorize)
+
+
+def vectorized(choice: str = "auto") -> bool:
+    """``--vectorize on|off|auto``: whether a worker trains a static group's trials as one vmapped
+    program (auto: on GPU and TPU, off on CPU, where it is slower)."""
+    if choice == "auto":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    return choice == "on"
+
+
+def worker_wave(directory: str | os.PathLike, workers: int) -> int:
+    """The trials one of ``workers`` workers takes at once when vectorizing: its share, at most 16."""
+    return min(16, max(1, -(-load_spec(directory).trials // workers)))
+
+
+def spawn_workers(
+    directory: str | os.PathLike,
+    workers: int,
+    *,
+    forwarded: Sequence[str] = (),
+    vectorize: bool = False,
+    compile_cache: bool = True,
+    echo: Callable[[str], None] = lambda line: None,
+    warn: Callable[[str], None] | None = None,
+) -> list[int]:
+    """Run the sweep in ``directory`` in ``workers`` processes (``jaxyard sweep --resume DIR
+    --worker-index I``), each line of their output echoed prefixed ``[worker I]``; waits for all.
+    A worker that failed leaves its trials to ``jaxyard sweep --resume``, which ``warn`` says.
+
+    :param forwarded: the global options the workers are given (:func:`jaxyard.core.scale.launch.global_options`).
+    :param compile_cache: False: the workers do not use JAX's persistent compilation cache.
+    :returns: the indices of the workers that failed.
+    """
+    from jaxyard.core.scale.launch import run_workers
+
+    commands = [
+        [*forwarded, "sweep", "--resume", str(directory), "--worker-index", str(i), "--vectorize", "on" if vectorize else "off",
+         *["--no-compile-cache"] * (not compile_cache)]
+        for i in range(workers)
+    ]
+    failed = [i for i, code in enumerate(run_workers(commands, echo=echo)) if code]
+    if failed:
+        (warn or echo)(f"Worker(s) {', '.join(map(str, failed))} stopped with an error; "
+                       f"`jaxyard sweep --resume {directory}` requeues their trials")
+    return failed
 
 
 class Worker:
@@ -568,7 +465,7 @@ class Worker:
             self.study.tell(trial, line["value"])
         else:
             self.study.tell(trial, state=state)
-        with _locked(self.directory):
+        with locked(self.directory):
             _append(self.directory, line)
         self.counts[line["state"]] += 1
         self.echo(trial_line(line, self.spec))
@@ -618,7 +515,7 @@ def _relative(path: Path, directory: Path) -> str:
 
 def trial_line(line: dict[str, Any], spec: SweepSpec) -> str:
     """One finished trial, as the sweep prints it."""
-    params = "  ".join(f"{short(k)}={v:.4g}" if isinstance(v, float) else f"{short(k)}={_text(v)}" for k, v in line["params"].items())
+    params = "  ".join(f"{short(k)}={v:.4g}" if isinstance(v, float) else f"{short(k)}={as_text(v)}" for k, v in line["params"].items())
     if line["state"] == "failed":
         return f"Trial {line['trial']:>3} failed    {params}  {line['error']}"
     test = line.get("test") or {}

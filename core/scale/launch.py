@@ -1,11 +1,16 @@
-"""``jaxyard launch -n M -- run ...``: the M processes of one job on this machine.
+"""jaxyard's child processes on this machine: a job's (``launch``) and a sweep's workers (:func:`run_workers`).
 
-Each process is ``python -m jaxyard.cli ARGS`` with the job in its environment (a loopback
-coordinator on a free port, the process count, its index: :func:`jaxyard.core.scale.processes.environment`).
-Their output comes back line by line, each line prefixed ``[i]``. When one process fails, the others
-are stopped (an interrupt, then a kill after ``grace`` seconds): a job whose process died cannot go on,
-and the survivors would otherwise wait in a collective for it. The exit code is the worst of those the
+``jaxyard launch -n M -- run ...`` starts the M processes of one job. Each process is
+``python -m jaxyard.cli ARGS`` with the job in its environment (a loopback coordinator on a free
+port, the process count, its index: :func:`jaxyard.core.scale.processes.environment`). Their output
+comes back line by line, each line prefixed ``[i]``. When one process fails, the others are stopped
+(an interrupt, then a kill after ``grace`` seconds): a job whose process died cannot go on, and the
+survivors would otherwise wait in a collective for it. The exit code is the worst of those the
 processes ended with on their own.
+
+A sweep's workers are independent processes on one study: one failing stops none of the others.
+
+Either way a child is given the global options of its parent (:func:`global_options`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,21 @@ Echo = Callable[[str], None]
 # gloo (host-device collectives) prints its connections from C++; two threads of one process may
 # interleave them: drop those lines and their broken halves
 _NOISE = ("[Gloo]", "peer ranks. Expected number of connected peer ranks is")
+
+
+def global_options(
+    *, registry: str | None = None, plugins: Sequence[str] = (), disable: Sequence[str] = (), strict: bool = False, debug: bool = False
+) -> list[str]:
+    """The global options (``jaxyard OPTIONS COMMAND ...``) that give a child process the plugins
+    and registry of its parent: ``--registry``, ``--plugin``, ``--disable``, ``--strict-plugins``
+    and ``--debug``, as the parent was given them. (``--cpu-devices`` reaches a child through the
+    environment, in ``XLA_FLAGS``.)"""
+    valued = [*([("--registry", registry)] if registry else []), *(("--plugin", p) for p in plugins), *(("--disable", d) for d in disable)]
+    return [*(x for pair in valued for x in pair), *["--strict-plugins"] * bool(strict), *["--debug"] * bool(debug)]
+
+
+#: the global options that take a value: those :func:`global_options` gives, and ``--cpu-devices``
+_VALUED = ("--registry", "--plugin", "--disable", "--cpu-devices")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,7 +119,6 @@ def launch(
 
 #: the commands that join a job (the others would run as M independent copies)
 JOB_COMMANDS = ("run", "resume", "check")
-_VALUED = ("--registry", "--plugin", "--disable", "--cpu-devices")  # global options that take a value
 
 
 def _command(args: Sequence[str]) -> str | None:
@@ -111,6 +130,35 @@ def _command(args: Sequence[str]) -> str | None:
         elif not arg.startswith("-"):
             return arg
     return None
+
+
+def run_workers(commands: Sequence[Sequence[str]], *, echo: Echo) -> list[int]:
+    """Run ``jaxyard ARGS`` for each ``ARGS`` of ``commands`` as processes of their own at once
+    (not a job: a sweep's workers), each line of a process's output (stdout and stderr as one)
+    echoed prefixed ``[worker i]``; waits for all and returns their exit codes. An interrupt
+    terminates them all."""
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "jaxyard.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for args in commands
+    ]
+
+    def relay(i, proc):
+        for line in proc.stdout:
+            echo(f"[worker {i}] {line.rstrip()}")
+
+    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    try:
+        for p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    for t in threads:
+        t.join(timeout=5)
+    return [p.returncode for p in procs]
 
 
 def _interrupt(signum, frame) -> None:

@@ -1,7 +1,9 @@
-"""A run's directory: its resolved config, summary, curves, checkpoints and what loggers write.
+"""A run's directory: its resolved config, provenance, summary, curves, checkpoints and what loggers write.
 
 config.toml is written (atomically) once every component has been built: a directory holding
-it is a run. metrics.jsonl belongs to the ``jsonl`` logger.
+it is a run. components.json, written with it, says where each component came from (plugin,
+distribution, local file), so that ``resume`` and ``eval`` can name what to load when one is
+missing. metrics.jsonl belongs to the ``jsonl`` logger.
 
 One writer at a time: ``run`` and ``resume`` hold an exclusive OS lock on ``.jaxyard.lock``
 (``flock``: the kernel releases it when the process dies, so a ``kill -9`` never leaves a
@@ -21,9 +23,12 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from jaxyard.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from jaxyard.core.registry.config import RunConfig
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -140,6 +145,56 @@ class RunDir:
     def write_config(self, config_toml: str) -> None:
         write_atomic(self / CONFIG, config_toml)
 
+    def write_components(self, config: RunConfig) -> None:
+        """components.json: where each component of ``config`` comes from (:func:`component_sources`)."""
+        write_json(self / COMPONENTS, component_sources(config))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """summary.json: the finished run's test metrics, best epoch, timings and versions."""
+        write_json(self / SUMMARY, summary)
+
+
+def component_sources(config: RunConfig) -> dict[str, Any]:
+    """Where each component of a run comes from (components.json): by kind, and the loggers."""
+
+    def source(choice) -> dict[str, Any]:
+        e = choice.entry
+        module = str(Path(e.module).resolve()) if e.source == "local" and e.module.endswith(".py") else e.module
+        return {"name": e.name, "qualified": e.qualified, "plugin": e.plugin, "source": e.source, "module": module,
+                "distribution": e.distribution, "version": e.version}
+
+    out: dict[str, Any] = {kind: source(choice) for kind, choice in config.choices.items()}
+    out["loggers"] = [source(choice) for choice in config.loggers]
+    return out
+
+
+def check_components(run_dir: str | os.PathLike, registry) -> None:
+    """Refuse to reload a run one of whose components (as its components.json records them) is
+    not loaded now, saying exactly what to load; a run without the file passes (resolving its
+    config names what is unknown)."""
+    run_dir = Path(run_dir)
+    try:
+        recorded = json.loads((run_dir / COMPONENTS).read_text())
+    except (OSError, ValueError):
+        return  # a run from an earlier version: resolving names what is unknown
+    items = [(kind, recorded[kind]) for kind in recorded if kind != "loggers"]
+    items += [("logger", item) for item in recorded.get("loggers", [])]
+    for kind, item in items:
+        if not isinstance(item, dict):
+            continue
+        try:
+            registry.get(kind, item.get("qualified") or item.get("name"))
+            continue
+        except UsageError:
+            pass
+        if item.get("source") == "local":
+            fix = f"add --plugin {item.get('module')}"
+        elif item.get("distribution"):
+            fix = f"install it (pip install {item['distribution']}=={item.get('version')}) or enable its plugin {item.get('plugin')!r}"
+        else:
+            fix = f"enable its plugin {item.get('plugin')!r}"
+        raise UsageError(f"{run_dir} was trained with {kind} {item.get('name')!r} from plugin {item.get('plugin')}, which is not loaded: {fix}")
+
 
 def _refuse_a_run(path: Path, *, probe: bool = True) -> None:
     """A directory holding anything but what an uncommitted run leaves is not ours to reuse."""
@@ -175,6 +230,11 @@ def _holder(fd: int) -> str:
         except (OSError, ValueError, KeyError, TypeError):
             time.sleep(0.01)
     return "another process"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON (a run directory's .json files), written atomically."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], Any]) -> None:

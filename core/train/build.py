@@ -91,12 +91,12 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     sizes = data.sizes()
 
     def create(rngs):
-        return config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
+        return create_model(config, data, rngs)
 
     group = group_key(config, traced)
     checked = (group, "checked", tuple(data.input_shape), data.num_classes)  # one static group: one model, one data shape
     if checked not in programs:
-        _check_memory(config, nnx.eval_shape(lambda: create(nnx.Rngs(0))))  # shapes only: nothing allocated yet
+        check_memory(config, nnx.eval_shape(lambda: create(nnx.Rngs(0))))  # shapes only: nothing allocated yet
     rngs = nnx.Rngs(params=seed_key(run.seed, PARAMS_STREAM), dropout=seed_key(run.seed, DROPOUT_STREAM))
     if shared:  # the group's initialiser, compiled once (eager: ~70 ms a run for the default MLP; same numbers)
         model = programs.get((*checked, "init"), lambda: nnx.jit(create))(rngs)
@@ -106,7 +106,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module")
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if checked not in programs:
-        _check_fit(config, model, data)
+        check_fit(config, model, data)
         programs.get(checked, lambda: True)  # a sweep's later trials of the group skip the two shape checks
 
     schedule, warmup, total = make_schedule(config, steps_per_epoch)
@@ -145,6 +145,12 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params,
         sizes, programs, group, inputs, traced_tx if traced else None, layout,
     )
+
+
+def create_model(config: RunConfig, data: Dataset | StreamingDataset, rngs: nnx.Rngs):
+    """The chosen model for ``data``'s inputs and classes: the model factory's one call (``run``
+    builds it with the run's keys, ``check`` as shapes only)."""
+    return config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
 
 
 def make_tx(config: RunConfig, schedule) -> optax.GradientTransformation:
@@ -270,7 +276,7 @@ def available_memory() -> tuple[int | None, str]:
         return None, "host"
 
 
-def _check_memory(config: RunConfig, abstract_model) -> None:
+def check_memory(config: RunConfig, abstract_model) -> None:
     """Refuse a model whose parameters, gradients and two optimizer moments cannot fit, before
     allocating any of it (a 30 GB allocation would otherwise end in a traceback or the OOM killer)."""
     leaves = jax.tree.leaves(nnx.state(abstract_model, nnx.Param))
@@ -307,7 +313,7 @@ def _check_dataset(name: str, data: Dataset) -> None:
             raise UsageError(f"loader {name!r}: {split} example {row} has a non-finite feature ({part.x[row][~finite[row]].flat[0]})")
 
 
-def _check_fit(config: RunConfig, model, data) -> None:
+def check_fit(config: RunConfig, model, data) -> None:
     """A model whose output is not (batch, num_classes) for the loader's inputs is refused now."""
     x = jax.ShapeDtypeStruct((2, *data.input_shape), jnp.float32)
     graphdef, state = nnx.split(model)

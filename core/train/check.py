@@ -20,7 +20,7 @@ from flax import nnx
 from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.scale.layout import make_layout
 from jaxyard.core.train import steps
-from jaxyard.core.train.build import _check_fit, _check_memory, available_memory, load_data, make_schedule, make_tx
+from jaxyard.core.train.build import available_memory, check_fit, check_memory, create_model, load_data, make_schedule, make_tx
 from jaxyard.core.train.data import Dataset
 from jaxyard.core.train.loop import compiling
 
@@ -33,14 +33,13 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
     data, steps_per_epoch = load_data(config)
 
     def create():
-        model = config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=nnx.Rngs(0))
+        model = create_model(config, data, nnx.Rngs(0))
         schedule = make_schedule(config, steps_per_epoch, check=False)[0]
         return model, nnx.Optimizer(model, make_tx(config, schedule), wrt=nnx.Param)
 
-    _check_memory(config, nnx.eval_shape(lambda: config.model.create(
-        input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=nnx.Rngs(0))))
+    check_memory(config, nnx.eval_shape(lambda: create_model(config, data, nnx.Rngs(0))))
     model, optimizer = nnx.eval_shape(create)
-    _check_fit(config, model, data)
+    check_fit(config, model, data)
     graphdef, state = steps.split(model, optimizer)
     params = nnx.state(model, nnx.Param)
     param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))

@@ -1,18 +1,20 @@
 """Orchestration: ``train(config)``, ``resume(run_dir)`` and ``evaluate(run_dir)``.
 
-A run is: build the components (:mod:`jaxyard.core.train.build`), run epochs (:mod:`jaxyard.core.train.loop`),
-and tell the plugins (:mod:`jaxyard.core.train.events`). Everything around the step is a plugin on
-those events: the printed report, the loggers (metrics.jsonl is one), the NaN guard, early
-stopping, checkpoint cadence and the curves PNG. The library prints nothing unless given ``echo``.
+A run is: build the components (:mod:`jaxyard.core.train.build`), then train them epoch by epoch
+(:class:`jaxyard.core.train.fit.Fit`, one method per phase), telling the plugins
+(:mod:`jaxyard.core.train.events`). Everything around the step is a plugin on those events: the
+printed report, the loggers (metrics.jsonl is one), the NaN guard, early stopping, checkpoint
+cadence and the curves PNG. The library prints nothing unless given ``echo``.
 
 In a job of several processes (:mod:`jaxyard.core.scale.processes`) every process trains and receives
 every event; process 0 alone writes the run directory, prints, logs and saves checkpoints, and
-tells the others what it decided (the directory, the checkpoint restored, an error).
+tells the others what it decided (the directory, the checkpoint restored, an error). Here, before
+training, every process builds the run and agrees that it did (``processes.together``); process 0
+claims the directory and makes the loggers and the checkpointer (``processes.from_primary``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -22,19 +24,18 @@ from typing import Any
 
 import attrs
 import jax
-import optax
 
-from jaxyard.core.errors import JaxyardError, PluginError, TrainingError, UsageError, one_line
+from jaxyard.core.errors import PluginError, UsageError
 from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.scale import processes
 from jaxyard.core.store import rundir as rd
-from jaxyard.core.store import state as st
-from jaxyard.core.store.checkpoint import CheckpointError, Restored, missing_methods
-from jaxyard.core.store.policy import CheckpointPolicy, Monitor
+from jaxyard.core.store.checkpoint import CheckpointError, missing_methods
+from jaxyard.core.store.policy import CheckpointPolicy
 from jaxyard.core.train.build import Built, build, enable_compile_cache
-from jaxyard.core.train.data import Dataset
-from jaxyard.core.train.events import Echo, Run, RunResult, describe_params, emit, emit_failed, silent
-from jaxyard.core.train.loggers import LOGGER_METHODS, LoggerHub
+from jaxyard.core.train.events import Echo, RunResult, silent
+from jaxyard.core.train.fit import Fit, monitor_of, place_restored
+from jaxyard.core.train.fit import describe_components as describe_components  # its 0.1 home: benchmarks import it from here
+from jaxyard.core.train.loggers import LOGGER_METHODS
 from jaxyard.core.train.loop import Progress, make_loop, means
 from jaxyard.core.train.traced import Programs
 
@@ -88,7 +89,7 @@ def train(
     def prepare():
         loggers, storage = make_loggers(config, run_dir.path), make_checkpointer(config, run_dir)
         run_dir.write_config(config_toml)
-        rd.write_atomic(run_dir / rd.COMPONENTS, _json(component_sources(config)))
+        run_dir.write_components(config)
         return loggers, storage
 
     try:
@@ -98,7 +99,7 @@ def train(
         if processes.is_primary():
             run_dir.discard()
         raise
-    return _fit(built, run_dir, storage, loggers, echo, warn or echo, progress, resume=False, started=started, make=make_loop)
+    return Fit(built, run_dir, storage, loggers, echo, warn or echo, progress, started=started, make=make_loop)(resume=False)
 
 
 def resume(
@@ -131,7 +132,7 @@ def resume(
     except BaseException:
         directory.unlock()
         raise
-    return _fit(built, directory, storage, loggers, echo, warn or echo, progress, resume=True, started=started)
+    return Fit(built, directory, storage, loggers, echo, warn or echo, progress, started=started)(resume=True)
 
 
 def evaluate(
@@ -152,7 +153,7 @@ def evaluate(
         raise CheckpointError("no checkpoints saved yet", directory=Path(run_dir) / rd.CHECKPOINTS)
     built = build(config)
     storage = make_checkpointer(config, rd.RunDir(run_dir))
-    policy = CheckpointPolicy(storage, monitor=_monitor(config))
+    policy = CheckpointPolicy(storage, monitor=monitor_of(config))
     try:
         restored = _restore(policy, built, which)
     finally:
@@ -193,47 +194,8 @@ def load_run_config(run_dir: str | os.PathLike, registry=None) -> RunConfig:
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a jaxyard run directory (no {rd.CONFIG})")
     registry = registry or build_registry()
-    _check_sources(Path(run_dir), registry)
-    return resolve_config(registry, Settings(), config_file=str(path))
-
-
-def component_sources(config: RunConfig) -> dict[str, Any]:
-    """Where each component of a run comes from (components.json)."""
-
-    def source(choice) -> dict[str, Any]:
-        e = choice.entry
-        module = str(Path(e.module).resolve()) if e.source == "local" and e.module.endswith(".py") else e.module
-        return {"name": e.name, "qualified": e.qualified, "plugin": e.plugin, "source": e.source, "module": module,
-                "distribution": e.distribution, "version": e.version}
-
-    out: dict[str, Any] = {kind: source(choice) for kind, choice in config.choices.items()}
-    out["loggers"] = [source(choice) for choice in config.loggers]
-    return out
-
-
-def _check_sources(run_dir: Path, registry) -> None:
-    """A component the run was trained with that is not loaded now: say exactly what to load."""
-    try:
-        recorded = json.loads((run_dir / rd.COMPONENTS).read_text())
-    except (OSError, ValueError):
-        return  # a run from an earlier version: resolving names what is unknown
-    items = [(kind, recorded[kind]) for kind in recorded if kind != "loggers"]
-    items += [("logger", item) for item in recorded.get("loggers", [])]
-    for kind, item in items:
-        if not isinstance(item, dict):
-            continue
-        try:
-            registry.get(kind, item.get("qualified") or item.get("name"))
-            continue
-        except UsageError:
-            pass
-        if item.get("source") == "local":
-            fix = f"add --plugin {item.get('module')}"
-        elif item.get("distribution"):
-            fix = f"install it (pip install {item['distribution']}=={item.get('version')}) or enable its plugin {item.get('plugin')!r}"
-        else:
-            fix = f"enable its plugin {item.get('plugin')!r}"
-        raise UsageError(f"{run_dir} was trained with {kind} {item.get('name')!r} from plugin {item.get('plugin')}, which is not loaded: {fix}")
+    rd.check_components(run_dir, registry)
+    return resolve_config(registry, Settings(), config_file=str(path), run_dir=run_dir)  # a stale key names `jaxyard upgrade`
 
 
 def make_checkpointer(config: RunConfig, run_dir: rd.RunDir):
@@ -263,25 +225,6 @@ def make_loggers(config: RunConfig, directory: Path) -> dict[str, Any]:
     return out
 
 
-def describe_components(config: RunConfig) -> dict[str, str]:
-    out = {kind: f"{c.name} ({describe_params(c.params)})" for kind, c in config.choices.items()}
-    out["loggers"] = ", ".join(c.name for c in config.loggers) or "none"
-    return out
-
-
-def _monitor(config: RunConfig) -> Monitor:
-    return Monitor(config.run.monitor, config.run.min_delta)
-
-
-def _plugins(config: RunConfig):
-    registry = config.registry
-    if registry is None:
-        from jaxyard.core.registry.loading import build_registry
-
-        registry = build_registry()
-    return registry.plugin_manager
-
-
 def _parse_which(which: str | int) -> str | int:
     if isinstance(which, int) and not isinstance(which, bool):
         return which
@@ -295,237 +238,11 @@ def _parse_which(which: str | int) -> str | int:
 
 def _restore(policy: CheckpointPolicy, built: Built, which: str | int):
     restored = policy.restore(which)  # host arrays: any layout restores them
-    _place(built, restored)
+    place_restored(built, restored)
     return restored
-
-
-def _place(built: Built, restored) -> None:
-    built.state = built.layout.place_state(st.unflatten(built.state, restored.arrays, step=restored.step))
 
 
 def _same_run_dir(run_dir: rd.RunDir | None) -> rd.RunDir:
     """Process 0's run directory, on every process (the others only read and name it)."""
     path = processes.broadcast_json(str(run_dir.path) if run_dir is not None else None)
     return run_dir if run_dir is not None else rd.RunDir(path)
-
-
-def _share_restored(restored: Restored | None) -> Restored | None:
-    """What process 0 restored (None: nothing to restore), on every process."""
-    head = processes.broadcast_json(None if restored is None else {
-        "step": restored.step, "meta": restored.meta, "skipped": [list(s) for s in restored.skipped],
-        "structure": {k: [list(a.shape), a.dtype.name] for k, a in restored.arrays.items()},
-    })
-    if head is None:
-        return None
-    arrays = processes.broadcast_arrays(restored.arrays if restored is not None else None, head["structure"])
-    return Restored(head["step"], arrays, head["meta"], tuple((int(s), str(c)) for s, c in head["skipped"]))
-
-
-def _fit(
-    built: Built,
-    run_dir: rd.RunDir,
-    storage,
-    loggers: dict[str, Any],
-    echo: Echo,
-    warn: Echo,
-    progress: Progress | None,
-    *,
-    resume: bool,
-    started: float,
-    make: Callable[[Built], Any] | None = None,
-) -> RunResult:
-    config, settings = built.config, built.config.run
-    pm = _plugins(config)
-    if not processes.is_primary():  # process 0 reports for the job
-        echo = warn = silent
-        progress = None
-    policy = None if storage is None else CheckpointPolicy(  # None on the other processes of a job: process 0 saves
-        storage, monitor=_monitor(config), keep_latest=settings.keep_latest, keep_best=settings.keep_best, warn=warn
-    )
-    run = Run(
-        config,
-        run_dir.path,
-        components=describe_components(config),
-        sizes=built.sizes,
-        num_params=built.num_params,
-        steps_per_epoch=built.steps_per_epoch,
-        total_steps=built.total_steps,
-        warmup_steps=built.warmup_steps,
-        echo=echo,
-        warn=warn,
-        started=started,
-        interactive=progress is not None,
-        streamed=not isinstance(built.data, Dataset),
-        devices=built.layout.describe(),
-        process_index=processes.index(),
-    )
-    loop = (make or make_loop)(built)
-
-    def save_checkpoint() -> int:
-        record = run.history[-1]
-        step = record["step"]
-        if run.last_checkpoint != step:
-            meta = {"epoch": record["epoch"], "step": step, "metrics": record, "history": run.history}
-            checkpointer = config.checkpointer
-
-            def failed(err: Exception) -> PluginError:  # the checkpointer's own bug, not the plugin that asked for the save
-                return PluginError(
-                    f"checkpointer {checkpointer.name!r} ({checkpointer.entry.origin()}) failed saving step {step}: {one_line(err)}"
-                )
-
-            try:
-                arrays = st.flatten(built.state, keep=processes.is_primary())  # every process gathers; process 0 saves
-            except Exception as err:
-                raise failed(err) from err
-
-            def save():
-                try:
-                    _primary(policy).save(step, arrays, meta)
-                except (JaxyardError, KeyboardInterrupt):
-                    raise
-                except Exception as err:
-                    raise failed(err) from err
-
-            processes.from_primary(save)
-            run.last_checkpoint = step
-            emit(pm, "jaxyard_on_checkpoint_saved", run=run, step=step, path=run_dir / rd.CHECKPOINTS, record=record)
-        return step
-
-    run._saver = save_checkpoint
-    hub = LoggerHub(loggers, warn, run)
-    pm.register(hub, name=f"jaxyard.loggers.{id(hub)}")
-    try:
-        if resume:
-            _resume_state(run, policy, built)
-        emit(pm, "jaxyard_on_run_start", run=run)
-        t_train = time.perf_counter()
-        first = settings.epochs + 1 if run.stop_reason else run.start_epoch + 1  # a resumed run that had already stopped
-        for epoch in range(first, settings.epochs + 1):
-            t0 = time.perf_counter()
-            train_sums = jax.device_get(loop.train_epoch(epoch, progress))
-            t1 = time.perf_counter()
-            val_sums = jax.device_get(loop.evaluate("val"))
-            t2 = time.perf_counter()
-            (train_loss, train_acc), (val_loss, val_acc) = means(train_sums), means(val_sums)
-            if settings.ema_decay:
-                ema_loss, ema_acc = means(jax.device_get(loop.evaluate("val", ema=True)))
-            run.compile_seconds = loop.compile_seconds
-            record = {
-                "epoch": epoch,
-                "step": epoch * built.steps_per_epoch,
-                "lr": float(built.epoch_lr[epoch]),
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "train_time": round(t1 - t0, 6),
-                "val_time": round(t2 - t1, 6),
-            }
-            if settings.ema_decay:
-                record.update(val_loss_ema=ema_loss, val_acc_ema=ema_acc)
-            run.history.append(record)
-            emit(pm, "jaxyard_on_epoch_end", run=run, record=record)
-            run.stop_reason = processes.broadcast_json(run.stop_reason)  # process 0's decision is the job's
-            if run.stop_reason:
-                break
-        train_seconds = time.perf_counter() - t_train
-        processes.from_primary(lambda: _primary(policy).finish())
-
-        test_loss, test_acc = means(jax.device_get(loop.evaluate("test")))
-        timings = {"total_s": time.perf_counter() - started, "train_s": train_seconds, "compile_s": loop.compile_seconds}
-        test = {"test_loss": test_loss, "test_acc": test_acc}
-        if settings.ema_decay:
-            test["test_loss_ema"], test["test_acc_ema"] = means(jax.device_get(loop.evaluate("test", ema=True)))
-        best = _monitor(config).best(run.history)
-        stopped = run.stop_reason is not None and len(run.history) < settings.epochs
-        result = RunResult(run_dir.path, run.history, test, stopped, timings, run.stop_reason, dict(best) if best else None)
-        summary = {
-            "test": test,
-            "epochs_run": len(run.history),
-            "stopped_early": stopped,
-            "stop_reason": run.stop_reason,
-            "best": {"monitor": settings.monitor, **result.best} if result.best else None,
-            "timings": timings,
-            "versions": _versions(),
-        }
-        processes.from_primary(lambda: rd.write_atomic(run_dir / rd.SUMMARY, _json(summary)))
-        emit(pm, "jaxyard_on_run_end", run=run, result=result)
-    except BaseException as err:
-        with suppress(Exception):  # the error on its way out is the one to report
-            if policy is not None:
-                policy.close()
-        reported = _out_of_memory(err, built) or processes.lost_contact(err) or err
-        emit_failed(pm, run, reported)
-        if reported is not err:
-            raise reported from err
-        raise
-    finally:
-        pm.unregister(hub)
-        run_dir.unlock()
-    return result
-
-
-def _out_of_memory(err: BaseException, built: Built) -> TrainingError | None:
-    """XLA's RESOURCE_EXHAUSTED (a 60-line traceback) as one line naming what did not fit."""
-    text = str(err)
-    if "RESOURCE_EXHAUSTED" not in text:
-        return None
-    run = built.config.run
-    first = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), text)[:300]
-    return TrainingError(
-        f"out of memory on {jax.devices()[0].platform} training model {built.config.model.name!r} "
-        f"({built.num_params:,} parameters) with run.batch_size = {run.batch_size}: {first}; "
-        f"lower run.batch_size or the model's sizes"
-    )
-
-
-def _primary(policy: CheckpointPolicy | None) -> CheckpointPolicy:
-    """The run's checkpoint policy, which process 0 of a job (or a process alone) has."""
-    assert policy is not None, "only process 0 of a job saves and restores checkpoints"
-    return policy
-
-
-def _resume_state(run: Run, policy: CheckpointPolicy | None, built: Built) -> None:
-    """Put the newest intact checkpoint's state and history into ``run`` (or start over if none).
-    Process 0 reads the checkpoint; the others receive it."""
-
-    def find() -> Restored | None:
-        try:
-            return _primary(policy).restore("latest")
-        except CheckpointError as err:
-            if _primary(policy).storage.steps():
-                raise
-            if (run.directory / rd.SUMMARY).exists():
-                raise UsageError(
-                    f"{run.directory} finished and has no checkpoint to resume from "
-                    f"(checkpointer {built.config.checkpointer.name!r}); nothing to do"
-                ) from None
-            run.warn(f"  No checkpoint to resume from ({err}); starting again from epoch 1")
-            return None
-
-    restored = processes.from_primary(find, share=_share_restored)
-    if restored is None:
-        return
-    _place(built, restored)
-    run.history = list(restored.meta["history"])
-    run.start_epoch = restored.meta["epoch"]
-    run.restored_step = run.last_checkpoint = restored.step
-    run.skipped_checkpoints = restored.skipped
-    if policy is not None:
-        policy.records = {int(r["step"]): r for r in run.history}
-
-
-def _versions() -> dict[str, str]:
-    """What produced the numbers: bit-identical results need the same libraries and backend."""
-    import flax
-    import jaxlib
-
-    return {
-        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__, "backend": jax.default_backend()
-    }
-
-
-def _json(data) -> str:
-    import json
-
-    return json.dumps(data, indent=2) + "\n"
