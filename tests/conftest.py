@@ -1,18 +1,23 @@
-"""Shared fixtures: the example plugin installed, a clean JAXYARD_* environment, CLI helpers."""
+"""Shared fixtures: the example plugin installed, a clean JAXYARD_* environment, one compile cache
+for the whole suite, CLI helpers."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+import shutil
+import sys
+import tempfile
 import tomllib
+import types
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from helpers import EXAMPLE, EXAMPLE_DIST
+from helpers import EXAMPLE, EXAMPLE_DIST, TINY, as_options
 
 # Several test processes share one accelerator (xdist workers, the CLI subprocesses): JAX's default
 # of taking 75% of a GPU's memory per process would leave the second one nothing.
@@ -60,6 +65,42 @@ def pytest_sessionstart(session):
     ensure_example_plugin()
 
 
+# --- one compile cache for the whole suite --------------------------------------------------------
+
+# The suite's cache directory, made once by the process that starts pytest; xdist's workers and every
+# subprocess inherit the variables below, so a program compiled once is read back everywhere else.
+SUITE_CACHE = "PYTEST_JAXYARD_SUITE_CACHE"
+_MADE_HERE = pytest.StashKey[str]()  # the cache directory this process made (and removes at the end)
+
+
+def pytest_configure(config):
+    if not os.environ.get(SUITE_CACHE):  # the controller (or a run without xdist): the workers inherit it
+        os.environ[SUITE_CACHE] = config.stash[_MADE_HERE] = tempfile.mkdtemp(prefix="jaxyard-tests-cache-")
+    cache = Path(os.environ[SUITE_CACHE])
+    jax_cache = cache / "jaxyard" / "jax"  # where the CLI puts it under XDG_CACHE_HOME (cli._compile_cache)
+    values = {
+        "XDG_CACHE_HOME": str(cache),  # the CLI's processes, and the in-process CLI tests
+        # the library's train() in this process and in subprocesses (JAX reads these when imported),
+        # every program cached, as the CLI's cache does (core/train/build.py enable_compile_cache)
+        "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    os.environ.update(values)
+    if "jax" in sys.modules:  # imported before this hook (a plugin): set what it read at import
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(jax_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _MADE_HERE in config.stash:
+        shutil.rmtree(config.stash[_MADE_HERE], ignore_errors=True)
+        del os.environ[SUITE_CACHE]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def example_plugin() -> str:
     """The installed version of jaxyard-example-plugin."""
@@ -71,11 +112,10 @@ def example_plugin() -> str:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    """No JAXYARD_* settings leak in from the shell, and no persistent compile cache."""
+    """No JAXYARD_* settings leak in from the shell (the suite's compile cache stays on)."""
     for var in list(os.environ):
         if var.startswith("JAXYARD_"):
             monkeypatch.delenv(var)
-    monkeypatch.setenv("JAXYARD_NO_COMPILE_CACHE", "1")
 
 
 # --- CLI helpers --------------------------------------------------------------------------------
@@ -112,3 +152,41 @@ def cli_json(run_cli):
         return json.loads(result.stdout)
 
     return run
+
+
+# --- a finished run -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _finished_runs(tmp_path_factory):
+    """The tiny runs behind ``finished_run``, trained once per worker and checkpointer."""
+    from jaxyard.cli import cli
+
+    made: dict[str, types.SimpleNamespace] = {}
+
+    def make(checkpointer: str) -> types.SimpleNamespace:
+        if checkpointer not in made:
+            out = tmp_path_factory.mktemp(f"finished-{checkpointer}") / "run"
+            args = ["run", "--out", str(out), "--epochs", "2", "--batch-size", "16", "--logger", "csv", "--checkpointer", checkpointer,
+                    *as_options(TINY)]
+            unset = {var: None for var in os.environ if var.startswith("JAXYARD_")}  # clean_env is not set up yet
+            result = CliRunner().invoke(cli, args, env=unset)
+            assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+            made[checkpointer] = types.SimpleNamespace(dir=out, stdout=result.stdout)
+        return made[checkpointer]
+
+    return make
+
+
+@pytest.fixture
+def finished_run(_finished_runs, tmp_path):
+    """``finished_run(checkpointer="orbax")``: a copy of its own (``.dir``) of a finished run of the tiny
+    workload through the CLI, 2 epochs in batches of 16 (7 steps an epoch), logged to jsonl and csv;
+    ``.stdout``: what `run` printed into ``.source``. ``checkpointer="none"``: a run without checkpoints."""
+    def copy(checkpointer: str = "orbax") -> types.SimpleNamespace:
+        made = _finished_runs(checkpointer)
+        target = tmp_path / f"finished-{checkpointer}"
+        shutil.copytree(made.dir, target)
+        return types.SimpleNamespace(dir=target, stdout=made.stdout, source=made.dir)
+
+    return copy

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 import types
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -11,7 +16,36 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "jaxyard-example-plugin"
 EXAMPLE_DIST = "jaxyard-example-plugin"
 BROKEN = Path(__file__).resolve().parent / "broken_plugins"
+LOCAL = Path(__file__).resolve().parent / "plugins_local"
+PAUSE = LOCAL / "pause.py"  # holds a run at a point until the test says go (its docstring)
 HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "numpy", "matplotlib")
+
+# The suite's one tiny workload, as --set values: 100 training examples (batches of 16: 7 steps an
+# epoch, the last one partial) of 16 features in 4 classes, an MLP of one hidden layer of 32 units
+# (676 parameters), 2 warmup steps. A test that needs more data or epochs overrides keys with tiny().
+TINY = (
+    "loader.train_size=100",
+    "loader.val_size=50",
+    "loader.test_size=50",
+    "loader.features=16",
+    "loader.classes=4",
+    "model.hidden_dims=32",
+    "run.warmup_steps=2",
+)
+
+
+def tiny(*overrides: str, without: Iterable[str] = ()) -> list[str]:
+    """TINY with ``overrides`` ("KIND.KEY=VALUE") replacing its values of the same keys, less the
+    keys or whole kinds named in ``without`` (``without=["model"]`` for a run of another model than
+    mlp, whose parameter hidden_dims is)."""
+    drop = {*without, *(o.split("=", 1)[0] for o in overrides)}
+    kept = [s for s in TINY if s.split("=", 1)[0] not in drop and s.split(".", 1)[0] not in drop]
+    return [*kept, *overrides]
+
+
+def as_options(sets: Iterable[str]) -> list[str]:
+    """``--set`` values as command-line arguments."""
+    return [x for s in sets for x in ("--set", s)]
 
 # (file in tests/broken_plugins, a fragment of the recorded error, a component it must not leave behind)
 BROKEN_CASES = [
@@ -33,10 +67,75 @@ BROKEN_CASES = [
 
 
 def clean_environ(**extra: str) -> dict[str, str]:
-    """os.environ without JAXYARD_* variables, plus ``extra`` (for subprocesses)."""
+    """os.environ without JAXYARD_* variables, plus ``extra`` (for subprocesses). The suite's
+    compile cache (conftest.py) reaches them through XDG_CACHE_HOME and JAX_COMPILATION_CACHE_DIR."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAXYARD_")}
-    env.update(JAXYARD_NO_COMPILE_CACHE="1", **extra)
+    env.update(extra)
     return env
+
+
+def wait_for(condition: Callable[[], object], proc: subprocess.Popen | None = None, *, what: str) -> None:
+    """Poll ``condition()`` until it holds: an event (a file appearing, a line written), never a
+    deadline; a hang is stopped by the suite's per-test timeout (pytest-timeout) with a traceback.
+    Fails at once, with the process's output, when ``proc`` ends first."""
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            if condition():  # it happened just before the process ended
+                return
+            out = [s[-3000:] if isinstance(s, str) else s for s in proc.communicate()]
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}: {out}")
+        time.sleep(0.01)
+
+
+# One step after another in a fresh interpreter (this one has jax loaded): each step's exit status
+# (SystemExit caught), which of the heavy modules are imported by its end, and its `result` variable.
+_PROBE = """
+import json, sys
+steps, heavy = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+namespace, report = {"__name__": "__probe__"}, []
+for step in steps:
+    code = 0
+    try:
+        exec(step, namespace)
+    except SystemExit as exit:
+        code = exit.code or 0
+    loaded = sorted(m for m in heavy if m in sys.modules)
+    report.append({"exit": code, "heavy": loaded, "result": namespace.pop("result", None)})
+sys.stdout.flush()
+sys.__stdout__.write("\\nPROBE " + json.dumps(report) + "\\n")
+"""
+
+
+def probe_imports(steps: Sequence[str], *, heavy: Sequence[str] = HEAVY, cwd: str | os.PathLike | None = None,
+                  env: dict[str, str] | None = None) -> list[dict]:
+    """Run ``steps`` in one fresh interpreter, in order: a dotted module name is imported, anything
+    else is Python code (it may set ``result``, JSON, to report a value). Returns per step
+    ``{"exit": code, "heavy": [the modules of heavy imported so far], "result": ...}`` (a package
+    is imported with any module of it: "jax" covers jax.numpy)."""
+    code = [f"import {s}" if s.replace(".", "").replace("_", "").isalnum() else s for s in steps]
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(code), json.dumps(list(heavy))], cwd=cwd,
+                          env=clean_environ() if env is None else env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1].removeprefix("PROBE "))
+
+
+def compiled_during(fn: Callable[[], object]) -> tuple[object, list[str]]:
+    """``(fn(), the names of the XLA programs compiled while it ran)``: a program compiled twice (a
+    new input shape) is named twice. JAX reports a compilation read from the persistent cache too."""
+    import jax
+
+    names: list[str] = []
+
+    def listen(event, secs, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        return fn(), names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 def assert_one_line_error(result, *fragments: str, exit_code: int | None = 2) -> str:

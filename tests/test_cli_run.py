@@ -3,36 +3,33 @@
 import json
 import tomllib
 
-from helpers import assert_one_line_error
+from helpers import as_options, assert_one_line_error, tiny
 
-TINY = [
-    "--set", "loader.train_size=96",
-    "--set", "loader.val_size=32",
-    "--set", "loader.test_size=32",
-    "--set", "loader.features=16",
-    "--set", "run.warmup_steps=2",
-]
+TINY = as_options(tiny())  # 100 training examples: 4 steps an epoch in the default batches of 32
 
 
-def test_run_prints_the_seed_stages_and_writes_the_run(run_cli, tmp_path):
-    out = tmp_path / "run"
-    result = run_cli(["run", *TINY, "--set", "model.hidden_dims=32", "--epochs", "2", "--out", out])
-    assert result.exit_code == 0, (result.stdout, result.stderr)
+def test_run_prints_the_seed_stages_and_writes_the_run(finished_run):
+    """The report: the seven stages of the seed script in order, each numbered once, then the files."""
+    run = finished_run()
+    out, stdout = run.dir, run.stdout
     stages = ["1. Setting up configuration", "2. Loading data", "3. Creating model", "4. Setting up optimizer",
               "5. Starting training", "6. Evaluating on test set", "7. Plotting training curves"]
-    positions = [result.stdout.index(stage) for stage in stages]
+    positions = [stdout.index(stage) for stage in stages]
     assert positions == sorted(positions)
-    for line in ("Epoch 2/2", "  Train - Loss: ", "  Val   - Loss: ", "Checkpoint saved: step 6 (epoch 2)",
-                 "  Test Loss: ", "  Test Accuracy: ", f"Training curves saved to {out}"):
-        assert line in result.stdout
+    numbered = [line for line in stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 10)}]
+    assert [line[:2] for line in numbered] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
+    for line in ("  Loggers: jsonl, csv", "Epoch 2/2", "  Train - Loss: ", "  Val   - Loss: ", "Checkpoint saved: step 14 (epoch 2)",
+                 "  Test Loss: ", "  Test Accuracy: ", f"Training curves saved to {run.source}"):
+        assert line in stdout, line
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["6"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["14"]
+    assert (out / "training_curves.png").is_file() and len((out / "metrics.csv").read_text().splitlines()) == 3
 
 
 def test_third_party_components_run_end_to_end(run_cli, tmp_path):
     """The example package's optimizer, schedule and model, found through its entry point, train."""
     out = tmp_path / "run"
-    args = ["run", *TINY, "--optimizer", "signsgd", "--scheduler", "linear", "--model", "logreg",
+    args = ["run", *as_options(tiny(without=["model"])), "--optimizer", "signsgd", "--scheduler", "linear", "--model", "logreg",
             "--checkpointer", "none", "--epochs", "3", "--lr", "1e-3", "--out", out]
     result = run_cli(args)
     assert result.exit_code == 0, (result.stdout, result.stderr)
@@ -78,9 +75,8 @@ def test_refused_values_write_nothing(run_cli, tmp_path):
     assert not out.exists()
 
 
-def test_eval_and_resume_of_a_finished_run(run_cli, tmp_path):
-    out = tmp_path / "run"
-    assert run_cli(["run", *TINY, "--epochs", "2", "--out", out]).exit_code == 0
+def test_eval_and_resume_of_a_finished_run(run_cli, finished_run):
+    out = finished_run().dir
     before = (out / "metrics.jsonl").read_text()
     result = run_cli(["eval", out, "--checkpoint", "latest"])
     assert result.exit_code == 0 and "Test Accuracy:" in result.stdout
@@ -95,9 +91,8 @@ def test_resume_of_something_else_is_refused(run_cli, tmp_path):
     assert_one_line_error(run_cli(["resume", tmp_path]), "not a jaxyard run directory")
 
 
-def test_resume_of_a_finished_run_without_checkpoints_changes_nothing(run_cli, tmp_path):
-    out = tmp_path / "run"
-    assert run_cli(["run", *TINY, "--epochs", "1", "--checkpointer", "none", "--out", out]).exit_code == 0
+def test_resume_of_a_finished_run_without_checkpoints_changes_nothing(run_cli, finished_run):
+    out = finished_run("none").dir
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
     assert_one_line_error(run_cli(["resume", out]), "finished and has no checkpoint to resume from")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"} == before  # the lock records its last holder

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -13,7 +11,7 @@ from jaxyard.core.errors import UsageError
 from jaxyard.core.experiments import compare as C
 from jaxyard.core.registry.settings import dump_toml
 
-from helpers import HEAVY, assert_one_line_error, clean_environ
+from helpers import assert_one_line_error, probe_imports
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OPTIMIZERS = {"adam": {"b1": 0.9, "b2": 0.999}, "sgd": {"momentum": 0.9, "nesterov": False}}
@@ -220,16 +218,10 @@ def test_compare_errors_are_one_line(run_cli, dirs, tmp_path, args, fragments):
 
 def test_compare_imports_no_jax(dirs, tmp_path):
     """The command reads files and plots: jax, flax, optax and orbax are never imported."""
-    code = (
-        "import json, sys\nfrom jaxyard.cli import main\n"
-        "try:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n    code = exit.code\n"
-        f"print(json.dumps([code, sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))]))"
-    )
     for extra, allowed in (([], set()), (["--png", str(tmp_path / "c.png")], {"matplotlib", "numpy"})):
-        proc = subprocess.run([sys.executable, "-c", code, "compare", str(dirs["adam"]), str(dirs["sweep"]), "--json", *extra],
-                              capture_output=True, text=True, env=clean_environ(), timeout=60)
-        code_, heavy = json.loads(proc.stdout.splitlines()[-1])
-        assert code_ in (0, None) and set(heavy) <= allowed, (heavy, proc.stderr)
+        argv = ["compare", str(dirs["adam"]), str(dirs["sweep"]), "--json", *extra]
+        *_, report = probe_imports(["from jaxyard.cli import main", f"main({argv!r})"])
+        assert report["exit"] == 0 and set(report["heavy"]) <= allowed, report
 
 
 def test_compare_figure_keeps_the_best_ten(tmp_path, monkeypatch):

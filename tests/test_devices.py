@@ -13,10 +13,12 @@ import sys
 
 import pytest
 
-from helpers import assert_one_line_error, clean_environ
+from helpers import as_options, assert_one_line_error, clean_environ, tiny
 
-TINY = ["loader.train_size=256", "loader.val_size=64", "loader.test_size=64", "loader.features=32", "loader.classes=4",
-        "model.hidden_dims=[64,32]", "run.epochs=3", "run.batch_size=32", "run.save_every=1"]
+pytestmark = pytest.mark.xdist_group("devices")  # one worker computes the module's 4-device runs
+
+# The tiny workload in batches of 32 (the last of each epoch partial), 3 epochs, saved every epoch.
+TINY = tiny("run.epochs=3", "run.batch_size=32", "run.save_every=1")
 
 SCRIPT = """
 import json, sys
@@ -64,8 +66,7 @@ print(json.dumps({"devices": jax.device_count(), "histories": histories, "eval":
 def four_devices(tmp_path_factory):
     out = tmp_path_factory.mktemp("devices")
     env = clean_environ(XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), json.dumps(TINY)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), json.dumps(TINY)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), out
 
@@ -95,7 +96,7 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_anything
 
 
 def test_layout_errors_are_one_line(run_cli, tmp_path):
-    sets = [x for s in TINY for x in ("--set", s)]
+    sets = as_options(TINY)
     result = run_cli(["run", "--devices", "2", "--out", str(tmp_path / "a"), *sets])
     assert_one_line_error(result, "run.devices = 2, but this process has 1 cpu device(s)", "--cpu-devices N")
     result = run_cli(["run", "--devices", "0", "--out", str(tmp_path / "b"), *sets])
@@ -106,9 +107,9 @@ def test_layout_errors_are_one_line(run_cli, tmp_path):
 
 
 def test_cli_cpu_devices_splits_the_batch_and_says_so(tmp_path):
-    sets = [x for s in TINY for x in ("--set", s)]
-    check_cmd = [sys.executable, "-m", "jaxyard.cli", "--cpu-devices", "2", "check", "--devices", "2", *sets, "--memory-limit", "0.0001"]
-    check = subprocess.run(check_cmd, env=clean_environ(), capture_output=True, text=True, timeout=120)
+    sets = as_options(TINY)
+    check_cmd = [sys.executable, "-m", "jaxyard.cli", "--cpu-devices", "2", "check", "--devices", "2", *sets, "--memory-limit", "0.000001"]
+    check = subprocess.run(check_cmd, env=clean_environ(), capture_output=True, text=True)
     assert check.returncode == 2, check.stderr
     assert "on 2 cpu devices, batch split along 'data'" in check.stdout and "fits:              NO" in check.stdout
     assert check.stderr.startswith("Error: model 'mlp' needs") and "--memory-limit" in check.stderr and check.stderr.count("\n") == 1

@@ -5,7 +5,6 @@ Kept to a handful of processes: each command runs in-process within one interpre
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -13,27 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import HEAVY, REPO, clean_environ
+from helpers import REPO, clean_environ, probe_imports
 
 LIGHT_COMMANDS = [["--help"], ["list"], ["show", "optimizer", "adam"], ["plugins"], ["show", "optimizer", "signsgd"], ["list", "--json"]]
-
-# Runs each command of argv[2] (JSON) through the program argv[1] with runpy, in one interpreter,
-# and reports after each one the exit status and which heavy top-level modules are imported.
-PROBE = """
-import json, os, runpy, sys
-program, commands, heavy = sys.argv[1], json.loads(sys.argv[2]), tuple(json.loads(sys.argv[3]))
-report = []
-for args in commands:
-    sys.argv = [program, *args]
-    code = 0
-    try:
-        runpy.run_path(program, run_name="__main__")
-    except SystemExit as exit:
-        code = exit.code or 0
-    loaded = sorted({m.split(".")[0] for m in sys.modules} & set(heavy))
-    report.append({"args": args, "exit": code, "heavy": loaded})
-os.write(2, ("PROBE " + json.dumps(report) + "\\n").encode())
-"""
 
 
 def console_script() -> str:
@@ -43,17 +24,11 @@ def console_script() -> str:
 
 
 def _probe(program: str, cwd: Path) -> list[dict]:
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, program, json.dumps(LIGHT_COMMANDS), json.dumps(HEAVY)],
-        cwd=cwd,
-        env=clean_environ(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("PROBE ")]
-    assert proc.returncode == 0 and lines, proc.stderr
-    return json.loads(lines[-1].removeprefix("PROBE "))
+    """Each of LIGHT_COMMANDS through ``program`` (run as __main__) in one interpreter: its exit
+    status and the heavy modules imported by its end."""
+    commands = [f"sys.argv = [{program!r}, *{args!r}]\nrunpy.run_path({program!r}, run_name='__main__')" for args in LIGHT_COMMANDS]
+    _, *report = probe_imports(["import runpy, sys", *commands], cwd=cwd)
+    return [{"args": args, **r} for args, r in zip(LIGHT_COMMANDS, report, strict=True)]
 
 
 @pytest.mark.parametrize("program", ["cli.py", "console script"])
@@ -69,7 +44,7 @@ def test_listing_commands_import_no_heavy_library(program, tmp_path):
 
 
 def _run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, env=clean_environ(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=cwd, env=clean_environ(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -88,7 +63,7 @@ def test_checkout_and_installed_program_agree(args, tmp_path):
 
 def test_errors_in_a_real_process(tmp_path):
     proc = subprocess.run(
-        [console_script(), "show", "optimizer", "adamx"], cwd=tmp_path, env=clean_environ(), capture_output=True, text=True, timeout=120
+        [console_script(), "show", "optimizer", "adamx"], cwd=tmp_path, env=clean_environ(), capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "did you mean adam, adamw?" in proc.stderr

@@ -8,24 +8,13 @@ import pytest
 
 import jaxyard
 
-from helpers import assert_one_line_error
-
-LOCAL = Path(__file__).parent / "plugins_local"
-TINY = [
-    "loader.train_size=100",
-    "loader.val_size=50",
-    "loader.test_size=50",
-    "loader.features=16",
-    "loader.classes=4",
-    "model.hidden_dims=32",
-    "run.warmup_steps=2",
-]
+from helpers import LOCAL, TINY, as_options, assert_one_line_error, tiny
 
 
 def config(*sets, plugins=(), disable=(), **run):
     registry = jaxyard.build_registry(plugins=[str(LOCAL / p) for p in plugins], disable=disable, strict=True)
     options = {"epochs": 3, "batch_size": 16, **run}
-    return jaxyard.resolve_config(registry, jaxyard.load_settings(), options=options, sets=[*TINY, *sets])
+    return jaxyard.resolve_config(registry, jaxyard.load_settings(), options=options, sets=tiny(*sets))
 
 
 def lines(path):
@@ -81,7 +70,7 @@ def test_events_reach_plugins_in_order_with_what_they_document(tmp_path):
 def test_a_plugin_raising_in_an_event_is_one_line_and_keeps_what_was_written(run_cli, tmp_path):
     out = tmp_path / "run"
     args = ["--plugin", LOCAL / "raising_event.py", "run", "--out", out, "--epochs", "4", "--batch-size", "16"]
-    args += [x for s in [*TINY, "run.save_every=1"] for x in ("--set", s)]
+    args += as_options([*TINY, "run.save_every=1"])
     result = run_cli(args)
     err = assert_one_line_error(result, "failed in jaxyard_on_epoch_end: ZeroDivisionError: my plugin divided by zero", exit_code=1)
     assert "raising_event.py" in err
@@ -115,21 +104,11 @@ def test_run_failed_reaches_plugins_with_the_error(tmp_path):
 def test_built_in_plugins_can_be_disabled(run_cli, tmp_path):
     out = tmp_path / "run"
     args = ["--disable", "jaxyard.plugins.report", "--disable", "jaxyard.plugins.curves", "run", "--out", out, "--epochs", "2"]
-    result = run_cli(args + [x for s in TINY for x in ("--set", s)])
+    result = run_cli(args + as_options(TINY))
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # the report is a plugin
     assert not (out / "training_curves.png").exists()
     assert len(lines(out / "metrics.jsonl")) == 2
-
-
-def test_the_report_prints_the_seed_stages(run_cli, tmp_path):
-    result = run_cli(["run", "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16", "--logger", "csv"]
-                     + [x for s in TINY for x in ("--set", s)])
-    assert result.exit_code == 0, result.stderr
-    stages = [line for line in result.stdout.splitlines() if line[:2] in {f"{i}." for i in range(1, 8)}]
-    assert [s[:2] for s in stages] == ["1.", "2.", "3.", "4.", "5.", "6.", "7."]
-    assert "  Loggers: jsonl, csv" in result.stdout
-    assert "Epoch 2/2" in result.stdout and "Checkpoint saved: step 14 (epoch 2)" in result.stdout
 
 
 def test_a_failing_logger_is_dropped_and_the_run_goes_on(tmp_path):
@@ -154,16 +133,14 @@ def test_a_failing_logger_is_dropped_and_the_run_goes_on(tmp_path):
     assert len(lines(out / "metrics.jsonl")) == 3 and (out / "checkpoints" / "21").is_dir()
 
 
-def test_csv_logger_equals_metrics_jsonl(tmp_path):
+def test_csv_logger_equals_metrics_jsonl(finished_run):
     import csv
 
-    out = tmp_path / "run"
-    registry = jaxyard.build_registry(strict=True)
-    cfg = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"epochs": 3, "batch_size": 16}, sets=TINY, loggers=["csv"])
-    jaxyard.train(cfg, out_dir=out)
+    out = finished_run().dir  # logged to jsonl and csv
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     expected = lines(out / "metrics.jsonl")
+    assert len(rows) == 2
     assert [{k: float(v) for k, v in r.items()} for r in rows] == [{k: float(v) for k, v in r.items()} for r in expected]
 
 

@@ -4,7 +4,6 @@ paths of jaxyard 0.1 still importing as the modules they became, with a warning.
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -93,15 +92,13 @@ def test_old_paths_are_the_new_modules_and_warn(old):
 
 
 def test_jaxyard_testing_is_the_kit_without_a_warning():
-    code = (
-        "import warnings, sys; warnings.simplefilter('error');"
-        "import jaxyard.testing as t, jaxyard.core.kit as k; assert t is k, (t, k);"
-        "from jaxyard.testing import parametrize_with_checks, check_component;"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax', 'orbax'));"
-        "assert not heavy, heavy"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    from helpers import probe_imports
+
+    steps = ["import warnings; warnings.simplefilter('error')",
+             "import jaxyard.testing as t, jaxyard.core.kit as k; assert t is k, (t, k)",
+             "from jaxyard.testing import parametrize_with_checks, check_component"]
+    *_, imported = probe_imports(steps, heavy=("jax", "flax", "optax", "orbax"))
+    assert imported["heavy"] == []
 
 
 def test_a_name_that_never_existed_is_still_unknown():

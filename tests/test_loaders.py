@@ -1,5 +1,7 @@
 """The built-in loaders on real files: npz (no pickle) and csv, and their errors."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -94,15 +96,7 @@ def test_npz_trains_end_to_end(run_cli, tmp_path):
 
 
 def test_digits_without_scikit_learn_names_the_extra(registry, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_sklearn(name, *args, **kwargs):
-        if name.startswith("sklearn"):
-            raise ImportError("No module named 'sklearn'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    for name in ["sklearn", *(m for m in sys.modules if m.startswith("sklearn."))]:  # loaded already by another test, too
+        monkeypatch.setitem(sys.modules, name, None)  # `import sklearn...` now raises ImportError
     with pytest.raises(jaxyard.UsageError, match=r"pip install 'jaxyard\[digits\]'"):
         load(registry, "digits")

@@ -18,7 +18,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +29,7 @@ from jaxyard.core.train.loggers import LOGGER_METHODS, MissingExtra
 from jaxyard.plugins import loggers as builtin
 from jaxyard.plugins._trackers import common as trackers
 
-from helpers import clean_environ
+from helpers import clean_environ, probe_imports, wait_for
 
 CONFIG = {
     "run": {"optimizer": "adam", "model": "mlp", "loader": "synthetic", "epochs": 6, "batch_size": 32,
@@ -149,36 +148,33 @@ def test_listing_imports_no_tracker_and_mlflow_telemetry_stays_off(tmp_path):
     """In a fresh process (no pytest or CI variables, which MLflow takes as 'do not track'):
     registering the loggers imports no tracker library; building the mlflow logger leaves
     MLflow's telemetry client unset."""
-    script = textwrap.dedent(
-        f"""
-        import json, sys
+    register = textwrap.dedent(
+        """
         from jaxyard.plugins import loggers
-        found = {{}}
+        found = {}
         loggers.jaxyard_register_loggers(lambda name, f, params=None, description=None: found.__setitem__(name, (f, params)))
-        heavy = ("tensorboardX", "tensorboard", "mlflow", "wandb", "sqlalchemy", "alembic", "jaxyard.plugins._trackers.tensorboard",
-                 "jaxyard.plugins._trackers.mlflow", "jaxyard.plugins._trackers.wandb")
-        before = sorted(m for m in sys.modules if m in heavy)
-        out = {{"before": before}}
-        import importlib.util
+        """
+    )
+    telemetry = textwrap.dedent(
+        f"""
+        import importlib.util, os
         if importlib.util.find_spec("mlflow") is None or importlib.util.find_spec("sqlalchemy") is None:
-            out["telemetry"] = None
+            result = None
         else:
             f, p = found["mlflow"]
             f(p(), directory={str(tmp_path)!r})
             from mlflow.telemetry import get_telemetry_client
-            import os
-            out["telemetry"] = [get_telemetry_client() is None, os.environ.get("MLFLOW_DISABLE_TELEMETRY")]
-        print(json.dumps(out))
+            result = [get_telemetry_client() is None, os.environ.get("MLFLOW_DISABLE_TELEMETRY")]
         """
     )
+    heavy = ("tensorboardX", "tensorboard", "mlflow", "wandb", "sqlalchemy", "alembic", "jaxyard.plugins._trackers.tensorboard",
+             "jaxyard.plugins._trackers.mlflow", "jaxyard.plugins._trackers.wandb")
     ci = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "TRAVIS", "BUILDKITE", "CIRCLECI",
           "TF_BUILD", "TEAMCITY_VERSION", "CODEBUILD_BUILD_ARN", "BITBUCKET_BUILD_NUMBER", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
     env = {k: v for k, v in child_env().items() if k not in ci}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["before"] == []
-    assert out["telemetry"] in (None, [True, None])  # no telemetry client; the variable was set for the import only
+    registered, built = probe_imports([register, telemetry], heavy=heavy, cwd=tmp_path, env=env)
+    assert registered["heavy"] == []
+    assert built["result"] in (None, [True, None])  # no telemetry client; the variable was set for the import only
 
 
 # --- tensorboard ------------------------------------------------------------------------------
@@ -295,7 +291,7 @@ def test_tensorboard_sigkill_keeps_finished_epochs(tb_reader, tmp_path):
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=child_env(), capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     scalars, _ = tb_reader(tmp_path / "tensorboard")
     assert_scalars(scalars, [record(e) for e in range(1, 4)])
@@ -444,10 +440,10 @@ def wandb_records(path: Path, *, complete: bool = True):
     return out
 
 
-def wandb_rows(path: Path) -> dict[int, dict]:
+def wandb_rows(path: Path, *, complete: bool = True) -> dict[int, dict]:
     """step -> the history row logged at it (each step once)."""
     rows = {}
-    for rec in wandb_records(path):
+    for rec in wandb_records(path, complete=complete):
         if rec.WhichOneof("record_type") == "history":
             row = {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in rec.history.item}
             assert rec.history.step.num not in rows, rec.history.step.num
@@ -455,16 +451,18 @@ def wandb_rows(path: Path) -> dict[int, dict]:
     return rows
 
 
+def wandb_rows_so_far(path: Path) -> dict[int, dict]:
+    """The rows of a .wandb file wandb's service is still writing (up to its torn tail)."""
+    return wandb_rows(path, complete=False)
+
+
 def wandb_files(directory: Path) -> list[Path]:
     return sorted((directory / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-def wait_for_exit_record(path: Path, timeout: float = 20.0) -> None:
+def wait_for_exit_record(path: Path) -> None:
     """run.finish() returns before wandb's service has written the file's tail: wait for it."""
-    deadline = time.monotonic() + timeout
-    while not any(r.WhichOneof("record_type") == "exit" for r in wandb_records(path, complete=False)):
-        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
-        time.sleep(0.02)
+    wait_for(lambda: any(r.WhichOneof("record_type") == "exit" for r in wandb_records(path, complete=False)), what=f"{path} has an exit record")
 
 
 def assert_wandb_rows(rows: dict[int, dict], records) -> None:
@@ -508,26 +506,33 @@ def test_wandb_offline_run_file_holds_config_epochs_and_summary(wandb_lib, tmp_p
 
 @pytest.mark.parametrize("flushed", [True, False], ids=["killed-after-flush", "killed-before-flush"])
 def test_wandb_sigkill_and_resume_leaves_each_epoch_once(wandb_lib, tmp_path, flushed):
-    """Killed (SIGKILL) after epoch 5, the run resumes from epoch 3. wandb writes its file every
-    second: killed later than that, the file holds epochs 1-5 and the resumed run logs only 6;
-    killed sooner, it holds nothing and the resumed run logs 1-3 from the restored history, then
-    4-6. Each epoch is in one of the run's files, once."""
-    from jaxyard.plugins._trackers.wandb import FLUSH_SECONDS
-
+    """Killed (SIGKILL) after epoch 5, the run resumes from epoch 3. Killed once wandb's service
+    has written epochs 1-5 to the file (it writes every FLUSH_SECONDS; the child waits for them
+    to be there), the resumed run logs only 6; killed before any flush (the child's service told
+    to flush only after an hour), the file holds nothing and the resumed run logs 1-3 from the
+    restored history, then 4-6. Each epoch is in one of the run's files, once."""
     script = textwrap.dedent(
         f"""
         import os, signal, sys, time
+        from pathlib import Path
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_loggers_external import build, fake_run, record
+        from test_loggers_external import build, fake_run, record, wandb_files, wandb_rows_so_far
+        from jaxyard.plugins._trackers import wandb as tracker
+        if not {flushed!r}:
+            tracker.QUIET["x_transaction_log_flush_interval"] = 3600.0
         logger = build("wandb", {str(tmp_path)!r})
         logger.start(fake_run({str(tmp_path)!r}))
         for epoch in range(1, 6):
             logger.log_epoch(record(epoch))
-        time.sleep({FLUSH_SECONDS + 1.0 if flushed else 0.0})
+        def written():
+            files = wandb_files(Path({str(tmp_path)!r}))
+            return sorted(wandb_rows_so_far(files[0])) if files else []
+        while {flushed!r} and written() != [1, 2, 3, 4, 5]:
+            time.sleep(0.02)
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=child_env(), capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     [killed] = wandb_files(tmp_path)
     assert sorted(wandb_rows(killed)) == ([1, 2, 3, 4, 5] if flushed else [])

@@ -7,40 +7,42 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from helpers import REPO, clean_environ
+from helpers import PAUSE, REPO, as_options, clean_environ, tiny, wait_for
 
 pytest.importorskip("tensorboardX")
 pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
 
 ARGS = ["--logger", "tensorboard", "--logger", "mlflow", "--logger", "csv", "--epochs", "8", "--batch-size", "16",
-        "--set", "run.save_every=2", "--set", "loader.train_size=400", "--set", "model.hidden_dims=64"]
+        *as_options(tiny("run.save_every=2"))]
 KEYS = {"train/loss": "train_loss", "train/acc": "train_acc", "val/loss": "val_loss", "val/acc": "val_acc", "lr": "lr"}
 
 
-def cli(*args):
-    return subprocess.Popen([sys.executable, str(REPO / "cli.py"), *map(str, args)], env=clean_environ(),
+def cli(*args, env=None):
+    return subprocess.Popen([sys.executable, str(REPO / "cli.py"), *map(str, args)], env=env or clean_environ(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
 def test_three_loggers_after_kill_and_resume_hold_each_epoch_once(tmp_path):
-    out = tmp_path / "run"
-    proc = cli("run", "--out", out, *ARGS)
-    deadline = time.monotonic() + 180
-    metrics = out / "metrics.jsonl"
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
-        assert proc.poll() is None, proc.communicate()[0]
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    """Killed while held after epoch 5 (tests/plugins_local/pause.py): its loggers have logged it,
+    its last checkpoint is epoch 4's."""
+    out, pauses = tmp_path / "run", tmp_path / "pauses"
+    pauses.mkdir()
+    proc = cli("--strict-plugins", "--plugin", PAUSE, "run", "--out", out, *ARGS,
+               env=clean_environ(PAUSE_DIR=str(pauses), PAUSE_AT="epoch-5"))
+    try:
+        wait_for((pauses / "paused-epoch-5").exists, proc, what="epoch 5 ended")
+    finally:
+        proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
+    metrics = out / "metrics.jsonl"
+    assert len(metrics.read_text().splitlines()) == 5
     resumed = cli("resume", out)
-    output = resumed.communicate(timeout=180)[0]
+    output = resumed.communicate()[0]
     assert resumed.returncode == 0, output
 
     records = [json.loads(line) for line in metrics.read_text().splitlines()]

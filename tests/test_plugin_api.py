@@ -21,7 +21,8 @@ import pytest
 import jaxyard
 from jaxyard.core.errors import UsageError
 from jaxyard.core.registry import api, hookspecs
-from jaxyard.core.registry.loading import FACTORY_KEYWORDS, build_registry
+from jaxyard.core.registry.entries import FACTORY_KEYWORDS
+from jaxyard.core.registry.loading import build_registry
 from jaxyard.core.registry.settings import load_settings
 
 from helpers import BROKEN, REPO, assert_one_line_error, fake_entry_points

@@ -1,21 +1,18 @@
 """Where a plugin meets the engine: legal-but-unusual optimizers train; a broken factory, a result
 that breaks its contract, a bad streamed batch are each one line naming who, before training."""
 
-from pathlib import Path
-
 import pytest
 
-from helpers import assert_one_line_error
+from helpers import LOCAL, as_options, assert_one_line_error, tiny
 
-CONTRACTS = Path(__file__).parent / "plugins_local" / "contracts.py"
+CONTRACTS = LOCAL / "contracts.py"
 PLUGIN = f"plugin {CONTRACTS}"
-TINY = ["loader.train_size=64", "loader.val_size=32", "loader.test_size=32", "loader.features=8", "loader.classes=4",
-        "model.hidden_dims=16"]
+STREAMED = tiny(without=["loader"])  # the faulty-stream loader has parameters of its own
 
 
-def run(run_cli, tmp_path, *args, sets=TINY):
-    return run_cli(["--plugin", CONTRACTS, "run", "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16",
-                    *args, *[x for s in sets for x in ("--set", s)]])
+def run(run_cli, tmp_path, *args, sets=None):
+    sets = tiny() if sets is None else sets
+    return run_cli(["--plugin", CONTRACTS, "run", "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "16", *args, *as_options(sets)])
 
 
 @pytest.mark.parametrize("optimizer", ["keep-params", "sam"])
@@ -23,7 +20,7 @@ def run(run_cli, tmp_path, *args, sets=TINY):
 def test_optimizer_state_holding_the_parameters_trains(run_cli, tmp_path, optimizer, loader):
     """No "donate the same buffer twice": in memory and streamed, checkpointed every epoch."""
     result = run(run_cli, tmp_path, "--optimizer", optimizer, "--loader", loader, "--set", "run.save_every=1",
-                 sets=TINY if loader == "synthetic" else ["model.hidden_dims=16"])
+                 sets=tiny() if loader == "synthetic" else STREAMED)
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "run" / "summary.json").exists()
 
@@ -40,7 +37,7 @@ def test_optimizer_state_holding_the_parameters_trains(run_cli, tmp_path, optimi
     ],
 )
 def test_a_broken_factory_or_result_is_one_line_before_anything_is_written(run_cli, tmp_path, args, fragments):
-    sets = TINY[:-1] if "--model" in args else TINY  # hidden_dims belongs to mlp
+    sets = tiny(without=["model"]) if "--model" in args else tiny()  # hidden_dims belongs to mlp
     err = assert_one_line_error(run(run_cli, tmp_path, *args, sets=sets), *fragments, exit_code=1)  # a plugin's bug: PluginError
     assert not (tmp_path / "run").exists(), err
 
@@ -52,7 +49,7 @@ def test_debug_shows_the_plugins_traceback(tmp_path):
     from helpers import REPO, clean_environ
 
     proc = subprocess.run([sys.executable, str(REPO / "cli.py"), "--debug", "--plugin", str(CONTRACTS), "run", "--out",
-                           str(tmp_path / "run"), "--optimizer", "raises", *[x for s in TINY for x in ("--set", s)]],
+                           str(tmp_path / "run"), "--optimizer", "raises", *as_options(tiny())],
                           env=clean_environ(), capture_output=True, text=True)
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and 'raise ValueError("this optimizer needs run.clip_norm > 0")' in proc.stderr
@@ -72,7 +69,7 @@ def test_a_step_that_cannot_trace_names_model_and_optimizer(run_cli, tmp_path):
     ],
 )
 def test_a_bad_streamed_batch_names_the_loader(run_cli, tmp_path, fault, fragment):
-    result = run(run_cli, tmp_path, "--loader", "faulty-stream", "--set", f"loader.fault={fault}", sets=["model.hidden_dims=16"])
+    result = run(run_cli, tmp_path, "--loader", "faulty-stream", "--set", f"loader.fault={fault}", sets=STREAMED)
     assert_one_line_error(result, fragment)
 
 
@@ -99,7 +96,7 @@ def test_plugin_module_name_is_found_in_the_current_directory(tmp_path, monkeypa
 
     import jaxyard
 
-    (tmp_path / "my_cwd_plugin.py").write_text((Path(__file__).parent / "plugins_local" / "npz_checkpointer.py").read_text())
+    (tmp_path / "my_cwd_plugin.py").write_text((LOCAL / "npz_checkpointer.py").read_text())
     monkeypatch.chdir(tmp_path)
     before = list(sys.path)
     registry = jaxyard.build_registry(plugins=["my_cwd_plugin"], strict=True)

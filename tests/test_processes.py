@@ -13,34 +13,32 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, clean_environ
+from helpers import LOCAL, PAUSE, as_options, clean_environ, tiny, wait_for
 
-SETS = ["loader.train_size=256", "loader.val_size=60", "loader.test_size=64", "loader.features=32", "loader.classes=4",
-        "model.hidden_dims=[64,32]", "run.epochs=4", "run.batch_size=32", "run.save_every=1", "run.keep_latest=10"]
-SLOW = str(REPO / "tests" / "plugins_local" / "slow_epochs.py")  # 0.3 s an epoch at least: time to kill a process between two
+pytestmark = pytest.mark.xdist_group("processes")  # one worker computes the module's reference run
+
+# The tiny workload in batches of 32 (4 steps an epoch, the last partial), 4 epochs, each saved and kept.
+SETS = tiny("run.epochs=4", "run.batch_size=32", "run.save_every=1", "run.keep_latest=10")
+TOGETHER = str(LOCAL / "exit_together.py")  # a job's processes exit together (its docstring)
 
 
 def _args(*sets: str) -> list[str]:
-    return [x for s in (*SETS, *sets) for x in ("--set", s)]
+    return as_options([*SETS, *sets])
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")  # the jobs compile the same programs: the second and third reuse them
-    env = clean_environ(XDG_CACHE_HOME=str(cache))
-    del env["JAXYARD_NO_COMPILE_CACHE"]
-    return env
+@pytest.fixture
+def env():
+    return clean_environ()  # the suite's compile cache: the jobs compile the same programs once
 
 
-def launch(*args: str, env, plugin: str | None = None, **kwargs) -> subprocess.Popen:
-    extra = ["--plugin", plugin] if plugin else []
-    return subprocess.Popen([sys.executable, "-m", "jaxyard.cli", "--cpu-devices", "2", *extra, "launch", "-n", "2", "--", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def launch(*args: str, env, plugins: tuple[str, ...] = (), **kwargs) -> subprocess.Popen:
+    extra = [x for p in plugins for x in ("--plugin", p)]
+    return subprocess.Popen([sys.executable, "-m", "jaxyard.cli", "--cpu-devices", "2", "--strict-plugins", *extra, "launch", "-n", "2", "--",
+                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def config(*sets: str):
@@ -79,14 +77,14 @@ def reference(tmp_path_factory):
 def test_a_two_process_job_matches_one_process_and_only_process_0_writes(reference, env, tmp_path):
     out = tmp_path / "job"
     proc = launch("run", "--out", str(out), *_args("run.shard_params=true"), env=env)
-    stdout, stderr = proc.communicate(timeout=240)
+    stdout, stderr = proc.communicate()
     assert proc.returncode == 0, stderr[-3000:]
     assert "Devices: 4 cpu devices (2 processes x 2), batch split along 'data', state sharded" in stdout
     assert all(line.startswith("[0] ") for line in stdout.splitlines())  # process 0 reports for the job
     assert_equal_within_1e5(reference, from_run_dir(out))
     written = ["checkpoints", "components.json", "config.toml", "metrics.jsonl", "summary.json", "training_curves.png"]
     assert sorted(p.name for p in out.iterdir()) == [".jaxyard.lock", *written]
-    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [8, 16, 24, 32]
+    assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8, 12, 16]
 
     from jaxyard.core.train.engine import evaluate
 
@@ -106,18 +104,19 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_a_killed_process_stops_the_job_and_resume_in_one_process_ends_equal(reference, env, tmp_path):
-    out = tmp_path / "job"
-    proc = launch("run", "--out", str(out), *_args(), env=env, plugin=SLOW)
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 180
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    victim = next(p for p in _children(proc.pid) if b"JAXYARD_PROCESS_ID=1" in Path(f"/proc/{p}/environ").read_bytes())
-    killed = time.monotonic()
-    os.kill(victim, signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=90)
-    assert time.monotonic() - killed < 60
+    """Process 1 is killed while both processes are held after epoch 2 (tests/plugins_local/pause.py):
+    the job stops only because the launcher stops process 0."""
+    out, pauses = tmp_path / "job", tmp_path / "pauses"
+    pauses.mkdir()
+    proc = launch("run", "--out", str(out), *_args(), env={**env, "PAUSE_DIR": str(pauses), "PAUSE_AT": "epoch-2"}, plugins=(str(PAUSE),))
+    try:
+        wait_for((pauses / "paused-epoch-2-p1").exists, proc, what="process 1 ended epoch 2")
+        victim = next(p for p in _children(proc.pid) if b"JAXYARD_PROCESS_ID=1" in Path(f"/proc/{p}/environ").read_bytes())
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)  # generous: what counts is that it stops, process 0 being held
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 128 + signal.SIGKILL
     assert "jaxyard launch: process 1 of 2 was killed by SIGKILL; stopping the other 1 process(es)" in stderr
     assert not (out / "summary.json").exists()
@@ -145,23 +144,28 @@ def test_a_one_process_checkpoint_resumes_as_a_two_process_job(reference, env, t
     with pytest.raises(KeyboardInterrupt):
         train(cfg, out_dir=tmp_path / "run")
     proc = launch("resume", str(tmp_path / "run"), env=env)
-    stdout, stderr = proc.communicate(timeout=240)
+    stdout, stderr = proc.communicate()
     assert proc.returncode == 0, stderr[-3000:]
-    assert "[0]   Resuming after epoch 2 (checkpoint step 16)" in stdout
+    assert "[0]   Resuming after epoch 2 (checkpoint step 8)" in stdout
     assert_equal_within_1e5(reference, from_run_dir(tmp_path / "run"))
 
 
 @pytest.mark.slow
 def test_process_0s_error_is_every_process_error_in_one_line(env, tmp_path):
+    """Each process prints the job's error; they exit together (tests/plugins_local/exit_together.py),
+    so the launcher stopping the others when the first one fails cannot cut a process's line off."""
     taken = tmp_path / "a-file"
     taken.write_text("not a run directory")
-    proc = launch("run", "--out", str(taken), *_args(), env=env)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 2
+    exits = tmp_path / "exits"
+    exits.mkdir()
+    proc = launch("run", "--out", str(taken), *_args(), env={**env, "EXIT_DIR": str(exits)}, plugins=(TOGETHER,))
+    _, stderr = proc.communicate()
+    assert proc.returncode == 2, stderr
     message = f"run directory {taken} exists and is not a directory; choose another --out"
     lines = stderr.strip().splitlines()
-    assert sorted(line for line in lines if not line.startswith("jaxyard launch")) == [f"[0] Error: {message}", f"[1] Error: {message}"]
+    assert sorted(line for line in lines if not line.startswith("jaxyard launch")) == [f"[0] Error: {message}", f"[1] Error: {message}"], stderr
     assert "Traceback" not in stderr
+    assert sorted(p.name for p in exits.iterdir()) == ["exiting-0", "exiting-1"]
 
 
 def test_joining_needs_the_whole_address_of_the_job():

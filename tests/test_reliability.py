@@ -4,20 +4,15 @@ import json
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 import jaxyard
 
-from helpers import BROKEN, REPO, assert_one_line_error, clean_environ
+from helpers import BROKEN, LOCAL, PAUSE, REPO, as_options, assert_one_line_error, clean_environ, tiny, wait_for
 
-LOCAL = Path(__file__).parent / "plugins_local"
-TINY = ["loader.train_size=100", "loader.val_size=50", "loader.test_size=50", "loader.features=16", "loader.classes=4",
-        "model.hidden_dims=32"]
-
-# A writer as `run --out D` starts one: claim D (locking it), then write, slowly.
+# A writer as `run --out D` starts one: claim D (locking it), write, then hold it until the file
+# argv[2] exists (the test says when: after its rival has given up).
 WRITER = """
 import os, sys, time
 from jaxyard.core.errors import UsageError
@@ -28,30 +23,36 @@ except UsageError as err:
     print(err, file=sys.stderr)
     sys.exit(2)
 d.write_config(f"owner = {os.getpid()}\\n")
-time.sleep(float(sys.argv[2]))
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
 print(os.getpid())
 """
 
 
 def sets(*extra):
-    return [x for s in (*TINY, *extra) for x in ("--set", s)]
+    return as_options(tiny(*extra))
 
 
 @pytest.mark.slow
-def test_two_writers_on_one_directory_one_wins_twenty_times_out_of_twenty(tmp_path):
+def test_two_writers_on_one_directory_one_wins_six_times_out_of_six(tmp_path):
+    """Two writers started together: one claims the directory and holds it until the other has
+    finished, so the loser always meets a live claim (the lock is flock: more races prove nothing new)."""
     env = clean_environ()
 
-    def start(out):
-        return subprocess.Popen([sys.executable, "-c", WRITER, str(out), "0.2"], env=env, stdout=subprocess.PIPE,
+    def start(out, release):
+        return subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(release)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     races = []
-    for batch in range(5):  # four directories at a time, two writers each, started together
-        pairs = {tmp_path / f"run{batch * 4 + i}": [] for i in range(4)}
+    for batch in range(2):  # three directories at a time, two writers each, started together
+        pairs = {tmp_path / f"run{batch * 3 + i}": [] for i in range(3)}
         for out in pairs:
-            pairs[out] = [start(out), start(out)]
-        races += [(out, [(p.wait(timeout=60), *p.communicate()) for p in procs]) for out, procs in pairs.items()]
-    assert len(races) == 20
+            pairs[out] = [start(out, out.with_name(out.name + ".release")) for _ in range(2)]
+        for out, procs in pairs.items():
+            wait_for(lambda procs=procs: any(p.poll() is not None for p in procs), what="one of two writers gave up")
+            out.with_name(out.name + ".release").touch()  # the loser is done: the winner may finish
+            races.append((out, [(p.wait(), *p.communicate()) for p in procs]))
+    assert len(races) == 6
     for out, results in races:
         winners = [r for r in results if r[0] == 0]
         losers = [r for r in results if r[0] != 0]
@@ -64,16 +65,16 @@ def test_two_writers_on_one_directory_one_wins_twenty_times_out_of_twenty(tmp_pa
 
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), "60"], env=clean_environ(), stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not (out / "config.toml").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    from jaxyard.core.store.rundir import RunDir, RunDirBusy
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(tmp_path / "never")], env=clean_environ(),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for((out / "config.toml").exists, proc, what="the writer claimed the directory")
+        from jaxyard.core.store.rundir import RunDir, RunDirBusy
 
-    with pytest.raises(RunDirBusy, match=rf"is being written by pid {proc.pid} on "):
-        RunDir(out).lock()
-    proc.send_signal(signal.SIGKILL)
+        with pytest.raises(RunDirBusy, match=rf"is being written by pid {proc.pid} on "):
+            RunDir(out).lock()
+    finally:
+        proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     directory = RunDir(out)
     directory.lock()  # the kernel released it with the process
@@ -82,31 +83,41 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
 
 @pytest.mark.slow
 def test_readers_and_second_writers_never_disturb_a_training_run(tmp_path, run_cli):
-    """While a run trains (saving every epoch): `eval` in a loop, a second `run --out` and a `resume`
-    of the same directory. The run ends with the numbers of an undisturbed one."""
-    args = ["--epochs", "25", "--batch-size", "10", *sets("loader.train_size=2000", "run.save_every=1", "run.keep_latest=2")]
+    """While a run trains (saving every epoch, keeping 2): `eval` in a loop, a second `run --out`
+    and a `resume` of the same directory. The run ends with the numbers of an undisturbed one.
+    The run holds still after epochs 2 and 5 (tests/plugins_local/pause.py) until the readers have
+    read and the second writers have been refused; between and after, the readers race its saves."""
+    args = ["--epochs", "8", "--batch-size", "10", *sets("loader.train_size=600", "run.save_every=1", "run.keep_latest=2")]
     reference = tmp_path / "reference"
     assert run_cli(["run", "--out", reference, *args]).exit_code == 0
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "run", "--out", str(out), *args], env=clean_environ(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not list((out / "checkpoints").glob("[0-9]*")) if (out / "checkpoints").exists() else True:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    second = run_cli(["run", "--out", out, *args])
-    assert_one_line_error(second, f"run directory {out} is being written by pid {proc.pid}")
-    assert_one_line_error(run_cli(["resume", out]), f"is being written by pid {proc.pid}")
-    evaluations = 0
-    while proc.poll() is None:
+    out, pauses = tmp_path / "run", tmp_path / "pauses"
+    pauses.mkdir()
+    env = clean_environ(PAUSE_DIR=str(pauses), PAUSE_AT="epoch-2,epoch-5")
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "--strict-plugins", "--plugin", str(PAUSE), "run", "--out", str(out), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def evaluate():
         try:
             jaxyard.evaluate(out)
-            evaluations += 1
         except jaxyard.CheckpointError:
             pass  # a step retention deleted between listing and reading: the reader just tries again
+
+    try:
+        wait_for((pauses / "paused-epoch-2").exists, proc, what="epoch 2 ended")
+        assert_one_line_error(run_cli(["run", "--out", out, *args]), f"run directory {out} is being written by pid {proc.pid}")
+        assert_one_line_error(run_cli(["resume", out]), f"is being written by pid {proc.pid}")
+        jaxyard.evaluate(out)  # held still (retention waits too): the latest checkpoint is there to read
+        (pauses / "go-epoch-2").touch()
+        while not (pauses / "paused-epoch-5").exists() and proc.poll() is None:
+            evaluate()
+        jaxyard.evaluate(out)
+        (pauses / "go-epoch-5").touch()
+        while proc.poll() is None:
+            evaluate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     output = proc.communicate()[0]
     assert proc.returncode == 0, output
-    assert evaluations >= 2
 
     def metrics(d):
         return [{k: v for k, v in json.loads(line).items() if not k.endswith("time")} for line in (d / "metrics.jsonl").read_text().splitlines()]
@@ -149,9 +160,8 @@ def test_schedule_needs_two_points(run_cli):
     assert result.exit_code == 2 and "-3 is not in the range x>=2" in result.stderr
 
 
-def test_checkpoint_steps_are_ascii_digits(run_cli, tmp_path):
-    out = tmp_path / "run"
-    assert run_cli(["run", "--out", out, "--epochs", "1", *sets()]).exit_code == 0
+def test_checkpoint_steps_are_ascii_digits(run_cli, finished_run):
+    out = finished_run().dir
     assert_one_line_error(run_cli(["eval", out, "--checkpoint", "²"]), "--checkpoint '²': expected latest, best or a step number")
 
 
@@ -187,17 +197,15 @@ def test_write_atomic_leaves_no_temporary_file_when_the_disk_is_full(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_eval_of_a_run_without_checkpoints_writes_nothing(run_cli, tmp_path):
-    out = tmp_path / "run"
-    assert run_cli(["run", "--out", out, "--epochs", "1", "--checkpointer", "none", *sets()]).exit_code == 0
+def test_eval_of_a_run_without_checkpoints_writes_nothing(run_cli, finished_run):
+    out = finished_run("none").dir
     before = sorted(p.name for p in out.iterdir())
     assert_one_line_error(run_cli(["eval", out]), "no checkpoints saved yet", exit_code=1)
     assert sorted(p.name for p in out.iterdir()) == before
 
 
-def test_refusing_a_finished_run_leaves_its_lock_record_alone(run_cli, tmp_path):
-    out = tmp_path / "run"
-    assert run_cli(["run", "--out", out, "--epochs", "1", *sets()]).exit_code == 0
+def test_refusing_a_finished_run_leaves_its_lock_record_alone(run_cli, finished_run):
+    out = finished_run().dir
     record = (out / ".jaxyard.lock").read_bytes()
     assert_one_line_error(run_cli(["run", "--out", out, "--epochs", "1", *sets()]), "is not empty")
     assert (out / ".jaxyard.lock").read_bytes() == record

@@ -1,27 +1,20 @@
 """Kill a run with SIGKILL at several points, resume it, and get exactly the uninterrupted result."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-RUN = [
-    "run",
-    "--epochs", "6",
-    "--batch-size", "32",
-    "--set", "run.save_every=2",
-    "--set", "run.warmup_steps=20",
-    "--set", "loader.train_size=1000",
-    "--set", "loader.features=64",
-    "--set", "model.hidden_dims=128,64",
-    "--set", "run.keep_latest=10",
-]
+from helpers import PAUSE, as_options, clean_environ, tiny, wait_for
+
+pytestmark = pytest.mark.xdist_group("resume")  # one worker computes the module's reference run
+
+# The tiny workload for 6 epochs in batches of 16 (7 steps an epoch), saved every 2 epochs and kept.
+RUN = ["run", "--epochs", "6", "--batch-size", "16", *as_options(tiny("run.save_every=2", "run.keep_latest=10"))]
 
 
 def cli(*args, env, **kwargs):
@@ -29,18 +22,16 @@ def cli(*args, env, **kwargs):
                             text=True, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAXYARD_")}
-    return {**env, "XDG_CACHE_HOME": str(cache)}  # the compile cache makes the repeated runs quick
+@pytest.fixture
+def env():
+    return clean_environ()  # the suite's compile cache makes the repeated runs quick
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, env):
+def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    proc = cli(*RUN, "--out", str(out), env=env)
-    output, _ = proc.communicate(timeout=300)
+    proc = cli(*RUN, "--out", str(out), env=clean_environ())
+    output, _ = proc.communicate()
     assert proc.returncode == 0, output
     return out
 
@@ -61,41 +52,32 @@ def final_arrays(run_dir: Path):
         ckpt.close()
 
 
-def _lines(run_dir):
-    path = run_dir / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def _saving(run_dir):
-    ckpts = run_dir / "checkpoints"
-    return ckpts.exists() and any("orbax-checkpoint-tmp" in p.name for p in ckpts.iterdir())
-
-
-KILL_POINTS = {
-    "after the first epoch": lambda d: _lines(d) >= 1,
-    "mid-save": _saving,
-    "at the end": lambda d: (d / "summary.json").exists() or (d / "training_curves.png.tmp").exists(),
-}
+# Where the run is held and killed (tests/plugins_local/pause.py): after epoch 1, before any save;
+# its first save (epoch 2) written in full but not renamed into place; after summary.json, before
+# the end-of-run plugins.
+KILL_POINTS = {"after the first epoch": "epoch-1", "mid-save": "publish-1", "at the end": "end"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, env, reference, point):
-    out = tmp_path / "run"
-    proc = cli(*RUN, "--out", str(out), env=env)
-    deadline = time.monotonic() + 300
-    while not KILL_POINTS[point](out):
-        assert proc.poll() is None or KILL_POINTS[point](out), "run ended before the kill point"
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL or point == "at the end"  # killed (at the end it may have finished first)
+    out, pauses = tmp_path / "run", tmp_path / "pauses"
+    pauses.mkdir()
+    held = {**env, "PAUSE_DIR": str(pauses), "PAUSE_AT": KILL_POINTS[point]}
+    proc = cli("--strict-plugins", "--plugin", str(PAUSE), *RUN, "--out", str(out), env=held)
+    try:
+        wait_for((pauses / f"paused-{KILL_POINTS[point]}").exists, proc, what=f"the kill point ({point})")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    if point == "mid-save":  # step 14 (epoch 2) was being saved, and no step is finished
+        entries = [p.name for p in (out / "checkpoints").iterdir()]
+        assert not [n for n in entries if n.isdigit()] and [n for n in entries if n.startswith("14")], entries
     for line in (out / "metrics.jsonl").read_text().splitlines():
         json.loads(line)  # never a torn line
 
     resumed = cli("resume", str(out), env=env)
-    output, _ = resumed.communicate(timeout=300)
+    output, _ = resumed.communicate()
     assert resumed.returncode == 0, output
 
     assert metrics(out) == metrics(reference)
@@ -109,14 +91,15 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, env, reference, 
 def test_resume_refuses_a_changed_model_naming_the_paths(tmp_path, env, reference):
     out = tmp_path / "run"
     subprocess.run(["cp", "-r", str(reference), str(out)], check=True)
-    config = (out / "config.toml").read_text().replace("hidden_dims = [128, 64]", "hidden_dims = [256, 64]")
-    (out / "config.toml").write_text(config)
+    config = (out / "config.toml").read_text()
+    assert "hidden_dims = [32]" in config
+    (out / "config.toml").write_text(config.replace("hidden_dims = [32]", "hidden_dims = [48]"))
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
     proc = cli("resume", str(out), env=env)
-    output, _ = proc.communicate(timeout=300)
+    output, _ = proc.communicate()
     assert proc.returncode != 0
     assert "Traceback" not in output
-    assert "model.hidden.0.kernel" in output and "(64, 256)" in output  # 64 features in, 256 units out
+    assert "model.hidden.0.kernel" in output and "(16, 48)" in output  # 16 features in, 48 units out
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
     assert after == before  # nothing written, changed or deleted (but the lock's record of its last holder)
 
@@ -132,7 +115,7 @@ def test_resume_passes_over_a_damaged_newest_checkpoint(tmp_path, env, reference
     blob[middle : middle + 16] = bytes(b ^ 0xFF for b in blob[middle : middle + 16])
     data.write_bytes(blob)
     proc = cli("resume", str(out), env=env)
-    output, _ = proc.communicate(timeout=300)
+    output, _ = proc.communicate()
     assert proc.returncode == 0, output
     assert f"Skipped damaged checkpoint step {steps[-1]}" in output
     assert metrics(out) == metrics(reference)  # the last epochs were trained again, identically
@@ -144,12 +127,12 @@ def test_eval_reads_the_best_and_latest_checkpoints(reference, run_cli):
     summary = json.loads((reference / "summary.json").read_text())
     # the latest checkpoint is the end of training: the same test numbers as the run printed
     latest = jaxyard.evaluate(reference, checkpoint="latest")
-    assert (latest.step, latest.test_loss, latest.test_acc) == (192, summary["test"]["test_loss"], summary["test"]["test_acc"])
+    assert (latest.step, latest.test_loss, latest.test_acc) == (42, summary["test"]["test_loss"], summary["test"]["test_acc"])
     # best: the saved step whose epoch has the lowest val_loss (run.monitor), not the latest
     saved = {int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit()}
     expected = min((r for r in metrics(reference) if r["step"] in saved), key=lambda r: r["val_loss"])
     best = jaxyard.evaluate(reference, checkpoint="best")
     assert (best.step, best.epoch) == (expected["step"], expected["epoch"])
-    result = run_cli(["eval", reference, "--checkpoint", "128"])  # 32 steps per epoch: step 128 ends epoch 4
+    result = run_cli(["eval", reference, "--checkpoint", "28"])  # 7 steps per epoch: step 28 ends epoch 4
     assert result.exit_code == 0, result.stderr
-    assert "at checkpoint step 128 (epoch 4, 128)" in result.stdout
+    assert "at checkpoint step 28 (epoch 4, 28)" in result.stdout

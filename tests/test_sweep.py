@@ -18,16 +18,14 @@ from jaxyard.core.train.build import make_schedule, make_tx
 from jaxyard.core.train.engine import train
 from jaxyard.core.train.traced import Programs, traceable, with_values
 
-from helpers import assert_one_line_error
+from helpers import as_options, assert_one_line_error, compiled_during, tiny
 
 optuna = pytest.importorskip("optuna")
 
-TINY = ["loader.train_size=192", "loader.val_size=64", "loader.test_size=64", "loader.features=16", "loader.classes=4",
-        "model.hidden_dims=[32]", "run.epochs=2"]
-
 
 def sets(*extra):
-    return [x for s in (*TINY, *extra) for x in ("--set", s)]
+    """The tiny workload for 2 epochs, as --set options (``extra`` overrides)."""
+    return as_options(tiny("run.epochs=2", *extra))
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +34,7 @@ def registry():
 
 
 def config(registry, *extra):
-    return resolve_config(registry, Settings(), sets=[*TINY, *extra])
-
-
-def compiles_during(fn):
-    """(fn(), how many XLA programs were compiled while it ran)."""
-    seen = []
-
-    def listen(name, secs, **kw):
-        if name == "/jax/core/compile/backend_compile_duration":
-            seen.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        return fn(), len(seen)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+    return resolve_config(registry, Settings(), sets=tiny("run.epochs=2", *extra))
 
 
 # --- hyperparameters as inputs -------------------------------------------------------------------
@@ -62,8 +45,8 @@ def test_runs_differing_in_traced_values_and_seed_compile_once_and_match_a_singl
     programs = Programs(["run.learning_rate", "optimizer.b2", "scheduler.alpha"])
     first = train(config(registry, "run.learning_rate=0.001"), out_dir=tmp_path / "a", programs=programs)
     other = config(registry, "run.learning_rate=0.003", "optimizer.b2=0.99", "scheduler.alpha=0.1", "run.seed=4")
-    second, compiled = compiles_during(lambda: train(other, out_dir=tmp_path / "b", programs=programs))
-    assert programs.compiles == 1 and compiled == 0  # not one XLA program for the second configuration
+    second, compiled = compiled_during(lambda: train(other, out_dir=tmp_path / "b", programs=programs))
+    assert programs.compiles == 1 and compiled == [], compiled  # not one XLA program for the second configuration
     alone = train(other, out_dir=tmp_path / "alone")  # every value a constant, as `run` compiles it
     for shared, single in zip(second.history, alone.history, strict=True):
         for key in ("train_loss", "val_loss", "lr"):

@@ -9,14 +9,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from test_sweep import sets
 
 from jaxyard.core.experiments import sweep as S
 
-from helpers import clean_environ
+from helpers import PAUSE, clean_environ, wait_for
 
 optuna = pytest.importorskip("optuna")
 
@@ -37,17 +36,21 @@ def test_two_workers_share_a_study_without_losing_or_repeating_a_trial(run_cli, 
 
 @pytest.mark.slow
 def test_a_killed_worker_trial_is_failed_then_retried_by_resume(tmp_path):
-    out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "jaxyard.cli", "sweep", "--lr", "1e-3,2e-3", "--prune", "none", "--out", str(out),
-           *sets("run.epochs=120", "loader.train_size=64", "run.save_every=120")]
-    proc = subprocess.Popen(cmd, env=clean_environ(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (out / S.TRIALS / "0000" / "config.toml").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    resumed = subprocess.run([*cmd[:4], "--resume", str(out)], env=clean_environ(), capture_output=True, text=True, timeout=120)
+    """The sweep is killed while trial 0 trains (held after its epoch 1 by tests/plugins_local/pause.py)."""
+    out, pauses = tmp_path / "sweep", tmp_path / "pauses"
+    pauses.mkdir()
+    sweep = [sys.executable, "-m", "jaxyard.cli", "sweep"]
+    args = ["--lr", "1e-3,2e-3", "--prune", "none", "--out", str(out), *sets("loader.train_size=64")]
+    env = clean_environ(PAUSE_DIR=str(pauses), PAUSE_AT="epoch-1")  # the resumed sweep runs without it
+    proc = subprocess.Popen([*sweep[:3], "--strict-plugins", "--plugin", str(PAUSE), *sweep[3:], *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for((pauses / "paused-epoch-1").exists, proc, what="trial 0 finished its first epoch")
+        assert (out / S.TRIALS / "0000" / "config.toml").exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run([*sweep, "--resume", str(out)], env=clean_environ(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "Trial 0: its worker stopped before it finished; queued again" in resumed.stdout
     lines = [json.loads(x) for x in (out / S.RESULTS).read_text().splitlines()]

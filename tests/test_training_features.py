@@ -10,16 +10,9 @@ from jaxyard.core.train.build import build
 from jaxyard.core.train.loop import make_loop
 from jaxyard.core.train.steps import merged  # (model, optimizer) of a built run's state
 
-TINY = [
-    "loader.train_size=96",
-    "loader.val_size=32",
-    "loader.test_size=32",
-    "loader.features=16",
-    "loader.classes=4",
-    "model.hidden_dims=32",
-    "model.dropout_rate=0.0",
-    "run.warmup_steps=2",
-]
+from helpers import as_options, tiny
+
+TINY = tiny("model.dropout_rate=0.0")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def registry():
 
 def config(registry, *sets, **run):
     options = {"epochs": 3, "batch_size": 32, **run}
-    return jaxyard.resolve_config(registry, jaxyard.load_settings(), options=options, sets=[*TINY, *sets])
+    return jaxyard.resolve_config(registry, jaxyard.load_settings(), options=options, sets=tiny("model.dropout_rate=0.0", *sets))
 
 
 def metrics(result):
@@ -38,8 +31,9 @@ def metrics(result):
 
 def test_accumulated_small_batches_equal_one_big_batch(tmp_path, registry):
     """4 batches of 8 with accumulate_steps=4 take the same steps as batches of 32 (same shuffle)."""
-    big = jaxyard.train(config(registry), out_dir=tmp_path / "big")
-    small = jaxyard.train(config(registry, "run.accumulate_steps=4", batch_size=8), out_dir=tmp_path / "small")
+    whole = "loader.train_size=96"  # 3 batches of 32, 12 of 8: no partial batch
+    big = jaxyard.train(config(registry, whole), out_dir=tmp_path / "big")
+    small = jaxyard.train(config(registry, whole, "run.accumulate_steps=4", batch_size=8), out_dir=tmp_path / "small")
     for a, b in zip(metrics(big), metrics(small), strict=True):
         assert a.keys() == b.keys()
         for key in a:
@@ -55,7 +49,7 @@ def test_weight_average_follows_the_parameters_step_by_step(registry):
     from jaxyard.core.train.averaging import EmaParamsState
 
     decay = 0.7
-    built = build(config(registry, f"run.ema_decay={decay}", batch_size=96))
+    built = build(config(registry, f"run.ema_decay={decay}", batch_size=100))
     loop = make_loop(built)
 
     def params_and_ema():
@@ -97,7 +91,7 @@ def test_eval_weights_ema_without_an_average_is_one_line(tmp_path, registry, run
 
 def test_profile_writes_a_trace_of_one_epoch(tmp_path, registry, run_cli):
     out = tmp_path / "run"
-    args = ["run", "--out", out, "--epochs", "3", "--profile"] + [x for s in TINY for x in ("--set", s)]
+    args = ["run", "--out", out, "--epochs", "3", "--profile", *as_options(TINY)]
     result = run_cli(args)
     assert result.exit_code == 0, result.stderr
     assert f"Profile of epoch 2 written to {out / 'profile'}" in result.stdout

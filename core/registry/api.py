@@ -29,7 +29,7 @@ import attrs
 
 from jaxyard.core.errors import UsageError
 from jaxyard.core.registry import hookspecs
-from jaxyard.core.registry.entries import RegisterFn
+from jaxyard.core.registry.entries import FACTORY_KEYWORDS, RegisterFn
 
 #: the release whose plugin API this jaxyard implements; a change to the recorded surface sets it
 #: to the major.minor of the release that makes the change
@@ -148,11 +148,9 @@ def surface(classes: Mapping[str, type], *, factory_keywords: Mapping[str, tuple
     :param classes: the classes plugins implement or return, by public name (the Checkpointer
         and Logger protocols, Restored, Dataset, ...). They live above this layer, so the caller
         (the snapshot test) names them.
-    :param factory_keywords: default: :data:`jaxyard.core.registry.loading.FACTORY_KEYWORDS`.
+    :param factory_keywords: default: :data:`jaxyard.core.registry.entries.FACTORY_KEYWORDS`.
     """
     if factory_keywords is None:
-        from jaxyard.core.registry.loading import FACTORY_KEYWORDS  # here: loading imports this module
-
         factory_keywords = FACTORY_KEYWORDS
     hooks = {}
     for name, func in sorted(vars(hookspecs).items()):

@@ -10,6 +10,15 @@ import attrs
 KINDS = ("optimizer", "scheduler", "model", "loader", "checkpointer", "logger")
 CHOSEN = KINDS[:5]  # a run uses exactly one of each of these; loggers: any number (run.loggers)
 HOOKS = {kind: f"jaxyard_register_{kind}s" for kind in KINDS}
+#: the keyword arguments each kind's factory is called with (see core/registry/hookspecs.py)
+FACTORY_KEYWORDS = {
+    "optimizer": ("learning_rate",),
+    "scheduler": ("learning_rate", "decay_steps"),
+    "model": ("input_shape", "num_classes", "rngs"),
+    "loader": ("seed",),
+    "checkpointer": ("directory",),
+    "logger": ("directory",),
+}
 
 
 class RegisterFn(Protocol):

@@ -32,7 +32,7 @@ import pluggy
 from jaxyard.core.errors import PluginError, UnknownComponent, UsageError, did_you_mean, one_line
 from jaxyard.core.registry import hookspecs
 from jaxyard.core.registry.api import declared_requirement, unmet_requirement, written_for
-from jaxyard.core.registry.entries import HOOKS, KINDS, Entry, PluginInfo
+from jaxyard.core.registry.entries import FACTORY_KEYWORDS, HOOKS, KINDS, Entry, PluginInfo
 from jaxyard.core.registry.params import NoParams, describe, field_types
 from jaxyard.core.registry.settings import Settings, env_flag
 
@@ -350,17 +350,6 @@ def _register_fn(kind: str, candidate: Candidate, staged: dict, committed: dict,
         staged[kind, entry.qualified] = entry
 
     return register
-
-
-#: the keyword arguments each kind's factory is called with (see core/registry/hookspecs.py)
-FACTORY_KEYWORDS = {
-    "optimizer": ("learning_rate",),
-    "scheduler": ("learning_rate", "decay_steps"),
-    "model": ("input_shape", "num_classes", "rngs"),
-    "loader": ("seed",),
-    "checkpointer": ("directory",),
-    "logger": ("directory",),
-}
 
 
 def _check_signature(where: str, kind: str, factory: Callable[..., Any]) -> None:
