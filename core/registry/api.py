@@ -9,7 +9,7 @@ contract (:func:`written_for`).
 
 The API's surface (every hook's signature, the ``register`` callback, the keywords each kind's
 factory receives and the classes plugins implement or return) is recorded in a JSON snapshot
-stamped with the version it was recorded at. tests/test_plugin_api.py compares the live surface
+stamped with the version it was recorded at. tests/registry/test_plugin_api.py compares the live surface
 (:func:`surface`) with it (:func:`compare`); :func:`record` re-records it only for a new version
 that has a CHANGELOG.md section, so that no change to the API ships unannounced.
 

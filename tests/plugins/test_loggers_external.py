@@ -282,7 +282,7 @@ def test_tensorboard_sigkill_keeps_finished_epochs(tb_reader, tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parent.parent)!r}]  # this file, and helpers
         from test_loggers_external import build, fake_run, record
         logger = build("tensorboard", {str(tmp_path)!r})
         logger.start(fake_run({str(tmp_path)!r}))
@@ -515,7 +515,7 @@ def test_wandb_sigkill_and_resume_leaves_each_epoch_once(wandb_lib, tmp_path, fl
         f"""
         import os, signal, sys, time
         from pathlib import Path
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parent.parent)!r}]  # this file, and helpers
         from test_loggers_external import build, fake_run, record, wandb_files, wandb_rows_so_far
         from jaxyard.plugins._trackers import wandb as tracker
         if not {flushed!r}:

@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,9 +12,9 @@ from jaxyard.core.train.build import build, schedule_points
 from jaxyard.core.train.loop import make_loop, means
 from jaxyard.core.train.steps import merged  # (model, optimizer) of a built run's state
 
-from helpers import compiled_during, tiny
+from helpers import LOCAL, compiled_during, tiny
 
-LOCAL_PLUGIN = str(Path(__file__).parent / "plugins_local" / "shapes.py")
+LOCAL_PLUGIN = str(LOCAL / "shapes.py")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def config(registry, *sets, **run):
 
 
 # Each optimizer lowering the loss and each schedule staying finite are checked per component
-# by the conformance kit (tests/test_conformance.py); here, the engine trains any of them alike.
+# by the conformance kit (tests/kit/test_conformance.py); here, the engine trains any of them alike.
 def test_a_third_party_optimizer_and_schedule_lower_the_loss(registry):
     built = build(config(registry, "model.dropout_rate=0.0", optimizer="signsgd", scheduler="linear", learning_rate=1e-2))
     loop = make_loop(built)

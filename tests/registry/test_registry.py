@@ -16,7 +16,7 @@ from jaxyard.core.registry.entries import KINDS
 from jaxyard.core.registry.loading import build_registry, normalize_kind
 from jaxyard.core.registry.settings import load_settings
 
-from helpers import BROKEN, BROKEN_CASES, EXAMPLE_DIST, fake_entry_point, fake_entry_points
+from helpers import BROKEN, BROKEN_CASES, EXAMPLE_DIST, REPO, fake_entry_point, fake_entry_points
 
 BUILTINS = ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards", "early_stopping",
             "checkpointing", "curves", "profiler", "progress")
@@ -383,7 +383,6 @@ def test_public_api_resolves_every_name_and_stays_cheap_until_the_engine_is_used
 def test_every_hook_is_documented_used_and_in_the_readme():
     """Meta-test: a new hook needs its reference docstring, a built-in user and a README mention."""
     import inspect
-    from pathlib import Path
 
     from jaxyard.core.registry import hookspecs
     from jaxyard.core.registry.entries import HOOKS
@@ -393,7 +392,7 @@ def test_every_hook_is_documented_used_and_in_the_readme():
     assert specs - events == set(HOOKS.values())
     registry = jaxyard.build_registry(strict=True)
     used = {hook for plugin in registry.plugins if plugin.source == "builtin" for hook in plugin.hooks}
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     for name in specs:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         if name in events:

@@ -3,7 +3,7 @@ CHANGELOG.md, and the jaxyard a plugin's package requires, checked when it loads
 
 Re-record the snapshot (after bumping the version and adding a CHANGELOG.md section) with:
 
-    python tests/test_plugin_api.py --record
+    python tests/registry/test_plugin_api.py --record
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from jaxyard.core.registry.settings import load_settings
 
 from helpers import BROKEN, REPO, assert_one_line_error, fake_entry_points
 
-SNAPSHOT = REPO / "tests" / "plugin_api.json"
-RECORD = "python tests/test_plugin_api.py --record"
+SNAPSHOT = REPO / "tests" / "registry" / "plugin_api.json"
+RECORD = "python tests/registry/test_plugin_api.py --record"
 #: what plugins implement (Checkpointer, Logger) or build and return (the rest), by public name
 CLASSES = {
     "Checkpointer": jaxyard.Checkpointer, "Logger": jaxyard.Logger, "Restored": jaxyard.Restored,
@@ -42,7 +42,7 @@ def project_version() -> str:
 
 
 def record_snapshot() -> str:
-    """Re-record tests/plugin_api.json for the checkout's version (refused without a bump and a CHANGELOG section)."""
+    """Re-record tests/registry/plugin_api.json for the checkout's version (refused without a bump and a CHANGELOG section)."""
     return api.record(SNAPSHOT, api.surface(CLASSES), version=project_version(), changelog=(REPO / api.CHANGELOG).read_text())
 
 
@@ -217,7 +217,7 @@ def test_an_import_of_a_jaxyard_name_that_is_gone_is_an_api_failure(monkeypatch,
     assert error.endswith("see CHANGELOG.md for what changed")
 
 
-if __name__ == "__main__":  # python tests/test_plugin_api.py --record
+if __name__ == "__main__":  # python tests/registry/test_plugin_api.py --record
     if sys.argv[1:] != ["--record"]:
         sys.exit(f"usage: {RECORD}")
     try:

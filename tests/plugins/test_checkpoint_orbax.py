@@ -1,6 +1,6 @@
 """The orbax checkpointer on real files: round trips, damage, failures, readers beside a writer,
 the checksum record it shares with other checkpointers, and its workarounds for orbax's output.
-Retention and the latest/best choice are CheckpointPolicy's (tests/test_policy.py, and the kit's
+Retention and the latest/best choice are CheckpointPolicy's (tests/store/test_policy.py, and the kit's
 checkpointer checks over orbax); here the policy only passes over damage orbax storage reports.
 
 Small arrays and synchronous saves unless a test is about async saving, so the
