@@ -104,3 +104,17 @@ def test_jaxyard_testing_is_the_kit_without_a_warning():
 def test_a_name_that_never_existed_is_still_unknown():
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("jaxyard.core.nonexistent")
+
+
+def test_the_old_registry_modules_names_still_resolve_and_warn():
+    """``jaxyard.core.registry`` was a module in 0.1 and is the registry package now."""
+    import jaxyard.core.registry as registry
+    from jaxyard.core.registry import entries, loading
+
+    with pytest.warns(DeprecationWarning, match="jaxyard.core.registry.entries.FACTORY_KEYWORDS"):
+        assert registry.FACTORY_KEYWORDS is entries.FACTORY_KEYWORDS
+    with pytest.warns(DeprecationWarning, match="registry.loading.unknown_name_message"):
+        assert registry.unknown_name_message is loading.unknown_name_message
+    assert registry.build_registry is loading.build_registry
+    with pytest.raises(AttributeError):
+        registry.no_such_name  # noqa: B018
