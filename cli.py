@@ -261,19 +261,15 @@ def plugins(session, as_json):
                 click.echo(f"  warning: {warning}")
         else:
             click.echo(f"  error: {p.error}")
-    click.echo(f"jaxyard {_own_version()}, plugin API {PLUGIN_API} (a plugin package declares the jaxyard it needs as a dependency)")
+    import jaxyard
+
+    click.echo(f"jaxyard {jaxyard.__version__}, plugin API {PLUGIN_API} (a plugin package declares the jaxyard it needs as a dependency)")
 
 
 def _requires_text(registry, info) -> str | None:
     """``jaxyard>=0.2`` for a plugin whose package declares it, else None."""
     specifier = registry.requirement(info.name)
     return None if specifier is None else f"jaxyard{specifier}"
-
-
-def _own_version() -> str:
-    import jaxyard
-
-    return jaxyard.__version__
 
 
 def _run_options(f, *, sweep: bool = False, only: tuple[str, ...] = ()):
@@ -576,35 +572,26 @@ def upgrade(session, run_dir, yes):
     """List the keys of RUN_DIR/config.toml that its components no longer take (a plugin upgraded
     since the run dropped a parameter), ask, then rewrite the file without them, keeping the old one
     as config.toml.bak. The other values are untouched, so eval and resume give the run's numbers."""
-    from jaxyard.core.errors import UsageError
-    from jaxyard.core.registry.settings import dump_toml, read_config_file
-    from jaxyard.core.registry.stale import stale_keys, without
     from jaxyard.core.store import rundir as rd
 
-    directory = rd.RunDir(run_dir)
-    path = directory / rd.CONFIG
-    if not path.is_file():
-        raise UsageError(f"{run_dir} is not a jaxyard run directory (no {rd.CONFIG})")
-    directory.lock()  # no resume is writing it meanwhile
-    try:
-        data = read_config_file(path)
-        keys = stale_keys(session.registry, data)
-        if not keys:
-            click.echo(f"{path}: every key is one its components take; nothing to do")
-            return
-        count = f"{len(keys)} key{'s' * (len(keys) > 1)}"
+    path = Path(run_dir) / rd.CONFIG
+
+    def confirm(keys, backup) -> bool:
         click.echo(f"Keys of {path} that its components no longer take:")
         for key in keys:
             click.echo(f"  {key.describe()}")
-        backup = next(p for p in (path.with_name(f"{rd.CONFIG}.bak{n or ''}") for n in range(1000)) if not p.exists())
-        if not yes:
-            click.confirm(f"Drop {count}, keeping the old file as {backup.name}?", abort=True)
-        rd.write_atomic(backup, path.read_bytes())
-        rd.write_atomic(path, dump_toml(without(data, keys)))
-    finally:
-        directory.unlock()
-    click.echo(f"Dropped {count} from {path} (the old file is {backup}); "
+        return yes or click.confirm(f"Drop {_count(keys)}, keeping the old file as {backup.name}?", abort=True)
+
+    keys, backup = rd.drop_stale_keys(run_dir, session.registry, confirm=confirm)
+    if not keys:
+        click.echo(f"{path}: every key is one its components take; nothing to do")
+        return
+    click.echo(f"Dropped {_count(keys)} from {path} (the old file is {backup}); "
                f"`jaxyard eval {run_dir}` and `jaxyard resume {run_dir}` read it now.")
+
+
+def _count(keys: list) -> str:
+    return f"{len(keys)} key{'s' * (len(keys) > 1)}"
 
 
 @cli.command(short_help="Compare runs: the settings that differ, their metrics and curves.")

@@ -31,13 +31,11 @@ import pluggy
 
 from jaxyard.core.errors import PluginError, UnknownComponent, UsageError, did_you_mean, one_line
 from jaxyard.core.registry import hookspecs
-from jaxyard.core.registry.api import declared_requirement, unmet_requirement, written_for
+from jaxyard.core.registry.api import PACKAGE, declared_requirement, unmet_requirement, written_for
 from jaxyard.core.registry.entries import FACTORY_KEYWORDS, HOOKS, KINDS, Entry, PluginInfo
 from jaxyard.core.registry.params import NoParams, describe, field_types
 from jaxyard.core.registry.settings import Settings, env_flag
 
-#: the installed package's import name ("jaxyard"), without importing the package root
-PACKAGE = __package__.partition(".")[0]
 ENTRY_POINT_GROUP = "jaxyard"
 ENV_LOAD = "JAXYARD_LOAD_PLUGINS"  # allow-list of entry-point plugins; empty loads none
 ENV_DISABLE = "JAXYARD_DISABLE_PLUGINS"  # block-list, any kind of plugin
@@ -190,6 +188,7 @@ def build_registry(
         strict = env_flag(ENV_STRICT)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+
     def full(name: str) -> str:  # a built-in by its short name, as [plugins] builtin lists it
         return f"{PACKAGE}.plugins.{name}" if name in settings.builtin else name
 

@@ -196,6 +196,37 @@ def check_components(run_dir: str | os.PathLike, registry) -> None:
         raise UsageError(f"{run_dir} was trained with {kind} {item.get('name')!r} from plugin {item.get('plugin')}, which is not loaded: {fix}")
 
 
+def drop_stale_keys(run_dir: str | os.PathLike, registry, *, confirm: Callable[[list, Path], bool] = lambda keys, backup: True):
+    """Rewrite ``run_dir``'s config.toml without the keys its components no longer take (a plugin
+    upgraded since the run dropped a parameter; :func:`jaxyard.core.registry.stale.stale_keys`),
+    keeping the old file as ``config.toml.bak`` (``.bak1``, ... when that exists). The run
+    directory is locked meanwhile, so no resume writes it.
+
+    :param confirm: ``confirm(keys, backup)`` -> whether to go on (the CLI lists them and asks).
+    :returns: ``(keys, backup)``: the stale keys found (``[]``: nothing to do) and the old file's
+        copy (None when nothing was written).
+    """
+    from jaxyard.core.registry.settings import dump_toml, read_config_file
+    from jaxyard.core.registry.stale import stale_keys, without
+
+    directory = RunDir(run_dir)
+    path = directory / CONFIG
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a jaxyard run directory (no {CONFIG})")
+    directory.lock()
+    try:
+        data = read_config_file(path)
+        keys = stale_keys(registry, data)
+        backup = next(p for p in (path.with_name(f"{CONFIG}.bak{n or ''}") for n in range(1000)) if not p.exists())
+        if not keys or not confirm(keys, backup):
+            return keys, None
+        write_atomic(backup, path.read_bytes())
+        write_atomic(path, dump_toml(without(data, keys)))
+        return keys, backup
+    finally:
+        directory.unlock()
+
+
 def _refuse_a_run(path: Path, *, probe: bool = True) -> None:
     """A directory holding anything but what an uncommitted run leaves is not ours to reuse."""
     if not path.is_dir():
