@@ -17,6 +17,7 @@ from jaxyard.core.registry.settings import Settings, load_settings
 from jaxyard.core.store.checkpoint import Checkpointer, CheckpointError, CheckpointMismatch, CheckpointWarning, Restored
 from jaxyard.core.store.integrity import checksum_record, verify_checksums
 from jaxyard.core.store.policy import CheckpointPolicy, Monitor
+from jaxyard.core.task import Task
 from jaxyard.core.train.data import Dataset, Split, StreamingDataset
 from jaxyard.core.train.events import Run, RunResult
 from jaxyard.core.train.loggers import Logger, MissingExtra
@@ -54,6 +55,7 @@ __all__ = [
     "Settings",
     "Split",
     "StreamingDataset",
+    "Task",
     "TrainingError",
     "UnknownComponent",
     "UsageError",

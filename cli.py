@@ -596,12 +596,17 @@ def _count(keys: list) -> str:
 
 @cli.command(short_help="Compare runs: the settings that differ, their metrics and curves.")
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
-@click.option("--metric", default="val_acc", show_default=True, help="The per-epoch metric to rank and plot (*_loss: lower is better).")
+@click.option(
+    "--metric", metavar="METRIC",
+    help="The per-epoch metric to rank and plot; which way is better is the runs' task's "
+    "[default: val_NAME for the task's first metric besides the loss (val_acc for classification), else val_loss].",
+)
 @click.option("--png", metavar="FILE", help="Also plot METRIC per epoch, one line per run, to this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def compare(run_dirs, metric, png, as_json):
     """Compare run directories (a sweep directory stands for its trials), best METRIC first:
-    the settings that differ, epochs run, final and best METRIC, and the test metrics.
+    the settings that differ, epochs run, final and best METRIC, and the test metrics of their
+    task (summary.json records each metric's direction; runs of 0.2 have loss and acc).
 
     \b
     Examples:
@@ -715,7 +720,7 @@ def sweep(
     click.echo(f"\nLeaderboard ({spec.monitor}, {'lower' if spec.direction == 'minimize' else 'higher'} is better), "
                f"{time.perf_counter() - started:.1f} s:")
     _print_table(
-        headers, rows, [[C.format_cell(v, metric=h in (spec.monitor, "test_acc")) for h, v in zip(headers, row, strict=True)] for row in rows]
+        headers, rows, [[C.format_cell(v, metric=h in (spec.monitor, spec.headline)) for h, v in zip(headers, row, strict=True)] for row in rows]
     )
     if best:
         click.echo(f"Best: trial {best['trial']} ({spec.monitor} {best['value']:.4f}); rerun it alone: "

@@ -1,4 +1,5 @@
-"""The training curves PNG (loss, accuracy, learning rate per epoch), written at the end of a run."""
+"""The training curves PNG (a panel per metric of the run's task, and the learning rate per
+epoch), written at the end of a run."""
 
 from __future__ import annotations
 
@@ -13,5 +14,5 @@ def jaxyard_on_run_end(run, result):
     from jaxyard.core.experiments.plot import plot_curves
 
     run.echo("\n7. Plotting training curves...")
-    png = plot_curves(result.history, run.directory / CURVES)
+    png = plot_curves(result.history, run.directory / CURVES, metrics=getattr(run, "metrics", None))
     run.echo(f"  Training curves saved to {png}")

@@ -1,13 +1,13 @@
 """Early stopping: stop when ``run.monitor`` has not improved by ``run.min_delta`` for
 ``run.patience`` epochs (0: off). "Improved" is the one definition of better
 (:class:`jaxyard.core.store.policy.Monitor`) that checkpoint retention and ``eval --checkpoint best``
-use too. Worked out from ``run.history`` each epoch, so a resumed run stops where an
-uninterrupted one would."""
+use too, in the direction the run's task gives the metric. Worked out from ``run.history`` each
+epoch, so a resumed run stops where an uninterrupted one would."""
 
 from __future__ import annotations
 
 from jaxyard import hookimpl
-from jaxyard.core.store.policy import Monitor
+from jaxyard.core.store.policy import Monitor, run_monitor
 
 
 def epochs_without_improvement(history, monitor: Monitor) -> tuple[float | None, int]:
@@ -34,7 +34,7 @@ def jaxyard_on_epoch_end(run):
     settings = run.config.run
     if not settings.patience:
         return
-    best, bad = epochs_without_improvement(run.history, Monitor(settings.monitor, settings.min_delta))
+    best, bad = epochs_without_improvement(run.history, run_monitor(run))
     if bad >= settings.patience:
         best_text = f"{best:.4f}" if best is not None else "none"
         run.stop(f"early stopping: {settings.monitor} did not improve for {settings.patience} epochs (best {best_text})")

@@ -22,11 +22,11 @@ class MLPParams:
     dropout_rate: float = param(0.1, "dropout after each hidden layer, active only in training", validator=[v.ge(0.0), v.lt(1.0)])
 
 
-def mlp(p: MLPParams, *, input_shape, num_classes, rngs):
-    """Multi-layer perceptron classifier: Linear, activation, dropout per hidden layer."""
+def mlp(p: MLPParams, *, input_shape, num_outputs, rngs):
+    """Multi-layer perceptron: Linear, activation, dropout per hidden layer, then num_outputs (a task's logits or targets)."""
     from jaxyard.plugins._mlp import MLP
 
-    return MLP(input_shape, p.hidden_dims, num_classes, activation=p.activation, dropout_rate=p.dropout_rate, rngs=rngs)
+    return MLP(input_shape, p.hidden_dims, num_outputs, activation=p.activation, dropout_rate=p.dropout_rate, rngs=rngs)
 
 
 @hookimpl

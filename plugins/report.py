@@ -1,4 +1,5 @@
 """The printed report: the seven numbered stages of the Artifex example, through ``run.echo``.
+Each epoch's and the test metrics are printed in the order of the run's task (``run.metrics``).
 
 A plugin like any other: ``--disable jaxyard.plugins.report`` trains silently, and a plugin of
 your own can print its own report instead.
@@ -9,8 +10,14 @@ from __future__ import annotations
 import time
 
 from jaxyard import hookimpl
+from jaxyard.core import metrics as M
 
 RULE = "-" * 40
+
+
+def _metrics(run) -> list[str]:
+    """The run's metrics in its task's order (a run object without them: loss and accuracy)."""
+    return list(M.of(getattr(run, "metrics", None)))
 
 
 @hookimpl(wrapper=True)
@@ -62,12 +69,13 @@ def jaxyard_on_run_start(run):
 
 @hookimpl(tryfirst=True)
 def jaxyard_on_epoch_end(run, record):
-    echo = run.echo
+    """The epoch's metrics, in the task's order: ``Train - Loss: 0.4321, Acc: 0.8750``."""
+    echo, names = run.echo, _metrics(run)
     echo(f"Epoch {record['epoch']}/{run.epochs}")
-    echo(f"  Train - Loss: {record['train_loss']:.4f}, Acc: {record['train_acc']:.4f}")
-    echo(f"  Val   - Loss: {record['val_loss']:.4f}, Acc: {record['val_acc']:.4f}")
-    if "val_loss_ema" in record:
-        echo(f"  EMA   - Loss: {record['val_loss_ema']:.4f}, Acc: {record['val_acc_ema']:.4f}")
+    for head, prefix, suffix in (("Train", "train_", ""), ("Val", "val_", ""), ("EMA", "val_", M.EMA)):
+        parts = [f"{M.label(m, short=True)}: {record[key]:.4f}" for m in names if (key := f"{prefix}{m}{suffix}") in record]
+        if parts:
+            echo(f"  {head:<5} - {', '.join(parts)}")
 
 
 @hookimpl
@@ -85,11 +93,11 @@ def jaxyard_on_run_end(run, result):
     compiled = f" (compiling {result.timings['compile_s']:.2f} s)" if result.timings.get("compile_s") is not None else ""
     echo(f"  Training took {result.timings['train_s']:.2f} s{compiled}")
     echo("\n6. Evaluating on test set...")
-    echo(f"  Test Loss: {result.test['test_loss']:.4f}")
-    echo(f"  Test Accuracy: {result.test['test_acc']:.4f}")
-    if "test_loss_ema" in result.test:
-        echo(f"  Test Loss (averaged weights): {result.test['test_loss_ema']:.4f}")
-        echo(f"  Test Accuracy (averaged weights): {result.test['test_acc_ema']:.4f}")
+    names = _metrics(run)
+    for suffix, note in (("", ""), (M.EMA, " (averaged weights)")):
+        for m in names:
+            if (key := f"test_{m}{suffix}") in result.test:
+                echo(f"  Test {M.label(m)}{note}: {result.test[key]:.4f}")
     out = yield
     echo(f"\nRun finished in {time.perf_counter() - run.started:.1f} s: {run.directory}")
     return out

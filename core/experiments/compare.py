@@ -2,6 +2,9 @@
 
 Reads run directories (config.toml, metrics.jsonl, summary.json) and sweep directories
 (sweep.jsonl, sweep.json), tolerating runs from earlier versions (no summary.json, no timings).
+Which metrics a run has, and which way each improves, are its task's, as its summary.json records
+them (``"metrics"``); a run without them (0.2's, or one stopped before its summary) has 0.2's
+loss and accuracy (:data:`jaxyard.core.metrics.DIRECTIONS`).
 Pure Python: no jax; matplotlib only inside the plotting functions.
 """
 
@@ -17,8 +20,8 @@ from typing import Any
 
 import attrs
 
+from jaxyard.core import metrics as M
 from jaxyard.core.errors import UsageError, did_you_mean
-from jaxyard.core.metrics import is_metric, minimized
 from jaxyard.core.store import rundir as rd
 
 SWEEP_TRIALS = "sweep.jsonl"
@@ -44,6 +47,12 @@ class RunRecord:
     history: list[dict[str, Any]]
     summary: dict[str, Any] | None = None
     trial: dict[str, Any] | None = None  # its sweep.jsonl line, when it came from a sweep
+
+    @property
+    def directions(self) -> dict[str, M.Direction]:
+        """Its task's metrics, each with its direction (``{"loss": "min", "acc": "max"}``), as
+        its summary.json records them; without them, 0.2's."""
+        return M.of_summary(self.summary)
 
 
 @attrs.frozen
@@ -104,7 +113,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         by_number[line.get("trial")] = line
     trials = sorted(by_number.values(), key=lambda t: t["trial"] if isinstance(t.get("trial"), int) else math.inf)
     monitor = meta.get("monitor") or "val_loss"
-    direction = meta.get("direction") or ("minimize" if minimized(monitor) else "maximize")
+    direction = meta.get("direction") or ("minimize" if M.minimized(monitor, meta.get("metrics")) else "maximize")
     return Sweep(path, monitor, direction, dict(meta.get("space") or {}), trials)
 
 
@@ -220,12 +229,9 @@ def differing(runs: Sequence[RunRecord]) -> list[str]:
 
 
 def metrics(runs: Sequence[RunRecord]) -> list[str]:
-    """The metrics (``*_loss``, ``*_acc``, their ``_ema`` averages) recorded per epoch by any of ``runs``, sorted."""
-    return _metrics(r.history for r in runs)
-
-
-def _metrics(histories: Iterable[list[dict]]) -> list[str]:
-    return sorted({k for h in histories for rec in h for k in rec if is_metric(k)})
+    """The metrics (``SPLIT_NAME`` and its ``_ema`` average, for a metric NAME of the run's task)
+    recorded per epoch by any of ``runs``, sorted."""
+    return sorted({k for r in runs for rec in r.history for k in rec if M.is_metric(k, r.directions)})
 
 
 def check_metric(runs: Sequence[RunRecord], metric: str) -> str:
@@ -241,11 +247,48 @@ def _check_metric(metric: str, valid: list[str]) -> str:
     raise UsageError(f"metric {metric!r} is not recorded by these runs{did_you_mean(metric, valid)} (valid: {', '.join(valid)})")
 
 
-def summarize(runs: Sequence[RunRecord], metric: str = "val_acc") -> dict[str, Any]:
-    """Plain data for ``--json``: the metric, the differing keys and one entry per run, best first."""
+def task_metrics(runs: Sequence[RunRecord]) -> list[str]:
+    """The base metrics of the runs' tasks, in task order (the first run's first)."""
+    return list(dict.fromkeys(m for r in runs for m in r.directions))
+
+
+def default_metric(runs: Sequence[RunRecord]) -> str:
+    """What ``compare`` ranks by when not told: ``val_NAME`` for the first metric of the runs'
+    task besides the loss that they record (``val_acc`` for classification, ``val_mse`` for
+    regression, ``val_perplexity`` for next_token), else ``val_loss``."""
+    recorded = set(metrics(runs))
+    return next((f"val_{m}" for m in task_metrics(runs) if m != M.LOSS and f"val_{m}" in recorded), f"val_{M.LOSS}")
+
+
+def direction(runs: Sequence[RunRecord], metric: str) -> str:
+    """``"min"`` or ``"max"``: which way ``metric`` improves in the tasks of the runs that record
+    it (a UsageError when two of them disagree: runs of different tasks)."""
+    ways: dict[str, str] = {}
+    for r in runs:
+        if any(metric in rec for rec in r.history) and M.is_metric(metric, r.directions):
+            ways.setdefault(M.direction(metric, r.directions), r.label)
+    if len(ways) > 1:
+        raise UsageError(f"metric {metric!r} is minimized in {ways['min']} but maximized in {ways['max']}: "
+                         "their tasks differ; compare runs of one task")
+    return next(iter(ways), "min")
+
+
+def test_columns(runs: Sequence[RunRecord]) -> list[str]:
+    """The test metrics the runs' summaries may hold: ``test_NAME`` for each metric of their
+    tasks, the loss last (``test_acc``, ``test_loss`` for classification)."""
+    names = task_metrics(runs)
+    return [f"test_{m}" for m in [*(m for m in names if m != M.LOSS), *(m for m in names if m == M.LOSS)]]
+
+
+def summarize(runs: Sequence[RunRecord], metric: str | None = None) -> dict[str, Any]:
+    """Plain data for ``--json``: the metric (default: :func:`default_metric`), which way it
+    improves, the differing keys and one entry per run, best first."""
+    metric = metric or default_metric(runs)
     check_metric(runs, metric)
+    way = direction(runs, metric)
     keys = differing(runs)
-    sign = 1.0 if minimized(metric) else -1.0
+    tests = test_columns(runs)
+    sign = 1.0 if way == "min" else -1.0
     entries = []
     for r in runs:
         scored = [(sign * rec[metric], i, rec) for i, rec in enumerate(r.history) if _finite(rec.get(metric))]
@@ -260,19 +303,20 @@ def summarize(runs: Sequence[RunRecord], metric: str = "val_acc") -> dict[str, A
             "final": final,
             "best": best[metric] if best else None,
             "best_epoch": best.get("epoch") if best else None,
-            "test_acc": test.get("test_acc"),
-            "test_loss": test.get("test_loss"),
+            **{k: test.get(k) for k in tests},
             "state": (r.trial or {}).get("state"),
         })
     entries.sort(key=lambda e: (e["best"] is None, sign * e["best"] if e["best"] is not None else 0.0))
-    return {"metric": metric, "differing": keys, "runs": entries}
+    return {"metric": metric, "direction": way, "differing": keys, "tests": tests, "runs": entries}
 
 
-def table(runs: Sequence[RunRecord], metric: str = "val_acc") -> tuple[list[str], list[list[Any]]]:
-    """Headers and one row per run, best ``metric`` first: label, the differing config values,
-    epochs run, final and best ``metric``, and the test metrics where a summary holds them."""
+def table(runs: Sequence[RunRecord], metric: str | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Headers and one row per run, best ``metric`` first (default: :func:`default_metric`): label,
+    the differing config values, epochs run, final and best ``metric``, and the test metrics
+    (:func:`test_columns`) where a summary holds them."""
     data = summarize(runs, metric)
-    tests = [k for k in ("test_acc", "test_loss") if any(e[k] is not None for e in data["runs"])]
+    metric = data["metric"]
+    tests = [k for k in data["tests"] if any(e[k] is not None for e in data["runs"])]
     states = ["state"] if any(e["state"] for e in data["runs"]) else []  # a sweep's trials: complete, pruned, failed
     headers = ["run", *states, *data["differing"], "epochs", f"final {metric}", f"best {metric}", *tests]
     rows = [
@@ -312,14 +356,16 @@ def _canonical(value: Any) -> str:
 # --- figures -------------------------------------------------------------------------------------
 
 
-def plot_compare(runs: Sequence[RunRecord], metric: str, path: str | os.PathLike) -> Path:
-    """Overlay ``metric`` per epoch, one line per run (the best ``MAX_LINES`` by it), as a PNG."""
+def plot_compare(runs: Sequence[RunRecord], metric: str | None, path: str | os.PathLike) -> Path:
+    """Overlay ``metric`` (None: :func:`default_metric`) per epoch, one line per run (the best
+    ``MAX_LINES`` by it), as a PNG."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     from jaxyard.core.experiments.plot import DPI, _save
 
     data = summarize(runs, metric)
+    metric = data["metric"]
     by_label = {r.label: r for r in runs}
     ranked = [e for e in data["runs"] if e["best"] is not None]
     shown = ranked[:MAX_LINES]
@@ -352,14 +398,15 @@ def plot_sweep(sweep_dir: str | os.PathLike, path: str | os.PathLike, metric: st
     params = list(dict.fromkeys([*sweep.space, *(k for t in sweep.trials for k in (t.get("params") or {}))]))
     sign = 1.0 if sweep.direction.startswith("min") else -1.0
     top = sorted(scored, key=lambda t: sign * t["value"])[:TOP_TRIALS]
-    curves = []
+    curves, records = [], []
     for t in top:
         run_dir = sweep.path / t["run_dir"] if t.get("run_dir") else None
         if run_dir is not None and (run_dir / rd.CONFIG).is_file():
             record = _load_run(run_dir, f"{t.get('trial')}", t)
             curves.append((t, record.history))
+            records.append(record)
     if curves:
-        _check_metric(metric, _metrics(h for _, h in curves))
+        check_metric(records, metric)
 
     panels = len(params) + 1
     cols = min(3, panels)

@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from jaxyard.core import metrics as M
 from jaxyard.core.errors import JaxyardError, UsageError, one_line
 from jaxyard.core.experiments.space import Dim, as_text, grid, max_epochs, split_values
 from jaxyard.core.experiments.space import fixed_text as fixed_text  # `x as x`: still importable from here
@@ -39,7 +40,6 @@ from jaxyard.core.experiments.study import LOCK as LOCK
 from jaxyard.core.experiments.study import STUDY_FILE as STUDY_FILE
 from jaxyard.core.experiments.study import grid_params, import_optuna, locked, next_trial, open_study, suggest
 from jaxyard.core.experiments.study import storage_of as storage_of
-from jaxyard.core.metrics import minimized
 from jaxyard.core.registry import params as P
 from jaxyard.core.registry.hookspecs import hookimpl
 from jaxyard.core.store.rundir import write_atomic
@@ -65,16 +65,25 @@ class SweepSpec:
     storage: str | None
     study: str
     seed: int
+    #: the task's metrics and their directions (None: a sweep.json of 0.2, classification's)
+    metrics: Mapping[str, str] | None = attrs.field(default=None, hash=False)
 
     @property
     def direction(self) -> str:
-        return "minimize" if minimized(self.monitor) else "maximize"
+        """``minimize`` or ``maximize``: the monitored metric's direction in the task."""
+        return "minimize" if M.minimized(self.monitor, self.metrics) else "maximize"
+
+    @property
+    def headline(self) -> str:
+        """The test metric a trial's line and the leaderboard show: ``test_NAME`` for the task's
+        first metric besides the loss (``test_acc`` for classification), else ``test_loss``."""
+        return f"test_{M.headline(self.metrics)}"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": 1, "study": self.study, "storage": self.storage, "sampler": self.sampler, "trials": self.trials,
-            "prune": self.prune, "monitor": self.monitor, "direction": self.direction, "epochs": self.epochs,
-            "seed": self.seed, "space": {d.name: d.to_json() for d in self.dims},
+            "prune": self.prune, "monitor": self.monitor, "direction": self.direction, "metrics": M.of(self.metrics),
+            "epochs": self.epochs, "seed": self.seed, "space": {d.name: d.to_json() for d in self.dims},
             "dims": [attrs.asdict(d) for d in self.dims],
         }
 
@@ -82,7 +91,7 @@ class SweepSpec:
     def from_json(cls, data: dict[str, Any]) -> SweepSpec:
         dims = tuple(Dim(**{**d, "values": tuple(d["values"])}) for d in data["dims"])
         return cls(dims, data["sampler"], data["trials"], data["prune"], data["monitor"], data["epochs"], data["storage"],
-                   data["study"], data["seed"])
+                   data["study"], data["seed"], data.get("metrics"))
 
 
 def resolver(registry, settings=None, *, config_file: str | None = None, loggers: Iterable[str] = ()) -> Callable[[list[str]], Any]:
@@ -195,7 +204,8 @@ def create(
         raise UsageError(f"sweep directory {directory} is not empty; choose another --out, or `jaxyard sweep --resume {directory}`")
     run = base.run
     spec = SweepSpec(tuple(dims), sampler, trials, prune, run.monitor, max_epochs(run.epochs, dims), storage,
-                     directory.resolve().name, run.seed)
+                     directory.resolve().name, run.seed, M.of_config(base))
+    M.direction(spec.monitor, spec.metrics)  # a monitor that is not a metric of the task: refused before anything is written
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     try:  # the study first (a bad --storage is one line), then the files: a failure leaves nothing behind
@@ -446,7 +456,8 @@ class Worker:
                 self.study.tell(trial, state=TrialState.FAIL)
                 self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
             raise
-        best = Monitor(self.spec.monitor, config.run.min_delta).best(result.history)
+        monitor = Monitor(self.spec.monitor, config.run.min_delta, mode=M.direction(self.spec.monitor, self.spec.metrics))
+        best = monitor.best(result.history)
         value = float(best[self.spec.monitor]) if best and self.spec.monitor in best else None
         state = TrialState.PRUNED if pruning.pruned else TrialState.COMPLETE
         line.update(state="pruned" if pruning.pruned else "complete", run_dir=_relative(out, self.directory),
@@ -518,10 +529,10 @@ def trial_line(line: dict[str, Any], spec: SweepSpec) -> str:
     params = "  ".join(f"{short(k)}={v:.4g}" if isinstance(v, float) else f"{short(k)}={as_text(v)}" for k, v in line["params"].items())
     if line["state"] == "failed":
         return f"Trial {line['trial']:>3} failed    {params}  {line['error']}"
-    test = line.get("test") or {}
-    acc = f"  test_acc {test['test_acc']:.4f}" if "test_acc" in test else ""
+    test, key = line.get("test") or {}, spec.headline
+    shown = f"  {key} {test[key]:.4f}" if isinstance(test.get(key), (int, float)) else ""
     epoch = (line.get("best") or {}).get("epoch")
-    return f"Trial {line['trial']:>3} {line['state']:<9} {params}  {spec.monitor} {line['value']:.4f} (epoch {epoch}){acc}  {line['seconds']:.1f} s"
+    return f"Trial {line['trial']:>3} {line['state']:<9} {params}  {spec.monitor} {line['value']:.4f} (epoch {epoch}){shown}  {line['seconds']:.1f} s"
 
 
 def short(name: str) -> str:
@@ -543,17 +554,18 @@ def results(directory: str | os.PathLike) -> list[dict[str, Any]]:
 
 def leaderboard(directory: str | os.PathLike) -> tuple[list[str], list[list[Any]], dict[str, Any] | None]:
     """(headers, rows, best line): the trials sorted by the monitored metric, best first
-    (pruned after complete ones, failed last)."""
+    (pruned after complete ones, failed last), with the task's headline test metric
+    (:attr:`SweepSpec.headline`: ``test_acc`` for classification)."""
     spec = load_spec(directory)
     lines = results(directory)
     sign = 1 if spec.direction == "minimize" else -1
     rank = {"complete": 0, "pruned": 1, "failed": 2}
     lines.sort(key=lambda r: (rank.get(r["state"], 3), sign * r["value"] if r.get("value") is not None else 0, r["trial"]))
     names = [d.name for d in spec.dims]
-    headers = ["trial", "state", *map(short, names), spec.monitor, "epoch", "test_acc", "seconds", "run_dir"]
+    headers = ["trial", "state", *map(short, names), spec.monitor, "epoch", spec.headline, "seconds", "run_dir"]
     rows = [
         [r["trial"], r["state"], *(r["params"].get(n) for n in names), r.get("value"), (r.get("best") or {}).get("epoch"),
-         (r.get("test") or {}).get("test_acc"), r.get("seconds"), r.get("run_dir")]
+         (r.get("test") or {}).get(spec.headline), r.get("seconds"), r.get("run_dir")]
         for r in lines
     ]
     best = next((r for r in lines if r["state"] == "complete" and r.get("value") is not None), None)

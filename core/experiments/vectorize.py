@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from jaxyard.core.errors import UsageError
 from jaxyard.core.train import steps
 from jaxyard.core.train.build import SHUFFLE_STREAM, Built, seed_key
-from jaxyard.core.train.data import Dataset
-from jaxyard.core.train.loop import InMemoryLoop, compiling, unalias
+from jaxyard.core.train.data import Dataset, as_batch
+from jaxyard.core.train.loop import InMemoryLoop, compiling, shapes, unalias
 
 
 class VectorGroup:
@@ -93,28 +93,28 @@ class VectorGroup:
             self.base_keys = [seed_key(self.builts[j].config.run.seed, SHUFFLE_STREAM) for j in self.order]
             members = [self.builts[j] for j in self.order]
             self.shared = same_data(members)  # else each member's own arrays, stacked
-            self.x, self.y = (_data(members[0]).train.x, _data(members[0]).train.y) if self.shared else (
-                jnp.stack([_data(b).train.x for b in members]), jnp.stack([_data(b).train.y for b in members]))
+            trains = [as_batch(_data(b).train) for b in members]
+            self.data = trains[0] if self.shared else jax.tree.map(lambda *xs: jnp.stack(xs), *trains)
         first = self.builts[self.order[0]]
         epoch = next(iter(self.asked.values()))
         keys = jnp.stack([jax.random.fold_in(k, epoch) for k in self.base_keys])
         if self.compiled is None:
             t0 = time.perf_counter()
-            key = (first.group, "vector-epoch", len(self.order), self.shared, self.x.shape, self.x.dtype)
+            key = (first.group, "vector-epoch", len(self.order), self.shared, shapes(self.data))
             self.compiled = first.programs.get(key, lambda: self._compile(first, keys))
             self.compile_seconds = time.perf_counter() - t0
-        self.stacked, sums = self.compiled(self.stacked, self.inputs, self.x, self.y, keys)
+        self.stacked, sums = self.compiled(self.stacked, self.inputs, self.data, keys)
         for row, j in enumerate(self.order):
             if j in self.asked:
                 self.builts[j].state = jax.tree.map(lambda a, row=row: a[row], self.stacked)
-                self.results[j] = sums[row]
+                self.results[j] = jax.tree.map(lambda a, row=row: a[row], sums)
 
     def _compile(self, first: Built, keys):
         run = first.config.run
         data = None if self.shared else 0
-        epoch = steps.make_train_epoch(first.train_graphdef, len(_data(first).train), run.batch_size, run.drop_last, first.make_tx)
-        vectorized = jax.jit(jax.vmap(epoch, in_axes=(0, 0, data, data, 0)), donate_argnums=0)
-        compiled = compiling(first, lambda: vectorized.lower(self.stacked, self.inputs, self.x, self.y, keys).compile())
+        epoch = steps.make_train_epoch(first.train_graphdef, int(first.sizes["train"] or 0), run.batch_size, run.drop_last, first.make_tx, task=first.task_of)
+        vectorized = jax.jit(jax.vmap(epoch, in_axes=(0, 0, data, 0)), donate_argnums=0)
+        compiled = compiling(first, lambda: vectorized.lower(self.stacked, self.inputs, self.data, keys).compile())
         first.programs.compiles += 1
         return compiled
 
@@ -140,8 +140,13 @@ class MemberLoop(InMemoryLoop):
 
 def same_data(builts: list[Built]) -> bool:
     """The members train on the same arrays (the group shares one copy on the device)."""
-    first = _data(builts[0]).train
-    return all(bool(jnp.array_equal(_data(b).train.x, first.x)) and bool(jnp.array_equal(_data(b).train.y, first.y)) for b in builts[1:])
+    first = jax.tree.leaves(as_batch(_data(builts[0]).train))
+
+    def same(b: Built) -> bool:
+        mine = jax.tree.leaves(as_batch(_data(b).train))
+        return len(mine) == len(first) and all(bool(jnp.array_equal(a, f)) for a, f in zip(mine, first, strict=True))
+
+    return all(same(b) for b in builts[1:])
 
 
 def _data(built: Built) -> Dataset:

@@ -75,10 +75,11 @@ class RunConfig:
     checkpointer: Choice
     loggers: tuple[Choice, ...] = ()
     registry: Any = attrs.field(default=None, eq=False, repr=False)
+    task: Choice = attrs.field(default=None, kw_only=True)  # (after the 0.2 fields: positional construction still works)
 
     @property
     def choices(self) -> dict[str, Choice]:
-        """The five single choices by kind."""
+        """The six single choices by kind."""
         return {kind: getattr(self, kind) for kind in CHOSEN}
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,18 +7,24 @@ from typing import Any, Protocol
 
 import attrs
 
-KINDS = ("optimizer", "scheduler", "model", "loader", "checkpointer", "logger")
-CHOSEN = KINDS[:5]  # a run uses exactly one of each of these; loggers: any number (run.loggers)
+KINDS = ("task", "optimizer", "scheduler", "model", "loader", "checkpointer", "logger")
+CHOSEN = KINDS[:6]  # a run uses exactly one of each of these; loggers: any number (run.loggers)
 HOOKS = {kind: f"jaxyard_register_{kind}s" for kind in KINDS}
 #: the keyword arguments each kind's factory is called with (see core/registry/hookspecs.py)
 FACTORY_KEYWORDS = {
+    "task": (),
     "optimizer": ("learning_rate",),
     "scheduler": ("learning_rate", "decay_steps"),
-    "model": ("input_shape", "num_classes", "rngs"),
+    "model": ("input_shape", "rngs"),  # and each key of the task's context it names (CONTEXT_KEYWORDS)
     "loader": ("seed",),
     "checkpointer": ("directory",),
     "logger": ("directory",),
 }
+#: keys of the built-in tasks' contexts a model factory may name, each passed when the task gives it:
+#: ``num_outputs`` (every task: the output width it reads), ``num_classes`` (a classification's; any other
+#: task's ``num_outputs`` for a factory naming it alone, as 0.2's did), ``vocab_size``, ``seq_len``. A task
+#: of a plugin may add others: a factory naming one gives it a default, or takes ``**context``.
+CONTEXT_KEYWORDS = ("num_outputs", "num_classes", "vocab_size", "seq_len")
 
 
 class RegisterFn(Protocol):

@@ -51,6 +51,20 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
+def jaxyard_register_tasks(register: RegisterFn) -> None:
+    """Register tasks: what a run trains (the objective).
+
+    :param register: ``register(name, factory, params=..., description=...)``.
+
+    The factory is called as ``factory(params)`` and returns a :class:`jaxyard.Task`: the
+    metrics it reports and their directions, its loss (traced inside the compiled epoch) as a
+    masked mean plus additive sums, and what the model factory is told about the data
+    (``num_outputs``, ``vocab_size``, ...). Parameters declared ``traced=True`` may be inputs of
+    the compiled program in a sweep: compute with them, never branch on them.
+    """
+
+
+@hookspec
 def jaxyard_register_optimizers(register: RegisterFn) -> None:
     """Register optimizers.
 
@@ -90,12 +104,16 @@ def jaxyard_register_models(register: RegisterFn) -> None:
 
     :param register: ``register(name, factory, params=..., description=...)``.
 
-    The factory is called as ``factory(params, *, input_shape, num_classes, rngs)``, with the
-    shape of one example and the number of classes taken from the loader and an
-    ``nnx.Rngs`` holding ``params`` and ``dropout`` streams, and returns an ``nnx.Module``
-    mapping a batch ``(batch, *input_shape)`` to logits ``(batch, num_classes)``. Layers whose
-    behaviour differs in training (dropout, batch norm) must follow ``model.train()`` and
-    ``model.eval()``.
+    The factory is called as ``factory(params, *, input_shape, rngs)`` plus each key of the
+    task's context it names (``num_outputs``, ``num_classes``, ``vocab_size``, ``seq_len``; a
+    factory taking ``**context`` gets them all): the shape of one example, the width of the
+    output the task reads (the classes of a classification, a regression's targets, a language
+    model's vocabulary), and an ``nnx.Rngs`` with ``params`` and ``dropout`` streams, the task's own
+    (:attr:`jaxyard.Task.rng_streams`) and a ``default`` any other stream name draws from. It
+    returns an ``nnx.Module`` whose output the task reads (classification: logits
+    ``(batch, num_outputs)``). Layers whose behaviour differs in training (dropout, batch
+    norm) must follow ``model.train()`` and ``model.eval()``. A 0.2 factory naming
+    ``num_classes`` (and not ``num_outputs``) gets the output width under that name.
     """
 
 

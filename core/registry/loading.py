@@ -32,7 +32,7 @@ import pluggy
 from jaxyard.core.errors import PluginError, UnknownComponent, UsageError, did_you_mean, one_line
 from jaxyard.core.registry import hookspecs
 from jaxyard.core.registry.api import PACKAGE, declared_requirement, unmet_requirement, written_for
-from jaxyard.core.registry.entries import FACTORY_KEYWORDS, HOOKS, KINDS, Entry, PluginInfo
+from jaxyard.core.registry.entries import CONTEXT_KEYWORDS, FACTORY_KEYWORDS, HOOKS, KINDS, Entry, PluginInfo
 from jaxyard.core.registry.params import NoParams, describe, field_types
 from jaxyard.core.registry.settings import Settings, env_flag
 
@@ -353,7 +353,8 @@ def _register_fn(kind: str, candidate: Candidate, staged: dict, committed: dict,
 
 def _check_signature(where: str, kind: str, factory: Callable[..., Any]) -> None:
     """The factory must take the params positionally and every keyword its hook passes (now, not
-    in a run an hour later)."""
+    in a run an hour later); a model factory may also name keys of the task's context
+    (:data:`jaxyard.core.registry.entries.CONTEXT_KEYWORDS`)."""
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin or C callable: nothing to inspect
@@ -377,6 +378,7 @@ def _check_signature(where: str, kind: str, factory: Callable[..., Any]) -> None
         p.name
         for p in parameters[1:]
         if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in keywords
+        and not (kind == "model" and p.name in CONTEXT_KEYWORDS)
     ]
     if required:
         raise PluginError(f"{where}: factory{signature} requires {', '.join(required)}, which jaxyard never passes; expected {expected}")

@@ -13,7 +13,7 @@ import attrs
 from attrs import validators as v
 
 from jaxyard.core.errors import UsageError
-from jaxyard.core.metrics import MONITORS
+from jaxyard.core.metrics import EMA
 from jaxyard.core.registry import params as P
 
 
@@ -22,10 +22,21 @@ def _devices(instance, attribute, value) -> None:
         raise ValueError(f"expected all or a positive number of devices, got {value!r}", attribute, None, value)
 
 
+def _monitor(instance, attribute, value) -> None:
+    name = value.removesuffix(EMA) if isinstance(value, str) else ""
+    split, _, metric = name.partition("_")
+    if split not in ("val", "train") or not metric.isidentifier():
+        raise ValueError(
+            f"expected val_NAME or train_NAME (optionally ending {EMA}) for a metric of the task, e.g. val_loss; got {value!r}",
+            attribute, None, value,
+        )
+
+
 @attrs.frozen
 class RunSettings:
     """The ``[run]`` table: which components to use and how to train."""
 
+    task: str = P.param("classification", "what is trained: the objective and its metrics (`jaxyard list tasks`)")
     optimizer: str = P.param("adam", "optimizer to use (`jaxyard list optimizers`)")
     scheduler: str = P.param("cosine", "learning-rate schedule to use")
     model: str = P.param("mlp", "model to train")
@@ -46,9 +57,9 @@ class RunSettings:
     min_delta: float = P.param(0.0, "smallest change of `monitor` that counts as an improvement", validator=v.ge(0.0))
     monitor: str = P.param(
         "val_loss",
-        "the metric that makes an epoch best, for early stopping, checkpoint retention and `eval --checkpoint best` "
-        "(*_loss: lower is better, *_acc: higher)",
-        validator=v.in_(MONITORS),
+        "the metric that makes an epoch best, for early stopping, checkpoint retention and `eval --checkpoint best`: "
+        "val_NAME or train_NAME (NAME_ema too) for a metric of the task, which says which way it improves",
+        validator=_monitor,
     )
     accumulate_steps: int = P.param(
         1, "gradient accumulation: average the gradients of N batches per optimizer update (effective batch N x batch_size)",

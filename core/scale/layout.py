@@ -9,8 +9,8 @@ tolerance. Checkpoints hold host arrays, so they restore in any layout.
 
 Over several processes the mesh holds ``run.devices`` devices of each, in process order. Each
 process puts only its block of every in-memory split on its devices (the global array is
-assembled with ``jax.make_array_from_process_local_data``; padding rows carry the label -1
-and are never drawn or counted), and only its rows of every streamed batch.
+assembled with ``jax.make_array_from_process_local_data``; padding rows are zeros, marked 0 in the
+split's row mask, never drawn or counted), and only its rows of every streamed batch.
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ class Layout:
         return jax.make_array_from_process_local_data(self.batch, rows, (block * self.processes, *rows.shape[1:]))
 
     def place_batch(self, *arrays):
-        """A streamed batch (every process holds all of it): over a job, each process contributes
-        only its rows to one global array; otherwise unchanged (the step splits it)."""
+        """A streamed batch (every process holds all of it; each argument an array or a pytree of
+        them): over a job, each process contributes only its rows to one global array; otherwise
+        unchanged (the step splits it)."""
         if self.processes == 1:
             return arrays
         import jax
@@ -125,7 +126,7 @@ class Layout:
             size = len(a) // self.processes
             return jax.make_array_from_process_local_data(self.batch, a[self.process * size:(self.process + 1) * size], a.shape)
 
-        return tuple(share(a) for a in arrays)
+        return tuple(jax.tree.map(share, a) for a in arrays)
 
     def rows(self, size: int) -> int:
         """``size`` rounded up to rows every device of the mesh gets equally many of."""

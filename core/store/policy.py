@@ -17,15 +17,16 @@ from typing import Any
 
 import attrs
 
-from jaxyard.core.metrics import MONITORS, direction  # noqa: F401 - MONITORS: its old home
+from jaxyard.core.metrics import MONITORS, direction  # noqa: F401 - MONITORS: its old home (0.2's monitors)
 from jaxyard.core.store.checkpoint import Checkpointer, CheckpointError, Restored
 
 
 @attrs.frozen
 class Monitor:
-    """A metric and its direction: ``mode`` ("min" or "max") when given, else the one
-    :func:`jaxyard.core.metrics.direction` declares for the metric (an undeclared metric with
-    no ``mode`` is an error, never a guess from its name)."""
+    """A metric and its direction: ``mode`` ("min" or "max") when given (the engine gives the
+    task's direction for the metric: :func:`run_monitor`), else the one 0.2 declared
+    (:data:`jaxyard.core.metrics.DIRECTIONS`: loss and acc); any other metric with no ``mode``
+    is an error, never a guess from its name."""
 
     metric: str = "val_loss"
     min_delta: float = 0.0
@@ -66,6 +67,13 @@ class Monitor:
     def best(self, records: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
         ranked = self.rank(records)
         return ranked[0] if ranked else None
+
+
+def run_monitor(run: Any) -> Monitor:
+    """A run's ``run.monitor`` and ``run.min_delta``, in the direction its task gives the metric
+    (``run.metrics``; a run object without them: 0.2's directions)."""
+    settings = run.config.run
+    return Monitor(settings.monitor, settings.min_delta, mode=direction(settings.monitor, getattr(run, "metrics", None)))
 
 
 def steps_to_keep(steps: Iterable[int], records: Mapping[int, Mapping[str, Any]], monitor: Monitor, *, keep_latest: int, keep_best: int) -> set[int]:

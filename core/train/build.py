@@ -20,13 +20,15 @@ from flax import nnx
 from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.scale.layout import Layout, make_layout
+from jaxyard.core.task import Task
 from jaxyard.core.train import steps
 from jaxyard.core.train.averaging import ema_of_params
-from jaxyard.core.train.data import Dataset, Split, StreamingDataset
+from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch
 from jaxyard.core.train.traced import Programs, group_key, traceable, with_values
 
-# fold_in constants of the streams derived from run.seed (one place: resume must match)
-PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM = 0, 1, 2
+# fold_in constants of the streams derived from run.seed (one place: resume must match); a task's
+# own streams are TASK_STREAMS, TASK_STREAMS + 1, ...
+PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM, DEFAULT_STREAM, TASK_STREAMS = 0, 1, 2, 3, 16
 
 
 def seed_key(seed: int, stream: int):
@@ -59,6 +61,10 @@ class Built:
     inputs: dict[str, Any] = attrs.field(factory=dict)  # traced hyperparameters, as device scalars
     make_tx: Callable[[dict[str, Any]], Any] | None = None  # the optimizer, from traced inputs
     layout: Layout = attrs.field(factory=Layout)  # one device, or a mesh the batch is split over
+    task: Any = None  # the run's task (jaxyard.Task)
+    task_of: Callable[[dict[str, Any]], Any] | None = None  # the task, from traced inputs (in the compiled programs)
+    context: dict[str, Any] = attrs.field(factory=dict)  # what the model factory was told about the data
+    valid: dict[str, Any] = attrs.field(factory=dict)  # per in-memory split: 1.0 for a real row, 0.0 for padding
 
 
 def enable_compile_cache(directory: str | os.PathLike) -> None:
@@ -69,7 +75,7 @@ def enable_compile_cache(directory: str | os.PathLike) -> None:
 
 
 def build(config: RunConfig, programs: Programs | None = None) -> Built:
-    """Load the data, build the model, schedule and optimizer, and check they fit together.
+    """Load the data, build the task, model, schedule and optimizer, and check they fit together.
 
     With ``programs`` (a sweep's), the hyperparameters it traces that ``config`` has become
     inputs of the compiled programs, which runs of one static group share.
@@ -79,25 +85,27 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     shared = programs is not None  # a sweep's: later runs of a static group reuse what the first one compiled
     programs = programs if programs is not None else Programs()
     traced = [name for name in programs.traced if name in traceable(config)]
+    task = make_task(config)
     # a loader gives the same data for the same parameters and seed (resume relies on it): a sweep's trials
     # that share them share one loaded, checked, on-device copy
-    data_key = ("data", config.loader.key, repr(config.loader.params), run.seed, run.batch_size, run.drop_last, run.epochs,
-                run.devices, run.shard_params)
+    data_key = ("data", config.loader.key, repr(config.loader.params), config.task.key, repr(config.task.params), run.seed,
+                run.batch_size, run.drop_last, run.epochs, run.devices, run.shard_params)
     cached = shared and data_key in programs
     if cached:
-        data, steps_per_epoch = programs.get(data_key, lambda: None)
+        data, steps_per_epoch, context, valid = programs.get(data_key, lambda: None)
     else:
         data, steps_per_epoch = load_data(config)
+        context = task_context(config, task, data)
     sizes = data.sizes()
 
     def create(rngs):
-        return create_model(config, data, rngs)
+        return create_model(config, context, rngs)
 
     group = group_key(config, traced)
-    checked = (group, "checked", tuple(data.input_shape), data.num_classes)  # one static group: one model, one data shape
+    checked = (group, "checked", repr(sorted(context.items())))  # one static group: one model, one data shape
     if checked not in programs:
-        check_memory(config, nnx.eval_shape(lambda: create(nnx.Rngs(0))))  # shapes only: nothing allocated yet
-    rngs = nnx.Rngs(params=seed_key(run.seed, PARAMS_STREAM), dropout=seed_key(run.seed, DROPOUT_STREAM))
+        check_memory(config, nnx.eval_shape(lambda: create(model_rngs(0, task))))  # shapes only: nothing allocated yet
+    rngs = model_rngs(run.seed, task)
     if shared:  # the group's initialiser, compiled once (eager: ~70 ms a run for the default MLP; same numbers)
         model = programs.get((*checked, "init"), lambda: nnx.jit(create))(rngs)
     else:
@@ -106,33 +114,40 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module")
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if checked not in programs:
-        check_fit(config, model, data)
+        check_fit(config, model, data, task=task, context=context)
         programs.get(checked, lambda: True)  # a sweep's later trials of the group skip the two shape checks
 
     schedule, warmup, total = make_schedule(config, steps_per_epoch)
-    tx = make_tx(config, schedule)
+    tx = make_tx(config, schedule, task)
     optimizer = _calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
     model.eval()
     eval_graphdef, _ = steps.split(model, optimizer)
     model.train()
     train_graphdef, state = steps.split(model, optimizer)
     state = layout.place_state(state)
-    if isinstance(data, Dataset):
-        def on_device(split: Split) -> Split:
-            y = np.asarray(split.y, np.int32)  # signed: -1 marks a padding row (never counted)
-            return Split(layout.place_data(split.x), layout.place_data(y, fill=-1))
+    if isinstance(data, Dataset) and not cached:
+        def on_device(split) -> Any:
+            placed = jax.tree.map(lambda a: layout.place_data(_canonical(a)), as_batch(split))
+            return Split(*placed) if isinstance(split, Split) else placed
 
-        if not cached:
-            data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
-            if shared:
-                programs.get(data_key, lambda: (data, steps_per_epoch))
+        valid = {s: layout.place_data(np.ones(sizes[s], np.float32)) for s in ("train", "val", "test")}  # padding rows: 0
+        data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
+    elif not cached:
+        valid = {}
+    if shared and not cached:
+        programs.get(data_key, lambda: (data, steps_per_epoch, context, valid))
     inputs = {name: jnp.asarray(traceable(config)[name], jnp.float32) for name in traced}
 
     def traced_schedule(values):  # the same schedule and optimizer, their traced hyperparameters now inputs
         return make_schedule(with_values(config, values), steps_per_epoch, check=False)[0]
 
     def traced_tx(values):
-        return make_tx(with_values(config, values), traced_schedule(values))
+        return make_tx(with_values(config, values), traced_schedule(values), task_of(values))
+
+    traced_task = any(name.startswith("task.") for name in traced)
+
+    def task_of(values):  # the task, its traced parameters (label smoothing, a Huber delta) from the inputs
+        return make_task(with_values(config, values), check=False) if traced_task else task
 
     # one small compiled program instead of eager schedule calls (each a compile the first time)
     updates_at_epoch_end = jnp.arange(run.epochs + 1) * steps_per_epoch // run.accumulate_steps
@@ -143,24 +158,155 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(updates_at_epoch_end))
     return Built(
         config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params,
-        sizes, programs, group, inputs, traced_tx if traced else None, layout,
+        sizes, programs, group, inputs, traced_tx if traced else None, layout, task, task_of, context, valid,
     )
 
 
-def create_model(config: RunConfig, data: Dataset | StreamingDataset, rngs: nnx.Rngs):
-    """The chosen model for ``data``'s inputs and classes: the model factory's one call (``run``
-    builds it with the run's keys, ``check`` as shapes only)."""
-    return config.model.create(input_shape=tuple(data.input_shape), num_classes=data.num_classes, rngs=rngs)
+def _canonical(array):
+    """A loader's array as the device holds it: 64-bit values as 32-bit (jax's default), others as they are."""
+    array = np.asarray(array)
+    return array.astype(jax.dtypes.canonicalize_dtype(array.dtype), copy=False)
 
 
-def make_tx(config: RunConfig, schedule) -> optax.GradientTransformation:
-    """The run's optimizer on ``schedule``, with its gradient clipping, weight average and
-    accumulation around it (values may be traced: nothing here branches on one)."""
+def make_task(config: RunConfig, *, check: bool = True):
+    """The run's task (``check``: its metrics checked, once per run; a traced rebuild skips it)."""
+    from jaxyard.core.task import check_metrics
+
+    task = config.task.create()
+    if check:
+        for attr in ("metrics", "loss", "summarize"):
+            if not hasattr(task, attr):
+                raise _broken(config.task, f"returned {type(task).__name__}, which has no {attr!r} (see jaxyard.Task)")
+        _calling(config.task, "checking its metrics", lambda: check_metrics(config.task.name, dict(task.metrics)))
+        monitor = config.run.monitor
+        name = monitor.removesuffix("_ema").partition("_")[2]
+        if name not in task.metrics:
+            valid = ", ".join(f"{split}_{m}" for split in ("val", "train") for m in task.metrics)
+            raise UsageError(f"run.monitor = {monitor!r} is not a metric of task {config.task.name!r} (valid: {valid}, each also _ema)")
+    return task
+
+
+def task_context(config: RunConfig, task, data) -> dict[str, Any]:
+    """What the model factory is told about the data (the loader's input shape, then the task's
+    context), with every in-memory split checked by the task."""
+    loader = config.loader.name
+    if isinstance(data, Dataset):
+        example = as_batch(data.train)
+    else:
+        example = next(iter(data.batches("train", config.run.batch_size, 0)), None)
+        if example is None:
+            raise UsageError(f"loader {loader!r} gave no training batch")
+    example = jax.tree.map(np.asarray, example)
+    context = {"input_shape": tuple(data.input_shape)}
+    if not isinstance(data, Dataset):  # its shapes first: the task reads it next
+        check_streamed(config, None, context, data, example, f"loader {loader!r}: the first train batch")
+    context.update(_calling(config.task, "reading the data", lambda: dict(task.context(data, example))))
+    context["input_shape"] = tuple(context["input_shape"])
+    if not isinstance(data, Dataset):
+        check_task_batch(config, task, example, f"loader {loader!r}: the first train batch", context)
+    else:
+        for split in ("train", "val", "test"):
+            where = f"loader {loader!r}: the {split} split"
+            check_task_batch(config, task, jax.tree.map(np.asarray, as_batch(getattr(data, split))), where, context)
+    return context
+
+
+def check_streamed(config: RunConfig, task, context, data, batch, where: str) -> None:
+    """A streamed batch: rows that agree, the declared example shape, finite features, then
+    (``task`` given) the task's check of its targets."""
+    from jaxyard.core.task import features
+    from jaxyard.core.train.data import input_shape_of
+
+    batch = jax.tree.map(np.asarray, batch)
+    leaves = jax.tree.leaves(batch)
+    rows = {len(a) if a.ndim else 0 for a in leaves}
+    if len(rows) != 1:
+        shapes = ", ".join(str(a.shape) for a in leaves)
+        raise UsageError(f"{where} has arrays of shapes {shapes}; expected one row per example in each (labels: one per example)")
+    shape = input_shape_of(batch)
+    if shape != tuple(data.input_shape):
+        raise UsageError(f"{where} has examples of shape {shape}; the loader declares input_shape {tuple(data.input_shape)}")
+    if task is not None:
+        check_task_batch(config, task, batch, where, context)
+    try:
+        x = features(batch)
+    except (KeyError, IndexError, TypeError):
+        return
+    finite = np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else np.ones(x.shape, bool)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0][0])
+        raise UsageError(f"{where}: example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
+
+
+def check_task_batch(config: RunConfig, task, batch, where: str, context) -> None:
+    """The task's check of a split or a streamed batch; its own bug named as the task's."""
+    try:
+        task.check(batch, where, context)
+    except JaxyardError:
+        raise
+    except Exception as err:
+        raise _broken(config.task, f"failed checking {where.split(': ', 1)[-1]}: {one_line(err)}") from err
+
+
+def model_rngs(seed: int, task) -> nnx.Rngs:
+    """The model's random streams: ``params`` and ``dropout``, the task's own, and a ``default``
+    that any other stream a layer asks for draws from (``nnx.RNN``'s ``carry``)."""
+    streams = {"params": seed_key(seed, PARAMS_STREAM), "dropout": seed_key(seed, DROPOUT_STREAM)}
+    for i, name in enumerate(getattr(task, "rng_streams", ()) or ()):
+        streams.setdefault(name, seed_key(seed, TASK_STREAMS + i))
+    return nnx.Rngs(default=seed_key(seed, DEFAULT_STREAM), **streams)
+
+
+def create_model(config: RunConfig, context: Mapping[str, Any], rngs: nnx.Rngs):
+    """The chosen model for the task's context: the model factory's one call (``run`` builds it
+    with the run's keys, ``check`` as shapes only). The factory gets ``input_shape``, ``rngs``
+    and each other key of the context its signature names (all of them with ``**context``);
+    a 0.2 factory naming ``num_classes`` alone gets ``num_outputs`` as it."""
+    context = dict(context)
+    input_shape = context.pop("input_shape")
+    return config.model.create(input_shape=input_shape, rngs=rngs, **_keywords(config.model.entry.factory, context))
+
+
+def _keywords(factory, context: dict[str, Any]) -> dict[str, Any]:
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return context
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return context
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    out = {k: v for k, v in context.items() if k in names}
+    if "num_classes" in names and "num_classes" not in out and "num_outputs" in context:
+        out["num_classes"] = context["num_outputs"]
+    return out
+
+
+def make_tx(config: RunConfig, schedule, task=None) -> optax.GradientTransformation:
+    """The run's optimizer on ``schedule`` (as the task combines it: a GAN's two), with its
+    gradient clipping, weight average and accumulation around it (values may be traced:
+    nothing here branches on one)."""
     run = config.run
-    tx = config.optimizer.create(learning_rate=schedule)
-    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
-        hint = " (did you return optax.adam instead of calling it?)" if callable(tx) else ""
-        raise _broken(config.optimizer, f"returned {type(tx).__name__}, not an optax.GradientTransformation{hint}")
+
+    def make(learning_rate=None, **params):
+        choice = config.optimizer
+        if params:
+            try:
+                choice = attrs.evolve(choice, params=attrs.evolve(choice.params, **params))
+            except (TypeError, ValueError) as err:
+                raise _broken(config.task, f"asked optimizer {choice.name!r} for {params}: {one_line(err)}") from err
+        rate = schedule if learning_rate is None else (lambda step: schedule(step) * (learning_rate / run.learning_rate))
+        made = choice.create(learning_rate=rate)
+        if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):
+            hint = " (did you return optax.adam instead of calling it?)" if callable(made) else ""
+            raise _broken(choice, f"returned {type(made).__name__}, not an optax.GradientTransformation{hint}")
+        return made
+
+    own = task is not None and getattr(type(task), "optimizer", Task.optimizer) is not Task.optimizer
+    tx = _calling(config.task, "building its optimizer", lambda: task.optimizer(make)) if own else make()
+    if own and not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        raise _broken(config.task, f"optimizer() returned {type(tx).__name__}, not an optax.GradientTransformation")
     if run.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(run.clip_norm), tx)
     if run.ema_decay:
@@ -292,41 +438,77 @@ def check_memory(config: RunConfig, abstract_model) -> None:
 
 
 def _check_dataset(name: str, data: Dataset) -> None:
-    """Splits with as many labels as examples, at least one of each, labels below num_classes,
-    finite features."""
+    """Splits whose arrays agree on their rows, at least one row each, examples of one shape,
+    finite float features (the targets are the task's to check)."""
+    from jaxyard.core.task import features
+
     for split in ("train", "val", "test"):
-        part = getattr(data, split)
-        if len(part.x) != len(part.y) or len(part.y) == 0 or np.ndim(part.y) != 1:
-            raise UsageError(f"loader {name!r}: the {split} split has {len(part.x)} examples and labels of shape {np.shape(part.y)}")
-        if part.x.shape[1:] != data.train.x.shape[1:]:
-            raise UsageError(f"loader {name!r}: {split} examples have shape {part.x.shape[1:]}, train examples {data.train.x.shape[1:]}")
-        if not np.issubdtype(part.y.dtype, np.integer):
-            raise UsageError(f"loader {name!r}: {split} labels must be integers, got dtype {part.y.dtype}")
-        low, high = int(np.min(part.y)), int(np.max(part.y))
-        if low < 0 or high >= data.num_classes:
-            raise UsageError(
-                f"loader {name!r}: {split} labels range over {low}..{high}, outside 0..{data.num_classes - 1} (num_classes)"
-            )
-        finite = np.isfinite(part.x)
-        if not finite.all():
-            row = int(np.argwhere(~finite)[0][0])
-            raise UsageError(f"loader {name!r}: {split} example {row} has a non-finite feature ({part.x[row][~finite[row]].flat[0]})")
+        batch = as_batch(getattr(data, split))
+        leaves = jax.tree.leaves(batch)
+        rows = {len(np.asarray(a)) if np.ndim(a) else 0 for a in leaves}
+        if len(rows) != 1 or 0 in rows:
+            shapes = ", ".join(str(np.shape(a)) for a in leaves)
+            raise UsageError(f"loader {name!r}: the {split} split has arrays of shapes {shapes}; each needs one row per example, and at least one")
+        shape = tuple(data.input_shape) if split != "train" else None
+        if shape is not None and data.input_shape_of(split) != shape:
+            raise UsageError(f"loader {name!r}: {split} examples have shape {data.input_shape_of(split)}, train examples {shape}")
+        try:
+            x = np.asarray(features(batch))
+        except (KeyError, IndexError, TypeError):
+            continue
+        if np.issubdtype(x.dtype, np.floating):
+            finite = np.isfinite(x)
+            if not finite.all():
+                row = int(np.argwhere(~finite)[0][0])
+                raise UsageError(f"loader {name!r}: {split} example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
 
 
-def check_fit(config: RunConfig, model, data) -> None:
-    """A model whose output is not (batch, num_classes) for the loader's inputs is refused now."""
-    x = jax.ShapeDtypeStruct((2, *data.input_shape), jnp.float32)
+def check_fit(config: RunConfig, model, data, *, task=None, context=None) -> None:
+    """A model that does not take the loader's inputs, or whose output is not what the task
+    reads (classification: ``(batch, num_classes)``), is refused now, from shapes alone."""
+    if task is None:
+        task = make_task(config, check=False)
+    if context is None:
+        context = task_context(config, task, data)
+    batch = abstract_rows(data, context, 2)
+    mask = jax.ShapeDtypeStruct((2,), jnp.float32)
     graphdef, state = nnx.split(model)
+    shape = task.output_shape(context) if hasattr(task, "output_shape") else None
+    loader, model_name = config.loader.name, config.model.name
     try:
-        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+        if shape is not None:
+            out = jax.eval_shape(lambda s, b: nnx.merge(graphdef, s)(task.inputs(b)), state, batch)
+        else:
+            jax.eval_shape(lambda s, b, m: task.loss(nnx.merge(graphdef, s), b, m), state, batch, mask)
+            return
     except Exception as err:
         msg = " ".join(str(err).split())[:300]
         raise UsageError(
-            f"model {config.model.name!r} does not accept inputs of shape {tuple(data.input_shape)} "
-            f"from loader {config.loader.name!r}: {msg}"
+            f"model {model_name!r} does not accept inputs of shape {tuple(context['input_shape'])} "
+            f"from loader {loader!r} (task {config.task.name!r}): {msg}"
         ) from None
-    if getattr(out, "shape", None) != (2, data.num_classes):
+    expected = (2, *shape)
+    if getattr(out, "shape", None) != expected:
+        got = getattr(out, "shape", type(out).__name__)
+        if "num_classes" in context and tuple(shape) == (context["num_classes"],):
+            raise UsageError(
+                f"model {model_name!r} returns shape {got} for a batch of 2, but loader {loader!r} has "
+                f"{context['num_classes']} classes: expected {expected}"
+            )
         raise UsageError(
-            f"model {config.model.name!r} returns shape {getattr(out, 'shape', type(out).__name__)} for a batch of 2, "
-            f"but loader {config.loader.name!r} has {data.num_classes} classes: expected (2, {data.num_classes})"
+            f"model {model_name!r} returns shape {got} for a batch of 2; task {config.task.name!r} on loader {loader!r} expects {expected}"
         )
+
+
+def abstract_rows(data, context, rows: int):
+    """Shapes and dtypes of ``rows`` rows of the training data (a streamed loader's: of its first batch)."""
+    if isinstance(data, Dataset):
+        batch = as_batch(data.train)
+    else:
+        batch = next(iter(data.batches("train", rows, 0)))
+
+    def spec(a):
+        a = a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a)
+        return jax.ShapeDtypeStruct((rows, *a.shape[1:]), jax.dtypes.canonicalize_dtype(a.dtype))
+
+    return jax.tree.map(spec, batch)

@@ -20,8 +20,20 @@ from flax import nnx
 from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.scale.layout import make_layout
 from jaxyard.core.train import steps
-from jaxyard.core.train.build import available_memory, check_fit, check_memory, create_model, load_data, make_schedule, make_tx
-from jaxyard.core.train.data import Dataset
+from jaxyard.core.train.build import (
+    abstract_rows,
+    available_memory,
+    check_fit,
+    check_memory,
+    create_model,
+    load_data,
+    make_schedule,
+    make_task,
+    make_tx,
+    model_rngs,
+    task_context,
+)
+from jaxyard.core.train.data import Dataset, as_batch
 from jaxyard.core.train.loop import compiling
 
 
@@ -30,16 +42,18 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
     per device with ``memory_limit`` bytes (default: what the device has available)."""
     run = config.run
     layout = make_layout(run.devices, run.shard_params, run.batch_size)
+    task = make_task(config)
     data, steps_per_epoch = load_data(config)
+    context = task_context(config, task, data)
 
     def create():
-        model = create_model(config, data, nnx.Rngs(0))
+        model = create_model(config, context, model_rngs(0, task))
         schedule = make_schedule(config, steps_per_epoch, check=False)[0]
-        return model, nnx.Optimizer(model, make_tx(config, schedule), wrt=nnx.Param)
+        return model, nnx.Optimizer(model, make_tx(config, schedule, task), wrt=nnx.Param)
 
-    check_memory(config, nnx.eval_shape(lambda: create_model(config, data, nnx.Rngs(0))))
+    check_memory(config, nnx.eval_shape(lambda: create_model(config, context, model_rngs(0, task))))
     model, optimizer = nnx.eval_shape(create)
-    check_fit(config, model, data)
+    check_fit(config, model, data, task=task, context=context)
     graphdef, state = steps.split(model, optimizer)
     params = nnx.state(model, nnx.Param)
     param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
@@ -50,13 +64,12 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
     abstract_state = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), state, shardings)
     batch_sharding = layout.batch if layout.mesh is not None else None
     bs = run.batch_size
-    x = jax.ShapeDtypeStruct((bs, *data.input_shape), jnp.float32, sharding=batch_sharding)
-    y = jax.ShapeDtypeStruct((bs,), jnp.int32, sharding=batch_sharding)
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding), abstract_rows(data, context, bs))
     mask = jax.ShapeDtypeStruct((bs,), jnp.float32, sharding=batch_sharding)
-    step = steps.make_train_step(graphdef, None, layout, state)
+    step = steps.make_train_step(graphdef, None, layout, state, task=lambda inputs: task)
 
     t0 = time.perf_counter()
-    compiled = compiling(SimpleNamespace(config=config), lambda: step.lower(abstract_state, {}, x, y, mask).compile())
+    compiled = compiling(SimpleNamespace(config=config), lambda: step.lower(abstract_state, {}, batch, mask).compile())
     compile_seconds = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -67,7 +80,7 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
                       + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
     data_bytes = 0
     if isinstance(data, Dataset):  # kept on every device (replicated), as run puts it; over a job, a block on each
-        data_bytes = sum(np.asarray(s.x, np.float32).nbytes + np.asarray(s.y).nbytes for s in (data.train, data.val, data.test))
+        data_bytes = sum(_canonical_bytes(a) for s in (data.train, data.val, data.test) for a in jax.tree.leaves(as_batch(s)))
         if layout.processes > 1:
             data_bytes = -(-data_bytes // layout.devices)
     free, where = available_memory()
@@ -92,6 +105,12 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
         "compile_seconds": round(compile_seconds, 3),
         "steps_per_epoch": steps_per_epoch,
     }
+
+
+def _canonical_bytes(array) -> int:
+    """Bytes of ``array`` as the device holds it (64-bit values as 32-bit)."""
+    array = np.asarray(array)
+    return array.size * np.dtype(jax.dtypes.canonicalize_dtype(array.dtype)).itemsize
 
 
 def _bytes(tree) -> int:

@@ -16,7 +16,8 @@ SPLITS = ("train", "val", "test")
 
 @attrs.frozen
 class Split:
-    """One split: features ``x`` of shape ``(n, *input_shape)`` and integer labels ``y`` of shape ``(n,)``.
+    """One split: features ``x`` of shape ``(n, *input_shape)`` and targets ``y`` (for the default
+    classification task, integer labels of shape ``(n,)``). A batch of it is the pair ``(x, y)``.
 
     A loader returns NumPy arrays; the engine's copy holds the same data as device (jax) arrays.
     """
@@ -28,28 +29,69 @@ class Split:
         return len(self.y)
 
 
+#: a split: a :class:`Split`, or any pytree of arrays sharing their leading (row) axis, such as
+#: ``{"tokens": int32 (n, T)}``: what the task's loss receives, a batch of rows at a time
+SplitData = Any
+
+
+def as_batch(split: SplitData) -> Any:
+    """The pytree a task sees for ``split``: ``(x, y)`` for a :class:`Split`, else the split itself."""
+    return (split.x, split.y) if isinstance(split, Split) else split
+
+
+def num_rows(split: SplitData) -> int:
+    """The rows of a split (its leaves' leading axis)."""
+    import jax
+
+    leaves = jax.tree.leaves(as_batch(split))
+    return len(leaves[0]) if leaves else 0
+
+
+def input_shape_of(batch: Any) -> tuple[int, ...]:
+    """One example's shape of a batch's features (``x``; ``tokens`` or the first leaf of a dict without one)."""
+    from collections.abc import Mapping
+
+    import jax
+
+    if isinstance(batch, Mapping) and "x" not in batch:
+        leaf = batch["tokens"] if "tokens" in batch else jax.tree.leaves(batch)[0]
+    elif isinstance(batch, Mapping):
+        leaf = batch["x"]
+    else:
+        leaf = batch[0]
+    return tuple(leaf.shape[1:])
+
+
 @attrs.frozen
 class Dataset:
-    """An in-memory data set: the engine puts it on the device and scans whole epochs."""
+    """An in-memory data set: the engine puts it on the device and scans whole epochs.
 
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
+    Each split is a :class:`Split` or a pytree of arrays with one row per example (a dict).
+    ``num_classes``: the number of classes (or a vocabulary's size), for the tasks that read it;
+    None where it means nothing (regression).
+    """
+
+    train: SplitData
+    val: SplitData
+    test: SplitData
+    num_classes: int | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
+        return self.input_shape_of("train")
+
+    def input_shape_of(self, split: str) -> tuple[int, ...]:
+        return input_shape_of(as_batch(getattr(self, split)))
 
     def sizes(self) -> dict[str, int]:
-        return {s: len(getattr(self, s)) for s in SPLITS}
+        return {s: num_rows(getattr(self, s)) for s in SPLITS}
 
 
 @attrs.frozen
 class StreamingDataset:
     """Batches produced in Python, for data that does not fit in memory.
 
-    ``batches(split, batch_size, epoch)`` yields ``(x, y)`` NumPy batches of at most
+    ``batches(split, batch_size, epoch)`` yields ``(x, y)`` NumPy batches (or dicts of arrays) of at most
     ``batch_size`` examples; for ``"train"`` it should shuffle by ``epoch`` so that a run is
     reproducible. ``sizes`` gives the number of examples per split when known (None if not).
 
@@ -58,9 +100,9 @@ class StreamingDataset:
     waiting for a step the others never take).
     """
 
-    batches: Callable[[str, int, int], Iterable[tuple[Any, Any]]]
+    batches: Callable[[str, int, int], Iterable[Any]]
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int | None = None
     sizes_: dict[str, int | None] = attrs.field(factory=dict, alias="sizes")
 
     def sizes(self) -> dict[str, int | None]:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import jax
 
 from jaxyard.core.errors import PluginError, UsageError
 from jaxyard.core.registry.config import RunConfig
@@ -31,12 +30,13 @@ from jaxyard.core.scale import processes
 from jaxyard.core.store import rundir as rd
 from jaxyard.core.store.checkpoint import CheckpointError, missing_methods
 from jaxyard.core.store.policy import CheckpointPolicy
+from jaxyard.core.task import label as metric_label
 from jaxyard.core.train.build import Built, build, enable_compile_cache
 from jaxyard.core.train.events import Echo, RunResult, silent
 from jaxyard.core.train.fit import Fit, monitor_of, place_restored
 from jaxyard.core.train.fit import describe_components as describe_components  # its 0.1 home: benchmarks import it from here
 from jaxyard.core.train.loggers import LOGGER_METHODS
-from jaxyard.core.train.loop import Progress, make_loop, means
+from jaxyard.core.train.loop import Progress, make_loop, summarize
 from jaxyard.core.train.traced import Programs
 
 __all__ = ["Evaluation", "RunResult", "evaluate", "resume", "train"]
@@ -44,13 +44,22 @@ __all__ = ["Evaluation", "RunResult", "evaluate", "resume", "train"]
 
 @attrs.frozen
 class Evaluation:
-    """What :func:`evaluate` returns: the checkpoint evaluated and its test metrics."""
+    """What :func:`evaluate` returns: the checkpoint evaluated and its test metrics (``metrics``:
+    the task's, by name: ``{"loss": ..., "acc": ...}``)."""
 
     step: int
     epoch: int | None
-    test_loss: float
-    test_acc: float
+    metrics: dict[str, float]
     skipped: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def test_loss(self) -> float:
+        return self.metrics["loss"]
+
+    @property
+    def test_acc(self) -> float:
+        """A classification's test accuracy (0.2's field)."""
+        return self.metrics["acc"]
 
 
 def train(
@@ -153,7 +162,7 @@ def evaluate(
         raise CheckpointError("no checkpoints saved yet", directory=Path(run_dir) / rd.CHECKPOINTS)
     built = build(config)
     storage = make_checkpointer(config, rd.RunDir(run_dir))
-    policy = CheckpointPolicy(storage, monitor=monitor_of(config))
+    policy = CheckpointPolicy(storage, monitor=monitor_of(config, built.task))
     try:
         restored = _restore(policy, built, which)
     finally:
@@ -163,13 +172,13 @@ def evaluate(
         echo(f"Skipped damaged checkpoint step {step}: {cause}")
     if weights == "ema" and not config.run.ema_decay:
         raise UsageError(f"--weights ema: {run_dir} kept no average of its weights (run.ema_decay = 0)")
-    loss, acc = means(jax.device_get(make_loop(built).evaluate("test", ema=weights == "ema")))
+    metrics = summarize(built, make_loop(built).evaluate("test", ema=weights == "ema"))
     epoch = restored.meta.get("epoch")
     what = " (averaged weights)" if weights == "ema" else ""
     echo(f"Evaluating {run_dir} at checkpoint step {restored.step} (epoch {epoch}, {checkpoint}){what} on the test split:")
-    echo(f"  Test Loss: {loss:.4f}")
-    echo(f"  Test Accuracy: {acc:.4f}")
-    return Evaluation(restored.step, epoch, loss, acc, restored.skipped)
+    for name, value in metrics.items():
+        echo(f"  Test {metric_label(name)}: {value:.4f}")
+    return Evaluation(restored.step, epoch, metrics, restored.skipped)
 
 
 def _in_layout(config: RunConfig, devices, shard_params) -> RunConfig:

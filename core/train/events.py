@@ -67,6 +67,10 @@ class Run:
     stop_reason: str | None = None
     last_checkpoint: int | None = None
     compile_seconds: float | None = None
+    #: the task's metrics in report order, each with its direction ("min"/"max"): a record holds
+    #: ``train_NAME`` and ``val_NAME`` (``val_NAME_ema`` with run.ema_decay) for each NAME
+    metrics: dict[str, str] = attrs.field(factory=lambda: {"loss": "min", "acc": "max"})
+    task_name: str = "classification"
     _saver: Callable[[], int] | None = attrs.field(default=None, alias="saver", repr=False)
 
     @property

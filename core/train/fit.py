@@ -41,7 +41,7 @@ from jaxyard.core.train.build import Built
 from jaxyard.core.train.data import Dataset
 from jaxyard.core.train.events import Echo, Run, RunResult, describe_params, emit, emit_failed, silent
 from jaxyard.core.train.loggers import LoggerHub
-from jaxyard.core.train.loop import Progress, make_loop, means
+from jaxyard.core.train.loop import Progress, make_loop, summarize
 
 __all__ = ["Fit", "describe_components", "monitor_of", "place_restored"]
 
@@ -80,7 +80,7 @@ class Fit:
             progress = None
         self.progress = progress
         self.policy = None if storage is None else CheckpointPolicy(  # None on the other processes of a job: process 0 saves
-            storage, monitor=monitor_of(config), keep_latest=settings.keep_latest, keep_best=settings.keep_best, warn=warn
+            storage, monitor=monitor_of(config, built.task), keep_latest=settings.keep_latest, keep_best=settings.keep_best, warn=warn
         )
         self.run = Run(
             config,
@@ -99,6 +99,8 @@ class Fit:
             devices=built.layout.describe(),
             process_index=processes.index(),
             saver=self.save_checkpoint,
+            metrics=dict(built.task.metrics),
+            task_name=config.task.name,
         )
         self.loop = (make or make_loop)(built)
         self.hub = LoggerHub(loggers, warn, self.run)
@@ -179,29 +181,19 @@ class Fit:
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch and validate (the averaged weights too, with ``run.ema_decay``); returns its record."""
-        loop, settings = self.loop, self.settings
+        loop, settings, built = self.loop, self.settings, self.built
         t0 = time.perf_counter()
-        train_sums = jax.device_get(loop.train_epoch(epoch, self.progress))
+        train = summarize(built, loop.train_epoch(epoch, self.progress))
         t1 = time.perf_counter()
-        val_sums = jax.device_get(loop.evaluate("val"))
+        val = summarize(built, loop.evaluate("val"))
         t2 = time.perf_counter()
-        (train_loss, train_acc), (val_loss, val_acc) = means(train_sums), means(val_sums)
-        if settings.ema_decay:
-            ema_loss, ema_acc = means(jax.device_get(loop.evaluate("val", ema=True)))
         self.run.compile_seconds = loop.compile_seconds
-        record = {
-            "epoch": epoch,
-            "step": epoch * self.built.steps_per_epoch,
-            "lr": float(self.built.epoch_lr[epoch]),
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "train_time": round(t1 - t0, 6),
-            "val_time": round(t2 - t1, 6),
-        }
+        record: dict[str, Any] = {"epoch": epoch, "step": epoch * built.steps_per_epoch, "lr": float(built.epoch_lr[epoch])}
+        record.update({f"train_{name}": value for name, value in train.items()})
+        record.update({f"val_{name}": value for name, value in val.items()})
+        record.update(train_time=round(t1 - t0, 6), val_time=round(t2 - t1, 6))
         if settings.ema_decay:
-            record.update(val_loss_ema=ema_loss, val_acc_ema=ema_acc)
+            record.update({f"val_{name}_ema": value for name, value in summarize(built, loop.evaluate("val", ema=True)).items()})
         return record
 
     def agree_stop(self) -> bool:
@@ -261,15 +253,16 @@ class Fit:
         """Evaluate the test split (the averaged weights too), pick the best epoch and write
         summary.json; returns the run's result."""
         run, settings, loop = self.run, self.settings, self.loop
-        test_loss, test_acc = means(jax.device_get(loop.evaluate("test")))
+        test = {f"test_{name}": value for name, value in summarize(self.built, loop.evaluate("test")).items()}
         timings = {"total_s": time.perf_counter() - self.started, "train_s": train_seconds, "compile_s": loop.compile_seconds}
-        test = {"test_loss": test_loss, "test_acc": test_acc}
         if settings.ema_decay:
-            test["test_loss_ema"], test["test_acc_ema"] = means(jax.device_get(loop.evaluate("test", ema=True)))
-        best = monitor_of(self.config).best(run.history)
+            test.update({f"test_{name}_ema": value for name, value in summarize(self.built, loop.evaluate("test", ema=True)).items()})
+        best = monitor_of(self.config, self.built.task).best(run.history)
         stopped = run.stop_reason is not None and len(run.history) < settings.epochs
         result = RunResult(self.run_dir.path, run.history, test, stopped, timings, run.stop_reason, dict(best) if best else None)
         self.write_summary({
+            "task": self.config.task.name,
+            "metrics": dict(self.built.task.metrics),
             "test": test,
             "epochs_run": len(run.history),
             "stopped_early": stopped,
@@ -304,9 +297,11 @@ def describe_components(config: RunConfig) -> dict[str, str]:
     return out
 
 
-def monitor_of(config: RunConfig) -> Monitor:
-    """The run's monitored metric (``run.monitor``, ``run.min_delta``): what makes an epoch best."""
-    return Monitor(config.run.monitor, config.run.min_delta)
+def monitor_of(config: RunConfig, task) -> Monitor:
+    """The run's monitored metric (``run.monitor``, ``run.min_delta``): what makes an epoch best,
+    in the direction its task gives it."""
+    name = config.run.monitor.removesuffix("_ema").partition("_")[2]
+    return Monitor(config.run.monitor, config.run.min_delta, mode=task.metrics[name])
 
 
 def place_restored(built: Built, restored: Restored) -> None:

@@ -1,6 +1,6 @@
 """Execution: epochs of a built run, in memory (one compiled scan per epoch) or streamed
-(one compiled step per batch fed from Python). Both return device-side sums (loss sum,
-correct, count), brought to the host once per epoch."""
+(one compiled step per batch fed from Python). Both return the task's device-side sums (a dict:
+loss sum, correct, count, ...), brought to the host once per epoch."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 
 from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 from jaxyard.core.train import steps
-from jaxyard.core.train.build import SHUFFLE_STREAM, Built, seed_key
-from jaxyard.core.train.data import Dataset, StreamingDataset
+from jaxyard.core.train.build import SHUFFLE_STREAM, Built, check_streamed, seed_key
+from jaxyard.core.train.data import Dataset, StreamingDataset, as_batch
 
 Progress = Callable[..., Any]  # click.progressbar's signature: (length=, label=) -> context manager
 
@@ -77,7 +77,9 @@ class InMemoryLoop:
         self.b = built
         self.key = seed_key(run.seed, SHUFFLE_STREAM)
         self.evaluate_fns = {
-            ema: built.programs.get((built.group, "evaluate", ema), partial(steps.make_evaluate, built.eval_graphdef, run.eval_batch_size, ema=ema))
+            ema: built.programs.get(
+                (built.group, "evaluate", ema), partial(steps.make_evaluate, built.eval_graphdef, run.eval_batch_size, task=built.task_of, ema=ema)
+            )
             for ema in (False, True)
         }
         self.compiled: Callable[..., Any] | None = None
@@ -86,27 +88,29 @@ class InMemoryLoop:
     def train_epoch(self, epoch: int, progress: Progress | None = None):
         b = self.b
         assert isinstance(b.data, Dataset)  # make_loop chose this loop for a Dataset
-        x, y = b.data.train.x, b.data.train.y
         key = jax.random.fold_in(self.key, epoch)
         if self.compiled is None:
             t0 = time.perf_counter()
-            self.compiled = b.programs.get((b.group, "epoch", x.shape, x.dtype, y.shape, y.dtype), self._compile)
+            self.compiled = b.programs.get((b.group, "epoch", shapes(as_batch(b.data.train))), self._compile)
             self.compile_seconds += time.perf_counter() - t0
-        b.state, sums = self.compiled(unalias(b.state), b.inputs, x, y, key)
+        b.state, sums = self.compiled(unalias(b.state), b.inputs, as_batch(b.data.train), key)
         return sums
 
     def _compile(self):
         b, run = self.b, self.b.config.run
-        x, y = b.data.train.x, b.data.train.y
-        fn = steps.make_train_epoch(b.train_graphdef, b.sizes["train"], run.batch_size, run.drop_last, b.make_tx, b.layout, b.state)
-        compiled = compiling(b, lambda: fn.lower(b.state, b.inputs, x, y, jax.random.fold_in(self.key, 0)).compile())
+        fn = steps.make_train_epoch(b.train_graphdef, b.sizes["train"], run.batch_size, run.drop_last, b.make_tx, b.layout, b.state, task=b.task_of)
+        compiled = compiling(b, lambda: fn.lower(b.state, b.inputs, as_batch(b.data.train), jax.random.fold_in(self.key, 0)).compile())
         b.programs.compiles += 1
         return compiled
 
     def evaluate(self, split: str, *, ema: bool = False):
         """Sums over ``split`` with dropout off; ``ema``: with the averaged weights (run.ema_decay)."""
-        part = getattr(self.b.data, split)
-        return self.evaluate_fns[ema](self.b.state, part.x, part.y)
+        return self.evaluate_fns[ema](self.b.state, self.b.inputs, as_batch(getattr(self.b.data, split)), self.b.valid[split])
+
+
+def shapes(batch) -> tuple:
+    """A batch pytree's structure, shapes and dtypes: what a compiled program over it is keyed on."""
+    return str(jax.tree.structure(batch)), tuple((tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(batch))
 
 
 class StreamingLoop:
@@ -117,10 +121,10 @@ class StreamingLoop:
     def __init__(self, built: Built):
         self.b = built
         self.step_fn = built.programs.get(
-            (built.group, "step"), lambda: steps.make_train_step(built.train_graphdef, built.make_tx, built.layout, built.state)
+            (built.group, "step"), lambda: steps.make_train_step(built.train_graphdef, built.make_tx, built.layout, built.state, task=built.task_of)
         )
         self.eval_steps = {
-            ema: built.programs.get((built.group, "eval_step", ema), partial(steps.make_eval_step, built.eval_graphdef, ema=ema))
+            ema: built.programs.get((built.group, "eval_step", ema), partial(steps.make_eval_step, built.eval_graphdef, task=built.task_of, ema=ema))
             for ema in (False, True)
         }
         self.traced = False
@@ -128,12 +132,12 @@ class StreamingLoop:
 
     def checked(self, split: str, batches):
         """The batches, the first of each split checked as in-memory splits are when loaded:
-        shape, label dtype and range, finite features (a bad one names the loader, not a NaN loss)."""
-        for xb, yb in batches:
+        shapes, the task's check of its targets, finite features (a bad one names the loader, not a NaN loss)."""
+        for batch in batches:
             if split not in self.seen:
-                check_batch(self.b, split, xb, yb)
+                check_batch(self.b, split, batch)
                 self.seen.add(split)
-            yield xb, yb
+            yield batch
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
         """``progress(length=steps, label=...)`` makes a per-batch bar (click.progressbar)."""
@@ -142,65 +146,73 @@ class StreamingLoop:
         bs = b.config.run.batch_size
         assert isinstance(b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
         with progress(length=b.steps_per_epoch, label=f"Epoch {epoch}") if progress else nullcontext() as bar:
-            for xb, yb in self.checked("train", b.data.batches("train", bs, epoch)):
-                xb, yb, mask = pad(xb, yb, bs)
+            for batch in self.checked("train", b.data.batches("train", bs, epoch)):
+                batch, mask = pad(batch, bs)
                 if b.config.run.drop_last and mask.sum() < bs:
                     continue
-                xb, yb, mask = b.layout.place_batch(xb, yb, mask)  # over a job: this process's rows
+                batch, mask = b.layout.place_batch(batch, mask)  # over a job: this process's rows
                 if not self.traced:  # the first call traces and compiles: a component's bug surfaces here
-                    b.state, sums = compiling(b, lambda xb=xb, yb=yb, mask=mask: self.step_fn(unalias(b.state), b.inputs, xb, yb, mask))
+                    b.state, sums = compiling(b, lambda batch=batch, mask=mask: self.step_fn(unalias(b.state), b.inputs, batch, mask))
                     self.traced = True
                 else:
-                    b.state, sums = self.step_fn(unalias(b.state), b.inputs, xb, yb, mask)
-                total = sums if total is None else total + sums  # (over a job, sums live on every process's devices)
+                    b.state, sums = self.step_fn(unalias(b.state), b.inputs, batch, mask)
+                total = sums if total is None else steps.add(total, sums)  # (over a job, sums live on every process's devices)
                 if bar is not None:
                     bar.update(1)
-        return jnp.zeros(3) if total is None else total
+        return {} if total is None else total
 
     def evaluate(self, split: str, *, ema: bool = False):
         total = None
         bs, layout = self.b.config.run.eval_batch_size, self.b.layout
         size = layout.rows(bs) if layout.processes > 1 else bs  # over a job: rows every device gets equally many of
         assert isinstance(self.b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
-        for xb, yb in self.checked(split, self.b.data.batches(split, bs, 0)):
-            sums = self.eval_steps[ema](self.b.state, *layout.place_batch(*pad(xb, yb, size)))
-            total = sums if total is None else total + sums
-        return jnp.zeros(3) if total is None else total
+        for batch in self.checked(split, self.b.data.batches(split, bs, 0)):
+            sums = self.eval_steps[ema](self.b.state, self.b.inputs, *layout.place_batch(*pad(batch, size)))
+            total = sums if total is None else steps.add(total, sums)
+        return {} if total is None else total
 
 
-def check_batch(built: Built, split: str, x, y) -> None:
-    name, data = built.config.loader.name, built.data
-    x, y = np.asarray(x), np.asarray(y)
-    where = f"loader {name!r}: the first {split} batch"
-    if tuple(x.shape[1:]) != tuple(data.input_shape):
-        raise UsageError(f"{where} has examples of shape {tuple(x.shape[1:])}; the loader declares input_shape {tuple(data.input_shape)}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise UsageError(f"{where} has {len(x)} examples and labels of shape {y.shape}; expected one label per example")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise UsageError(f"{where} has labels of dtype {y.dtype}; labels must be integers")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= data.num_classes):
-        raise UsageError(f"{where} has labels {int(y.min())}..{int(y.max())}, outside 0..{data.num_classes - 1} (num_classes)")
-    finite = np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else np.ones(x.shape, bool)
-    if not finite.all():
-        row = int(np.argwhere(~finite)[0][0])
-        raise UsageError(f"{where}: example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
+def check_batch(built: Built, split: str, batch) -> None:
+    """A streamed split's first batch, checked as in-memory splits are when loaded."""
+    check_streamed(built.config, built.task, built.context, built.data, batch, f"loader {built.config.loader.name!r}: the first {split} batch")
 
 
-def pad(x, y, size):
-    """A streamed batch padded to ``size`` rows (one compiled shape), with its mask."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    n = len(y)
-    if n > size or len(x) != n:
-        raise UsageError(f"a streamed batch has {len(x)} examples and {n} labels; expected at most {size} of each")
+def pad(batch, size):
+    """A streamed batch (a pytree of arrays) padded to ``size`` rows (one compiled shape), with its row mask."""
+    batch = jax.tree.map(lambda a: _canonical(np.asarray(a)), batch)
+    leaves = jax.tree.leaves(batch)
+    n = len(leaves[0]) if leaves else 0
+    if n > size or any(len(a) != n for a in leaves):
+        raise UsageError(f"a streamed batch has arrays of {', '.join(str(len(a)) for a in leaves)} rows; expected at most {size} rows in each")
     mask = np.zeros(size, np.float32)
     mask[:n] = 1.0
     if n < size:
-        x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
-        y = np.concatenate([y, np.zeros(size - n, y.dtype)])
-    return x, y, mask
+        batch = jax.tree.map(lambda a: np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)]), batch)
+    return batch, mask
+
+
+def _canonical(a):
+    """Float features as float32 and labels as int32 (jax's defaults), as the in-memory splits are."""
+    if np.issubdtype(a.dtype, np.floating):
+        return a.astype(np.float32, copy=False)
+    if np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.int32, copy=False)
+    return a
+
+
+def summarize(built: Built, sums) -> dict[str, float]:
+    """The task's metrics from a split's sums (device or host): one transfer, then host arithmetic.
+    No sums (an epoch of no batch): every metric 0."""
+    host = {k: float(v) for k, v in jax.device_get(sums).items()}
+    if not host:
+        return {name: 0.0 for name in built.task.metrics}
+    return {name: float(value) for name, value in built.task.summarize(host).items()}
 
 
 def means(sums) -> tuple[float, float]:
-    """(mean loss, accuracy) from host-side (loss sum, correct, count)."""
+    """(mean loss, accuracy) from a classification's sums (0.2's helper; :func:`summarize` reads any task's)."""
+    if isinstance(sums, dict):
+        count = max(float(sums["count"]), 1.0)
+        return float(sums["loss"]) / count, float(sums.get("acc", 0.0)) / count
     loss_sum, correct, count = (float(s) for s in sums)
     return loss_sum / max(count, 1.0), correct / max(count, 1.0)

@@ -1,6 +1,6 @@
 """The compiled hot path: one epoch as a ``lax.scan`` with the shuffle inside, a per-batch step
-for streaming data, and a masked evaluation. Every function returns sums (loss, correct,
-count) that stay on the device until the epoch ends."""
+for streaming data, and a masked evaluation. Every function returns the task's sums (a dict of
+scalars: loss sum, correct, count, ...) that stay on the device until the epoch ends."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from jaxyard.core.errors import UsageError
@@ -28,30 +27,46 @@ def merged(graphdef, state):
     return parts["model"], parts["optimizer"]
 
 
-def _masked_loss(model, x, y, mask):
-    logits = model(x)
-    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
-    count = jnp.sum(mask)
-    loss = jnp.sum(per_example * mask) / jnp.maximum(count, 1.0)
-    return loss, jnp.stack([jnp.sum(per_example * mask), jnp.sum(correct * mask), count])
+def _step(graphdef, make_tx, task, state, inputs, batch, mask, split=None):
+    """One optimizer step on a (possibly padded) batch pytree; padding rows carry mask 0.
 
-
-def _step(graphdef, make_tx, state, inputs, x, y, mask, batch=None):
-    """One optimizer step on a (possibly padded) batch; padding rows carry mask 0.
-
-    With ``make_tx``, the optimizer is rebuilt from ``inputs`` (traced hyperparameters) so that
-    their values are arguments of the compiled program, not constants in it.
+    ``task(inputs)`` is the run's task (its traced parameters from ``inputs``). With ``make_tx``,
+    the optimizer is rebuilt from ``inputs`` (traced hyperparameters) so that their values are
+    arguments of the compiled program, not constants in it.
     """
-    if batch is not None:  # on a mesh: the batch's rows split over the devices
-        x, y, mask = (jax.lax.with_sharding_constraint(a, batch) for a in (x, y, mask))
+    if split is not None:  # on a mesh: the batch's rows split over the devices
+        batch, mask = jax.lax.with_sharding_constraint((batch, mask), split)
     model, optimizer = merged(graphdef, state)
     if make_tx is not None:
         optimizer.tx = make_tx(inputs)
-    grad_fn = nnx.value_and_grad(_masked_loss, has_aux=True)
-    (_, sums), grads = grad_fn(model, x, y, mask)
+    objective = task(inputs)
+    grad_fn = nnx.value_and_grad(lambda model, batch, mask: objective.loss(model, batch, mask), has_aux=True)
+    (_, sums), grads = grad_fn(model, batch, mask)
     optimizer.update(model, grads)
     return nnx.state({"model": model, "optimizer": optimizer}), sums
+
+
+def _eval_sums(graphdef, task, ema, state, inputs, batch, mask):
+    """The sums of one evaluation batch, the model merged here: inside the compiled loop's own
+    trace, so layers that draw random numbers even in evaluation (``nnx.RNN``) may."""
+    model, optimizer = merged(graphdef, state)
+    if ema:
+        use_ema(model, optimizer)
+    return task(inputs).loss(model, batch, mask)[1]
+
+
+def zeros_like_sums(fn, *args):
+    """Zeros shaped like the sums ``fn(*args)`` returns (no computation: shapes only)."""
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
+
+
+def add(total, sums):
+    """Two sums pytrees added (scan carries, devices, processes and epochs add alike)."""
+    return jax.tree.map(jnp.add, total, sums)
+
+
+def rows_of(batch) -> int:
+    return jax.tree.leaves(batch)[0].shape[0]
 
 
 def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
@@ -62,9 +77,10 @@ def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
     return steps, steps * batch_size
 
 
-def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None, layout=None, state=None):
-    """``epoch(state, inputs, x, y, key) -> (state, sums)``: shuffle, batch and step, all compiled
-    once (``inputs``: the traced hyperparameters ``make_tx`` builds the optimizer from; ``{}``: none).
+def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None, layout=None, state=None, *, task):
+    """``epoch(state, inputs, batch, key) -> (state, sums)``: shuffle, batch and step, all compiled
+    once (``inputs``: the traced hyperparameters ``make_tx`` and ``task`` are built from; ``{}``: none).
+    ``batch``: the training split as a pytree of arrays (rows first; rows past ``n`` are padding).
     On a ``layout`` with a mesh, each batch is split over its devices and the state keeps the
     shardings ``state`` has."""
     steps, padded = batch_plan(n, batch_size, drop_last)
@@ -75,7 +91,7 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx
         jit = partial(jit, out_shardings=(layout.state_shardings(state), layout.replicated))
 
     @jit
-    def epoch(state, inputs, x, y, key):
+    def epoch(state, inputs, data, key):
         order = jax.random.permutation(key, n)
         if padded > n:
             order = jnp.concatenate([order, jnp.zeros(padded - n, order.dtype)])
@@ -83,59 +99,53 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx
             order = order[:padded]
         mask = (jnp.arange(padded) < n).astype(jnp.float32)
 
-        def body(state, batch):
-            idx, m = batch
-            return _step(graphdef, make_tx, state, inputs, x[idx], y[idx], m, split)
+        def body(state, chunk):
+            idx, m = chunk
+            return _step(graphdef, make_tx, task, state, inputs, jax.tree.map(lambda a: a[idx], data), m, split)
 
         state, sums = jax.lax.scan(body, state, (order.reshape(steps, batch_size), mask.reshape(steps, batch_size)))
-        return state, jnp.sum(sums, axis=0)
+        return state, jax.tree.map(lambda a: jnp.sum(a, axis=0), sums)
 
     return epoch
 
 
-def make_train_step(graphdef, make_tx=None, layout=None, state=None):
-    """``step(state, inputs, x, y, mask) -> (state, sums)`` for batches fed from Python (padded to one shape)."""
+def make_train_step(graphdef, make_tx=None, layout=None, state=None, *, task):
+    """``step(state, inputs, batch, mask) -> (state, sums)`` for batches fed from Python (padded to one shape)."""
     if layout is None or layout.mesh is None:
-        return jax.jit(partial(_step, graphdef, make_tx), donate_argnums=0)
-    step = partial(_step, graphdef, make_tx, batch=layout.batch)
+        return jax.jit(partial(_step, graphdef, make_tx, task), donate_argnums=0)
+    step = partial(_step, graphdef, make_tx, task, split=layout.batch)
     return jax.jit(step, donate_argnums=0, out_shardings=(layout.state_shardings(state), layout.replicated))
 
 
-def make_evaluate(graphdef, batch_size: int, *, ema: bool = False):
-    """``evaluate(state, x, y) -> sums`` with dropout off, in padded chunks of ``batch_size``
-    (with ``ema``: the averaged weights of ``run.ema_decay``)."""
+def make_evaluate(graphdef, batch_size: int, *, task, ema: bool = False):
+    """``evaluate(state, inputs, batch, valid) -> sums`` with dropout off, in padded chunks of
+    ``batch_size`` (with ``ema``: the averaged weights of ``run.ema_decay``). ``valid``: 1.0 for
+    each real row of ``batch``, 0.0 for a padding row (a job's split is padded to equal blocks)."""
+    sums_of = partial(_eval_sums, graphdef, task, ema)
 
     @jax.jit
-    def evaluate(state, x, y):
-        model, optimizer = merged(graphdef, state)
-        if ema:
-            use_ema(model, optimizer)
-        n = x.shape[0]
+    def evaluate(state, inputs, batch, valid):
+        n = valid.shape[0]
         chunk = min(batch_size, n)
         chunks = math.ceil(n / chunk)
         pad = chunks * chunk - n
-        xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, chunk, *x.shape[1:])
-        ys = jnp.pad(y, (0, pad), constant_values=-1).reshape(chunks, chunk)
-        mask = ((jnp.arange(chunks * chunk).reshape(chunks, chunk) < n) & (ys >= 0)).astype(jnp.float32)  # -1: a job's padding row
 
-        def body(total, batch):
-            _, sums = _masked_loss(model, *batch)
-            return total + sums, None
+        def chunked(a):
+            return jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(chunks, chunk, *a.shape[1:])
 
-        total, _ = jax.lax.scan(body, jnp.zeros(3), (xs, ys, mask))
+        xs, mask = jax.tree.map(chunked, batch), chunked(valid)
+
+        def body(carry, part):  # the state rides in the carry: the model is merged from this trace's values
+            total, state = carry
+            return (add(total, sums_of(state, inputs, *part)), state), None
+
+        first = jax.tree.map(lambda a: a[0], (xs, mask))
+        (total, _), _ = jax.lax.scan(body, (zeros_like_sums(sums_of, state, inputs, *first), state), (xs, mask))
         return total
 
     return evaluate
 
 
-def make_eval_step(graphdef, *, ema: bool = False):
-    """Evaluation of one Python-fed batch (streaming data)."""
-
-    @jax.jit
-    def step(state, x, y, mask):
-        model, optimizer = merged(graphdef, state)
-        if ema:
-            use_ema(model, optimizer)
-        return _masked_loss(model, x, y, mask)[1]
-
-    return step
+def make_eval_step(graphdef, *, task, ema: bool = False):
+    """Evaluation of one Python-fed batch (streaming data): ``step(state, inputs, batch, mask) -> sums``."""
+    return jax.jit(partial(_eval_sums, graphdef, task, ema))

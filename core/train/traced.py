@@ -24,12 +24,12 @@ PROGRAM_FREE = frozenset({
     "seed", "out", "runs_dir", "save_every", "patience", "min_delta", "monitor", "profile", "keep_latest", "keep_best", "loggers",
     "checkpointer", "curves",
 })
-TUNED_KINDS = ("optimizer", "scheduler")  # whose traced parameters shape the update
+TUNED_KINDS = ("optimizer", "scheduler", "task")  # whose traced parameters shape the update
 
 
 def traceable(config) -> dict[str, float]:
-    """Every ``traced=True`` parameter of ``config`` (the run's, its optimizer's and its
-    scheduler's), by dotted name (``run.learning_rate``, ``optimizer.b2``), with its value."""
+    """Every ``traced=True`` parameter of ``config`` (the run's, its optimizer's, its scheduler's
+    and its task's), by dotted name (``run.learning_rate``, ``optimizer.b2``), with its value."""
     from jaxyard.core.registry.run_settings import RunSettings
 
     out = {f"run.{name}": getattr(config.run, name) for name in P.traced_fields(RunSettings)}

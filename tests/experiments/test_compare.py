@@ -72,6 +72,29 @@ def make_sweep(path):
     return path
 
 
+REGRESSION = {"loss": "min", "mse": "min", "r2": "max"}
+
+
+def make_regression_run(path, *, lr=1e-3, mses=(0.5, 0.2, 0.3), metrics=REGRESSION, summary=True):
+    """A run of a task other than classification: its records and summary.json hold the task's
+    metrics (``metrics``: base name -> direction, as summary.json records them)."""
+    make_run(path, lr=lr, accs=(0.5,) * len(mses), summary=False)
+    records = []
+    for epoch, mse in enumerate(mses, 1):
+        record = {"epoch": epoch, "step": 10 * epoch, "lr": lr}
+        for split, shift in (("train", -0.01), ("val", 0.0)):
+            record.update({f"{split}_loss": mse + shift, f"{split}_mse": mse + shift, f"{split}_r2": 1 - mse - shift})
+        records.append({**record, "train_time": 0.1, "val_time": 0.01})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if summary:
+        best = min(mses)
+        (path / "summary.json").write_text(json.dumps({
+            "task": "regression", "metrics": metrics, "test": {"test_loss": best + 0.02, "test_mse": best + 0.02, "test_r2": 0.98 - best},
+            "epochs_run": len(mses), "stopped_early": False, "stop_reason": None, "timings": {}, "versions": {},
+        }))
+    return path
+
+
 @pytest.fixture
 def dirs(tmp_path):
     """Three runs (one from an earlier version: no summary.json, no timings) and a sweep."""
@@ -143,6 +166,48 @@ def test_unknown_metric_names_the_valid_ones(dirs):
         C.table(runs, "val_accuracy")
 
 
+def test_default_metric_is_the_tasks_first_besides_the_loss(dirs, tmp_path):
+    """Classification (and 0.2 runs, without "metrics"): val_acc, as before; regression: val_mse."""
+    runs = C.load_runs([dirs["adam"], dirs["sgd"], dirs["legacy"]])
+    assert C.default_metric(runs) == "val_acc" and C.table(runs) == C.table(runs, "val_acc")
+    assert C.test_columns(runs) == ["test_acc", "test_loss"]
+    regression = C.load_runs([make_regression_run(tmp_path / "r1"), make_regression_run(tmp_path / "r2", mses=(0.4, 0.1))])
+    assert C.default_metric(regression) == "val_mse" and C.test_columns(regression) == ["test_mse", "test_r2", "test_loss"]
+    only_loss = C.load_runs([make_regression_run(tmp_path / "l", metrics={"loss": "min"})])
+    assert C.default_metric(only_loss) == "val_loss"
+
+
+def test_directions_come_from_the_summary(tmp_path):
+    """val_r2 is maximized and val_mse minimized because summary.json says so, not by their names."""
+    runs = C.load_runs([make_regression_run(tmp_path / "a", mses=(0.5, 0.2, 0.3)), make_regression_run(tmp_path / "b", mses=(0.4, 0.1))])
+    assert C.metrics(runs) == ["train_loss", "train_mse", "train_r2", "val_loss", "val_mse", "val_r2"]  # no *_acc, no *_time
+    data = C.summarize(runs)
+    assert (data["metric"], data["direction"]) == ("val_mse", "min")
+    assert [(e["label"], e["best"]) for e in data["runs"]] == [("b", pytest.approx(0.1)), ("a", pytest.approx(0.2))]
+    assert data["runs"][0]["test_r2"] == pytest.approx(0.88) and data["runs"][0]["test_mse"] == pytest.approx(0.12)
+    r2 = C.summarize(runs, "val_r2")
+    assert r2["direction"] == "max" and [e["best"] for e in r2["runs"]] == [pytest.approx(0.9), pytest.approx(0.8)]
+    headers, rows = C.table(runs)
+    assert headers[-5:] == ["final val_mse", "best val_mse", "test_mse", "test_r2", "test_loss"]
+    flipped = C.load_runs([make_regression_run(tmp_path / "c", metrics={"loss": "min", "mse": "max", "r2": "max"})])
+    assert C.summarize(flipped, "val_mse")["direction"] == "max"  # whatever the task says, however the name reads
+
+
+def test_a_metric_two_tasks_rank_opposite_ways_is_refused(tmp_path):
+    runs = C.load_runs([make_regression_run(tmp_path / "a"), make_regression_run(tmp_path / "b", metrics={"loss": "min", "mse": "max"})])
+    with pytest.raises(UsageError, match=re.escape("metric 'val_mse' is minimized in a but maximized in b: their tasks differ")):
+        C.summarize(runs, "val_mse")
+    assert C.summarize(runs, "val_loss")["direction"] == "min"  # the loss agrees
+
+
+def test_a_run_without_its_tasks_metrics_recorded_has_the_02_ones(tmp_path):
+    """Stopped before its summary.json: only loss (and acc) have a direction, so only they rank."""
+    runs = C.load_runs([make_regression_run(tmp_path / "cut", summary=False)])
+    assert C.metrics(runs) == ["train_loss", "val_loss"] and C.default_metric(runs) == "val_loss"
+    with pytest.raises(UsageError, match="metric 'val_r2' is not recorded by these runs"):
+        C.table(runs, "val_r2")
+
+
 @pytest.mark.parametrize("name, make, fragment", [
     ("missing", None, "does not exist; expected a run directory (with config.toml) or a sweep directory (with sweep.jsonl)"),
     ("empty", lambda p: p.mkdir(), "is not a run directory (no config.toml) nor a sweep directory (no sweep.jsonl)"),
@@ -203,6 +268,30 @@ def test_compare_json_and_png(run_cli, dirs, tmp_path):
     assert best["best"] == pytest.approx(0.1) and best["best_epoch"] == 3 and best["config"]["run.learning_rate"] == 1e-2
     assert data["runs"][2]["test_acc"] is None and data["runs"][2]["epochs"] == 2
     assert is_png(png)
+
+
+def test_compare_regression_runs(run_cli, tmp_path):
+    """No --metric: the task's first metric besides the loss (val_mse), lowest first; its test metrics."""
+    a, b = make_regression_run(tmp_path / "a", mses=(0.5, 0.2, 0.3)), make_regression_run(tmp_path / "b", lr=1e-2, mses=(0.4, 0.1))
+    result = run_cli(["compare", a, b])
+    assert result.exit_code == 0 and result.stderr == "", result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split()[-7:] == ["final", "val_mse", "best", "val_mse", "test_mse", "test_r2", "test_loss"]
+    assert [row.split()[0] for row in rows] == ["b", "a"]
+    result = run_cli(["compare", a, b, "--metric", "val_r2", "--json"])
+    data = json.loads(result.stdout)
+    assert data["direction"] == "max" and [e["label"] for e in data["runs"]] == ["b", "a"]
+    result = run_cli(["compare", a, "--metric", "val_acc"])
+    assert_one_line_error(result, "metric 'val_acc' is not recorded", "valid: train_loss, train_mse, train_r2, val_loss, val_mse, val_r2")
+
+
+def test_sweep_direction_from_its_tasks_metrics(tmp_path):
+    """A sweep.json without "direction" (hand-written) takes it from its "metrics"."""
+    path = make_sweep(tmp_path / "s")
+    (path / "sweep.json").write_text(json.dumps({"monitor": "val_r2", "metrics": REGRESSION, "space": {}}))
+    assert C.load_sweep(path).direction == "maximize"
+    (path / "sweep.json").write_text(json.dumps({"monitor": "val_acc", "space": {}}))  # 0.2: no metrics
+    assert C.load_sweep(path).direction == "maximize"
 
 
 @pytest.mark.parametrize("args, fragments", [

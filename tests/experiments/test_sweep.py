@@ -123,6 +123,45 @@ def test_bad_specs_are_one_line(text, fragment):
         S.parse_spec("run.learning_rate", text)
 
 
+
+# --- the task's metrics: the objective's direction and the leaderboard ----------------------------
+
+REGRESSION = {"loss": "min", "mse": "min", "r2": "max"}
+
+
+def spec(monitor="val_loss", metrics=None):
+    return S.SweepSpec((S.Dim("run.learning_rate", "list", values=("1e-3", "1e-2")),), "grid", 2, "none", monitor, 2, None, "sweep", 0,
+                       metrics)
+
+
+def test_the_objectives_direction_is_the_tasks():
+    assert (spec("val_r2", REGRESSION).direction, spec("val_mse", REGRESSION).direction) == ("maximize", "minimize")
+    assert (spec("val_r2", REGRESSION).headline, spec().headline, spec(metrics={"loss": "min"}).headline) == ("test_mse", "test_acc", "test_loss")
+    data = json.loads(json.dumps(spec("val_r2", REGRESSION).to_json()))
+    assert data["metrics"] == REGRESSION and data["direction"] == "maximize"
+    assert S.SweepSpec.from_json(data) == spec("val_r2", REGRESSION)
+    del data["metrics"]  # a sweep.json of 0.2: classification's directions
+    old = S.SweepSpec.from_json({**data, "monitor": "val_acc"})
+    assert (old.metrics, old.direction, old.headline) == (None, "maximize", "test_acc")
+    with pytest.raises(UsageError, match="'val_acc' is not a metric of this run"):
+        spec("val_acc", REGRESSION).direction  # noqa: B018
+
+
+def test_trial_lines_and_leaderboard_show_the_tasks_headline_test_metric(tmp_path):
+    sweep = spec("val_r2", REGRESSION)
+    (tmp_path / S.SPEC).write_text(json.dumps(sweep.to_json()))
+    lines = [{"trial": n, "state": "complete", "params": {"run.learning_rate": lr}, "run_dir": f"trials/{n:04d}", "value": r2,
+              "best": {"epoch": 2, "val_r2": r2}, "test": {"test_loss": 0.1, "test_mse": mse, "test_r2": r2}, "seconds": 1.0}
+             for n, lr, r2, mse in ((0, 1e-3, 0.8, 0.2), (1, 1e-2, 0.9, 0.1))]
+    (tmp_path / S.RESULTS).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert S.trial_line(lines[1], sweep) == "Trial   1 complete  learning_rate=0.01  val_r2 0.9000 (epoch 2)  test_mse 0.1000  1.0 s"
+    headers, rows, best = S.leaderboard(tmp_path)
+    assert headers == ["trial", "state", "learning_rate", "val_r2", "epoch", "test_mse", "seconds", "run_dir"]
+    assert [row[0] for row in rows] == [1, 0] and best["trial"] == 1 and rows[0][5] == 0.1  # higher r2 first
+    classification = dict(lines[0], test={"test_loss": 0.4, "test_acc": 0.88})
+    assert S.trial_line(classification, spec()).endswith("(epoch 2)  test_acc 0.8800  1.0 s")
+
+
 # --- jaxyard sweep -------------------------------------------------------------------------------
 
 

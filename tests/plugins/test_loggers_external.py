@@ -572,3 +572,17 @@ def test_metric_names_match_across_trackers():
     result = fake_result(Path("."), [])
     assert trackers.final_scalars(result) == {"test/loss": 0.42, "test/acc": 0.91, "time/total_s": 12.5, "time/train_s": 10.0}
     assert trackers.final_scalars(None) == {}
+
+
+def test_any_tasks_metrics_are_logged_as_recorded(tmp_path):
+    """No logger assumes loss and accuracy: a next_token run's records go through as they are."""
+    tokens = {"epoch": 1, "step": 10, "lr": 0.1, "train_loss": 2.0, "train_perplexity": 7.4, "train_token_acc": 0.3,
+              "val_loss": 2.1, "val_perplexity": 8.2, "val_token_acc": 0.28, "val_perplexity_ema": 8.0, "train_time": 0.5, "val_time": 0.05}
+    assert trackers.scalars(tokens) == {"lr": 0.1, "train/loss": 2.0, "train/perplexity": 7.4, "train/token_acc": 0.3, "val/loss": 2.1,
+                                        "val/perplexity": 8.2, "val/token_acc": 0.28, "val/perplexity_ema": 8.0, "time/train": 0.5,
+                                        "time/val": 0.05}
+    logger = builtin.csv_logger(builtin.CsvParams(), directory=tmp_path)
+    logger.start(fake_run(tmp_path))
+    logger.log_epoch(tokens)
+    header, row = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert header.split(",") == list(tokens) and row.split(",")[4] == "7.4"

@@ -1,15 +1,21 @@
-"""Monitor, steps_to_keep and CheckpointPolicy over an in-memory storage: no jax, no orbax, no disk."""
+"""Monitor (and the task's metric directions it reads), steps_to_keep and CheckpointPolicy over an
+in-memory storage: no jax, no orbax, no disk."""
 
 from __future__ import annotations
 
 import copy
 import math
+import re
+from types import SimpleNamespace
 
 import pytest
 
+from jaxyard.core import metrics as M
 from jaxyard.core.errors import UsageError
 from jaxyard.core.store.checkpoint import Checkpointer, CheckpointError, Restored, missing_methods
-from jaxyard.core.store.policy import CheckpointPolicy, Monitor, steps_to_keep
+from jaxyard.core.store.policy import CheckpointPolicy, Monitor, run_monitor, steps_to_keep
+
+REGRESSION = {"loss": "min", "mse": "min", "r2": "max"}
 
 
 class FakeStorage:
@@ -108,6 +114,54 @@ def test_monitor_of_an_undeclared_metric_needs_its_mode():
         with pytest.raises(UsageError, match="no direction"):
             Monitor(metric)
     assert Monitor("bleu", mode="max").mode == "max" and Monitor("perplexity", mode="min").mode == "min"
+
+
+def test_monitor_mode_given_by_the_task_wins():
+    """The engine gives the task's direction: any metric, whatever its name says."""
+    assert Monitor("val_r2", mode="max").mode == "max" and Monitor("val_acc", mode="min").mode == "min"
+    assert Monitor("val_r2", mode="max").improves(0.9, 0.8) and not Monitor("val_mse", mode="min").improves(0.9, 0.8)
+
+
+def fake_run(monitor, metrics=None, patience=2, min_delta=0.0, history=()):
+    stops = []
+    run = SimpleNamespace(config=SimpleNamespace(run=SimpleNamespace(monitor=monitor, min_delta=min_delta, patience=patience)),
+                          history=list(history), stop=stops.append)
+    if metrics is not None:
+        run.metrics = metrics
+    return run, stops
+
+
+def test_run_monitor_reads_the_tasks_direction():
+    assert run_monitor(fake_run("val_r2", REGRESSION)[0]).mode == "max"
+    assert run_monitor(fake_run("val_mse_ema", REGRESSION)[0]).mode == "min"
+    assert run_monitor(fake_run("val_acc")[0]).mode == "max"  # a run object without metrics: 0.2's
+    with pytest.raises(UsageError, match=re.escape("'val_acc' is not a metric of this run, so it has no direction (valid: SPLIT_loss[_ema]")):
+        run_monitor(fake_run("val_acc", REGRESSION)[0])
+
+
+def test_early_stopping_follows_the_tasks_direction():
+    """val_r2 rising is improvement (max); the same numbers as val_mse are not (min)."""
+    from jaxyard.plugins import early_stopping
+
+    rising = [{"epoch": e, "step": e, "val_r2": 0.5 + e / 10, "val_mse": 0.5 + e / 10} for e in range(1, 5)]
+    run, stops = fake_run("val_r2", REGRESSION, history=rising)
+    early_stopping.jaxyard_on_epoch_end(run)
+    assert stops == []
+    run, stops = fake_run("val_mse", REGRESSION, history=rising)
+    early_stopping.jaxyard_on_epoch_end(run)
+    assert stops == ["early stopping: val_mse did not improve for 2 epochs (best 0.6000)"]
+
+
+def test_directions_given_or_02s():
+    """Directions come from the task (summary.json's "metrics"); without them, 0.2's loss and acc."""
+    tokens = {"loss": "min", "perplexity": "min", "token_acc": "max"}
+    assert M.base_name("val_token_acc_ema", tokens) == "token_acc" and M.direction("train_token_acc", tokens) == "max"
+    assert M.is_metric("val_acc") and not M.is_metric("val_acc", tokens) and not M.is_metric("train_time", tokens)
+    assert M.minimized("test_perplexity", tokens) and not M.minimized("val_acc")
+    assert (M.headline(tokens), M.headline(), M.headline({"loss": "min"})) == ("perplexity", "acc", "loss")
+    assert M.of_summary({"metrics": tokens}) == tokens and list(M.of_summary({"metrics": tokens})) == list(tokens)
+    assert M.of_summary(None) == M.of_summary({"test": {}}) == M.of_summary({"metrics": {"x": "up"}}) == M.DIRECTIONS
+    assert M.of_config(SimpleNamespace(run=None)) == M.DIRECTIONS  # a configuration without a task
 
 
 def test_monitor_default_is_val_loss():

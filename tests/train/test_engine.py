@@ -106,7 +106,7 @@ def test_dropout_is_on_in_training_and_off_in_evaluation(registry):
     no_dropout = config(registry, "model.dropout_rate=0.0")
     plain, _ = merged(build(no_dropout).train_graphdef, built.state)  # same weights, no dropout layer effect
     expected = float(optax.softmax_cross_entropy_with_integer_labels(plain(x), y).sum())
-    loss_sum = float(make_loop(built).evaluate("val")[0])
+    loss_sum = float(make_loop(built).evaluate("val")["loss"])
     assert loss_sum == pytest.approx(expected, rel=1e-5)
 
     model, _ = merged(built.train_graphdef, built.state)
@@ -120,13 +120,13 @@ def test_partial_last_batch_is_padded_and_masked(registry):
     built = build(config(registry))
     assert built.steps_per_epoch == 7
     sums = jax.device_get(make_loop(built).train_epoch(1))
-    assert sums[2] == 100
+    assert sums["count"] == 100
 
 
 def test_drop_last_drops_the_partial_batch(registry):
     built = build(config(registry, "run.drop_last=true"))
     assert built.steps_per_epoch == 6
-    assert jax.device_get(make_loop(built).train_epoch(1))[2] == 96
+    assert jax.device_get(make_loop(built).train_epoch(1))["count"] == 96
 
 
 def test_streaming_loader_trains_with_one_compiled_step(tmp_path, registry):

@@ -57,7 +57,7 @@ def test_events_reach_plugins_in_order_with_what_they_document(tmp_path):
     out = tmp_path / "run"
     jaxyard.train(cfg, out_dir=out)
     assert seen == [
-        ("start", 0, 676, ["checkpointer", "loader", "loggers", "model", "optimizer", "scheduler"], out),
+        ("start", 0, 676, ["checkpointer", "loader", "loggers", "model", "optimizer", "scheduler", "task"], out),
         ("epoch", 1, True),
         ("epoch", 2, True),
         ("saved", 14, "checkpoints", 2),
