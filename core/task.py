@@ -118,16 +118,6 @@ def row_sum(values: Any) -> Any:
     return values.reshape(values.shape[0], -1).sum(axis=1)
 
 
-#: how reports spell the built-in tasks' metrics (any other: its name, underscores as spaces, title case)
-LABELS = {"loss": "Loss", "acc": "Accuracy", "mse": "MSE", "mae": "MAE", "r2": "R²", "perplexity": "Perplexity",
-          "token_acc": "Token Accuracy", "exact": "Exact Match"}
-
-
-def label(name: str) -> str:
-    """A metric's name as a report prints it: ``acc`` -> ``Accuracy``, ``top5_acc`` -> ``Top5 Acc``."""
-    return LABELS.get(name, name.replace("_", " ").title())
-
-
 def check_metrics(name: str, metrics: Mapping[str, str]) -> None:
     """A task's metrics: ``loss`` among them, each ``min`` or ``max``, named like a record key part."""
     from jaxyard.core.errors import PluginError

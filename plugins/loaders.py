@@ -1,4 +1,5 @@
-"""Built-in data loaders: synthetic data, scikit-learn's digits, and a user's own arrays."""
+"""Built-in data loaders: synthetic data (classes, regression targets, multi-label tags, token
+sequences), scikit-learn's digits, and a user's own arrays."""
 
 from __future__ import annotations
 
@@ -43,6 +44,124 @@ def synthetic(p: SyntheticParams, *, seed):
         return Split((x + means[y]).astype(np.float32), y.astype(np.int32))
 
     return Dataset(split(p.train_size), split(p.val_size), split(p.test_size), p.classes)
+
+
+@attrs.frozen
+class RegressionParams:
+    train_size: int = param(4000, "training examples", validator=v.ge(1))
+    val_size: int = param(500, "validation examples", validator=v.ge(1))
+    test_size: int = param(500, "test examples", validator=v.ge(1))
+    features: int = param(8, "features per example", validator=v.ge(1))
+    targets: int = param(1, "float targets per example (1: y of shape (n,); more: (n, targets))", validator=v.ge(1))
+    waves: int = param(3, "sine waves along random directions added to each target's linear part (0: linear)",
+                       validator=v.ge(0))
+    noise: float = param(0.1, "standard deviation of the noise added to each target (the signal's is 1)",
+                         validator=v.ge(0.0))
+    data_seed: int = param(0, "seeds the data; runs with other seeds train on the same data", validator=v.ge(0))
+
+
+def regression(p: RegressionParams, *, seed):
+    """Synthetic regression: float targets from a fixed random function of Gaussian features, plus noise (learnable).
+
+    Each target is a random linear function of the features plus ``waves`` sines along random
+    directions, standardized (mean 0, standard deviation 1), plus Gaussian ``noise``: an MLP
+    reaches R² of about 0.93 in 3 epochs and 0.96 in 10 (a linear fit 0.6 to 0.75). Features
+    float32 (n, features); targets float32 (n,), or (n, targets); ``num_classes`` None.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(p.data_seed)
+    linear = rng.normal(size=(p.features, p.targets)) / np.sqrt(p.features)
+    directions = rng.normal(size=(p.features, p.targets * p.waves))
+    directions /= np.linalg.norm(directions, axis=0)
+    phases = rng.uniform(0.0, 2.0 * np.pi, size=p.targets * p.waves)
+    sizes = (p.train_size, p.val_size, p.test_size)
+    x = rng.normal(size=(sum(sizes), p.features))
+    waves = np.sin(x @ directions + phases).reshape(len(x), p.targets, p.waves).sum(axis=2)
+    signal = x @ linear + waves  # a linear fit explains 60-75% of its variance, an MLP 95%
+    signal = (signal - signal.mean(axis=0)) / signal.std(axis=0)  # each target: mean 0, standard deviation 1
+    y = signal + p.noise * rng.normal(size=signal.shape)
+    if p.targets == 1:
+        y = y[:, 0]
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    ends = np.cumsum(sizes)
+    splits = [Split(x[a:b], y[a:b]) for a, b in zip((0, *ends[:2]), ends, strict=True)]
+    return Dataset(*splits, None)
+
+
+@attrs.frozen
+class MultilabelParams:
+    train_size: int = param(1000, "training examples", validator=v.ge(1))
+    val_size: int = param(200, "validation examples", validator=v.ge(1))
+    test_size: int = param(200, "test examples", validator=v.ge(1))
+    features: int = param(16, "features per example", validator=v.ge(1))
+    labels: int = param(5, "0/1 labels per example (1: y of shape (n,), a binary task)", validator=v.ge(1))
+    flip: float = param(0.0, "share of labels flipped at random (label noise)", validator=[v.ge(0.0), v.lt(0.5)])
+    data_seed: int = param(0, "seeds the data; runs with other seeds train on the same data", validator=v.ge(0))
+
+
+def multilabel(p: MultilabelParams, *, seed):
+    """Synthetic multi-label data: 0/1 labels from thresholded random projections of Gaussian features (learnable).
+
+    Label j is on where a fixed random projection of the features exceeds its threshold (0.25 to
+    1 standard deviations: each label is on for about 16% to 40% of the examples, so predicting
+    all zeros scores about 0.75 accuracy), then flipped with probability ``flip``. Features float32
+    (n, features); labels int32 (n, labels), or (n,) for one label; ``num_classes`` None.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(p.data_seed)
+    projection = rng.normal(size=(p.features, p.labels)) / np.sqrt(p.features)
+    # thresholds from 0.25 to 1.0 standard deviations: each label is on for 16% to 40% of the examples
+    threshold = np.linspace(0.25, 1.0, p.labels)[rng.permutation(p.labels)]
+    sizes = (p.train_size, p.val_size, p.test_size)
+    x = rng.normal(size=(sum(sizes), p.features))
+    y = x @ projection > threshold
+    y ^= rng.random(y.shape) < p.flip
+    if p.labels == 1:
+        y = y[:, 0]
+    x, y = x.astype(np.float32), y.astype(np.int32)
+    ends = np.cumsum(sizes)
+    splits = [Split(x[a:b], y[a:b]) for a, b in zip((0, *ends[:2]), ends, strict=True)]
+    return Dataset(*splits, None)
+
+
+@attrs.frozen
+class TokensParams:
+    train_size: int = param(2000, "training sequences", validator=v.ge(1))
+    val_size: int = param(200, "validation sequences", validator=v.ge(1))
+    test_size: int = param(200, "test sequences", validator=v.ge(1))
+    vocab: int = param(24, "tokens in the vocabulary (the Dataset's num_classes)", validator=v.ge(2))
+    seq_len: int = param(32, "tokens a model reads per sequence (each row holds seq_len + 1)", validator=v.ge(1))
+    concentration: float = param(0.1, "Dirichlet concentration of each next-token distribution (smaller: more predictable)",
+                                 validator=v.gt(0.0))
+    data_seed: int = param(0, "seeds the data; runs with other seeds train on the same data", validator=v.ge(0))
+
+
+def tokens(p: TokensParams, *, seed):
+    """Synthetic token sequences from a fixed random Markov chain, for the next_token task.
+
+    Each split is ``{"tokens": int32 (n, seq_len + 1)}``; ``num_classes`` is the vocabulary's size.
+    The first token is uniform, each next one drawn from its predecessor's row of a random
+    transition matrix (Dirichlet rows of ``concentration``): with the defaults a model of the
+    previous token reaches a perplexity of about 4.6, a unigram model about 22.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(p.data_seed)
+    transition = rng.dirichlet(np.full(p.vocab, p.concentration), size=p.vocab)  # row a: P(next | a)
+    cumulative = np.cumsum(transition, axis=1)
+    cumulative[:, -1] = 1.0
+    sizes = (p.train_size, p.val_size, p.test_size)
+    rows = np.empty((sum(sizes), p.seq_len + 1), np.int64)
+    rows[:, 0] = rng.integers(0, p.vocab, size=len(rows))
+    draws = rng.random(rows.shape)
+    for t in range(1, p.seq_len + 1):  # inverse-CDF sampling of every row's next token at once
+        rows[:, t] = (draws[:, t, None] > cumulative[rows[:, t - 1]]).sum(axis=1)
+    rows = np.minimum(rows, p.vocab - 1).astype(np.int32)
+    ends = np.cumsum(sizes)
+    splits = [{"tokens": rows[a:b]} for a, b in zip((0, *ends[:2]), ends, strict=True)]
+    return Dataset(*splits, p.vocab)
 
 
 @attrs.frozen
@@ -337,3 +456,6 @@ def jaxyard_register_loaders(register):
     register("digits", digits, params=DigitsParams)
     register("npz", npz, params=NpzParams)
     register("csv", csv, params=CsvParams)
+    register("regression", regression, params=RegressionParams)
+    register("multilabel", multilabel, params=MultilabelParams)
+    register("tokens", tokens, params=TokensParams)

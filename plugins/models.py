@@ -22,11 +22,15 @@ class MLPParams:
     dropout_rate: float = param(0.1, "dropout after each hidden layer, active only in training", validator=[v.ge(0.0), v.lt(1.0)])
 
 
-def mlp(p: MLPParams, *, input_shape, num_outputs, rngs):
-    """Multi-layer perceptron: Linear, activation, dropout per hidden layer, then num_outputs (a task's logits or targets)."""
+def mlp(p: MLPParams, *, input_shape, num_outputs, rngs, vocab_size=None):
+    """Multi-layer perceptron: Linear, activation, dropout per hidden layer, then num_outputs (a task's logits or targets).
+
+    For next_token (the task gives ``vocab_size``) it embeds each token and predicts the next one
+    position by position (a bigram model): the baseline a sequence model should beat."""
     from jaxyard.plugins._mlp import MLP
 
-    return MLP(input_shape, p.hidden_dims, num_outputs, activation=p.activation, dropout_rate=p.dropout_rate, rngs=rngs)
+    return MLP(input_shape, p.hidden_dims, num_outputs, activation=p.activation, dropout_rate=p.dropout_rate, rngs=rngs,
+               vocab_size=vocab_size)
 
 
 @hookimpl

@@ -3,6 +3,7 @@ additive sums (see :class:`jaxyard.Task`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -35,10 +36,8 @@ class Classification(Task):
         self.metrics = {LOSS: "min", "acc": "max", **({f"top{p.top_k}_acc": "max"} if p.top_k > 1 else {})}
 
     def context(self, data, example) -> dict[str, Any]:
-        classes = getattr(data, "num_classes", None)
-        if not classes:
-            raise UsageError("task 'classification' needs the loader to declare num_classes (its Dataset's num_classes)")
-        return {"num_outputs": int(classes), "num_classes": int(classes)}
+        classes = getattr(data, "num_classes", None)  # None: check() says so, after the labels' dtype
+        return {"num_outputs": classes and int(classes), "num_classes": classes and int(classes)}
 
     def check(self, batch, where, context) -> None:
         import numpy as np
@@ -50,6 +49,8 @@ class Classification(Task):
         if y.ndim != 1:
             raise UsageError(f"{where} gives labels of shape {y.shape}; task 'classification' needs one integer label per example")
         classes = context["num_classes"]
+        if not classes:
+            raise UsageError(f"{where.split(':')[0]} declares no num_classes; task 'classification' needs it (its Dataset's num_classes)")
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
             raise UsageError(f"{where} has labels {int(y.min())}..{int(y.max())}, outside 0..{classes - 1} (num_classes)")
 
@@ -111,9 +112,20 @@ def _host_targets(batch, where: str, task: str):
     try:
         return np.asarray(targets(batch))
     except (KeyError, IndexError, TypeError):
-        keys = ", ".join(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
+        keys = ", ".join(map(str, batch)) if isinstance(batch, Mapping) else type(batch).__name__
         raise UsageError(f"{where} gives batches without targets ({keys}); task {task!r} needs (x, y) rows "
                          "(a jaxyard.Split) or {'x': ..., 'y': ...}") from None
+
+
+def _width(example) -> int:
+    """Targets per row of the training split's ``example`` (any it cannot read: 1, and check refuses them)."""
+    import numpy as np
+
+    try:
+        y = np.asarray(targets(example))
+    except (KeyError, IndexError, TypeError):
+        return 1
+    return int(y.shape[1]) if y.ndim == 2 else 1
 
 
 def _columns(y, where: str, task: str, what: str) -> int:
@@ -176,8 +188,7 @@ class Regression(Task):
         self.p = p
 
     def context(self, data, example) -> dict[str, Any]:
-        y = _host_targets(example, "the training split", "regression")
-        return {"num_outputs": _columns(y, "the training split", "regression", "targets")}
+        return {"num_outputs": _width(example)}
 
     def check(self, batch, where, context) -> None:
         import numpy as np
@@ -264,8 +275,7 @@ class Multilabel(Task):
         self.p = p
 
     def context(self, data, example) -> dict[str, Any]:
-        y = _host_targets(example, "the training split", "multilabel")
-        return {"num_outputs": _columns(y, "the training split", "multilabel", "labels")}
+        return {"num_outputs": _width(example)}
 
     def check(self, batch, where, context) -> None:
         import numpy as np
@@ -279,7 +289,7 @@ class Multilabel(Task):
                 raise UsageError(f"{where} gives {_described(y)} {int(y.min())}..{int(y.max())}; task 'multilabel' needs "
                                  "0/1 labels, one column per label (--task classification trains on class labels)")
             value = y[wrong][0]
-            raise UsageError(f"{where} gives {_described(y)} (such as {value}); task 'multilabel' needs 0/1 labels "
+            raise UsageError(f"{where} gives {_described(y)} (such as {value:g}); task 'multilabel' needs 0/1 labels "
                              "(--task regression trains on float targets)")
         _same_columns(_columns(y, where, "multilabel", "labels"), where, context, "labels")
 
@@ -329,11 +339,14 @@ class NextToken(Task):
     metrics = {LOSS: "min", "perplexity": "min", "token_acc": "max"}
 
     def context(self, data, example) -> dict[str, Any]:
-        tokens = self._tokens(example, "the training split")
-        if tokens.ndim != 2 or tokens.shape[1] < 2:
-            raise UsageError(f"the training split gives tokens of shape {tokens.shape}; task 'next_token' needs "
-                             "(n, T + 1) with T >= 1")
-        vocab = getattr(data, "num_classes", None) or (int(tokens.max()) + 1 if tokens.size else 1)
+        import numpy as np
+
+        vocab = getattr(data, "num_classes", None)
+        tokens = np.asarray(example["tokens"]) if isinstance(example, Mapping) and "tokens" in example else None
+        if tokens is None or tokens.ndim != 2 or tokens.shape[1] < 2:  # refused by check, which names the split
+            return {"num_outputs": vocab or 1, "vocab_size": vocab or 1, "seq_len": 1}
+        if not vocab:
+            vocab = int(tokens.max()) + 1 if tokens.size and np.issubdtype(tokens.dtype, np.integer) else 1
         seq_len = int(tokens.shape[1]) - 1
         return {"num_outputs": vocab, "vocab_size": vocab, "seq_len": seq_len, "input_shape": (seq_len,)}
 
@@ -345,7 +358,9 @@ class NextToken(Task):
         if not np.issubdtype(tokens.dtype, np.integer):
             raise UsageError(f"{where} gives {tokens.dtype} tokens; task 'next_token' needs integer token ids "
                              f"0..{vocab - 1}")
-        if tokens.ndim != 2 or tokens.shape[1] != seq_len + 1:
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise UsageError(f"{where} gives tokens of shape {tokens.shape}; task 'next_token' needs (n, T + 1) with T >= 1")
+        if tokens.shape[1] != seq_len + 1:
             raise UsageError(f"{where} gives tokens of shape {tokens.shape}; task 'next_token' needs (n, {seq_len + 1}), "
                              "like the training split")
         if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
@@ -363,8 +378,8 @@ class NextToken(Task):
     def _tokens(batch, where: str):
         import numpy as np
 
-        if not isinstance(batch, dict) or "tokens" not in batch:
-            what = f"batches with {', '.join(map(str, batch))}" if isinstance(batch, dict) else "(x, y) rows"
+        if not isinstance(batch, Mapping) or "tokens" not in batch:
+            what = f"batches with {', '.join(map(str, batch))}" if isinstance(batch, Mapping) else "(x, y) rows"
             raise UsageError(f"{where} gives {what}; task 'next_token' needs {_TOKEN_BATCH}")
         return np.asarray(batch["tokens"])
 

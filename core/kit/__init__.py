@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 #: Submodules that are not looked up among the kit's names (importing them must load nothing else).
-_SUBMODULES = ("harness", "checks", "pytest_plugin", "scaffold")
+_SUBMODULES = ("harness", "checks", "examples", "pytest_plugin", "scaffold")
 
 
 def __getattr__(name: str) -> Any:

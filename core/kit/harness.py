@@ -91,6 +91,7 @@ class Options:
     params: Any = None  # dict or callable(tmp_path) -> dict: values for the params class
     input_shape: tuple[int, ...] | None = None  # models: the shape of one example
     num_classes: int = NUM_CLASSES
+    task: str | None = None  # models and loaders: the task they are checked with (models: classification when None)
     registry: Any = attrs.field(default=None, eq=False)
 
 
@@ -377,14 +378,18 @@ def _skip_reason(skips: dict[str, str], check: Check) -> str | None:
     return None
 
 
-def _options_for(entry: Entry, *, distribution, params, input_shape, num_classes, registry) -> Options:
+def _options_for(entry: Entry, *, distribution, params, input_shape, num_classes, registry, task=None) -> Options:
     shape = _per_component(input_shape, entry, what="input_shape")
+    chosen = _per_component(task, entry, what="task")
+    if chosen is not None and not isinstance(chosen, str):
+        raise UsageError(f"task for {label(entry)} must be a task's name (e.g. 'regression'), got {chosen!r}")
     return Options(
         distribution=distribution,
         params=_per_component(params, entry, what="params"),
         input_shape=tuple(shape) if shape is not None else None,
         num_classes=num_classes,
         registry=registry,
+        task=chosen,
     )
 
 
@@ -406,6 +411,7 @@ def check_component(
     params: Any = None,
     input_shape: Any = None,
     num_classes: int = NUM_CLASSES,
+    task: Any = None,
     distribution: str | None = None,
     registry=None,
     tmp_path: str | os.PathLike | None = None,
@@ -413,14 +419,16 @@ def check_component(
     """Run every check of ``tier`` on one component (an Entry or ``"KIND:NAME"``).
 
     ``skip`` is ``{check: reason}`` (or ``{"KIND:NAME": {check: reason}}``); ``params`` the values
-    to build its params class from (a dict, or a callable of a temporary directory). Returns
+    to build its params class from (a dict, or a callable of a temporary directory); ``task`` the
+    task a model or loader is checked with (a name, see :func:`parametrize_with_checks`). Returns
     ``{check: "passed" | "skipped: reason"}``; raises AssertionError naming every failed check.
     """
     entry = resolve_entry(entry, registry)
     if skip and not any(":" in k for k in skip):
         skip = {label(entry): skip}
     _validate_skip(skip, [entry], tier)
-    options = _options_for(entry, distribution=distribution, params=params, input_shape=input_shape, num_classes=num_classes, registry=registry)
+    options = _options_for(entry, distribution=distribution, params=params, input_shape=input_shape, num_classes=num_classes,
+                           registry=registry, task=task)
     skips = _skips_for(skip, entry)
     results: dict[str, str] = {}
     failures: list[str] = []
@@ -459,6 +467,7 @@ def parametrize_with_checks(
     params: Mapping[str, Any] | None = None,
     input_shape: Any = None,
     num_classes: int = NUM_CLASSES,
+    task: Any = None,
 ):
     """A ``pytest.mark.parametrize("entry, check", ...)`` over every component and check.
 
@@ -479,6 +488,12 @@ def parametrize_with_checks(
     :param input_shape: a model's example shape, ``{"model:NAME": (28, 28, 1)}`` or one shape
         for every model (default: the model's own ``input_shape`` parameter, or the first of
         :data:`CANDIDATE_INPUT_SHAPES` it accepts).
+    :param task: the task a model or a loader is checked with, by name: ``"next_token"`` for
+        every one, or ``{"model:gpt": "next_token"}``. A model is built with that task's context
+        (``num_outputs``, ``vocab_size``, ...) for the kit's example data the task accepts, and
+        its output must have the task's ``output_shape``; default ``classification``. A loader
+        is checked against it; by default against the first registered task that accepts its
+        data (classification first).
     """
     import pytest
 
@@ -490,7 +505,8 @@ def parametrize_with_checks(
     _validate_skip(skip, found, tier)
     cases = []
     for entry in found:
-        options = _options_for(entry, distribution=distribution, params=params, input_shape=input_shape, num_classes=num_classes, registry=registry)
+        options = _options_for(entry, distribution=distribution, params=params, input_shape=input_shape, num_classes=num_classes,
+                               registry=registry, task=task)
         skips = _skips_for(skip, entry)
         for check in checks_for(entry, tier):
             reason = _skip_reason(skips, check)

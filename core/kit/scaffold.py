@@ -47,8 +47,8 @@ def write_plugin(directory: str | os.PathLike, name: str, kinds: Iterable[str] =
 
     :param name: the plugin's name: the components', the entry point's, and the package is
         ``jaxyard-NAME`` with module ``jaxyard_NAME``.
-    :param kinds: any of ``optimizer``, ``scheduler``, ``model``, ``loader``, ``checkpointer``,
-        ``logger`` (plural accepted): one component of each.
+    :param kinds: any of ``task``, ``optimizer``, ``scheduler``, ``model``, ``loader``,
+        ``checkpointer``, ``logger`` (plural accepted): one component of each.
     :returns: the package directory.
     :raises jaxyard.UsageError: an invalid name or kind, a name jaxyard has built in for one of
         the kinds, or a directory that exists and is not empty (one line each).
@@ -148,9 +148,10 @@ def _kinds_text(kinds: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-_RUN_OPTIONS = {"optimizer": "--optimizer", "scheduler": "--scheduler", "model": "--model", "loader": "--loader",
+_RUN_OPTIONS = {"task": "--task", "optimizer": "--optimizer", "scheduler": "--scheduler", "model": "--model", "loader": "--loader",
                 "checkpointer": "--checkpointer", "logger": "--logger"}
 _WHAT = {
+    "task": "classification trained on the Brier score: squared error of the softmax probabilities (optax)",
     "optimizer": "SGD with momentum and decoupled weight decay, a chain of optax primitives",
     "scheduler": "polynomial decay from the peak rate to a fraction of it",
     "model": "a small MLP (flax nnx): Linear, ReLU, dropout, Linear",

@@ -33,7 +33,7 @@ from jaxyard.core.registry.entries import FACTORY_KEYWORDS, RegisterFn
 
 #: the release whose plugin API this jaxyard implements; a change to the recorded surface sets it
 #: to the major.minor of the release that makes the change
-PLUGIN_API = "0.2"
+PLUGIN_API = "0.3"
 #: the installed package's distribution and import name ("jaxyard")
 PACKAGE = __package__.partition(".")[0]
 CHANGELOG = "CHANGELOG.md"
@@ -139,6 +139,8 @@ def class_surface(cls: type) -> dict[str, str]:
 def _default_text(default: Any) -> str:
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
         return f"{getattr(default.factory, '__name__', repr(default.factory))}()"
+    if callable(default) and hasattr(default, "__qualname__"):  # a function: its name (a repr holds its address)
+        return f"{getattr(default, '__module__', '')}.{default.__qualname__}".lstrip(".")
     return repr(default)
 
 

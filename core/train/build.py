@@ -472,6 +472,7 @@ def check_fit(config: RunConfig, model, data, *, task=None, context=None) -> Non
         context = task_context(config, task, data)
     batch = abstract_rows(data, context, 2)
     mask = jax.ShapeDtypeStruct((2,), jnp.float32)
+    model.eval()  # layers that must be told (attention's dropout) are: shapes only, dropout off
     graphdef, state = nnx.split(model)
     shape = task.output_shape(context) if hasattr(task, "output_shape") else None
     loader, model_name = config.loader.name, config.model.name

@@ -25,12 +25,12 @@ from typing import Any
 import attrs
 
 from jaxyard.core.errors import PluginError, UsageError
+from jaxyard.core.metrics import label as metric_label
 from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.scale import processes
 from jaxyard.core.store import rundir as rd
 from jaxyard.core.store.checkpoint import CheckpointError, missing_methods
 from jaxyard.core.store.policy import CheckpointPolicy
-from jaxyard.core.task import label as metric_label
 from jaxyard.core.train.build import Built, build, enable_compile_cache
 from jaxyard.core.train.events import Echo, RunResult, silent
 from jaxyard.core.train.fit import Fit, monitor_of, place_restored

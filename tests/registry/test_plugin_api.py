@@ -25,6 +25,11 @@ from jaxyard.core.registry.entries import FACTORY_KEYWORDS
 from jaxyard.core.registry.loading import build_registry
 from jaxyard.core.registry.settings import load_settings
 
+if __name__ == "__main__":  # run as a script (--record): the tests' helpers are one folder up
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from helpers import BROKEN, REPO, assert_one_line_error, fake_entry_points
 
 SNAPSHOT = REPO / "tests" / "registry" / "plugin_api.json"
@@ -32,7 +37,8 @@ RECORD = "python tests/registry/test_plugin_api.py --record"
 #: what plugins implement (Checkpointer, Logger) or build and return (the rest), by public name
 CLASSES = {
     "Checkpointer": jaxyard.Checkpointer, "Logger": jaxyard.Logger, "Restored": jaxyard.Restored,
-    "Split": jaxyard.Split, "Dataset": jaxyard.Dataset, "StreamingDataset": jaxyard.StreamingDataset,
+    "Split": jaxyard.Split, "Dataset": jaxyard.Dataset, "StreamingDataset": jaxyard.StreamingDataset, "Task": jaxyard.Task,
+    "Run": jaxyard.Run,
 }
 VERSION = metadata.version("jaxyard")
 
@@ -68,7 +74,7 @@ def test_the_record_belongs_to_this_release_and_its_changelog():
 def test_the_snapshot_covers_every_hook_kind_and_contract():
     live = api.surface(CLASSES)
     assert set(live["hooks"]) == {n for n in vars(hookspecs) if n.startswith("jaxyard_") and callable(getattr(hookspecs, n))}
-    assert live["factory_keywords"]["model"] == ["input_shape", "num_classes", "rngs"]
+    assert live["factory_keywords"]["model"] == ["input_shape", "rngs"]
     assert set(live["classes"]["Checkpointer"]) == {"save", "steps", "load", "delete", "wait", "close"}
     assert set(live["classes"]["Logger"]) == {"start", "log_epoch", "finish"}
     assert live["hooks"]["jaxyard_register_models"] == "(register: RegisterFn) -> None"
@@ -182,11 +188,11 @@ def test_a_plugin_whose_requirement_is_met_loads_and_plugins_shows_it(monkeypatc
         i = lines.index("modern  [entry point, modern-dist 1.2]  ok")
         assert lines[i + 1] == "  requires: jaxyard>=0.2"
         example = lines.index("example  [entry point, jaxyard-example-plugin 0.1.0]  ok")
-        assert lines[example + 1] == "  requires: jaxyard<0.3,>=0.2"  # the example package declares the API it needs
+        assert lines[example + 1] == "  requires: jaxyard<0.4,>=0.3"  # the example package declares the API it needs
         assert lines[-1].startswith(f"jaxyard {VERSION}, plugin API {api.PLUGIN_API} ")
         plugins = {p["name"]: p for p in json.loads(run_cli(["plugins", "--json"]).stdout)}
         assert (plugins["modern"]["requires"], plugins["example"]["requires"], plugins["jaxyard.plugins.models"]["requires"]) == (
-            "jaxyard>=0.2", "jaxyard<0.3,>=0.2", None
+            "jaxyard>=0.2", "jaxyard<0.4,>=0.3", None
         )
     finally:
         sys.modules.pop("modern_plugin", None)

@@ -7,6 +7,7 @@ order of a component's tests: the checks of every kind first, then kind by kind.
 # The import order is the registration order: keep it.
 # isort: off
 from jaxyard.core.kit.checks import common
+from jaxyard.core.kit.checks import tasks
 from jaxyard.core.kit.checks import optimizers
 from jaxyard.core.kit.checks import schedulers
 from jaxyard.core.kit.checks import models
@@ -17,4 +18,4 @@ from jaxyard.core.kit.checks import loggers
 # isort: on
 
 #: The modules, in the order they register their checks.
-MODULES = (common, optimizers, schedulers, models, loaders, checkpointers, loggers)
+MODULES = (common, tasks, optimizers, schedulers, models, loaders, checkpointers, loggers)

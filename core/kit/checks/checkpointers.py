@@ -59,7 +59,7 @@ def _arrays(seed: int = 0, *, bfloat16: bool = False) -> dict[str, Any]:
 
 
 def _meta(step: int, val_loss: float = 1.0, history: list | None = None) -> dict:
-    record = {"epoch": step, "step": step, "lr": 0.001, "train_loss": val_loss + 0.1, "train_acc": 0.5, "val_loss": val_loss, "val_acc": 0.25}
+    record = {"epoch": step, "step": step, "lr": 0.001, "train_loss": val_loss + 0.1, "train_mae": 0.5, "val_loss": val_loss, "val_mae": 0.25}
     return {"epoch": step, "step": step, "metrics": record, "history": (history or []) + [record], "note": "unicode: é, 日本"}
 
 

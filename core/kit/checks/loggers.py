@@ -1,5 +1,6 @@
 """Logger checks: start, log_epoch and finish over a stand-in run, resumed once, writing only under
-the run directory."""
+the run directory. The stand-in run's task reports loss, mae and r2 (no accuracy): a logger must
+write whatever metrics a record holds (``run.metrics`` gives their directions), never spell them."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ import json
 import os
 from pathlib import Path
 
+import attrs
+
 from jaxyard.core.kit.harness import Failure, Subject, define_check
+
+#: the stand-in run's task and its metrics (not classification's: a logger spelling val_acc is caught)
+TASK, METRICS = "regression", {"loss": "min", "mae": "min", "r2": "max"}
+TEST = {"test_loss": 0.5, "test_mae": 0.4, "test_r2": 0.8}
 
 
 def _record(epoch: int) -> dict:
-    return {"epoch": epoch, "step": 10 * epoch, "lr": 0.01 / epoch, "train_loss": 2.0 / epoch, "train_acc": 0.2 * epoch,
-            "val_loss": 2.2 / epoch, "val_acc": 0.18 * epoch, "train_time": 0.5, "val_time": 0.05}
+    return {"epoch": epoch, "step": 10 * epoch, "lr": 0.01 / epoch, "train_loss": 2.0 / epoch, "train_mae": 1.0 / epoch,
+            "train_r2": 0.2 * epoch, "val_loss": 2.2 / epoch, "val_mae": 1.1 / epoch, "val_r2": 0.18 * epoch,
+            "train_time": 0.5, "val_time": 0.05}
 
 
 class _StandInConfig:
@@ -22,22 +30,25 @@ class _StandInConfig:
     def __init__(self, logger: str):
         from jaxyard.core.registry.run_settings import RunSettings
 
-        self.run = RunSettings(epochs=3, loggers=(logger,))
+        self.run = RunSettings(task=TASK, epochs=3, loggers=(logger,))
 
     def to_dict(self) -> dict:
         from jaxyard.core.registry.params import to_plain
 
-        return {"run": to_plain(self.run), "optimizer": {"adam": {"b1": 0.9}}, "model": {"mlp": {"hidden_dims": [8]}}}
+        return {"run": to_plain(self.run), "task": {TASK: {"loss": "squared_error"}}, "optimizer": {"adam": {"b1": 0.9}},
+                "model": {"mlp": {"hidden_dims": [8]}}}
 
 
 def _stand_in_run(s: Subject, directory: Path, history: list, start_epoch: int):
     from jaxyard.core.train.events import Run
 
+    fields = attrs.fields_dict(Run)  # what Run takes of the task (its metrics and name, where they are fields)
+    task = {k: v for k, v in {"metrics": dict(METRICS), "task_name": TASK}.items() if k in fields}
     return Run(
         config=_StandInConfig(s.entry.name), directory=directory,
-        components={"optimizer": "adam", "scheduler": "cosine", "model": "mlp", "loader": "synthetic", "checkpointer": "none"},
+        components={"task": TASK, "optimizer": "adam", "scheduler": "cosine", "model": "mlp", "loader": "synthetic", "checkpointer": "none"},
         sizes={"train": 30, "val": 10, "test": 10}, num_params=42, steps_per_epoch=10, total_steps=30, warmup_steps=0,
-        history=list(history), start_epoch=start_epoch,
+        history=list(history), start_epoch=start_epoch, **task,
     )
 
 
@@ -46,7 +57,8 @@ def _run_files(directory: Path, config_dict: dict, history: list) -> None:
     from jaxyard.core.registry.settings import dump_toml
 
     (directory / "config.toml").write_text(dump_toml(config_dict))
-    (directory / "summary.json").write_text(json.dumps({"test": {"test_loss": 0.5, "test_acc": 0.8}, "history": history}))
+    summary = {"task": TASK, "metrics": METRICS, "test": TEST, "history": history}
+    (directory / "summary.json").write_text(json.dumps(summary))
     (directory / "training_curves.png").write_bytes(_PNG)
 
 
@@ -72,8 +84,8 @@ def check_logger_protocol(s: Subject) -> str:
 
 @define_check("logger", "full")
 def check_logger_lifecycle(s: Subject) -> str:
-    """A stand-in run is started, fed 3 epochs and finished; then resumed (history of 2 epochs), fed epoch 3 and
-    finished, with nothing raised and nothing written outside the run directory."""
+    """A stand-in run (a task reporting loss, mae and r2) is started, fed 3 epochs and finished; then resumed (history of
+    2 epochs), fed epoch 3 and finished, with nothing raised and nothing written outside the run directory."""
     from jaxyard.core.train.events import RunResult
 
     directory = s.tmp_path / "run"
@@ -89,14 +101,14 @@ def check_logger_lifecycle(s: Subject) -> str:
             run.history.append(r)
             first.log_epoch(dict(r))
         _run_files(directory, run.config_dict, records)
-        first.finish(run, "finished", RunResult(directory, list(records), {"test_loss": 0.5, "test_acc": 0.8}, False,
+        first.finish(run, "finished", RunResult(directory, list(records), dict(TEST), False,
                                                 {"total_s": 1.0, "compile_s": None}))
         again = s.create(directory=directory)  # another process: `jaxyard resume` from the checkpoint of epoch 2
         run = _stand_in_run(s, directory, records[:2], 2)
         again.start(run)
         run.history.append(records[2])
         again.log_epoch(dict(records[2]))
-        again.finish(run, "finished", RunResult(directory, list(records), {"test_loss": 0.5, "test_acc": 0.8}, False,
+        again.finish(run, "finished", RunResult(directory, list(records), dict(TEST), False,
                                                 {"total_s": 1.0, "compile_s": None}))
     stray = sorted(p.name for p in cwd.iterdir())
     if stray:

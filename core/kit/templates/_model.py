@@ -12,10 +12,10 @@ class MLP(nnx.Module):
     """Flatten, Linear, ReLU, dropout, Linear. ``model.train()`` and ``model.eval()`` switch the
     dropout, as the engine expects."""
 
-    def __init__(self, input_shape, hidden: int, num_classes: int, *, dropout_rate: float, rngs: nnx.Rngs):
+    def __init__(self, input_shape, hidden: int, num_outputs: int, *, dropout_rate: float, rngs: nnx.Rngs):
         self.hidden = nnx.Linear(math.prod(input_shape), hidden, rngs=rngs)
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-        self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
+        self.out = nnx.Linear(hidden, num_outputs, rngs=rngs)
 
     def __call__(self, x):
         x = x.reshape(x.shape[0], -1)

@@ -19,6 +19,69 @@ import jaxyard
 NAME = "PLUGIN_NAME"
 
 
+# --- task -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TaskParams:
+    temperature: float = jaxyard.param(1.0, "divides the logits before the softmax", validator=v.gt(0.0), traced=True)
+
+
+class BrierTask(jaxyard.Task):
+    """Classification trained on the Brier score: the squared error (``optax.squared_error``)
+    between the softmax of the logits and the one-hot label. Batches are a loader's ``(x, y)``."""
+
+    metrics = {"loss": "min", "acc": "max"}  # what a run reports (val_loss, val_acc), and which way is better
+
+    def __init__(self, p: TaskParams):
+        self.p = p  # p.temperature may be a traced scalar in a sweep: compute with it, never branch on it
+
+    def context(self, data, example):
+        """Host side: what the model factory is told (num_outputs: the width of its output)."""
+        if not data.num_classes:
+            raise jaxyard.UsageError(f"task {NAME!r} needs a loader that declares num_classes")
+        return {"num_outputs": data.num_classes, "num_classes": data.num_classes}
+
+    def check(self, batch, where, context):
+        """Host side, before anything compiles: one integer label in 0..num_classes-1 per example."""
+        import numpy as np
+
+        y = np.asarray(batch[1])
+        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+            raise jaxyard.UsageError(f"{where} gives {y.dtype} targets of shape {y.shape}; task {NAME!r} needs integer labels (n,)")
+        if y.size and (y.min() < 0 or y.max() >= context["num_classes"]):
+            raise jaxyard.UsageError(f"{where} has labels {y.min()}..{y.max()}, outside 0..{context['num_classes'] - 1}")
+
+    def output_shape(self, context):
+        return (context["num_classes"],)
+
+    def loss(self, model, batch, mask):
+        """Traced inside the compiled epoch: the mean loss over the rows ``mask`` keeps (padding rows
+        have mask 0), and sums over those rows that runs add up over batches, devices and processes."""
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        x, y = batch
+        logits = model(x)
+        probabilities = jax.nn.softmax(logits / self.p.temperature)
+        per_row = optax.squared_error(probabilities, jax.nn.one_hot(y, logits.shape[-1])).sum(axis=-1)
+        correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+        count = jnp.sum(mask)
+        total = jnp.sum(per_row * mask)
+        return total / jnp.maximum(count, 1.0), {"loss": total, "acc": jnp.sum(correct * mask), "count": count}
+
+
+def task(p: TaskParams):
+    """Classification on the Brier score: squared error of the softmax probabilities (optax)."""
+    return BrierTask(p)
+
+
+@jaxyard.hookimpl
+def jaxyard_register_tasks(register):
+    register(NAME, task, params=TaskParams)
+
+
 # --- optimizer --------------------------------------------------------------------------------
 
 
@@ -80,11 +143,11 @@ class ModelParams:
     dropout_rate: float = jaxyard.param(0.1, "dropout after the hidden layer, active only in training", validator=[v.ge(0.0), v.lt(1.0)])
 
 
-def model(p: ModelParams, *, input_shape, num_classes, rngs):
-    """A small MLP: flatten, Linear, ReLU, dropout, Linear to the logits."""
+def model(p: ModelParams, *, input_shape, num_outputs, rngs):
+    """A small MLP: flatten, Linear, ReLU, dropout, Linear to num_outputs (a classification's logits)."""
     from jaxyard_PLUGIN._model import MLP  # flax is imported only when a model is built
 
-    return MLP(input_shape, p.hidden, num_classes, dropout_rate=p.dropout_rate, rngs=rngs)
+    return MLP(input_shape, p.hidden, num_outputs, dropout_rate=p.dropout_rate, rngs=rngs)
 
 
 @jaxyard.hookimpl
@@ -148,8 +211,6 @@ def jaxyard_register_checkpointers(register):
 
 # --- logger -----------------------------------------------------------------------------------
 
-COLUMNS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "train_time", "val_time")
-
 
 @attrs.frozen
 class LoggerParams:
@@ -157,17 +218,20 @@ class LoggerParams:
 
 
 class FileLogger:
-    """A header and one tab-separated row per epoch. ``start`` rewrites the file from the epochs
-    the run already has (``run.history``), so after a kill and ``jaxyard resume`` each epoch is
-    in it exactly once."""
+    """A header and one tab-separated row per epoch, with the columns of the first record (epoch,
+    step, lr, then train_NAME and val_NAME for each metric of the run's task). ``start`` rewrites
+    the file from the epochs the run already has (``run.history``), so after a kill and
+    ``jaxyard resume`` each epoch is in it exactly once."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.columns: list[str] | None = None
 
     def start(self, run) -> None:
+        self.columns = None
         rows = "".join(self._row(r) for r in run.history)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("\t".join(COLUMNS) + "\n" + rows, encoding="utf-8")
+        tmp.write_text(rows, encoding="utf-8")
         tmp.replace(self.path)
 
     def log_epoch(self, record: dict) -> None:
@@ -177,9 +241,12 @@ class FileLogger:
     def finish(self, run, status: str, result=None) -> None:
         pass  # every row is already written; a logger holding a connection would close it here
 
-    @staticmethod
-    def _row(record: dict) -> str:
-        return "\t".join(str(record.get(c, "")) for c in COLUMNS) + "\n"
+    def _row(self, record: dict) -> str:
+        header = ""
+        if self.columns is None:  # the first record names the columns
+            self.columns = list(record)
+            header = "\t".join(self.columns) + "\n"
+        return header + "\t".join(str(record.get(c, "")) for c in self.columns) + "\n"
 
 
 def logger(p: LoggerParams, *, directory):

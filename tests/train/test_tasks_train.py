@@ -1,0 +1,72 @@
+"""Each built-in task trains from the CLI on its built-in loader with the mlp and beats its trivial
+baseline by a stated margin; a task and a loader that do not fit are one line naming both."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from helpers import assert_one_line_error
+
+
+def trained(run_cli, out, *args):
+    result = run_cli(["run", *args, "--checkpointer", "none", "--out", out])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return json.loads((out / "summary.json").read_text()), result.stdout
+
+
+def test_regression_explains_most_of_the_variance(run_cli, tmp_path):
+    """R² >= 0.9 on the test split of the synthetic regression loader (its noise leaves R² ~0.99 possible)."""
+    summary, stdout = trained(run_cli, tmp_path / "r", "--task", "regression", "--loader", "regression", "--epochs", "4",
+                              "--set", "loader.train_size=2000", "--set", "run.warmup_steps=10")
+    assert summary["task"] == "regression"
+    assert summary["metrics"] == {"loss": "min", "mse": "min", "mae": "min", "r2": "max"}
+    assert summary["test"]["test_r2"] >= 0.9, summary["test"]
+    assert "  Test R²: " in stdout and "  Test MSE: " in stdout
+
+
+def test_multilabel_beats_predicting_all_zeros(run_cli, tmp_path):
+    """Per-label accuracy above the all-zeros predictor's (the share of 0 labels) by 5 points."""
+    from jaxyard.plugins.loaders import MultilabelParams, multilabel
+
+    test = multilabel(MultilabelParams(), seed=0).test
+    labels = np.asarray(test["y"] if isinstance(test, dict) else test.y)
+    zeros = float(np.mean(labels == 0))
+    summary, _ = trained(run_cli, tmp_path / "m", "--task", "multilabel", "--loader", "multilabel", "--epochs", "4",
+                         "--set", "run.warmup_steps=10")
+    assert summary["test"]["test_acc"] >= zeros + 0.05, (summary["test"], zeros)
+
+
+def test_next_token_beats_a_unigram_model(run_cli, tmp_path):
+    """The mlp reads each token and predicts the next (a bigram model): test perplexity below the
+    unigram model's (token frequencies of the training split) by a third."""
+    from jaxyard.plugins.loaders import TokensParams, tokens
+
+    params = dict(train_size=1000, val_size=100, test_size=100, seq_len=16)
+    data = tokens(TokensParams(**params), seed=0)
+    train, test = np.asarray(data.train["tokens"])[:, 1:], np.asarray(data.test["tokens"])[:, 1:]
+    counts = np.bincount(train.ravel(), minlength=data.num_classes) + 1.0
+    unigram = float(np.exp(-np.mean(np.log((counts / counts.sum())[test.ravel()]))))
+    sets = [x for k, v in params.items() for x in ("--set", f"loader.{k}={v}")]
+    summary, stdout = trained(run_cli, tmp_path / "t", "--task", "next_token", "--loader", "tokens", "--epochs", "4",
+                              "--set", "model.hidden_dims=32", "--set", "run.warmup_steps=10", "--lr", "1e-2", *sets)
+    perplexity = summary["test"]["test_perplexity"]
+    assert math.isclose(perplexity, math.exp(summary["test"]["test_loss"]), rel_tol=1e-6)
+    assert perplexity <= unigram * 2 / 3, (perplexity, unigram)
+    assert "  Test Perplexity: " in stdout
+
+
+@pytest.mark.parametrize(("task", "loader", "fragments"), [
+    ("regression", "synthetic", ["loader 'synthetic'", "integer labels", "task 'regression' needs float targets"]),
+    ("classification", "regression", ["loader 'regression'", "float32 targets", "task 'classification' needs integer class labels"]),
+])
+def test_a_task_and_a_loader_that_do_not_fit_are_one_line(run_cli, tmp_path, task, loader, fragments):
+    result = run_cli(["run", "--task", task, "--loader", loader, "--epochs", "1", "--out", tmp_path / "x"])
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_a_monitor_the_task_does_not_report_is_one_line(run_cli, tmp_path):
+    result = run_cli(["run", "--task", "regression", "--loader", "regression", "--set", "run.monitor=val_acc", "--out", tmp_path / "x"])
+    assert_one_line_error(result, "run.monitor = 'val_acc' is not a metric of task 'regression'", "val_r2")
