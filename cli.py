@@ -217,6 +217,8 @@ def show(session, kind, name, as_json):
     if data.get("plugin"):
         dist = f" ({data['distribution']} {data['version']})" if data["distribution"] else ""
         click.echo(f"  plugin: {data['plugin']}{dist}")
+    if data.get("metrics"):
+        click.echo("  metrics: " + ", ".join(f"{name} ({way})" for name, way in data["metrics"].items()))
     if not data["params"]:
         click.echo("  parameters: none")
         return

@@ -112,7 +112,8 @@ class VectorGroup:
     def _compile(self, first: Built, keys):
         run = first.config.run
         data = None if self.shared else 0
-        epoch = steps.make_train_epoch(first.train_graphdef, int(first.sizes["train"] or 0), run.batch_size, run.drop_last, first.make_tx, task=first.task_of)
+        rows = int(first.sizes["train"] or 0)
+        epoch = steps.make_train_epoch(first.train_graphdef, rows, run.batch_size, run.drop_last, first.make_tx, task=first.task_of)
         vectorized = jax.jit(jax.vmap(epoch, in_axes=(0, 0, data, 0)), donate_argnums=0)
         compiled = compiling(first, lambda: vectorized.lower(self.stacked, self.inputs, self.data, keys).compile())
         first.programs.compiles += 1

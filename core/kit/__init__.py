@@ -23,12 +23,16 @@ to a component is opted out with the reason, ``skip={"optimizer:sam": {"jit_equa
 "uses host callbacks"}}`` (keys are ``KIND:NAME`` and check names, ``fnmatch`` patterns allowed);
 an opt-out that matches nothing is an error, so a typo does not silently skip. Components
 that need values to be built (a loader's file) get them with ``params={"loader:npz": {...}}``
-(a dict, or a callable receiving the test's temporary directory and returning one).
+(a dict, or a callable receiving the test's temporary directory and returning one). Models and
+loaders are checked against a task, ``task={"model:gpt": "next_token"}`` (models: classification
+unless named; loaders: the first task that accepts their data); a task is checked on the kit's
+small example data (:mod:`jaxyard.core.kit.examples`), or on its own ``kit_example``.
 
 Where things are: :mod:`~jaxyard.core.kit.harness` (what a check is, discovery, opt-outs,
 messages, :func:`check_component`, :func:`parametrize_with_checks`), one module per kind in
-:mod:`jaxyard.core.kit.checks`, and :mod:`~jaxyard.core.kit.pytest_plugin` (the ``pytest11``
-entry point: the fixture ``jaxyard_registry``, the registry as ``jaxyard list`` builds it).
+:mod:`jaxyard.core.kit.checks`, the example data and models of :mod:`~jaxyard.core.kit.examples`,
+and :mod:`~jaxyard.core.kit.pytest_plugin` (the ``pytest11`` entry point: the fixture
+``jaxyard_registry``, the registry as ``jaxyard list`` builds it).
 This package loads its names on first use, so importing it (or the pytest plugin, which pytest
 imports in every session) loads neither the checks nor jax; the checks import jax, flax, optax
 and numpy themselves.

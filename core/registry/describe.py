@@ -21,7 +21,21 @@ def entry_dict(entry: Entry, registry, *, params: bool = False, configured: dict
     }
     if params:
         out["params"] = params_list(entry.params, configured)
+        if entry.kind == "task":
+            out["metrics"] = task_metrics(entry, configured)
     return out
+
+
+def task_metrics(entry: Entry, configured: dict | None = None) -> dict[str, str] | None:
+    """A task's metrics and their directions with its configured parameters (None if building it
+    fails: ``run`` reports why)."""
+    from jaxyard.core.registry.params import build
+
+    try:
+        task = entry.create(build(entry.params, dict(configured or {}), where=f"task {entry.name!r}"))
+        return {str(name): str(way) for name, way in dict(task.metrics).items()}
+    except Exception:
+        return None
 
 
 def params_list(cls: type, configured: dict[str, Any] | None = None) -> list[dict[str, Any]]:

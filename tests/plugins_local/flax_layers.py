@@ -31,9 +31,8 @@ def bigru(p, *, input_shape, num_outputs, rngs):
 
 def norm_mlp(p, *, input_shape, num_outputs, rngs):
     """Linear, BatchNorm, relu, Dropout, Linear."""
-    from flax import nnx
-
     import jax
+    from flax import nnx
 
     class NormMLP(nnx.Module):
         def __init__(self):

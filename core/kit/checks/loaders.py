@@ -55,10 +55,11 @@ def _rows(split: str, batch) -> int:
     leaves = _leaves(batch)
     if not leaves:
         raise Failure(f"the {split} split holds no arrays", "give each split arrays with one row per example: Split(x, y) or a dict")
-    rows = {path: (a.shape[0] if a.ndim else None) for path, a in leaves}
-    if len(set(rows.values())) != 1 or None in rows.values():
+    rows = {path: (int(a.shape[0]) if a.ndim else None) for path, a in leaves}
+    counts = set(rows.values())
+    if len(counts) != 1 or None in counts:
         raise Failure(f"the arrays of the {split} split have leading axes {rows}", "give every array of a split one row per example")
-    return next(iter(rows.values()))
+    return int(counts.pop() or 0)
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> str | None:

@@ -9,8 +9,6 @@ import json
 import os
 from pathlib import Path
 
-import attrs
-
 from jaxyard.core.kit.harness import Failure, Subject, define_check
 
 #: the stand-in run's task and its metrics (not classification's: a logger spelling val_acc is caught)
@@ -42,13 +40,11 @@ class _StandInConfig:
 def _stand_in_run(s: Subject, directory: Path, history: list, start_epoch: int):
     from jaxyard.core.train.events import Run
 
-    fields = attrs.fields_dict(Run)  # what Run takes of the task (its metrics and name, where they are fields)
-    task = {k: v for k, v in {"metrics": dict(METRICS), "task_name": TASK}.items() if k in fields}
     return Run(
         config=_StandInConfig(s.entry.name), directory=directory,
         components={"task": TASK, "optimizer": "adam", "scheduler": "cosine", "model": "mlp", "loader": "synthetic", "checkpointer": "none"},
         sizes={"train": 30, "val": 10, "test": 10}, num_params=42, steps_per_epoch=10, total_steps=30, warmup_steps=0,
-        history=list(history), start_epoch=start_epoch, **task,
+        history=list(history), start_epoch=start_epoch, metrics=dict(METRICS), task_name=TASK,
     )
 
 

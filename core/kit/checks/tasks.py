@@ -28,10 +28,7 @@ def _task(s: Subject, values: Mapping[str, Any] | None = None):
     from jaxyard.core.errors import PluginError
     from jaxyard.core.task import check_metrics
 
-    params = s.params()
-    if values:
-        params = _replaced(params, values)
-    task = s.create() if not values else s.entry.create(params)
+    task = s.entry.create(_replaced(s.params(), values)) if values else s.create()
     metrics = getattr(task, "metrics", None)
     if not isinstance(metrics, Mapping):
         raise Failure(f"the object it returns ({type(task).__name__}) has metrics {metrics!r}, not a mapping",
@@ -247,11 +244,9 @@ def check_vmaps_over_trials(s: Subject) -> str:
     batch, mask = _device(example.take(slice(0, _ROWS))), _ones(_ROWS)
     params = s.params()
     traced = [n for n in traced_fields(type(params)) if isinstance(getattr(params, n), float)]
-    trials = [dict.fromkeys(traced, 0.0), dict.fromkeys(traced, 0.0)]
+    trials: list[dict[str, float]] = [{n: getattr(params, n) for n in traced} for _ in range(2)]
     for name in traced:  # the default, and a value next to it that its validators accept
         default = getattr(params, name)
-        trials[0][name] = default
-        trials[1][name] = default
         for other in (default + 0.01 * (abs(default) or 1.0), default - 0.01 * (abs(default) or 1.0)):
             try:
                 build(type(params), {**s.values(), name: other}, where=s.label)
