@@ -47,7 +47,7 @@ def test_list_one_kind(cli_json, run_cli, kind):
 
 
 def test_list_unknown_kind(run_cli):
-    assert_one_line_error(run_cli(["list", "optimisers"]), "unknown kind 'optimisers'", "did you mean optimizer?", "valid: optimizer, scheduler")
+    assert_one_line_error(run_cli(["list", "optimisers"]), "unknown kind 'optimisers'", "did you mean optimizer?", "valid: task, optimizer, scheduler")
 
 
 def test_list_text_is_aligned(run_cli, cli_json):
@@ -120,11 +120,11 @@ def test_show_run(cli_json, run_cli):
         (["show", "optimizers", "sdg"], ["unknown optimizer 'sdg'", "did you mean sgd", "valid: "]),
         (["show", "model", "resnet"], ["unknown model 'resnet'", "valid: logreg, mlp"]),
         (["show", "optimiser", "adam"],
-         ["unknown kind 'optimiser'", "did you mean optimizer?", "valid: optimizer, scheduler, model, loader, checkpointer"]),
+         ["unknown kind 'optimiser'", "did you mean optimizer?", "valid: task, optimizer, scheduler, model, loader, checkpointer, logger"]),
         (["run", "--optimizer", "adamx", "--dry-run"], ["unknown optimizer 'adamx'", "did you mean adam, adamw?", "valid: "]),
         (["run", "--scheduler", "cosin", "--dry-run"],
          ["unknown scheduler 'cosin'", "did you mean cosine", "constant, cosine, exponential, linear, warmup"]),
-        (["run", "--loader", "mnist", "--dry-run"], ["unknown loader 'mnist'", "valid: csv, digits, npz, synthetic"]),
+        (["run", "--loader", "mnist", "--dry-run"], ["unknown loader 'mnist'", "valid: csv, digits, multilabel, npz, regression, synthetic, tokens"]),
     ],
 )
 def test_unknown_names(run_cli, args, fragments):
@@ -145,14 +145,18 @@ def test_plugins_text(run_cli):
     result = run_cli(["plugins"])
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0] == f"jaxyard.plugins.optimizers  [builtin, jaxyard {VERSION}]  ok"
-    assert lines[1] == "  hooks: jaxyard_register_optimizers"
-    assert lines[2].startswith("  components: optimizer:adam, optimizer:adamw, optimizer:sgd")
+    assert lines[0] == f"jaxyard.plugins.tasks  [builtin, jaxyard {VERSION}]  ok"
+    assert lines[1] == "  hooks: jaxyard_register_tasks"
+    assert lines[2].startswith("  components: task:classification")
+    assert lines[3] == f"jaxyard.plugins.optimizers  [builtin, jaxyard {VERSION}]  ok"
+    assert lines[4] == "  hooks: jaxyard_register_optimizers"
+    assert lines[5].startswith("  components: optimizer:adam, optimizer:adamw, optimizer:sgd")
 
 
 def test_plugins_json_lists_builtins_in_order(cli_json):
     plugins = cli_json(["plugins", "--json"])
-    assert [p["name"] for p in plugins[:5]] == [f"jaxyard.plugins.{m}" for m in ("optimizers", "schedulers", "models", "loaders", "checkpointers")]
+    assert [p["name"] for p in plugins[:7]] == [
+        f"jaxyard.plugins.{m}" for m in ("tasks", "optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers")]
     assert all(p["error"] is None and p["hooks"] for p in plugins)
     by_name = {p["name"]: p for p in plugins}
     assert by_name["jaxyard.plugins.loggers"]["components"] == ["logger:jsonl", "logger:csv", "logger:tensorboard", "logger:mlflow", "logger:wandb"]

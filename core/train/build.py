@@ -179,10 +179,15 @@ def make_task(config: RunConfig, *, check: bool = True):
                 raise _broken(config.task, f"returned {type(task).__name__}, which has no {attr!r} (see jaxyard.Task)")
         _calling(config.task, "checking its metrics", lambda: check_metrics(config.task.name, dict(task.metrics)))
         monitor = config.run.monitor
-        name = monitor.removesuffix("_ema").partition("_")[2]
+        split, _, name = monitor.removesuffix("_ema").partition("_")
         if name not in task.metrics:
             valid = ", ".join(f"{split}_{m}" for split in ("val", "train") for m in task.metrics)
-            raise UsageError(f"run.monitor = {monitor!r} is not a metric of task {config.task.name!r} (valid: {valid}, each also _ema)")
+            raise UsageError(f"run.monitor = {monitor!r} is not a metric of task {config.task.name!r} (valid: {valid}; val_NAME_ema too)")
+        if monitor.endswith("_ema") and (split != "val" or not config.run.ema_decay):
+            raise UsageError(
+                f"run.monitor = {monitor!r}: the averaged weights are evaluated on the val split only, with run.ema_decay > 0 "
+                f"(it is {config.run.ema_decay}); monitor val_{name}_ema with --set run.ema_decay=0.999, or {split}_{name}"
+            )
     return task
 
 

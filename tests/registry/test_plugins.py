@@ -34,7 +34,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(cli_json, example_
         "error": None,
         "warnings": [],
         "disabled": False,
-        "requires": "jaxyard<0.3,>=0.2",  # the plugin API its package declares
+        "requires": "jaxyard<0.4,>=0.3",  # the plugin API its package declares
     }
 
 
@@ -227,13 +227,13 @@ def test_disabled_plugins_are_listed_as_disabled_and_builtins_take_their_short_n
 def test_disabling_a_name_no_plugin_has_warns(run_cli):
     result = run_cli(["--disable", "optimizerz", "list", "optimizers"])
     assert result.exit_code == 0 and "adam" in result.stdout
-    assert result.stderr.startswith("Warning: no plugin is named 'optimizerz', so disabling it does nothing (plugins: jaxyard.plugins.optimizers,")
+    assert result.stderr.startswith("Warning: no plugin is named 'optimizerz', so disabling it does nothing (plugins: jaxyard.plugins.tasks, jaxyard.plugins.optimizers,")
 
 
 def test_unknown_plugin_lookup_is_one_line():
     import jaxyard
 
-    with pytest.raises(jaxyard.UsageError, match=r"unknown plugin 'nope' \(valid: jaxyard.plugins.optimizers, "):
+    with pytest.raises(jaxyard.UsageError, match=r"unknown plugin 'nope' \(valid: jaxyard.plugins.tasks, jaxyard.plugins.optimizers, "):
         jaxyard.build_registry().plugin("nope")
 
 

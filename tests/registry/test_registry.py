@@ -18,8 +18,8 @@ from jaxyard.core.registry.settings import load_settings
 
 from helpers import BROKEN, BROKEN_CASES, EXAMPLE_DIST, REPO, fake_entry_point, fake_entry_points
 
-BUILTINS = ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards", "early_stopping",
-            "checkpointing", "curves", "profiler", "progress")
+BUILTINS = ("tasks", "optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards",
+            "early_stopping", "checkpointing", "curves", "profiler", "progress")
 BUILTIN_PLUGINS = [f"jaxyard.plugins.{m}" for m in BUILTINS]
 
 
@@ -35,7 +35,7 @@ def test_builtins_and_example_plugin_are_loaded(example_plugin):
     reg = _registry()
     names = [p.name for p in reg.plugins]
     assert names[: len(BUILTIN_PLUGINS)] == BUILTIN_PLUGINS
-    assert all(p.ok and p.source == "builtin" and p.distribution == "jaxyard" for p in reg.plugins[:5])
+    assert all(p.ok and p.source == "builtin" and p.distribution == "jaxyard" for p in reg.plugins[:7])
     example = reg.plugin("example")
     assert (example.source, example.module, example.distribution, example.version) == (
         "entry point",
@@ -325,10 +325,10 @@ def test_unknown_name_lists_valid_names_and_close_matches():
 
 
 def test_kinds_accept_singular_and_plural_and_refuse_others():
-    assert [normalize_kind(k) for k in ("optimizer", "optimizers", "loaders")] == ["optimizer", "optimizer", "loader"]
+    assert [normalize_kind(k) for k in ("optimizer", "optimizers", "loaders", "tasks")] == ["optimizer", "optimizer", "loader", "task"]
     with pytest.raises(UsageError, match=r"unknown kind 'optimiser'; did you mean optimizer\?"):
         normalize_kind("optimiser")
-    with pytest.raises(UsageError, match="valid: optimizer, scheduler, model, loader, checkpointer"):
+    with pytest.raises(UsageError, match="valid: task, optimizer, scheduler, model, loader, checkpointer, logger"):
         _registry().entries("layers")
 
 

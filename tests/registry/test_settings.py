@@ -39,8 +39,8 @@ def _write(path, text):
 def test_shipped_registry_is_the_one_in_the_checkout():
     assert shipped_registry().resolve() == (REPO / "registry.toml").resolve()
     settings = load_settings()
-    assert settings.builtin == ("optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards",
-                                "early_stopping", "checkpointing", "curves", "profiler", "progress")
+    assert settings.builtin == ("tasks", "optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report",
+                                "guards", "early_stopping", "checkpointing", "curves", "profiler", "progress")
     assert settings.disabled == () and settings.local == ()
     assert settings.files == (str(shipped_registry()),)
 
@@ -55,7 +55,9 @@ def test_defaults(dry_run):
     assert {k: v for k, v in config["run"].items() if k != "loggers"} == {
         k: v for k, v in to_plain(RunSettings()).items() if k != "loggers"}  # the CLI's defaults are the library's
     assert config["run"]["warmup_steps"] == 100 and config["run"]["epochs"] == 10
-    assert set(config) == {"run", "optimizer", "scheduler", "model", "loader", "checkpointer", "logger"}
+    assert set(config) == {"run", "task", "optimizer", "scheduler", "model", "loader", "checkpointer", "logger"}
+    assert config["run"]["task"] == "classification"
+    assert config["task"] == {"classification": {"label_smoothing": 0.0, "top_k": 1}}
     assert config["logger"] == {"jsonl": {"filename": "metrics.jsonl"}}
     assert config["optimizer"] == {"adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4}}
     assert config["model"]["mlp"]["hidden_dims"] == [256, 128]
@@ -106,7 +108,7 @@ def test_malformed_toml_names_file_and_line(run_cli, tmp_path):
 @pytest.mark.parametrize(
     "text, fragments",
     [
-        ("[run]\nepochs = 3\nepocs = 4\n", ["line 3", "run: unknown key 'epocs'", "did you mean epochs", "valid keys: optimizer"]),
+        ("[run]\nepochs = 3\nepocs = 4\n", ["line 3", "run: unknown key 'epocs'", "did you mean epochs", "valid keys: task, optimizer"]),
         ("[optimizer.adam]\nb1 = 0.5\n\n[run]\noptimizer = \"adam\"\nbatchsize = 4\n", ["line 6", "unknown key 'batchsize'", "batch_size"]),
         ("[plugins]\nbuiltins = []\n", ["line 2", "[plugins]: unknown key 'builtins'", "did you mean builtin?"]),
         ("# comment\n[optimizers.adam]\nb1 = 0.5\n", ["line 2", "top level: unknown key 'optimizers'", "did you mean optimizer?"]),
@@ -233,7 +235,7 @@ def test_set_applies_to_the_chosen_component(dry_run, run_cli):
         (["--set", "optimizer.b1=1.0"], ["b1"]),
         (["--set", "optimizer.momentum"], ["--set 'optimizer.momentum': expected KIND.KEY=VALUE"]),
         (["--set", "momentum=0.9"], ["expected KIND.KEY=VALUE"]),
-        (["--set", "optimiser.momentum=0.9"], ["unknown section 'optimiser'", "valid: run, optimizer"]),
+        (["--set", "optimiser.momentum=0.9"], ["unknown section 'optimiser'", "valid: run, task, optimizer"]),
     ],
 )
 def test_bad_values_are_one_line_errors(run_cli, args, fragments):
@@ -269,7 +271,7 @@ def test_parse_set():
 
 def test_build_reports_unknown_keys_and_types():
     assert P.build(RunSettings, {}, where="run") == RunSettings()
-    with pytest.raises(UsageError, match=r"^run: unknown key 'epoch'; did you mean epochs\? \(valid keys: optimizer"):
+    with pytest.raises(UsageError, match=r"^run: unknown key 'epoch'; did you mean epochs\? \(valid keys: task, optimizer"):
         P.build(RunSettings, {"epoch": 1}, where="run")
     with pytest.raises(UsageError, match=r"^run\.seed: expected an integer, got 'x'$"):
         P.build(RunSettings, {"seed": "x"}, where="run")
