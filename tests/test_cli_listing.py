@@ -88,6 +88,14 @@ def test_show_json(cli_json):
     assert cli_json(["show", "scheduler", "constant", "--json"])["params"] == []
 
 
+def test_show_task_lists_its_metrics_and_their_directions(cli_json, run_cli):
+    """What a task reports, with its configured parameters (top_k adds a metric)."""
+    assert cli_json(["show", "task", "regression", "--json"])["metrics"] == {"loss": "min", "mse": "min", "mae": "min", "r2": "max"}
+    text = run_cli(["show", "task", "classification"]).stdout
+    assert "  metrics: loss (min), acc (max)\n" in text
+    assert "metrics" not in cli_json(["show", "optimizer", "adam", "--json"])  # other kinds: no metrics key
+
+
 def test_show_text_is_aligned(run_cli):
     result = run_cli(["show", "optimizer", "adam"])
     assert result.exit_code == 0
