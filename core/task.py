@@ -113,11 +113,6 @@ def masked_mean(per_row: Any, mask: Any) -> tuple[Any, Any, Any]:
     return total / jnp.maximum(count, 1.0), total, count
 
 
-def row_sum(values: Any) -> Any:
-    """A per-element array summed to one value per row (its leading axis)."""
-    return values.reshape(values.shape[0], -1).sum(axis=1)
-
-
 def check_metrics(name: str, metrics: Mapping[str, str]) -> None:
     """A task's metrics: ``loss`` among them, each ``min`` or ``max``, named like a record key part."""
     from jaxyard.core.errors import PluginError
