@@ -259,28 +259,28 @@ def _linear_model(input_shape, classes, rngs, call):
     return M()
 
 
-def ten_classes(p, *, input_shape, num_classes, rngs):
+def ten_classes(p, *, input_shape, num_outputs, rngs):
     """Always 10 logits."""
     return _linear_model(input_shape, 10, rngs, lambda m, y: y)
 
 
-def mixes_batch(p, *, input_shape, num_classes, rngs):
+def mixes_batch(p, *, input_shape, num_outputs, rngs):
     """Subtracts the batch mean."""
-    return _linear_model(input_shape, num_classes, rngs, lambda m, y: y - y.mean(axis=0))
+    return _linear_model(input_shape, num_outputs, rngs, lambda m, y: y - y.mean(axis=0))
 
 
-def fixed_seed(p, *, input_shape, num_classes, rngs):
+def fixed_seed(p, *, input_shape, num_outputs, rngs):
     """Initialised from nnx.Rngs(0) whatever it is given."""
     from flax import nnx
 
-    return _linear_model(input_shape, num_classes, nnx.Rngs(0), lambda m, y: y)
+    return _linear_model(input_shape, num_outputs, nnx.Rngs(0), lambda m, y: y)
 
 
-def noisy_eval(p, *, input_shape, num_classes, rngs):
+def noisy_eval(p, *, input_shape, num_outputs, rngs):
     """Adds noise in eval mode too."""
     import jax
 
-    return _linear_model(input_shape, num_classes, rngs, lambda m, y: y + jax.random.normal(m.rngs.dropout(), y.shape))
+    return _linear_model(input_shape, num_outputs, rngs, lambda m, y: y + jax.random.normal(m.rngs.dropout(), y.shape))
 
 
 def _split(x, y):
@@ -414,11 +414,11 @@ CAUGHT = [
     ("optimizer:kit-heavy", "light_import", "`import jaxyard_kit_heavy` imports jax, jaxlib, optax"),
     ("scheduler:kit-overshoots", "finite_nonnegative", "with decay_steps=1 the rate at step 1 is -0.1"),
     ("model:kit-ten-classes", "returns_module", "it maps none of the example shapes"),
-    ("model:kit-mixes-batch", "batch_independent", "the logits of a batch of 8 differ"),
+    ("model:kit-mixes-batch", "batch_independent", "the output for a batch of 8 differs"),
     ("model:kit-fixed-seed", "uses_rngs", "identical parameters"),
     ("model:kit-noisy-eval", "train_eval_modes", "two calls in eval mode give different outputs"),
-    ("loader:kit-label-overflow", "labels_in_range", "labels range over 0..3, outside 0..2"),
-    ("loader:kit-global-rng", "same_seed_same_data", "two loads with seed 0 give different train features"),
+    ("loader:kit-label-overflow", "fits_a_task", "task 'classification': the train split has labels 0..3, outside 0..2 (num_classes)"),
+    ("loader:kit-global-rng", "same_seed_same_data", "two loads with seed 0 give different train x"),
     ("loader:kit-run-seeded", "same_data_for_any_run_seed", "the train split differs between run seeds 0 and 1"),
     ("logger:kit-cwd", "logger_lifecycle", "it wrote stray.txt in the working directory"),
     ("logger:kit-no-finish", "logger_protocol", "lacks finish"),
@@ -453,7 +453,7 @@ def test_check_component_names_every_failure(bad_registry):
         check_component("loader:kit-label-overflow", registry=bad_registry, tier="api", skip={"light_import": "not the point here"})
     text = str(info.value)
     assert text.startswith(
-        "1 of 12 checks failed:\n- loader 'kit-label-overflow' (plugin jaxyard_kit_bad) fails jaxyard check 'labels_in_range'"
+        "1 of 12 checks failed:\n- loader 'kit-label-overflow' (plugin jaxyard_kit_bad) fails jaxyard check 'fits_a_task'"
     ), text
 
 

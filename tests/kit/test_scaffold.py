@@ -1,5 +1,5 @@
 """The scaffold behind `jaxyard new-plugin`: what it writes and refuses, and (slow) that a generated
-package with all six kinds is found through its entry point, is listed, trains, evaluates and passes
+package with all seven kinds is found through its entry point, is listed, trains, evaluates and passes
 the conformance kit its own test file runs."""
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def write_dist_info(site: Path, dist: str, version: str, entry_points: dict[str,
 
 @pytest.fixture
 def generated(tmp_path, monkeypatch):
-    """A generated package with all six kinds, as if installed: its src/ and a dist-info on sys.path
+    """A generated package with all seven kinds, as if installed: its src/ and a dist-info on sys.path
     (which the kit's fresh-process import check passes on as PYTHONPATH); forgotten afterwards."""
     pkg = write_plugin(tmp_path / DIST, NAME, kinds=KINDS)
     project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
@@ -117,7 +117,7 @@ def generated(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_generated_plugin_is_listed_trains_and_passes_the_kit(generated, run_cli, cli_json, tmp_path):
+def test_generated_plugin_is_listed_and_trains(generated, run_cli, cli_json, tmp_path):
     listing = cli_json(["list", "--json"])
     assert {(e["kind"], e["name"]) for e in listing if e["distribution"] == DIST} == {(kind, NAME) for kind in KINDS}
 
@@ -127,11 +127,15 @@ def test_generated_plugin_is_listed_trains_and_passes_the_kit(generated, run_cli
     assert train.exit_code == 0, (train.stdout[-2000:], train.stderr, train.exception)
     rows = (run / f"{NAME}-metrics.tsv").read_text().splitlines()
     assert rows[0].startswith("epoch\tstep\tlr") and [r.split("\t")[0] for r in rows[1:]] == ["1", "2"]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(rows[0].split("\t"))  # the task's metrics
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir())
     assert steps and (run / "checkpoints" / str(steps[-1]) / "manifest.json").is_file()
     best = run_cli(["eval", run, "--checkpoint", "best"])
     assert best.exit_code == 0 and "Test Accuracy" in best.stdout, (best.stdout, best.stderr, best.exception)
 
+
+@pytest.mark.slow
+def test_generated_plugin_passes_the_kit(generated, tmp_path):
     # the package's own test file asks the kit for one test per component and check, all of them...
     spec = importlib.util.spec_from_file_location("generated_test_plugin", generated / "tests" / "test_plugin.py")
     tests = importlib.util.module_from_spec(spec)
