@@ -244,3 +244,39 @@ def test_vectorized_members_equal_sequential_trials_and_one_diverging_member_lea
         for key in ("train_loss", "val_loss", "val_acc"):
             assert on[point]["final"][key] == pytest.approx(line["final"][key], rel=1e-5, abs=1e-6), (point, key)
         assert on[point]["test"]["test_loss"] == pytest.approx(line["test"]["test_loss"], rel=1e-5, abs=1e-6)
+
+
+# --- a task's traced parameter -------------------------------------------------------------------
+
+# The tiny workload as a regression (its loader's 100 examples of 16 features, one float target)
+# under the Huber loss, whose delta (a traced task parameter) the sweep below varies.
+DELTAS = ("0.05", "0.1", "0.2", "0.3", "0.5", "1", "2", "4")
+HUBER = tiny("run.epochs=2", "run.task=regression", "run.loader=regression", "task.loss=huber", without=["loader.classes"])
+
+
+@pytest.mark.slow
+def test_a_sweep_of_a_traced_task_parameter_compiles_one_program_and_each_value_trains_differently(run_cli, tmp_path, registry):
+    def sweep(mode):
+        out = tmp_path / mode
+        result = run_cli(["sweep", "--set", f"task.delta={','.join(DELTAS)}", "--prune", "none", "--vectorize", mode, "--out", str(out),
+                          *as_options(HUBER)])
+        assert result.exit_code == 0, result.output
+        assert "8 complete, 0 pruned, 0 failed; 1 training program compiled" in result.stdout  # with --vectorize on: one vmapped
+        lines = [json.loads(x) for x in (out / S.RESULTS).read_text().splitlines()]
+        return {x["params"]["task.delta"]: x for x in lines}, out
+
+    (off, out), (on, _) = sweep("off"), sweep("on")
+    assert sorted(off) == sorted(on) == sorted(map(float, DELTAS))
+    # delta reaches the training, not only the reported loss: the mean squared error (which does not use it) differs
+    assert len({x["final"]["val_mse"] for x in off.values()}) == len({x["test"]["test_mse"] for x in off.values()}) == 8
+    for delta, line in off.items():
+        for key in ("train_loss", "val_loss", "val_mse", "val_r2"):
+            assert on[delta]["final"][key] == pytest.approx(line["final"][key], rel=1e-5, abs=1e-6), (delta, key)
+        assert on[delta]["test"]["test_mse"] == pytest.approx(line["test"]["test_mse"], rel=1e-5, abs=1e-6), delta
+    # the shared program's input gives the numbers of a run compiled with delta as a constant
+    trial = off[0.3]
+    alone = train(resolve_config(registry, Settings(), config_file=str(out / trial["run_dir"] / "config.toml"), sets=["run.checkpointer=none"]),
+                  out_dir=tmp_path / "alone")
+    assert "delta = 0.3" in (out / trial["run_dir"] / "config.toml").read_text()
+    for key in ("train_loss", "val_loss", "val_mse"):
+        assert alone.history[-1][key] == pytest.approx(trial["final"][key], rel=1e-5, abs=1e-6), key

@@ -19,6 +19,9 @@ pytestmark = pytest.mark.xdist_group("devices")  # one worker computes the modul
 
 # The tiny workload in batches of 32 (the last of each epoch partial), 3 epochs, saved every epoch.
 TINY = tiny("run.epochs=3", "run.batch_size=32", "run.save_every=1")
+# The same as a regression of 2 float targets per example (its loader's 100 examples of 16 features), unsaved.
+REGRESSION = tiny("run.epochs=3", "run.batch_size=32", "run.checkpointer=none", "run.task=regression", "run.loader=regression",
+                  "loader.targets=2", without=["loader.classes"])
 
 SCRIPT = """
 import json, sys
@@ -57,8 +60,12 @@ try:
     odd = None
 except jaxyard.UsageError as err:
     odd = str(err)
+regression = {}  # another task on the same devices: every metric of every epoch, and the test's
+for name, extra in {"1": ["run.devices=1"], "4": ["run.devices=4"]}.items():
+    result = train(resolve_config(registry, Settings(), sets=[*json.loads(sys.argv[3]), *extra]), out_dir=out / f"regression-{name}")
+    regression[name] = [{k: v for k, v in r.items() if not k.endswith("_time")} for r in result.history] + [result.test]
 print(json.dumps({"devices": jax.device_count(), "histories": histories, "eval": ev.test_loss, "odd": odd,
-                  "odd_written": (out / "odd").exists()}))
+                  "odd_written": (out / "odd").exists(), "regression": regression}))
 """
 
 
@@ -66,7 +73,7 @@ print(json.dumps({"devices": jax.device_count(), "histories": histories, "eval":
 def four_devices(tmp_path_factory):
     out = tmp_path_factory.mktemp("devices")
     env = clean_environ(XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), json.dumps(TINY)], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), json.dumps(TINY), json.dumps(REGRESSION)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), out
 
@@ -80,6 +87,17 @@ def test_four_devices_match_one_within_1e5(four_devices, layout):
     assert len(one) == len(other) == 4
     for a, b in zip(one, other, strict=True):
         assert b == pytest.approx(a, rel=1e-5, abs=1e-6), layout
+
+
+@pytest.mark.slow
+def test_a_regression_on_four_devices_matches_one_within_1e5(four_devices):
+    data, _ = four_devices
+    one, four = data["regression"]["1"], data["regression"]["4"]
+    assert len(one) == len(four) == 4 and {"val_mse", "val_mae", "val_r2"} <= one[0].keys() and "test_r2" in one[-1]
+    for a, b in zip(one, four, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a.get("epoch", "test"), key)
 
 
 @pytest.mark.slow

@@ -15,6 +15,9 @@ pytestmark = pytest.mark.xdist_group("resume")  # one worker computes the module
 
 # The tiny workload for 6 epochs in batches of 16 (7 steps an epoch), saved every 2 epochs and kept.
 RUN = ["run", "--epochs", "6", "--batch-size", "16", *as_options(tiny("run.save_every=2", "run.keep_latest=10"))]
+# The same as a regression (its loader's 100 examples of 16 features, one float target, Huber loss).
+REGRESSION_RUN = ["run", "--task", "regression", "--loader", "regression", "--epochs", "6", "--batch-size", "16",
+                  *as_options(tiny("run.save_every=2", "run.keep_latest=10", "task.loss=huber", "task.delta=0.5", without=["loader.classes"]))]
 
 
 def cli(*args, env, **kwargs):
@@ -27,13 +30,22 @@ def env():
     return clean_environ()  # the suite's compile cache makes the repeated runs quick
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def uninterrupted(tmp_path_factory, run):
     out = tmp_path_factory.mktemp("ref") / "run"
-    proc = cli(*RUN, "--out", str(out), env=clean_environ())
+    proc = cli(*run, "--out", str(out), env=clean_environ())
     output, _ = proc.communicate()
     assert proc.returncode == 0, output
     return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return uninterrupted(tmp_path_factory, RUN)
+
+
+@pytest.fixture(scope="module")
+def regression_reference(tmp_path_factory):
+    return uninterrupted(tmp_path_factory, REGRESSION_RUN)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -58,34 +70,59 @@ def final_arrays(run_dir: Path):
 KILL_POINTS = {"after the first epoch": "epoch-1", "mid-save": "publish-1", "at the end": "end"}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("point", KILL_POINTS)
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, env, reference, point):
-    out, pauses = tmp_path / "run", tmp_path / "pauses"
+def kill(run, out, env, at):
+    """Start ``run`` into ``out``, held at the pause point ``at``, and SIGKILL it there."""
+    pauses = out.parent / "pauses"
     pauses.mkdir()
-    held = {**env, "PAUSE_DIR": str(pauses), "PAUSE_AT": KILL_POINTS[point]}
-    proc = cli("--strict-plugins", "--plugin", str(PAUSE), *RUN, "--out", str(out), env=held)
+    held = {**env, "PAUSE_DIR": str(pauses), "PAUSE_AT": at}
+    proc = cli("--strict-plugins", "--plugin", str(PAUSE), *run, "--out", str(out), env=held)
     try:
-        wait_for((pauses / f"paused-{KILL_POINTS[point]}").exists, proc, what=f"the kill point ({point})")
+        wait_for((pauses / f"paused-{at}").exists, proc, what=f"the kill point ({at})")
     finally:
         proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    if point == "mid-save":  # step 14 (epoch 2) was being saved, and no step is finished
-        entries = [p.name for p in (out / "checkpoints").iterdir()]
-        assert not [n for n in entries if n.isdigit()] and [n for n in entries if n.startswith("14")], entries
     for line in (out / "metrics.jsonl").read_text().splitlines():
         json.loads(line)  # never a torn line
 
+
+def assert_resumes_to(out, reference, env):
+    """`jaxyard resume out` ends as ``reference`` did, bit for bit: every epoch's record (less its
+    times), the test metrics, and the final state's arrays."""
     resumed = cli("resume", str(out), env=env)
     output, _ = resumed.communicate()
     assert resumed.returncode == 0, output
 
     assert metrics(out) == metrics(reference)
+    assert json.loads((out / "summary.json").read_text())["test"] == json.loads((reference / "summary.json").read_text())["test"]
     got, want = final_arrays(out), final_arrays(reference)
     assert got.step == want.step
     assert got.arrays.keys() == want.arrays.keys()
     for key in want.arrays:
         np.testing.assert_array_equal(got.arrays[key], want.arrays[key], err_msg=key)
+    return output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, env, reference, point):
+    out = tmp_path / "run"
+    kill(RUN, out, env, KILL_POINTS[point])
+    if point == "mid-save":  # step 14 (epoch 2) was being saved, and no step is finished
+        entries = [p.name for p in (out / "checkpoints").iterdir()]
+        assert not [n for n in entries if n.isdigit()] and [n for n in entries if n.startswith("14")], entries
+    assert_resumes_to(out, reference, env)
+
+
+@pytest.mark.slow
+def test_a_regression_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path, env, regression_reference):
+    out = tmp_path / "run"
+    # held after epoch 4, its save (step 28) begun: orbax has finished epoch 2's (step 14) before starting it
+    kill(REGRESSION_RUN, out, env, "epoch-4")
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3, 4]
+    assert "14" in [p.name for p in (out / "checkpoints").iterdir()]
+    output = assert_resumes_to(out, regression_reference, env)  # the epochs after the newest whole checkpoint trained again
+    assert "Resuming after epoch 2 (checkpoint step 14)" in output or "Resuming after epoch 4 (checkpoint step 28)" in output, output
+    assert list(metrics(out)[0]) == ["epoch", "step", "lr", *(f"{s}_{m}" for s in ("train", "val") for m in ("loss", "mse", "mae", "r2"))]
 
 
 def test_resume_refuses_a_changed_model_naming_the_paths(tmp_path, env, reference):
