@@ -751,7 +751,7 @@ def _counts_text(counts: dict) -> str:
 @cli.command("new-plugin", short_help="Write a plugin package to start from.")
 @click.argument("name")
 @click.option("--kind", "kinds", multiple=True, metavar="KIND",
-              help="A component to write: optimizer, scheduler, model, loader, checkpointer or logger (repeatable; default: optimizer).")
+              help="A component to write: task, optimizer, scheduler, model, loader, checkpointer or logger (repeatable; default: optimizer).")
 @click.option("--dir", "directory", metavar="DIR", help="Where to write the package (default: ./jaxyard-NAME); must be new or empty.")
 def new_plugin(name, kinds, directory):
     """Write a plugin package NAME: a working component per --kind, its entry point, tests and README."""
