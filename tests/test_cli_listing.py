@@ -47,7 +47,8 @@ def test_list_one_kind(cli_json, run_cli, kind):
 
 
 def test_list_unknown_kind(run_cli):
-    assert_one_line_error(run_cli(["list", "optimisers"]), "unknown kind 'optimisers'", "did you mean optimizer?", "valid: task, optimizer, scheduler")
+    result = run_cli(["list", "optimisers"])
+    assert_one_line_error(result, "unknown kind 'optimisers'", "did you mean optimizer?", "valid: task, optimizer, scheduler")
 
 
 def test_list_text_is_aligned(run_cli, cli_json):

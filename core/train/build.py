@@ -24,7 +24,7 @@ from jaxyard.core.task import Task
 from jaxyard.core.train import steps
 from jaxyard.core.train.averaging import ema_of_params
 from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch
-from jaxyard.core.train.traced import Programs, group_key, traceable, with_values
+from jaxyard.core.train.traced import Programs, group_key, replaced, traceable, with_values
 
 # fold_in constants of the streams derived from run.seed (one place: resume must match); a task's
 # own streams are TASK_STREAMS, TASK_STREAMS + 1, ...
@@ -296,11 +296,13 @@ def make_tx(config: RunConfig, schedule, task=None) -> optax.GradientTransformat
 
     def make(learning_rate=None, **params):
         choice = config.optimizer
-        if params:
+        if params:  # concrete values validated; traced ones (a sweep's inputs) set as they are
+            traced = {k: v for k, v in params.items() if isinstance(v, jax.core.Tracer)}
             try:
-                choice = attrs.evolve(choice, params=attrs.evolve(choice.params, **params))
+                values = attrs.evolve(choice.params, **{k: v for k, v in params.items() if k not in traced})
             except (TypeError, ValueError) as err:
                 raise _broken(config.task, f"asked optimizer {choice.name!r} for {params}: {one_line(err)}") from err
+            choice = attrs.evolve(choice, params=replaced(values, traced) if traced else values)
         rate = schedule if learning_rate is None else (lambda step: schedule(step) * (learning_rate / run.learning_rate))
         made = choice.create(learning_rate=rate)
         if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):

@@ -46,16 +46,16 @@ def with_values(config, values: dict[str, Any]):
     changes: dict[str, Any] = {}
     run = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("run.")}
     if run:
-        changes["run"] = _replaced(config.run, run)
+        changes["run"] = replaced(config.run, run)
     for kind in TUNED_KINDS:
         own = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(f"{kind}.")}
         if own:
             choice = getattr(config, kind)
-            changes[kind] = attrs.evolve(choice, params=_replaced(choice.params, own))
+            changes[kind] = attrs.evolve(choice, params=replaced(choice.params, own))
     return attrs.evolve(config, **changes)
 
 
-def _replaced(instance, values: dict[str, Any]):
+def replaced(instance, values: dict[str, Any]):
     """A copy of a frozen attrs ``instance`` with ``values`` set, no validator run."""
     out = copy.copy(instance)
     for name, value in values.items():

@@ -14,7 +14,8 @@ import pytest
 
 from helpers import REPO, clean_environ, probe_imports
 
-LIGHT_COMMANDS = [["--help"], ["list"], ["show", "optimizer", "adam"], ["show", "task", "classification"], ["plugins"], ["show", "optimizer", "signsgd"], ["list", "--json"]]
+LIGHT_COMMANDS = [["--help"], ["list"], ["show", "optimizer", "adam"], ["show", "task", "classification"], ["plugins"],
+                  ["show", "optimizer", "signsgd"], ["list", "--json"]]
 
 
 def console_script() -> str:

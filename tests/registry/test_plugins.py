@@ -227,7 +227,9 @@ def test_disabled_plugins_are_listed_as_disabled_and_builtins_take_their_short_n
 def test_disabling_a_name_no_plugin_has_warns(run_cli):
     result = run_cli(["--disable", "optimizerz", "list", "optimizers"])
     assert result.exit_code == 0 and "adam" in result.stdout
-    assert result.stderr.startswith("Warning: no plugin is named 'optimizerz', so disabling it does nothing (plugins: jaxyard.plugins.tasks, jaxyard.plugins.optimizers,")
+    assert result.stderr.startswith(
+        "Warning: no plugin is named 'optimizerz', so disabling it does nothing (plugins: jaxyard.plugins.tasks, jaxyard.plugins.optimizers,"
+    )
 
 
 def test_unknown_plugin_lookup_is_one_line():

@@ -101,3 +101,27 @@ def test_streamed_pytree_batches_train_like_in_memory_ones(tmp_path, task, sourc
     after = summarize(streamed, loop.evaluate("val"))
     assert streamed.sizes["train"] == 90 and all(math.isfinite(v) for v in (*train.values(), *after.values()))
     assert after["loss"] < before["loss"]
+
+
+def test_a_task_builds_its_optimizer_with_values_of_its_own_traced_or_not():
+    """``make(b1=...)`` validates a concrete value (one line naming the task) and takes a traced one
+    (a sweep's input) as it is."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxyard
+    from jaxyard.core.train.build import make_tx
+
+    config = jaxyard.resolve_config(jaxyard.build_registry(), jaxyard.load_settings())
+
+    class Own(jaxyard.Task):
+        def __init__(self, b1):
+            self.b1 = b1
+
+        def optimizer(self, make):
+            return make(learning_rate=2e-3, b1=self.b1)
+
+    state = jax.jit(lambda b1: make_tx(config, lambda step: 1e-3, Own(b1)).init(jnp.zeros(2)))(0.5)
+    assert jax.tree.leaves(state)
+    with pytest.raises(jaxyard.PluginError, match=r"task 'classification' .*asked optimizer 'adam' for \{'b1': 1.5\}"):
+        make_tx(config, lambda step: 1e-3, Own(1.5))

@@ -27,8 +27,9 @@ def _task(s: Subject, values: Mapping[str, Any] | None = None):
     """The task built from its params (``values`` replacing some, validators bypassed: traced values)."""
     from jaxyard.core.errors import PluginError
     from jaxyard.core.task import check_metrics
+    from jaxyard.core.train.traced import replaced
 
-    task = s.entry.create(_replaced(s.params(), values)) if values else s.create()
+    task = s.entry.create(replaced(s.params(), values)) if values else s.create()
     metrics = getattr(task, "metrics", None)
     if not isinstance(metrics, Mapping):
         raise Failure(f"the object it returns ({type(task).__name__}) has metrics {metrics!r}, not a mapping",
@@ -45,15 +46,6 @@ def _task(s: Subject, values: Mapping[str, Any] | None = None):
     if not isinstance(streams, tuple) or not all(isinstance(n, str) and n.isidentifier() for n in streams):
         raise Failure(f"its rng_streams is {streams!r}", "give rng_streams as a tuple of stream names, e.g. ('sample',)")
     return task
-
-
-def _replaced(instance, values: Mapping[str, Any]):
-    import copy
-
-    out = copy.copy(instance)
-    for name, value in values.items():
-        object.__setattr__(out, name, value)
-    return out
 
 
 def _example(s: Subject, task) -> examples.Example:
