@@ -71,6 +71,14 @@ def _loss(task, graphdef, state, batch, mask):
     return task.loss(nnx.merge(graphdef, state), batch, mask)
 
 
+def _jitted(task, graphdef):
+    """:func:`_loss` compiled (the checks that are not about eager execution run it as the engine does:
+    one compile, instead of each operation's own)."""
+    import jax
+
+    return jax.jit(functools.partial(_loss, task, graphdef))
+
+
 def _device(batch):
     import jax
     import jax.numpy as jnp
@@ -129,13 +137,13 @@ def check_loss_finite(s: Subject) -> str:
 
     task, example, graphdef, state = _setup(s)
     batch, mask = _device(example.take(slice(0, _ROWS))), _ones(_ROWS)
-    loss, sums = _host(_loss(task, graphdef, state, batch, mask))
+    loss, sums = _host(_jitted(task, graphdef)(state, batch, mask))
     if "count" not in sums or not sums["count"] > 0:
         raise Failure(f"its sums are {sums}: no positive 'count'", 'include "count": the sum of the mask (rows, or tokens) in the sums')
     bad = [name for name, v in (("the loss", loss), *((f"sum {k!r}", v) for k, v in sums.items())) if not math.isfinite(v)]
     if bad:
         raise Failure(f"{', '.join(bad)} not finite on a freshly initialised model", "keep the loss finite (clip logs, use optax's stable losses)")
-    grads = nnx.grad(lambda m: task.loss(m, batch, mask)[0])(nnx.merge(graphdef, state))
+    grads = jax.jit(lambda st: nnx.grad(lambda m: task.loss(m, batch, mask)[0])(nnx.merge(graphdef, st)))(state)
     if not all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads)):
         raise Failure("the gradient of the loss is not finite at initialisation", "keep the loss differentiable where the model starts")
     summary = task.summarize(dict(sums))
@@ -174,13 +182,14 @@ def check_padding_ignored(s: Subject) -> str:
     rows = example.take(slice(0, real))
     others = example.take(slice(_ROWS, _ROWS + pad))
     zeros = jax.tree.map(np.zeros_like, others)
-    want = _host(_loss(task, graphdef, state, _device(rows), _ones(real)))
+    loss = _jitted(task, graphdef)
+    want = _host(loss(state, _device(rows), _ones(real)))
     cases = {
         f"{pad} other rows appended": (_concat(rows, others), np.r_[_ones(real), np.zeros(pad, np.float32)]),
         f"{pad} rows of zeros in front": (_concat(zeros, rows), np.r_[np.zeros(pad, np.float32), _ones(real)]),
     }
     for what, (batch, mask) in cases.items():
-        got = _host(_loss(task, graphdef, state, _device(batch), mask))
+        got = _host(loss(state, _device(batch), mask))
         diff = _differ(want, got)
         if diff:
             raise Failure(f"with {what} (mask 0), {diff}", "multiply every per-row (or per-token) value by the mask before summing, "
@@ -202,9 +211,10 @@ def check_sums_additive(s: Subject) -> str:
     import math
 
     task, example, graphdef, state = _setup(s, mode="eval")
-    whole = _host(_loss(task, graphdef, state, _device(example.take(slice(0, _ROWS))), _ones(_ROWS)))[1]
-    first = _host(_loss(task, graphdef, state, _device(example.take(slice(0, 3))), _ones(3)))[1]
-    second = _host(_loss(task, graphdef, state, _device(example.take(slice(3, _ROWS))), _ones(_ROWS - 3)))[1]
+    loss = _jitted(task, graphdef)
+    whole = _host(loss(state, _device(example.take(slice(0, _ROWS))), _ones(_ROWS)))[1]
+    first = _host(loss(state, _device(example.take(slice(0, 3))), _ones(3)))[1]
+    second = _host(loss(state, _device(example.take(slice(3, _ROWS))), _ones(_ROWS - 3)))[1]
     if not set(first) == set(second) == set(whole):
         raise Failure(f"the sums of the parts are named {sorted(first)} and {sorted(second)}, of the whole {sorted(whole)}",
                       "return the same sums for every batch")
@@ -249,7 +259,7 @@ def check_vmaps_over_trials(s: Subject) -> str:
     expected = []
     for values, state in zip(trials, (state0, state1), strict=True):
         own = s.entry.create(build(type(params), {**s.values(), **values}, where=s.label)) if traced else task
-        expected.append(_host(_loss(own, graphdef, state, batch, mask)))
+        expected.append(_host(_jitted(own, graphdef)(state, batch, mask)))
 
     def one(state, values):
         own = _task(s, values) if traced else task
