@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -55,7 +55,7 @@ def with_values(config, values: dict[str, Any]):
     return attrs.evolve(config, **changes)
 
 
-def replaced(instance, values: dict[str, Any]):
+def replaced(instance, values: Mapping[str, Any]):
     """A copy of a frozen attrs ``instance`` with ``values`` set, no validator run."""
     out = copy.copy(instance)
     for name, value in values.items():
