@@ -153,21 +153,6 @@ def test_padded_rows_change_no_sum(registry, name):
         np.testing.assert_allclose(padded_sums[key], sums[key], rtol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_sums_are_additive(registry, name):
-    task, model, batch, _ = case(registry, name)
-    n = n_rows(batch)
-    _, whole = task.loss(model, batch, np.ones(n, np.float32))
-    halves = [task.loss(model, rows(batch, part), np.ones(len(range(n)[part]), np.float32))[1] for part in (slice(0, n // 2), slice(n // 2, n))]
-    merged = {k: float(halves[0][k]) + float(halves[1][k]) for k in whole}
-    for key in whole:
-        np.testing.assert_allclose(merged[key], whole[key], rtol=1e-5, err_msg=key)
-    summary, merged_summary = task.summarize(host(whole)), task.summarize(merged)
-    assert list(summary) == list(task.metrics)
-    for key in summary:
-        np.testing.assert_allclose(merged_summary[key], summary[key], rtol=1e-5, err_msg=key)
-
-
 def test_regression_metrics_match_numpy(registry):
     task = make(registry, "regression")
     pred = X @ W3

@@ -10,8 +10,8 @@ import pytest
 from helpers import assert_one_line_error
 
 
-def trained(run_cli, out, *args):
-    result = run_cli(["run", *args, "--checkpointer", "none", "--out", out])
+def trained(run_cli, out, *args, curves=False):
+    result = run_cli(["run", *args, "--checkpointer", "none", "--set", f"run.curves={str(curves).lower()}", "--out", out])
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return json.loads((out / "summary.json").read_text()), result.stdout
 
@@ -19,11 +19,15 @@ def trained(run_cli, out, *args):
 def test_regression_explains_most_of_the_variance(run_cli, tmp_path):
     """R² >= 0.9 on the test split of the synthetic regression loader (its noise leaves R² ~0.99 possible)."""
     summary, stdout = trained(run_cli, tmp_path / "r", "--task", "regression", "--loader", "regression", "--epochs", "4",
-                              "--set", "loader.train_size=2000", "--set", "run.warmup_steps=10")
+                              "--set", "loader.train_size=2000", "--set", "run.warmup_steps=10", curves=True)
     assert summary["task"] == "regression"
     assert summary["metrics"] == {"loss": "min", "mse": "min", "mae": "min", "r2": "max"}
     assert summary["test"]["test_r2"] >= 0.9, summary["test"]
     assert "  Test R²: " in stdout and "  Test MSE: " in stdout
+    from PIL import Image
+
+    with Image.open(tmp_path / "r" / "training_curves.png") as png:  # a panel per metric and the learning rate: 5 of 5 by 4 inches
+        assert png.size[0] > png.size[1] * 2
 
 
 def test_multilabel_beats_predicting_all_zeros(run_cli, tmp_path):
