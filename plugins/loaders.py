@@ -84,9 +84,15 @@ def regression(p: RegressionParams, *, seed):
     if p.targets == 1:
         y = y[:, 0]
     x, y = x.astype(np.float32), y.astype(np.float32)
+    return Dataset(*_consecutive(x, y, sizes), None)
+
+
+def _consecutive(x, y, sizes):
+    """Train, val and test splits of ``sizes`` rows, in order (the rows are already random)."""
+    import numpy as np
+
     ends = np.cumsum(sizes)
-    splits = [Split(x[a:b], y[a:b]) for a, b in zip((0, *ends[:2]), ends, strict=True)]
-    return Dataset(*splits, None)
+    return [Split(x[a:b], y[a:b]) for a, b in zip((0, *ends[:2]), ends, strict=True)]
 
 
 @attrs.frozen
@@ -121,9 +127,7 @@ def multilabel(p: MultilabelParams, *, seed):
     if p.labels == 1:
         y = y[:, 0]
     x, y = x.astype(np.float32), y.astype(np.int32)
-    ends = np.cumsum(sizes)
-    splits = [Split(x[a:b], y[a:b]) for a, b in zip((0, *ends[:2]), ends, strict=True)]
-    return Dataset(*splits, None)
+    return Dataset(*_consecutive(x, y, sizes), None)
 
 
 @attrs.frozen
