@@ -483,12 +483,17 @@ def check_fit(config: RunConfig, model, data, *, task=None, context=None) -> Non
     graphdef, state = nnx.split(model)
     shape = task.output_shape(context) if hasattr(task, "output_shape") else None
     loader, model_name = config.loader.name, config.model.name
-    try:
-        if shape is not None:
-            out = jax.eval_shape(lambda s, b: nnx.merge(graphdef, s)(task.inputs(b)), state, batch)
-        else:
+    if shape is None:  # the task reads the model's output its own way: its loss, traced on two rows, is the check
+        try:
             jax.eval_shape(lambda s, b, m: task.loss(nnx.merge(graphdef, s), b, m), state, batch, mask)
-            return
+        except Exception as err:
+            raise UsageError(
+                f"task {config.task.name!r} ({config.task.entry.origin()}) cannot compute its loss with model {model_name!r} "
+                f"on loader {loader!r}'s examples of shape {tuple(context['input_shape'])}: {one_line(err)[:300]}"
+            ) from None
+        return
+    try:
+        out = jax.eval_shape(lambda s, b: nnx.merge(graphdef, s)(task.inputs(b)), state, batch)
     except Exception as err:
         msg = " ".join(str(err).split())[:300]
         raise UsageError(

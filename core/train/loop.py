@@ -46,8 +46,8 @@ def unalias(state):
 
 
 def compiling(built: Any, fn):
-    """``fn()`` (a first call: tracing and compiling the step); an exception from the model's or
-    the optimizer's code becomes one line naming both and where they come from.
+    """``fn()`` (a first call: tracing and compiling the step); an exception from the model's, the
+    task's or the optimizer's code becomes one line naming them and where they come from.
 
     ``built``: anything with ``.config`` (a RunConfig), e.g. a Built or, for a shapes-only
     check, a namespace holding just the configuration."""
@@ -58,9 +58,10 @@ def compiling(built: Any, fn):
     except Exception as err:
         if "RESOURCE_EXHAUSTED" in str(err):
             raise  # the engine names what did not fit
-        model, optimizer = built.config.model, built.config.optimizer
+        model, optimizer, task = built.config.model, built.config.optimizer, built.config.task
+        what = f"task {task.name!r} ({task.entry.origin()}), " if task is not None else ""
         raise PluginError(
-            f"tracing the training step failed with model {model.name!r} ({model.entry.origin()}) and optimizer "
+            f"tracing the training step failed with model {model.name!r} ({model.entry.origin()}), {what}optimizer "
             f"{optimizer.name!r} ({optimizer.entry.origin()}): {one_line(err)}"
         ) from err
 
@@ -202,11 +203,20 @@ def _canonical(a):
 
 def summarize(built: Built, sums) -> dict[str, float]:
     """The task's metrics from a split's sums (device or host): one transfer, then host arithmetic.
-    No sums (an epoch of no batch): every metric 0."""
+    No sums (an epoch of no batch): every metric 0. A task whose summarize() fails or leaves a
+    metric out is named in one line."""
     host = {k: float(v) for k, v in jax.device_get(sums).items()}
     if not host:
         return {name: 0.0 for name in built.task.metrics}
-    return {name: float(value) for name, value in built.task.summarize(host).items()}
+    task = built.config.task
+    try:
+        values = {name: float(value) for name, value in built.task.summarize(host).items()}
+    except Exception as err:
+        raise PluginError(f"task {task.name!r} ({task.entry.origin()}) failed summarizing {sorted(host)}: {one_line(err)}") from err
+    missing = [name for name in built.task.metrics if name not in values]
+    if missing:
+        raise PluginError(f"task {task.name!r} ({task.entry.origin()}): summarize() gave no {', '.join(missing)} (its metrics)")
+    return {name: values[name] for name in built.task.metrics}
 
 
 def means(sums) -> tuple[float, float]:

@@ -129,3 +129,16 @@ def test_a_task_builds_its_optimizer_with_values_of_its_own_traced_or_not():
     assert jax.tree.leaves(state)
     with pytest.raises(jaxyard.PluginError, match=r"task 'classification' .*asked optimizer 'adam' for \{'b1': 1.5\}"):
         make_tx(config, lambda step: 1e-3, Own(1.5))
+
+
+@pytest.mark.parametrize(("task", "fragments"), [
+    ("summarize-raises", ["task 'summarize-raises' (plugin ", "broken_tasks.py)", "failed summarizing", "KeyError"]),
+    ("loss-raises", ["task 'loss-raises' (plugin ", "broken_tasks.py) cannot compute its loss with model 'mlp'", "AttributeError: no such thing"]),
+])
+def test_a_task_whose_own_code_fails_is_named_in_one_line(run_cli, tmp_path, task, fragments):
+    """Its summarize() (after the first epoch) or its loss (traced on two rows before anything is written)."""
+    from helpers import LOCAL, tiny
+
+    result = run_cli(["--plugin", LOCAL / "broken_tasks.py", "run", "--task", task, "--epochs", "1", "--checkpointer", "none",
+                      *[x for s in tiny() for x in ("--set", s)], "--out", tmp_path / "x"])
+    assert_one_line_error(result, *fragments, exit_code=1 if task == "summarize-raises" else 2)
