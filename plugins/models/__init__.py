@@ -27,7 +27,7 @@ def mlp(p: MLPParams, *, input_shape, num_outputs, rngs, vocab_size=None):
 
     For next_token (the task gives ``vocab_size``) it embeds each token and predicts the next one
     position by position (a bigram model): the baseline a sequence model should beat."""
-    from jaxyard.plugins._mlp import MLP
+    from jaxyard.plugins.models._mlp import MLP
 
     return MLP(input_shape, p.hidden_dims, num_outputs, activation=p.activation, dropout_rate=p.dropout_rate, rngs=rngs,
                vocab_size=vocab_size)
