@@ -287,6 +287,9 @@ def _run_options(f, *, sweep: bool = False, only: tuple[str, ...] = ()):
             "--logger", "loggers", multiple=True, metavar="NAME", help="Add an experiment logger to run.loggers (repeatable; jaxyard list loggers)."
         ),
         "epochs": click.option("--epochs", **(number or {"type": int}), help=f"Number of epochs{listed}."),
+        "steps": click.option(
+            "--steps", **(number or {"type": int}), help=f"Train this many batches instead of --epochs (run.steps; run.eval_every: how often to validate){listed}."
+        ),
         "batch-size": click.option("--batch-size", **(number or {"type": int}), help=f"Examples per step{listed}."),
         "lr": click.option("--lr", "learning_rate", **(number or {"type": float}), help=f"Peak learning rate{spec}."),
         "devices": click.option("--devices", metavar="N|all", help="Local devices to train on: the batch is split over them (run.devices)."),
@@ -751,13 +754,23 @@ def _counts_text(counts: dict) -> str:
 @cli.command("new-plugin", short_help="Write a plugin package to start from.")
 @click.argument("name")
 @click.option("--kind", "kinds", multiple=True, metavar="KIND",
-              help="A component to write: task, optimizer, scheduler, model, loader, checkpointer or logger (repeatable; default: optimizer).")
+              help="A component named NAME of this kind: task, optimizer, scheduler, model, loader, checkpointer or logger (repeatable; "
+                   "default, with no --KIND NAME either: optimizer).")
+@click.option("--task", "tasks", multiple=True, metavar="NAME", help="A task named NAME (repeatable: one task per name).")
+@click.option("--optimizer", "optimizers", multiple=True, metavar="NAME", help="An optimizer named NAME (repeatable).")
+@click.option("--scheduler", "schedulers", multiple=True, metavar="NAME", help="A scheduler named NAME (repeatable).")
+@click.option("--model", "models", multiple=True, metavar="NAME", help="A model named NAME (repeatable: --model a --model b).")
+@click.option("--loader", "loaders", multiple=True, metavar="NAME", help="A loader named NAME (repeatable).")
+@click.option("--checkpointer", "checkpointers", multiple=True, metavar="NAME", help="A checkpointer named NAME (repeatable).")
+@click.option("--logger", "loggers", multiple=True, metavar="NAME", help="A logger named NAME (repeatable).")
 @click.option("--dir", "directory", metavar="DIR", help="Where to write the package (default: ./jaxyard-NAME); must be new or empty.")
-def new_plugin(name, kinds, directory):
-    """Write a plugin package NAME: a working component per --kind, its entry point, tests and README."""
+def new_plugin(name, kinds, directory, **named):
+    """Write a plugin package NAME: a working component per --kind (named NAME) and per --task, --model,
+    ... NAME (named so), its entry point, tests and README."""
     from jaxyard.core.kit.scaffold import next_steps, write_plugin
 
-    path = write_plugin(directory or f"jaxyard-{name}", name, kinds or ("optimizer",))
+    components = {kind: names for kind, names in named.items() if names}
+    path = write_plugin(directory or f"jaxyard-{name}", name, kinds or None, components)
     click.echo(f"Wrote {path}/: the package jaxyard-{name} (module jaxyard_{name.replace('-', '_')}).")
     click.echo(f"Next: {next_steps(path)}  (see its README.md)")
 

@@ -32,7 +32,11 @@ def jaxyard_on_run_start(run):
     for kind in ("model", "optimizer", "scheduler", "loader", "checkpointer"):
         echo(f"  {kind.capitalize()}: {run.config.choices[kind].name}")
     echo(f"  Loggers: {run.components['loggers']}")
-    echo(f"  Epochs: {cfg.epochs}")
+    if cfg.steps or cfg.eval_every:
+        total = f"{cfg.steps} steps" if cfg.steps else f"{cfg.epochs} epochs"
+        echo(f"  Steps: {total}, validating every {cfg.eval_every or 'epoch'}{' steps' if cfg.eval_every else ''}")
+    else:
+        echo(f"  Epochs: {cfg.epochs}")
     echo(f"  Batch size: {cfg.batch_size}")
     echo(f"  Seed: {cfg.seed}")
     if not run.devices.startswith("1 device"):
@@ -60,7 +64,8 @@ def jaxyard_on_run_start(run):
     for step, cause in run.skipped_checkpoints:
         echo(f"  Skipped damaged checkpoint step {step}: {cause}")
     if run.restored_step is not None:
-        echo(f"  Resuming after epoch {run.start_epoch} (checkpoint step {run.restored_step})")
+        what = "validation" if run.config.run.steps or run.config.run.eval_every else "epoch"
+        echo(f"  Resuming after {what} {run.start_epoch} (checkpoint step {run.restored_step})")
     result = yield
     echo("\n5. Starting training...")
     echo(RULE)
@@ -71,7 +76,11 @@ def jaxyard_on_run_start(run):
 def jaxyard_on_epoch_end(run, record):
     """The epoch's metrics, in the task's order: ``Train - Loss: 0.4321, Acc: 0.8750``."""
     echo, names = run.echo, _metrics(run)
-    echo(f"Epoch {record['epoch']}/{run.epochs}")
+    cfg = run.config.run
+    if cfg.steps or cfg.eval_every:
+        echo(f"Step {record['step']}/{run.total_steps * cfg.accumulate_steps} (validation {record['epoch']}/{run.epochs})")
+    else:
+        echo(f"Epoch {record['epoch']}/{run.epochs}")
     for head, prefix, suffix in (("Train", "train_", ""), ("Val", "val_", ""), ("EMA", "val_", M.EMA)):
         parts = [f"{M.label(m, short=True)}: {record[key]:.4f}" for m in names if (key := f"{prefix}{m}{suffix}") in record]
         if parts:
@@ -80,7 +89,9 @@ def jaxyard_on_epoch_end(run, record):
 
 @hookimpl
 def jaxyard_on_checkpoint_saved(run, step, record):
-    run.echo(f"  Checkpoint saved: step {step} (epoch {record['epoch']})")
+    cfg = run.config.run
+    what = "validation" if cfg.steps or cfg.eval_every else "epoch"
+    run.echo(f"  Checkpoint saved: step {step} ({what} {record['epoch']})")
 
 
 @hookimpl(wrapper=True)

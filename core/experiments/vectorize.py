@@ -48,6 +48,9 @@ class VectorGroup:
         def make_loop(built: Built):
             if not isinstance(built.data, Dataset):
                 raise UsageError("--vectorize on needs an in-memory loader; streamed batches are trained one run at a time")
+            if built.stepped:
+                raise UsageError("--vectorize on trains whole epochs; runs of run.steps or run.eval_every train one at a time "
+                                 "(--vectorize off)")
             with self.cond:
                 self.builts[i] = built
             return MemberLoop(self, i, built)
@@ -113,7 +116,8 @@ class VectorGroup:
         run = first.config.run
         data = None if self.shared else 0
         rows = int(first.sizes["train"] or 0)
-        epoch = steps.make_train_epoch(first.train_graphdef, rows, run.batch_size, run.drop_last, first.make_tx, task=first.task_of)
+        epoch = steps.make_train_epoch(first.train_graphdef, rows, run.batch_size, run.drop_last, first.make_tx, task=first.task_of,
+                                       shuffle=run.shuffle)
         vectorized = jax.jit(jax.vmap(epoch, in_axes=(0, 0, data, 0)), donate_argnums=0)
         compiled = compiling(first, lambda: vectorized.lower(self.stacked, self.inputs, self.data, keys).compile())
         first.programs.compiles += 1

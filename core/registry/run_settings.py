@@ -42,7 +42,15 @@ class RunSettings:
     model: str = P.param("mlp", "model to train")
     loader: str = P.param("synthetic", "data set to train on")
     checkpointer: str = P.param("orbax", "how checkpoints are saved")
-    epochs: int = P.param(10, "number of passes over the training split", validator=v.ge(1))
+    epochs: int = P.param(10, "number of passes over the training split (unless run.steps is set)", validator=v.ge(1))
+    steps: int = P.param(
+        0, "train this many batches instead of run.epochs (0: epochs); need not be a whole number of epochs", validator=v.ge(0),
+    )
+    eval_every: int = P.param(
+        0, "validate (and may checkpoint, stop early, log) every N batches (0: once an epoch); a round of N steps is what "
+        "run.save_every and run.patience count", validator=v.ge(0),
+    )
+    shuffle: bool = P.param(True, "shuffle the training split each epoch (false: the loader's order, every epoch)")
     batch_size: int = P.param(32, "examples per training step", validator=v.ge(1))
     learning_rate: float = P.param(1e-3, "peak learning rate, given to the schedule", validator=v.gt(0.0), traced=True)
     warmup_steps: int = P.param(

@@ -65,6 +65,17 @@ class Built:
     task_of: Callable[[dict[str, Any]], Any] | None = None  # the task, from traced inputs (in the compiled programs)
     context: dict[str, Any] = attrs.field(factory=dict)  # what the model factory was told about the data
     valid: dict[str, Any] = attrs.field(factory=dict)  # per in-memory split: 1.0 for a real row, 0.0 for padding
+    round_ends: tuple[int, ...] = ()  # the batch count at the end of each round (index 0: 0); a round ends in an evaluation
+
+    @property
+    def rounds(self) -> int:
+        """Rounds of training, each followed by validation: epochs, or run.eval_every steps (run.steps in all)."""
+        return len(self.round_ends) - 1
+
+    @property
+    def stepped(self) -> bool:
+        """Rounds counted in steps (run.steps or run.eval_every set), not whole epochs."""
+        return bool(self.config.run.steps or self.config.run.eval_every)
 
 
 def enable_compile_cache(directory: str | os.PathLike) -> None:
@@ -150,7 +161,8 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         return make_task(with_values(config, values), check=False) if traced_task else task
 
     # one small compiled program instead of eager schedule calls (each a compile the first time)
-    updates_at_epoch_end = jnp.arange(run.epochs + 1) * steps_per_epoch // run.accumulate_steps
+    ends = round_ends(config, steps_per_epoch)
+    updates_at_epoch_end = jnp.asarray(ends) // run.accumulate_steps
     if traced:  # the rates as a function of the inputs: compiled once for the group
         rates = programs.get((group, "rates"), lambda: jax.jit(lambda v, s: jax.vmap(traced_schedule(v))(s)))
         epoch_lr = np.asarray(rates(inputs, updates_at_epoch_end))
@@ -158,8 +170,24 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(updates_at_epoch_end))
     return Built(
         config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params,
-        sizes, programs, group, inputs, traced_tx if traced else None, layout, task, task_of, context, valid,
+        sizes, programs, group, inputs, traced_tx if traced else None, layout, task, task_of, context, valid, ends,
     )
+
+
+def total_batches(config: RunConfig, steps_per_epoch: int) -> int:
+    """The batches a run trains: run.steps, else run.epochs whole epochs."""
+    return config.run.steps or steps_per_epoch * config.run.epochs
+
+
+def round_ends(config: RunConfig, steps_per_epoch: int) -> tuple[int, ...]:
+    """The batch count at the end of each round (index 0: 0): each epoch's end, or with run.steps /
+    run.eval_every every run.eval_every batches (an epoch's worth when 0) and the last one."""
+    run = config.run
+    total = total_batches(config, steps_per_epoch)
+    if not (run.steps or run.eval_every):
+        return tuple(e * steps_per_epoch for e in range(run.epochs + 1))
+    every = run.eval_every or steps_per_epoch
+    return (0, *range(every, total, every), total)
 
 
 def _canonical(array):
@@ -340,11 +368,15 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     if isinstance(data, Dataset):
         _check_dataset(name, data)
     steps_per_epoch = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
-    if steps_per_epoch * run.epochs >= 2**31:
+    if (run.steps or run.eval_every) and isinstance(data, StreamingDataset):
+        what = f"run.steps = {run.steps}" if run.steps else f"run.eval_every = {run.eval_every}"
+        raise UsageError(f"{what}: loader {name!r} streams its batches, and a streamed run trains and validates in whole epochs; "
+                         f"use run.epochs (or an in-memory loader)")
+    if total_batches(config, steps_per_epoch) >= 2**31:
         raise UsageError(
             f"run.epochs = {run.epochs} of {steps_per_epoch} steps is {steps_per_epoch * run.epochs} steps, more than "
             f"the step counter holds (2**31 - 1); use at most {(2**31 - 1) // steps_per_epoch} epochs"
-        )
+        ) if not run.steps else UsageError(f"run.steps = {run.steps} is more than the step counter holds (2**31 - 1)")
     return data, steps_per_epoch
 
 
@@ -356,7 +388,7 @@ def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True
     updates: with ``run.accumulate_steps = k``, one per k batches.
     """
     run = config.run
-    total = max(steps_per_epoch * run.epochs // run.accumulate_steps, 1)
+    total = max(total_batches(config, steps_per_epoch) // run.accumulate_steps, 1)
     takes_warmup = getattr(config.scheduler.entry.factory, "warmup", True)  # a factory may say `warmup = False`
     warmup = min(run.warmup_steps, total) if takes_warmup else 0
     decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))

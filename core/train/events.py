@@ -71,11 +71,16 @@ class Run:
     #: ``train_NAME`` and ``val_NAME`` (``val_NAME_ema`` with run.ema_decay) for each NAME
     metrics: dict[str, str] = attrs.field(factory=lambda: {"loss": "min", "acc": "max"})
     task_name: str = "classification"
+    #: rounds of training, each ending in validation and an ``on_epoch_end`` event: ``run.epochs``, or
+    #: with ``run.steps`` / ``run.eval_every`` the evaluations (None: ``run.epochs``)
+    rounds: int | None = None
     _saver: Callable[[], int] | None = attrs.field(default=None, alias="saver", repr=False)
 
     @property
     def epochs(self) -> int:
-        return self.config.run.epochs
+        """The rounds the run trains (each an ``on_epoch_end``): its epochs, or with ``run.steps`` or
+        ``run.eval_every`` its evaluations; a record's ``epoch`` counts them, its ``step`` the batches."""
+        return self.rounds if self.rounds is not None else self.config.run.epochs
 
     @property
     def config_dict(self) -> dict[str, Any]:

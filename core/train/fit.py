@@ -101,6 +101,7 @@ class Fit:
             saver=self.save_checkpoint,
             metrics=dict(built.task.metrics),
             task_name=config.task.name,
+            rounds=built.rounds,
         )
         self.loop = (make or make_loop)(built)
         self.hub = LoggerHub(loggers, warn, self.run)
@@ -168,10 +169,11 @@ class Fit:
     def train(self) -> float:
         """The epochs left to train, each told to the plugins, until the last or a stop the job
         agrees on; returns the seconds they took."""
-        run, settings = self.run, self.settings
+        run = self.run
         t_train = time.perf_counter()
-        first = settings.epochs + 1 if run.stop_reason else run.start_epoch + 1  # a resumed run that had already stopped
-        for epoch in range(first, settings.epochs + 1):
+        rounds = self.built.rounds  # epochs, or rounds of run.eval_every steps
+        first = rounds + 1 if run.stop_reason else run.start_epoch + 1  # a resumed run that had already stopped
+        for epoch in range(first, rounds + 1):
             record = self.epoch(epoch)
             run.history.append(record)
             emit(self.pm, "jaxyard_on_epoch_end", run=run, record=record)
@@ -188,7 +190,7 @@ class Fit:
         val = summarize(built, loop.evaluate("val"))
         t2 = time.perf_counter()
         self.run.compile_seconds = loop.compile_seconds
-        record: dict[str, Any] = {"epoch": epoch, "step": epoch * built.steps_per_epoch, "lr": float(built.epoch_lr[epoch])}
+        record: dict[str, Any] = {"epoch": epoch, "step": built.round_ends[epoch], "lr": float(built.epoch_lr[epoch])}
         record.update({f"train_{name}": value for name, value in train.items()})
         record.update({f"val_{name}": value for name, value in val.items()})
         record.update(train_time=round(t1 - t0, 6), val_time=round(t2 - t1, 6))
@@ -258,7 +260,7 @@ class Fit:
         if settings.ema_decay:
             test.update({f"test_{name}_ema": value for name, value in summarize(self.built, loop.evaluate("test", ema=True)).items()})
         best = monitor_of(self.config, self.built.task).best(run.history)
-        stopped = run.stop_reason is not None and len(run.history) < settings.epochs
+        stopped = run.stop_reason is not None and len(run.history) < self.built.rounds
         result = RunResult(self.run_dir.path, run.history, test, stopped, timings, run.stop_reason, dict(best) if best else None)
         self.write_summary({
             "task": self.config.task.name,

@@ -83,24 +83,36 @@ class InMemoryLoop:
             )
             for ema in (False, True)
         }
-        self.compiled: Callable[..., Any] | None = None
+        self.compiled: dict[Any, Callable[..., Any]] = {}  # by program key: an epoch's, or a round's of N steps
         self.compile_seconds: float = 0.0
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
+        """Train round ``epoch``: an epoch, or (run.steps, run.eval_every) its batches of the run."""
         b = self.b
         assert isinstance(b.data, Dataset)  # make_loop chose this loop for a Dataset
-        key = jax.random.fold_in(self.key, epoch)
-        if self.compiled is None:
+        data = as_batch(b.data.train)
+        if b.stepped:
+            start, end = b.round_ends[epoch - 1], b.round_ends[epoch]
+            args: tuple = (self.key, jnp.asarray(start, jnp.int32))
+            key = (b.group, "steps", end - start, shapes(data))
+        else:
+            args, key = (jax.random.fold_in(self.key, epoch),), (b.group, "epoch", shapes(data))
+        compiled = self.compiled.get(key)
+        if compiled is None:
             t0 = time.perf_counter()
-            self.compiled = b.programs.get((b.group, "epoch", shapes(as_batch(b.data.train))), self._compile)
+            compiled = self.compiled[key] = b.programs.get(key, lambda: self._compile(args, key))
             self.compile_seconds += time.perf_counter() - t0
-        b.state, sums = self.compiled(unalias(b.state), b.inputs, as_batch(b.data.train), key)
+        b.state, sums = compiled(unalias(b.state), b.inputs, data, *args)
         return sums
 
-    def _compile(self):
+    def _compile(self, args, key):
         b, run = self.b, self.b.config.run
-        fn = steps.make_train_epoch(b.train_graphdef, b.sizes["train"], run.batch_size, run.drop_last, b.make_tx, b.layout, b.state, task=b.task_of)
-        compiled = compiling(b, lambda: fn.lower(b.state, b.inputs, as_batch(b.data.train), jax.random.fold_in(self.key, 0)).compile())
+        common = (b.train_graphdef, b.sizes["train"], run.batch_size, run.drop_last)
+        if b.stepped:
+            fn = steps.make_train_steps(*common, key[2], b.make_tx, b.layout, b.state, task=b.task_of, shuffle=run.shuffle)
+        else:
+            fn = steps.make_train_epoch(*common, b.make_tx, b.layout, b.state, task=b.task_of, shuffle=run.shuffle)
+        compiled = compiling(b, lambda: fn.lower(b.state, b.inputs, as_batch(b.data.train), *args).compile())
         b.programs.compiles += 1
         return compiled
 

@@ -77,9 +77,10 @@ def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
     return steps, steps * batch_size
 
 
-def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None, layout=None, state=None, *, task):
-    """``epoch(state, inputs, batch, key) -> (state, sums)``: shuffle, batch and step, all compiled
-    once (``inputs``: the traced hyperparameters ``make_tx`` and ``task`` are built from; ``{}``: none).
+def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None, layout=None, state=None, *, task,
+                     shuffle: bool = True):
+    """``epoch(state, inputs, batch, key) -> (state, sums)``: shuffle (unless not ``shuffle``), batch
+    and step, all compiled once (``inputs``: the traced hyperparameters ``make_tx`` and ``task`` are built from; ``{}``: none).
     ``batch``: the training split as a pytree of arrays (rows first; rows past ``n`` are padding).
     On a ``layout`` with a mesh, each batch is split over its devices and the state keeps the
     shardings ``state`` has."""
@@ -92,7 +93,7 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx
 
     @jit
     def epoch(state, inputs, data, key):
-        order = jax.random.permutation(key, n)
+        order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
         if padded > n:
             order = jnp.concatenate([order, jnp.zeros(padded - n, order.dtype)])
         else:
@@ -107,6 +108,43 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx
         return state, jax.tree.map(lambda a: jnp.sum(a, axis=0), sums)
 
     return epoch
+
+
+def make_train_steps(graphdef, n: int, batch_size: int, drop_last: bool, count: int, make_tx=None, layout=None, state=None, *, task,
+                     shuffle: bool = True):
+    """``steps(state, inputs, batch, key, start) -> (state, sums)``: ``count`` optimizer steps from
+    batch number ``start`` of the run (a traced scalar: one program serves every round of this
+    length), compiled once. Batch ``b`` is batch ``b % steps_per_epoch`` of epoch ``b //
+    steps_per_epoch`` in that epoch's order (the permutation of ``fold_in(key, epoch)``, as
+    :func:`make_train_epoch` draws it; the loader's order without ``shuffle``), so a round may
+    start and end anywhere in an epoch, and a resumed run draws what an uninterrupted one does."""
+    per_epoch, padded = batch_plan(n, batch_size, drop_last)
+    spanned = count // per_epoch + 2  # the epochs ``count`` batches from anywhere can touch
+    mesh = layout is not None and layout.mesh is not None
+    split = layout.batch if mesh else None
+    jit = partial(jax.jit, donate_argnums=0)
+    if mesh:
+        jit = partial(jit, out_shardings=(layout.state_shardings(state), layout.replicated))
+
+    def order(key, epoch):
+        rows = jax.random.permutation(jax.random.fold_in(key, epoch + 1), n) if shuffle else jnp.arange(n)  # epochs count from 1
+        return jnp.concatenate([rows, jnp.zeros(padded - n, rows.dtype)]) if padded > n else rows[:padded]
+
+    @jit
+    def steps(state, inputs, data, key, start):
+        first = start // per_epoch
+        orders = jax.vmap(lambda e: order(key, e))(first + jnp.arange(spanned))
+
+        def body(state, b):
+            epoch, at = b // per_epoch - first, (b % per_epoch) * batch_size
+            idx = jax.lax.dynamic_slice(orders[epoch], (at,), (batch_size,))
+            mask = ((at + jnp.arange(batch_size)) < n).astype(jnp.float32)
+            return _step(graphdef, make_tx, task, state, inputs, jax.tree.map(lambda a: a[idx], data), mask, split)
+
+        state, sums = jax.lax.scan(body, state, start + jnp.arange(count))
+        return state, jax.tree.map(lambda a: jnp.sum(a, axis=0), sums)
+
+    return steps
 
 
 def make_train_step(graphdef, make_tx=None, layout=None, state=None, *, task):

@@ -15,9 +15,16 @@ pytestmark = pytest.mark.xdist_group("resume")  # one worker computes the module
 
 # The tiny workload for 6 epochs in batches of 16 (7 steps an epoch), saved every 2 epochs and kept.
 RUN = ["run", "--epochs", "6", "--batch-size", "16", *as_options(tiny("run.save_every=2", "run.keep_latest=10"))]
-# The same as a regression (its loader's 100 examples of 16 features, one float target, Huber loss).
-REGRESSION_RUN = ["run", "--task", "regression", "--loader", "regression", "--epochs", "6", "--batch-size", "16",
-                  *as_options(tiny("run.save_every=2", "run.keep_latest=10", "task.loss=huber", "task.delta=0.5", without=["loader.classes"]))]
+# A regression on the regression loader (100 examples of 16 features, one float target, Huber loss) in steps:
+# 30 batches of 16 validated every 5 (a round ends mid-epoch: 7 batches an epoch), saved every 2 rounds.
+REGRESSION_RUN = ["run", "--task", "regression", "--loader", "regression", "--steps", "30", "--batch-size", "16",
+                  *as_options(tiny("run.eval_every=5", "run.save_every=2", "run.keep_latest=10", "task.loss=huber", "task.delta=0.5",
+                                   without=["loader.classes"]))]
+
+# A language model on the tokens loader (100 windows of 8 tokens, the mlp reading each token), 6 epochs.
+NEXT_TOKEN_RUN = ["run", "--task", "next_token", "--loader", "tokens", "--epochs", "6", "--batch-size", "16",
+                  *as_options(tiny("run.save_every=2", "run.keep_latest=10", "loader.train_size=100", "loader.val_size=20",
+                                   "loader.test_size=20", "loader.seq_len=8", without=["loader"]))]
 
 
 def cli(*args, env, **kwargs):
@@ -48,6 +55,11 @@ def regression_reference(tmp_path_factory):
     return uninterrupted(tmp_path_factory, REGRESSION_RUN)
 
 
+@pytest.fixture(scope="module")
+def next_token_reference(tmp_path_factory):
+    return uninterrupted(tmp_path_factory, NEXT_TOKEN_RUN)
+
+
 def metrics(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if not k.endswith("time")} for line in lines]
@@ -64,13 +76,16 @@ def final_arrays(run_dir: Path):
         ckpt.close()
 
 
-# Where the run is held and killed (tests/plugins_local/pause.py): after epoch 1, before any save;
-# its first save (epoch 2) written in full but not renamed into place; after summary.json, before
-# the end-of-run plugins.
-# The first is a regression (float targets, another task's sums and metrics), the others classify.
+# Where the run is held and killed (tests/plugins_local/pause.py), and which run:
+# - the regression in steps, after its fourth validation: it resumes from a checkpoint taken mid-epoch
+#   (step 10 or 20, whichever was whole) and must draw the batches an uninterrupted run draws;
+# - the classification, its first save (epoch 2) written in full but not renamed into place;
+# - the language model (token sums), after summary.json, before the end-of-run plugins.
 KILL_POINTS = {
-    "after the first epoch": ("regression", "epoch-1"), "mid-save": ("classification", "publish-1"), "at the end": ("classification", "end"),
+    "steps, between validations": ("regression", "epoch-4"), "mid-save": ("classification", "publish-1"), "at the end": ("next_token", "end"),
 }
+RUNS = {"regression": (REGRESSION_RUN, "regression_reference"), "classification": (RUN, "reference"),
+        "next_token": (NEXT_TOKEN_RUN, "next_token_reference")}
 
 
 def kill(run, out, env, at):
@@ -109,15 +124,16 @@ def assert_resumes_to(out, reference, env):
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, env, request, point):
     task, at = KILL_POINTS[point]
-    run, reference = (REGRESSION_RUN, request.getfixturevalue("regression_reference")) if task == "regression" else (
-        RUN, request.getfixturevalue("reference"))
+    run, fixture = RUNS[task]
+    reference = request.getfixturevalue(fixture)
     out = tmp_path / "run"
     kill(run, out, env, at)
     if point == "mid-save":  # step 14 (epoch 2) was being saved, and no step is finished
         entries = [p.name for p in (out / "checkpoints").iterdir()]
         assert not [n for n in entries if n.isdigit()] and [n for n in entries if n.startswith("14")], entries
-    assert_resumes_to(out, reference, env)
-    if task == "regression":
+    output = assert_resumes_to(out, reference, env)
+    if task == "regression":  # from a checkpoint taken mid-epoch (7 batches an epoch), whichever was whole when killed
+        assert "Resuming after validation 2 (checkpoint step 10)" in output or "Resuming after validation 4 (checkpoint step 20)" in output, output
         assert list(metrics(out)[0]) == ["epoch", "step", "lr", *(f"{s}_{m}" for s in ("train", "val") for m in ("loss", "mse", "mae", "r2"))]
 
 

@@ -1,8 +1,10 @@
-"""jaxyard-PLUGIN: a jaxyard plugin with PLUGIN_KINDS, each named PLUGIN_NAME.
+"""jaxyard-PLUGIN: a jaxyard plugin with these components:
+
+PLUGIN_LIST
 
 jaxyard finds it through its entry point (``[project.entry-points.jaxyard]`` in pyproject.toml).
-Each hook below registers one component: ``register(name, factory, params=ParamsClass)``; the
-factory's first docstring line is its description in ``jaxyard list``. Import jax, flax, optax
+Each kind's hook below registers its components: ``register(name, factory, params=ParamsClass)``;
+a factory's first docstring line is its description in ``jaxyard list``. Import jax, flax, optax
 and numpy inside the factories (or modules they import), never at the top of this module:
 listing components must stay fast. jaxyard's ``core/registry/hookspecs.py`` documents every factory.
 """
@@ -16,30 +18,27 @@ from attrs import validators as v
 
 import jaxyard
 
-NAME = "PLUGIN_NAME"
-
-
 # --- task -------------------------------------------------------------------------------------
 
 
 @attrs.frozen
-class TaskParams:
+class PluginTaskParams:
     temperature: float = jaxyard.param(1.0, "divides the logits before the softmax", validator=v.gt(0.0), traced=True)
 
 
-class BrierTask(jaxyard.Task):
+class PluginTask(jaxyard.Task):
     """Classification trained on the Brier score: the squared error (``optax.squared_error``)
     between the softmax of the logits and the one-hot label. Batches are a loader's ``(x, y)``."""
 
     metrics = {"loss": "min", "acc": "max"}  # what a run reports (val_loss, val_acc), and which way is better
 
-    def __init__(self, p: TaskParams):
+    def __init__(self, p: PluginTaskParams):
         self.p = p  # p.temperature may be a traced scalar in a sweep: compute with it, never branch on it
 
     def context(self, data, example):
         """Host side: what the model factory is told (num_outputs: the width of its output)."""
         if not data.num_classes:
-            raise jaxyard.UsageError(f"task {NAME!r} needs a loader that declares num_classes")
+            raise jaxyard.UsageError("task 'PLUGIN_COMPONENT' needs a loader that declares num_classes")
         return {"num_outputs": data.num_classes, "num_classes": data.num_classes}
 
     def check(self, batch, where, context):
@@ -48,7 +47,7 @@ class BrierTask(jaxyard.Task):
 
         y = np.asarray(batch[1])
         if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-            raise jaxyard.UsageError(f"{where} gives {y.dtype} targets of shape {y.shape}; task {NAME!r} needs integer labels (n,)")
+            raise jaxyard.UsageError(f"{where} gives {y.dtype} targets of shape {y.shape}; task 'PLUGIN_COMPONENT' needs integer labels (n,)")
         if y.size and (y.min() < 0 or y.max() >= context["num_classes"]):
             raise jaxyard.UsageError(f"{where} has labels {y.min()}..{y.max()}, outside 0..{context['num_classes'] - 1}")
 
@@ -72,27 +71,27 @@ class BrierTask(jaxyard.Task):
         return total / jnp.maximum(count, 1.0), {"loss": total, "acc": jnp.sum(correct * mask), "count": count}
 
 
-def task(p: TaskParams):
+def plugin_task(p: PluginTaskParams):
     """Classification on the Brier score: squared error of the softmax probabilities (optax)."""
-    return BrierTask(p)
+    return PluginTask(p)
 
 
 @jaxyard.hookimpl
 def jaxyard_register_tasks(register):
-    register(NAME, task, params=TaskParams)
+    register("PLUGIN_COMPONENT", plugin_task, params=PluginTaskParams)
 
 
 # --- optimizer --------------------------------------------------------------------------------
 
 
 @attrs.frozen
-class OptimizerParams:
+class PluginOptimizerParams:
     momentum: float = jaxyard.param(0.9, "decay of the running average of the gradients (0: plain SGD)", validator=[v.ge(0.0), v.lt(1.0)])
     nesterov: bool = jaxyard.param(False, "use Nesterov momentum")
     weight_decay: float = jaxyard.param(0.0, "decoupled weight decay, scaled by the learning rate (0: off)", validator=v.ge(0.0))
 
 
-def optimizer(p: OptimizerParams, *, learning_rate):
+def plugin_optimizer(p: PluginOptimizerParams, *, learning_rate):
     """SGD with momentum and decoupled weight decay, chained from optax primitives."""
     import optax
 
@@ -105,19 +104,19 @@ def optimizer(p: OptimizerParams, *, learning_rate):
 
 @jaxyard.hookimpl
 def jaxyard_register_optimizers(register):
-    register(NAME, optimizer, params=OptimizerParams)
+    register("PLUGIN_COMPONENT", plugin_optimizer, params=PluginOptimizerParams)
 
 
 # --- scheduler --------------------------------------------------------------------------------
 
 
 @attrs.frozen
-class SchedulerParams:
+class PluginSchedulerParams:
     power: float = jaxyard.param(2.0, "exponent of the decay: 1 is linear, more falls faster at first", validator=v.gt(0.0))
     end_fraction: float = jaxyard.param(0.01, "final rate as a fraction of the peak", validator=[v.ge(0.0), v.le(1.0)])
 
 
-def scheduler(p: SchedulerParams, *, learning_rate, decay_steps):
+def plugin_scheduler(p: PluginSchedulerParams, *, learning_rate, decay_steps):
     """Polynomial decay from the peak rate to end_fraction x peak over the rest of the run."""
     import optax
 
@@ -131,19 +130,19 @@ def scheduler(p: SchedulerParams, *, learning_rate, decay_steps):
 
 @jaxyard.hookimpl
 def jaxyard_register_schedulers(register):
-    register(NAME, scheduler, params=SchedulerParams)
+    register("PLUGIN_COMPONENT", plugin_scheduler, params=PluginSchedulerParams)
 
 
 # --- model ------------------------------------------------------------------------------------
 
 
 @attrs.frozen
-class ModelParams:
+class PluginModelParams:
     hidden: int = jaxyard.param(64, "units of the hidden layer", validator=v.ge(1))
     dropout_rate: float = jaxyard.param(0.1, "dropout after the hidden layer, active only in training", validator=[v.ge(0.0), v.lt(1.0)])
 
 
-def model(p: ModelParams, *, input_shape, num_outputs, rngs):
+def plugin_model(p: PluginModelParams, *, input_shape, num_outputs, rngs):
     """A small MLP: flatten, Linear, ReLU, dropout, Linear to num_outputs (a classification's logits)."""
     from jaxyard_PLUGIN._model import MLP  # flax is imported only when a model is built
 
@@ -152,14 +151,14 @@ def model(p: ModelParams, *, input_shape, num_outputs, rngs):
 
 @jaxyard.hookimpl
 def jaxyard_register_models(register):
-    register(NAME, model, params=ModelParams)
+    register("PLUGIN_COMPONENT", plugin_model, params=PluginModelParams)
 
 
 # --- loader -----------------------------------------------------------------------------------
 
 
 @attrs.frozen
-class LoaderParams:
+class PluginLoaderParams:
     train_size: int = jaxyard.param(512, "training examples", validator=v.ge(1))
     val_size: int = jaxyard.param(128, "validation examples", validator=v.ge(1))
     test_size: int = jaxyard.param(128, "test examples", validator=v.ge(1))
@@ -169,7 +168,7 @@ class LoaderParams:
     data_seed: int = jaxyard.param(0, "seeds the data (not run.seed: a sweep over seeds trains on the same data)", validator=v.ge(0))
 
 
-def loader(p: LoaderParams, *, seed):
+def plugin_loader(p: PluginLoaderParams, *, seed):
     """Learnable synthetic data: Gaussian blobs around one random mean per class."""
     import numpy as np
 
@@ -186,18 +185,18 @@ def loader(p: LoaderParams, *, seed):
 
 @jaxyard.hookimpl
 def jaxyard_register_loaders(register):
-    register(NAME, loader, params=LoaderParams)
+    register("PLUGIN_COMPONENT", plugin_loader, params=PluginLoaderParams)
 
 
 # --- checkpointer -----------------------------------------------------------------------------
 
 
 @attrs.frozen
-class CheckpointerParams:
+class PluginCheckpointerParams:
     compress: bool = jaxyard.param(False, "compress the arrays (smaller files, slower saves)")
 
 
-def checkpointer(p: CheckpointerParams, *, directory):
+def plugin_checkpointer(p: PluginCheckpointerParams, *, directory):
     """Checkpoints as .npz files with a manifest of dtypes, shapes and checksums (storage only)."""
     from jaxyard_PLUGIN._checkpointer import NpzCheckpointer  # numpy is imported only when it is built
 
@@ -206,18 +205,18 @@ def checkpointer(p: CheckpointerParams, *, directory):
 
 @jaxyard.hookimpl
 def jaxyard_register_checkpointers(register):
-    register(NAME, checkpointer, params=CheckpointerParams)
+    register("PLUGIN_COMPONENT", plugin_checkpointer, params=PluginCheckpointerParams)
 
 
 # --- logger -----------------------------------------------------------------------------------
 
 
 @attrs.frozen
-class LoggerParams:
-    filename: str = jaxyard.param("PLUGIN_NAME-metrics.tsv", "file in the run directory", validator=v.min_len(1))
+class PluginLoggerParams:
+    filename: str = jaxyard.param("PLUGIN_COMPONENT-metrics.tsv", "file in the run directory", validator=v.min_len(1))
 
 
-class FileLogger:
+class PluginFileLogger:
     """A header and one tab-separated row per epoch, with the columns of the first record (epoch,
     step, lr, then train_NAME and val_NAME for each metric of the run's task). ``start`` rewrites
     the file from the epochs the run already has (``run.history``), so after a kill and
@@ -249,11 +248,11 @@ class FileLogger:
         return header + "\t".join(str(record.get(c, "")) for c in self.columns) + "\n"
 
 
-def logger(p: LoggerParams, *, directory):
+def plugin_logger(p: PluginLoggerParams, *, directory):
     """One tab-separated row of metrics per epoch, in a file of the run directory."""
-    return FileLogger(Path(directory) / p.filename)
+    return PluginFileLogger(Path(directory) / p.filename)
 
 
 @jaxyard.hookimpl
 def jaxyard_register_loggers(register):
-    register(NAME, logger, params=LoggerParams)
+    register("PLUGIN_COMPONENT", plugin_logger, params=PluginLoggerParams)

@@ -2,7 +2,7 @@
 
 Run ``python -m pytest -q`` once the package is installed (the kit finds the components through
 its entry point, as ``jaxyard list`` does). Opt a check out with its reason:
-``parametrize_with_checks(distribution="jaxyard-PLUGIN", skip={"model:PLUGIN_NAME": {"check_name": "why"}})``.
+``parametrize_with_checks(distribution="jaxyard-PLUGIN", skip={"PLUGIN_EXAMPLE": {"check_name": "why"}})``.
 """
 
 from jaxyard.testing import parametrize_with_checks
