@@ -22,6 +22,10 @@ TINY = tiny("run.epochs=3", "run.batch_size=32", "run.save_every=1")
 # The same as a regression of 2 float targets per example (its loader's 100 examples of 16 features), unsaved.
 REGRESSION = tiny("run.epochs=3", "run.batch_size=32", "run.checkpointer=none", "run.task=regression", "run.loader=regression",
                   "loader.targets=2", without=["loader.classes"])
+# a language model in steps (its sums count tokens; 100 windows of 8 tokens, 9 batches validated every 4)
+NEXT_TOKEN = tiny("run.steps=9", "run.eval_every=4", "run.batch_size=32", "run.checkpointer=none", "run.task=next_token",
+                  "run.loader=tokens", "loader.train_size=100", "loader.val_size=20", "loader.test_size=20", "loader.seq_len=8",
+                  without=["loader"])
 
 SCRIPT = """
 import json, sys
@@ -60,12 +64,14 @@ try:
     odd = None
 except jaxyard.UsageError as err:
     odd = str(err)
-regression = {}  # another task on the same devices: every metric of every epoch, and the test's
-for name, extra in {"1": ["run.devices=1"], "4": ["run.devices=4"]}.items():
-    result = train(resolve_config(registry, Settings(), sets=[*json.loads(sys.argv[3]), *extra]), out_dir=out / f"regression-{name}")
-    regression[name] = [{k: v for k, v in r.items() if not k.endswith("_time")} for r in result.history] + [result.test]
+tasks = {}  # other tasks on the same devices: every metric of every epoch, and the test's
+for task, argument in (("regression", sys.argv[3]), ("next_token", sys.argv[4])):
+    tasks[task] = {}
+    for name, extra in {"1": ["run.devices=1"], "4": ["run.devices=4"]}.items():
+        result = train(resolve_config(registry, Settings(), sets=[*json.loads(argument), *extra]), out_dir=out / f"{task}-{name}")
+        tasks[task][name] = [{k: v for k, v in r.items() if not k.endswith("_time")} for r in result.history] + [result.test]
 print(json.dumps({"devices": jax.device_count(), "histories": histories, "eval": ev.test_loss, "odd": odd,
-                  "odd_written": (out / "odd").exists(), "regression": regression}))
+                  "odd_written": (out / "odd").exists(), **tasks}))
 """
 
 
@@ -73,7 +79,8 @@ print(json.dumps({"devices": jax.device_count(), "histories": histories, "eval":
 def four_devices(tmp_path_factory):
     out = tmp_path_factory.mktemp("devices")
     env = clean_environ(XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), json.dumps(TINY), json.dumps(REGRESSION)], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), json.dumps(TINY), json.dumps(REGRESSION),
+                           json.dumps(NEXT_TOKEN)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), out
 
@@ -90,10 +97,12 @@ def test_four_devices_match_one_within_1e5(four_devices, layout):
 
 
 @pytest.mark.slow
-def test_a_regression_on_four_devices_matches_one_within_1e5(four_devices):
+@pytest.mark.parametrize(("task", "rounds", "metrics"), [("regression", 3, {"val_mse", "val_mae", "val_r2"}),
+                                                      ("next_token", 3, {"val_perplexity", "val_token_acc"})])
+def test_another_task_on_four_devices_matches_one_within_1e5(four_devices, task, rounds, metrics):
     data, _ = four_devices
-    one, four = data["regression"]["1"], data["regression"]["4"]
-    assert len(one) == len(four) == 4 and {"val_mse", "val_mae", "val_r2"} <= one[0].keys() and "test_r2" in one[-1]
+    one, four = data[task]["1"], data[task]["4"]
+    assert len(one) == len(four) == rounds + 1 and metrics <= one[0].keys() and f"test_{sorted(metrics)[0][4:]}" in one[-1]
     for a, b in zip(one, four, strict=True):
         assert a.keys() == b.keys()
         for key in a:
