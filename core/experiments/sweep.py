@@ -296,8 +296,8 @@ def _append(directory: Path, line: dict[str, Any]) -> None:
 
 
 class Pruning:
-    """An event plugin for one trial: reports the monitored metric each epoch and stops the run
-    when the study's pruner says the trial is hopeless."""
+    """An event plugin for one trial: reports the monitored metric each round (an epoch, or
+    run.eval_every steps) and stops the run when the study's pruner says the trial is hopeless."""
 
     def __init__(self, trial, monitor: str, epochs: int, directory: Path):
         self.trial, self.monitor, self.epochs, self.directory, self.pruned = trial, monitor, epochs, Path(directory), False
@@ -308,7 +308,7 @@ class Pruning:
         if value is None or Path(run.directory) != self.directory:  # its own trial only (--vectorize trains several)
             return
         self.trial.report(float(value), int(record["epoch"]))
-        if record["epoch"] < self.epochs and self.trial.should_prune():  # the last epoch: nothing left to save
+        if record["epoch"] < run.epochs and self.trial.should_prune():  # the last round (epoch): nothing left to save
             self.pruned = True
             run.stop(f"pruned by the sweep at epoch {record['epoch']} ({self.monitor} {value:.4f})")
 
