@@ -288,7 +288,8 @@ def _run_options(f, *, sweep: bool = False, only: tuple[str, ...] = ()):
         ),
         "epochs": click.option("--epochs", **(number or {"type": int}), help=f"Number of epochs{listed}."),
         "steps": click.option(
-            "--steps", **(number or {"type": int}), help=f"Train this many batches instead of --epochs (run.steps; run.eval_every: how often to validate){listed}."
+            "--steps", **(number or {"type": int}),
+            help=f"Train this many batches instead of --epochs (run.steps; run.eval_every: how often to validate){listed}.",
         ),
         "batch-size": click.option("--batch-size", **(number or {"type": int}), help=f"Examples per step{listed}."),
         "lr": click.option("--lr", "learning_rate", **(number or {"type": float}), help=f"Peak learning rate{spec}."),

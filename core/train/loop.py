@@ -94,7 +94,7 @@ class InMemoryLoop:
         if b.stepped:
             start, end = b.round_ends[epoch - 1], b.round_ends[epoch]
             args: tuple = (self.key, jnp.asarray(start, jnp.int32))
-            key = (b.group, "steps", end - start, shapes(data))
+            key: tuple = (b.group, "steps", end - start, shapes(data))
         else:
             args, key = (jax.random.fold_in(self.key, epoch),), (b.group, "epoch", shapes(data))
         compiled = self.compiled.get(key)

@@ -1,6 +1,6 @@
 """The scaffold behind `jaxyard new-plugin`: what it writes and refuses, and (slow) that a generated
-package with all seven kinds is found through its entry point, is listed, trains, evaluates and passes
-the conformance kit its own test file runs."""
+package with all seven kinds and several components of a kind (`--model a --model b --task t`) is found
+through its entry point, is listed, trains, evaluates and passes the conformance kit its own test file runs."""
 
 from __future__ import annotations
 
@@ -64,9 +64,52 @@ def test_writes_one_documented_component_per_kind_asked(tmp_path):
     assert "jaxyard run --model my-model --logger my-model --epochs 2" in readme and "python -m pytest -q" in readme
     tests = (pkg / "tests/test_plugin.py").read_text()
     assert "from jaxyard.testing import parametrize_with_checks" in tests and 'parametrize_with_checks(distribution="jaxyard-my-model")' in tests
-    assert "pip install -e '.[test]'" in readme and tomllib.loads((pkg / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    # the printed next step works as printed: the extra it installs has pytest, and it is what the README says
+    assert [d for d in project["project"]["optional-dependencies"]["test"] if d.startswith("pytest")]
+    assert "\npip install -e '.[test]' " in readme and "\npython -m pytest -q\n" in readme
+    assert project["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
     assert next_steps(pkg) == f"cd {pkg} && pip install -e '.[test]' && python -m pytest -q"
     assert next_steps("my dir") == "cd 'my dir' && pip install -e '.[test]' && python -m pytest -q"
+
+
+def test_writes_several_components_of_a_kind_each_under_its_name(tmp_path, run_cli):
+    pkg = tmp_path / "pkg"
+    args = ["new-plugin", "demo", "--model", "a", "--model", "b-net", "--task", "t", "--optimizer", "2x", "--kind", "model", "--dir", pkg]
+    result = run_cli(args)
+    assert result.exit_code == 0 and result.stdout.splitlines()[-1].startswith(f"Next: cd {pkg} && pip install"), (result.stdout, result.stderr)
+    source = (pkg / "src/jaxyard_demo/__init__.py").read_text()
+    registers = [line.strip() for line in source.splitlines() if line.strip().startswith("register(")]
+    assert registers == [  # the kinds in jaxyard's order; in a kind, --kind's (named after the plugin) first
+        'register("t", t_task, params=TTaskParams)',
+        'register("2x", optimizer_2x_optimizer, params=Optimizer2xOptimizerParams)',
+        'register("demo", demo_model, params=DemoModelParams)',
+        'register("a", a_model, params=AModelParams)',
+        'register("b-net", b_net_model, params=BNetModelParams)',
+    ]
+    assert source.count("def jaxyard_register_models(register):") == 1 and source.count("class BNetModelParams:") == 1
+    assert "task 't' needs integer labels" in source and "PLUGIN" not in source and "Plugin" not in source
+    assert "- task ``t``\n- optimizer ``2x``\n- model ``demo``\n- model ``a``\n- model ``b-net``\n" in source
+    compile(source, "plugin", "exec")
+    readme = (pkg / "README.md").read_text()
+    assert "A jaxyard plugin: the task t, the optimizer 2x, the models demo, a and b-net." in readme
+    assert "| model | `b-net` |" in readme and "jaxyard show model b-net\n" in readme
+    assert "jaxyard run --task t --optimizer 2x --model demo --epochs 2" in readme
+    assert 'skip={"task:t": {"check_name": "why"}}' in (pkg / "tests/test_plugin.py").read_text()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "My-Net"], "invalid model name 'My-Net': use lower-case letters, digits, '-' and '_', starting with a letter or digit"),
+    (["--task", "a\nb"], "invalid task name 'a\\nb': use lower-case letters, digits, '-' and '_'"),
+    (["--logger", "-x"], "invalid logger name '-x'"),
+    (["--model", "a", "--model", "b", "--model", "a"], "two models named 'a': give each --model its own name"),
+    (["--kind", "model", "--model", "demo"], "two models named 'demo' (--kind model already writes the model named after the plugin)"),
+    (["--model", "a-b", "--model", "a_b"], "models 'a-b' and 'a_b' would have the same Python names (ABModelParams): rename one"),
+    (["--optimizer", "adam"], "optimizer 'adam' is built into jaxyard; choose another --optimizer name"),
+])
+def test_refuses_bad_or_twice_given_component_names_in_one_line(tmp_path, run_cli, args, message):
+    result = run_cli(["new-plugin", "demo", *args, "--dir", tmp_path / "pkg"])
+    assert result.exit_code == 2 and result.stderr.startswith(f"Error: {message}") and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "pkg").exists()
 
 
 def test_each_kind_alone_is_a_complete_module(tmp_path):
@@ -86,6 +129,10 @@ def test_each_kind_alone_is_a_complete_module(tmp_path):
 NAME = "scaffold-check"
 DIST = f"jaxyard-{NAME}"
 MODULE = "jaxyard_scaffold_check"
+#: What the slow tests' package holds: components under their own names (--model a --model b --task t),
+#: and one of each other kind named after the plugin (--kind): one generation for both ways.
+MORE = [("model", "a"), ("model", "b"), ("task", "t")]
+COMPONENTS = {(kind, NAME) for kind in KINDS if kind not in ("model", "task")} | set(MORE)
 
 
 def write_dist_info(site: Path, dist: str, version: str, entry_points: dict[str, dict[str, str]]) -> Path:
@@ -100,10 +147,13 @@ def write_dist_info(site: Path, dist: str, version: str, entry_points: dict[str,
 
 
 @pytest.fixture
-def generated(tmp_path, monkeypatch):
-    """A generated package with all seven kinds, as if installed: its src/ and a dist-info on sys.path
-    (which the kit's fresh-process import check passes on as PYTHONPATH); forgotten afterwards."""
-    pkg = write_plugin(tmp_path / DIST, NAME, kinds=KINDS)
+def generated(tmp_path, monkeypatch, run_cli):
+    """The package ``new-plugin`` writes with the COMPONENTS, as if installed: its src/ and a
+    dist-info on sys.path (which the kit's fresh-process import check passes on as PYTHONPATH); forgotten afterwards."""
+    pkg = tmp_path / DIST
+    options = [arg for kind, name in sorted(COMPONENTS) for arg in (("--kind", kind) if name == NAME else (f"--{kind}", name))]
+    wrote = run_cli(["new-plugin", NAME, *options, "--dir", pkg])
+    assert wrote.exit_code == 0, (wrote.stdout, wrote.stderr, wrote.exception)
     project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
     write_dist_info(tmp_path / "site", DIST, project["version"], {"jaxyard": project["entry-points"]["jaxyard"]})
     for folder in (pkg / "src", tmp_path / "site"):
@@ -119,10 +169,10 @@ def generated(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_generated_plugin_is_listed_and_trains(generated, run_cli, cli_json, tmp_path):
     listing = cli_json(["list", "--json"])
-    assert {(e["kind"], e["name"]) for e in listing if e["distribution"] == DIST} == {(kind, NAME) for kind in KINDS}
+    assert {(e["kind"], e["name"]) for e in listing if e["distribution"] == DIST} == COMPONENTS
 
     run = tmp_path / "run"
-    chosen = [arg for kind in KINDS for arg in (f"--{kind}", NAME)]
+    chosen = [arg for kind in KINDS for arg in (f"--{kind}", {"model": "b", "task": "t"}.get(kind, NAME))]
     train = run_cli(["run", *chosen, "--epochs", "2", "--out", run])
     assert train.exit_code == 0, (train.stdout[-2000:], train.stderr, train.exception)
     rows = (run / f"{NAME}-metrics.tsv").read_text().splitlines()
@@ -141,11 +191,12 @@ def test_generated_plugin_passes_the_kit(generated, tmp_path):
     tests = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tests)
     cases = tests.test_conformance.pytestmark[0].args[1]
-    assert sorted(case.id for case in cases) == sorted(f"{kind}:{NAME}-{c.name}" for kind in KINDS for c in checks_for(kind))
+    assert sorted(case.id for case in cases) == sorted(f"{kind}:{name}-{c.name}" for kind, name in COMPONENTS for c in checks_for(kind))
     assert not any(case.marks for case in cases)
     # ...and they pass: the same checks, run here rather than by a nested pytest
     registry = jaxyard.build_registry()
-    for kind in KINDS:
-        results = check_component(f"{kind}:{NAME}", tier="full", distribution=DIST, registry=registry, tmp_path=tmp_path / "kit" / kind)
+    for kind, name in sorted(COMPONENTS):
+        where = tmp_path / "kit" / f"{kind}-{name}"
+        results = check_component(f"{kind}:{name}", tier="full", distribution=DIST, registry=registry, tmp_path=where)
         assert results["entry_point"] == f"passed: entry point {NAME} = {MODULE} of {DIST} 0.1.0", results
         assert all(r.startswith(("passed", "skipped")) for r in results.values()), results
