@@ -45,6 +45,8 @@ def jaxyard_on_run_start(run):
     for split, label in (("train", "Train"), ("val", "Validation"), ("test", "Test")):
         size = run.sizes.get(split)
         echo(f"  {label} samples: {size if size is not None else 'streamed'}")
+    if run.sizes.get("val_carved"):  # the loader gave no val split (core/train/carve.py)
+        echo(f"  Validation: {run.sizes['val_carved']} examples carved from train (run.val_fraction = {cfg.val_fraction:g})")
     echo("\n3. Creating model...")
     model = run.config.model
     echo(f"  Model created: {model.name}, {run.num_params:,} parameters ({run.components['model'].partition(' (')[2][:-1]})")
@@ -64,7 +66,7 @@ def jaxyard_on_run_start(run):
     for step, cause in run.skipped_checkpoints:
         echo(f"  Skipped damaged checkpoint step {step}: {cause}")
     if run.restored_step is not None:
-        what = "validation" if run.config.run.steps or run.config.run.eval_every else "epoch"
+        what = "validation" if _stepped(run) else "epoch"
         echo(f"  Resuming after {what} {run.start_epoch} (checkpoint step {run.restored_step})")
     result = yield
     echo("\n5. Starting training...")
@@ -76,9 +78,8 @@ def jaxyard_on_run_start(run):
 def jaxyard_on_epoch_end(run, record):
     """The epoch's metrics, in the task's order: ``Train - Loss: 0.4321, Acc: 0.8750``."""
     echo, names = run.echo, _metrics(run)
-    cfg = run.config.run
-    if cfg.steps or cfg.eval_every:
-        echo(f"Step {record['step']}/{run.total_steps * cfg.accumulate_steps} (validation {record['epoch']}/{run.epochs})")
+    if _stepped(run):
+        echo(f"Step {record['step']}/{run.total_steps * run.config.run.accumulate_steps} (validation {record['epoch']}/{run.epochs})")
     else:
         echo(f"Epoch {record['epoch']}/{run.epochs}")
     for head, prefix, suffix in (("Train", "train_", ""), ("Val", "val_", ""), ("EMA", "val_", M.EMA)):
@@ -89,8 +90,7 @@ def jaxyard_on_epoch_end(run, record):
 
 @hookimpl
 def jaxyard_on_checkpoint_saved(run, step, record):
-    cfg = run.config.run
-    what = "validation" if cfg.steps or cfg.eval_every else "epoch"
+    what = "validation" if _stepped(run) else "epoch"
     run.echo(f"  Checkpoint saved: step {step} ({what} {record['epoch']})")
 
 
@@ -123,3 +123,9 @@ def jaxyard_on_run_failed(run, error):
             f"Run stopped after epoch {run.history[-1]['epoch']}; `jaxyard resume {run.directory}` continues "
             f"from checkpoint step {run.last_checkpoint}"
         )
+
+
+def _stepped(run) -> bool:
+    """Rounds counted in steps (run.steps or run.eval_every): lines say "validation", not "epoch"."""
+    cfg = getattr(getattr(run, "config", None), "run", None)
+    return bool(cfg is not None and (cfg.steps or cfg.eval_every))

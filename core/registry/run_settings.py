@@ -59,6 +59,10 @@ class RunSettings:
     clip_norm: float = P.param(0.0, "clip gradients to this global norm (0: off)", validator=v.ge(0.0))
     seed: int = P.param(0, "seeds the initialisation, dropout and the shuffle", validator=[v.ge(0), v.lt(2**31)])
     drop_last: bool = P.param(False, "drop the last partial batch instead of padding and masking it")
+    val_fraction: float = P.param(
+        0.1, "for a loader that gives no validation split: the share of its training rows held out as one (chosen by a fixed "
+        "seed, the same for every run.seed; 0 refuses such a loader)", validator=[v.ge(0.0), v.lt(1.0)],
+    )
     eval_batch_size: int = P.param(1000, "examples per evaluation step (speed only)", validator=v.ge(1))
     save_every: int = P.param(5, "save a checkpoint every N epochs (the last epoch is always saved)", validator=v.ge(1))
     patience: int = P.param(0, "stop after this many epochs without improvement of `monitor` (0: off)", validator=v.ge(0))

@@ -23,6 +23,7 @@ from jaxyard.core.scale.layout import Layout, make_layout
 from jaxyard.core.task import Task
 from jaxyard.core.train import steps
 from jaxyard.core.train.averaging import ema_of_params
+from jaxyard.core.train.carve import carve_validation
 from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch
 from jaxyard.core.train.traced import Programs, group_key, replaced, traceable, with_values
 
@@ -100,7 +101,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     # a loader gives the same data for the same parameters and seed (resume relies on it): a sweep's trials
     # that share them share one loaded, checked, on-device copy
     data_key = ("data", config.loader.key, repr(config.loader.params), config.task.key, repr(config.task.params), run.seed,
-                run.batch_size, run.drop_last, run.epochs, run.devices, run.shard_params)
+                run.batch_size, run.drop_last, run.epochs, run.devices, run.shard_params, run.val_fraction)
     cached = shared and data_key in programs
     if cached:
         data, steps_per_epoch, context, valid = programs.get(data_key, lambda: None)
@@ -142,7 +143,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
             return Split(*placed) if isinstance(split, Split) else placed
 
         valid = {s: layout.place_data(np.ones(sizes[s], np.float32)) for s in ("train", "val", "test")}  # padding rows: 0
-        data = Dataset(on_device(data.train), on_device(data.val), on_device(data.test), data.num_classes)
+        data = attrs.evolve(data, train=on_device(data.train), val=on_device(data.val), test=on_device(data.test))  # (a carved one stays one)
     elif not cached:
         valid = {}
     if shared and not cached:
@@ -357,6 +358,7 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     data = config.loader.create(seed=run.seed)
     if not isinstance(data, (Dataset, StreamingDataset)):
         raise _broken(config.loader, f"returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
+    data = carve_validation(config, data)  # a loader without a val split: run.val_fraction of train (core/train/carve.py)
     sizes = data.sizes()
     if not sizes["train"]:
         raise UsageError(f"loader {name!r} must give the size of its train split (StreamingDataset sizes=...)")

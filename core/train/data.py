@@ -67,12 +67,14 @@ class Dataset:
     """An in-memory data set: the engine puts it on the device and scans whole epochs.
 
     Each split is a :class:`Split` or a pytree of arrays with one row per example (a dict).
-    ``num_classes``: the number of classes (or a vocabulary's size), for the tasks that read it;
-    None where it means nothing (regression).
+    ``val`` may be None (``Dataset(train, None, test)``): the engine then carves a validation split
+    out of train, ``run.val_fraction`` of its rows chosen by a fixed seed (the same for every
+    ``run.seed``), and the report says so. ``num_classes``: the number of classes (or a
+    vocabulary's size), for the tasks that read it; None where it means nothing (regression).
     """
 
     train: SplitData
-    val: SplitData
+    val: SplitData | None
     test: SplitData
     num_classes: int | None = None
 
@@ -84,6 +86,7 @@ class Dataset:
         return input_shape_of(as_batch(getattr(self, split)))
 
     def sizes(self) -> dict[str, int]:
+        """Rows per split (a missing val split: 0)."""
         return {s: num_rows(getattr(self, s)) for s in SPLITS}
 
 

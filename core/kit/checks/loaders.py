@@ -25,12 +25,15 @@ def _load(s: Subject, seed: int = 0):
 
 
 def _splits(data, batch_size: int = 4) -> dict[str, Any]:
-    """Each split (a Dataset) or its first batch (a StreamingDataset) as the batch pytree a task sees, of NumPy arrays."""
+    """Each split (a Dataset) or its first batch (a StreamingDataset) as the batch pytree a task sees, of NumPy arrays
+    (a Dataset without a val split: train and test, the engine carves val from train)."""
     from jaxyard.core.train.data import SPLITS, Dataset
 
     out = {}
     for split in SPLITS:
         if isinstance(data, Dataset):
+            if split == "val" and data.val is None:  # none: the engine carves one from train (run.val_fraction)
+                continue
             out[split] = examples.host_batch(getattr(data, split))
         else:
             first = next(iter(data.batches(split, batch_size, 0)), None)
