@@ -173,10 +173,16 @@ class DigitsParams:
     val_fraction: float = param(0.15, "share of the 1,797 images held out for validation", validator=_fraction)
     test_fraction: float = param(0.15, "share held out for testing", validator=_fraction)
     split_seed: int = _split_seed()
+    image: bool = param(False, "give each digit as an 8x8x1 image, (n, 8, 8, 1): the cnn's 2-D input "
+                               "(false: (n, 8, 8), which the cnn reads as a 1-D signal down the rows, the columns its channels, "
+                               "unless model.conv_dims=2)")
 
 
 def digits(p: DigitsParams, *, seed):
-    """The 8x8 handwritten digits shipped with scikit-learn (pip install 'jaxyard[digits]')."""
+    """The 8x8 handwritten digits shipped with scikit-learn (pip install 'jaxyard[digits]').
+
+    Features float32 in [0, 1] of shape (n, 8, 8), or (n, 8, 8, 1) with ``image`` (an image of
+    one channel: the cnn's 2-D input); labels int32 0..9."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -185,6 +191,8 @@ def digits(p: DigitsParams, *, seed):
 
     data = load_digits()
     x = (data.images / 16.0).astype(np.float32)
+    if p.image:
+        x = x[..., None]
     return _split_arrays(x, data.target.astype(np.int32), p.val_fraction, p.test_fraction, p.split_seed, classes=10)
 
 
@@ -454,6 +462,88 @@ def _split_arrays(x, y, val_fraction, test_fraction, seed, classes=None, *, src=
     return Dataset(Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]), classes)
 
 
+#: The standard-library packages whose modules (not their subpackages), sorted, make the text
+#: loader's default corpus, read in this order up to ``max_chars``.
+STDLIB_PACKAGES = ("json", "logging", "http", "urllib", "email", "unittest", "asyncio")
+
+
+@attrs.frozen
+class TextParams:
+    path: str = param("", "a UTF-8 text file; empty: the Python standard library's own source (depends on the Python version)")
+    tokenizer: str = param("byte", "byte: UTF-8 bytes (vocabulary 256); char: characters (vocabulary: the text's, sorted)",
+                           validator=v.in_(("byte", "char")))
+    seq_len: int = param(64, "tokens a model reads per window (each row holds seq_len + 1)", validator=v.ge(1))
+    stride: int = param(0, "tokens from one training window's start to the next (0: seq_len; val and test windows never "
+                        "overlap)", validator=v.ge(0))
+    max_chars: int = param(200_000, "characters read from the start of the text (0: all of it)", validator=v.ge(0))
+    val_fraction: float = param(0.05, "share of the text after the training part held out for validation", validator=[v.gt(0.0), v.lt(1.0)])
+    test_fraction: float = param(0.05, "share at the end of the text held out for testing", validator=[v.gt(0.0), v.lt(1.0)])
+
+
+def text(p: TextParams, *, seed):
+    """Byte- or character-level token windows of a UTF-8 text file (default: Python's own source), for next_token.
+
+    With no path it reads the standard library's source (the modules of ``STDLIB_PACKAGES`` under
+    ``sysconfig``'s stdlib path: the same text for the same Python version), so it runs offline.
+
+    The first ``max_chars`` characters are split by position: train, then the next ``val_fraction``
+    (val), then the last ``test_fraction`` (test); each part is cut into windows of ``seq_len + 1``
+    tokens on its own, so none crosses two parts. Each split is ``{"tokens": int32 (n, seq_len + 1)}``;
+    ``num_classes`` is the vocabulary's size (256 bytes, or the text's distinct characters).
+    """
+    import numpy as np
+
+    source, corpus = _text_of(p)
+    if p.tokenizer == "byte":
+        ids, vocab = np.frombuffer(corpus.encode("utf-8"), np.uint8).astype(np.int32), 256
+    else:
+        points = np.frombuffer(corpus.encode("utf-32-le"), np.uint32)
+        alphabet = np.unique(points)
+        ids, vocab = np.searchsorted(alphabet, points).astype(np.int32), len(alphabet)
+    n, window = len(ids), p.seq_len + 1
+    val, test = int(round(n * p.val_fraction)), int(round(n * p.test_fraction))
+    splits = []
+    for name, start, end in (("train", 0, n - val - test), ("val", n - val - test, n - test), ("test", n - test, n)):
+        if end - start < window:
+            part = "1 - val_fraction - test_fraction" if name == "train" else f"{name}_fraction"
+            raise UsageError(f"{source} gives {n:,} tokens; its {name} part ({part}: {max(end - start, 0):,} tokens) is shorter "
+                             f"than one window of seq_len + 1 = {window}: use a longer text (max_chars), a smaller seq_len "
+                             f"or other fractions")
+        stride = (p.stride or p.seq_len) if name == "train" else p.seq_len
+        splits.append({"tokens": np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(ids[start:end], window)[::stride])})
+    return Dataset(*splits, vocab)
+
+
+def _text_of(p: TextParams) -> tuple[str, str]:
+    """How the loader's messages name what it reads, and its first ``max_chars`` characters."""
+    import sysconfig
+
+    if not p.path:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        modules = [m for package in STDLIB_PACKAGES for m in sorted((root / package).glob("*.py"))]
+        if not modules:
+            raise UsageError(f"loader 'text': no Python source under {root} (this Python ships without it); "
+                             "pass --set loader.path=FILE, a UTF-8 text file")
+        parts: list[str] = []
+        while modules and not (p.max_chars and sum(map(len, parts)) >= p.max_chars):
+            parts.append(modules.pop(0).read_text(encoding="utf-8"))
+        return f"loader 'text': the standard library's source ({root})", "".join(parts)[:p.max_chars or None]
+    source, fix = f"loader 'text': {p.path}", "pass --set loader.path=FILE, a UTF-8 text file (empty: the standard library's source)"
+    if not Path(p.path).is_file():
+        raise UsageError(f"{source} is a directory; {fix}" if Path(p.path).is_dir() else f"{source}: no such file; {fix}")
+    try:
+        with open(p.path, encoding="utf-8-sig", newline="") as f:
+            corpus = f.read(p.max_chars or -1)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{source} is not UTF-8 text ({err.reason}: byte 0x{err.object[err.start]:02x}); convert it "
+                         "(iconv -t UTF-8) or pass another file") from None
+    except OSError as err:
+        raise UsageError(f"{source}: cannot read it: {err.strerror or _first_line(err)}") from None
+    if not corpus:
+        raise UsageError(f"{source} is empty; {fix}")
+    return source, corpus
+
+
 @hookimpl
 def jaxyard_register_loaders(register):
     register("synthetic", synthetic, params=SyntheticParams)
@@ -463,3 +553,4 @@ def jaxyard_register_loaders(register):
     register("regression", regression, params=RegressionParams)
     register("multilabel", multilabel, params=MultilabelParams)
     register("tokens", tokens, params=TokensParams)
+    register("text", text, params=TextParams)

@@ -127,13 +127,14 @@ def test_show_run(cli_json, run_cli):
         (["show", "optimizer", "adamx"],
          ["unknown optimizer 'adamx'", "did you mean adam, adamw?", "valid: adafactor, adam, adamw, lamb, lion, rmsprop, sgd, signsgd"]),
         (["show", "optimizers", "sdg"], ["unknown optimizer 'sdg'", "did you mean sgd", "valid: "]),
-        (["show", "model", "resnet"], ["unknown model 'resnet'", "valid: logreg, mlp"]),
+        (["show", "model", "resnet"], ["unknown model 'resnet'", "valid: cnn, logreg, mlp, rnn, transformer"]),
         (["show", "optimiser", "adam"],
          ["unknown kind 'optimiser'", "did you mean optimizer?", "valid: task, optimizer, scheduler, model, loader, checkpointer, logger"]),
         (["run", "--optimizer", "adamx", "--dry-run"], ["unknown optimizer 'adamx'", "did you mean adam, adamw?", "valid: "]),
         (["run", "--scheduler", "cosin", "--dry-run"],
          ["unknown scheduler 'cosin'", "did you mean cosine", "constant, cosine, exponential, linear, warmup"]),
-        (["run", "--loader", "mnist", "--dry-run"], ["unknown loader 'mnist'", "valid: csv, digits, multilabel, npz, regression, synthetic, tokens"]),
+        (["run", "--loader", "mnist", "--dry-run"],
+         ["unknown loader 'mnist'", "valid: csv, digits, multilabel, npz, regression, synthetic, text, tokens"]),
     ],
 )
 def test_unknown_names(run_cli, args, fragments):

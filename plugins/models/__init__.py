@@ -6,6 +6,7 @@ import attrs
 from attrs import validators as v
 
 from jaxyard import hookimpl, param
+from jaxyard.plugins.models import cnn, rnn, transformer
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu")
 
@@ -36,3 +37,6 @@ def mlp(p: MLPParams, *, input_shape, num_outputs, rngs, vocab_size=None):
 @hookimpl
 def jaxyard_register_models(register):
     register("mlp", mlp, params=MLPParams)
+    register("transformer", transformer.factory, params=transformer.Params)
+    register("cnn", cnn.factory, params=cnn.Params)
+    register("rnn", rnn.factory, params=rnn.Params)
