@@ -86,6 +86,10 @@ def test_bidirectional_next_token_is_refused_in_one_line(run_cli, tmp_path):
 
 
 def test_the_kit_passes_for_next_token(tmp_path):
-    results = check_component("model:rnn", task="next_token", tmp_path=tmp_path, params={"hidden": 16})
+    # the blocks' own checks run for classification in the conformance test, and the CLI test above trains it for next_token
+    same = "the conformance test's, for classification: the same cells"
+    skip = {check: same for check in ("train_eval_modes", "batch_independent", "deterministic", "uses_rngs", "jit_equals_eager")}
+    skip.update(light_import="the conformance test's", trains="trained below the unigram perplexity from the CLI above")
+    results = check_component("model:rnn", task="next_token", tmp_path=tmp_path, params={"hidden": 16}, skip=skip)
     assert all(r.startswith(("passed", "skipped")) for r in results.values()), results
     assert results["returns_module"] == "passed: task next_token on the kit's tokens example: input_shape (8,), output (2, 8, 11)"

@@ -8,6 +8,7 @@ with 4 host devices (`--cpu-devices` does the same for the CLI).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -78,7 +79,7 @@ print(json.dumps({"devices": jax.device_count(), "histories": histories, "eval":
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
     out = tmp_path_factory.mktemp("devices")
-    env = clean_environ(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = clean_environ(XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip())  # the suite's too
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(out), json.dumps(TINY), json.dumps(REGRESSION),
                            json.dumps(NEXT_TOKEN)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
