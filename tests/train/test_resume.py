@@ -79,10 +79,11 @@ def final_arrays(run_dir: Path):
 # Where the run is held and killed (tests/plugins_local/pause.py), and which run:
 # - the regression in steps, after its fourth validation: it resumes from a checkpoint taken mid-epoch
 #   (step 10 or 20, whichever was whole) and must draw the batches an uninterrupted run draws;
-# - the classification, its first save (epoch 2) written in full but not renamed into place;
-# - the language model (token sums), after summary.json, before the end-of-run plugins.
+# - the language model (token sums; 7 batches an epoch too), its first save (epoch 2) written in full but
+#   not renamed into place;
+# - the classification, after summary.json, before the end-of-run plugins.
 KILL_POINTS = {
-    "steps, between validations": ("regression", "epoch-4"), "mid-save": ("classification", "publish-1"), "at the end": ("next_token", "end"),
+    "steps, between validations": ("regression", "epoch-4"), "mid-save": ("next_token", "publish-1"), "at the end": ("classification", "end"),
 }
 RUNS = {"regression": (REGRESSION_RUN, "regression_reference"), "classification": (RUN, "reference"),
         "next_token": (NEXT_TOKEN_RUN, "next_token_reference")}
