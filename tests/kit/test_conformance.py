@@ -46,7 +46,12 @@ def csv_file(tmp_path: Path) -> dict:
     return {"path": str(tmp_path / "data.csv")}
 
 
-@parametrize_with_checks(distribution="jaxyard", tier="full", skip=SKIP, params={"loader:npz": npz_file, "loader:csv": csv_file})
+#: the larger built-ins checked at small sizes: the checks are about contracts, not capacity
+SMALL = {"model:transformer": {"dim": 32, "layers": 1, "heads": 2}, "model:cnn": {"channels": [8, 16]}, "model:rnn": {"hidden": 16},
+         "loader:text": {"max_chars": 20000, "seq_len": 16}}
+
+
+@parametrize_with_checks(distribution="jaxyard", tier="full", skip=SKIP, params={"loader:npz": npz_file, "loader:csv": csv_file, **SMALL})
 def test_builtin_conformance(entry, check, tmp_path):
     check(entry, tmp_path)
 

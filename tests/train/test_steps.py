@@ -67,7 +67,8 @@ def test_without_shuffle_the_first_step_reads_the_first_rows():
     before = jax.tree.map(jnp.copy, built.state)
     make_loop(built).train_epoch(1)
     train = jax.tree.map(lambda a: a[:16], (built.data.train.x, built.data.train.y))
-    expected, _ = S._step(built.train_graphdef, None, built.task_of, before, {}, train, jnp.ones(16, jnp.float32))
+    step = jax.jit(lambda state, batch, mask: S._step(built.train_graphdef, None, built.task_of, state, {}, batch, mask))
+    expected, _ = step(before, train, jnp.ones(16, jnp.float32))
     equal(built.state, expected)
 
 
