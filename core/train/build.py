@@ -105,9 +105,11 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     cached = shared and data_key in programs
     if cached:
         data, steps_per_epoch, context, valid = programs.get(data_key, lambda: None)
+        example = None  # (the fit check reads shapes from the cached on-device data)
     else:
         data, steps_per_epoch = load_data(config)
-        context = task_context(config, task, data)
+        example = train_example(config, data)
+        context = task_context(config, task, data, example)
     sizes = data.sizes()
 
     def create(rngs):
@@ -126,7 +128,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module")
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if checked not in programs:
-        check_fit(config, model, data, task=task, context=context)
+        check_fit(config, model, data, task=task, context=context, example=example)
         programs.get(checked, lambda: True)  # a sweep's later trials of the group skip the two shape checks
 
     schedule, warmup, total = make_schedule(config, steps_per_epoch)
@@ -220,17 +222,25 @@ def make_task(config: RunConfig, *, check: bool = True):
     return task
 
 
-def task_context(config: RunConfig, task, data) -> dict[str, Any]:
-    """What the model factory is told about the data (the loader's input shape, then the task's
-    context), with every in-memory split checked by the task."""
-    loader = config.loader.name
+def train_example(config: RunConfig, data) -> Any:
+    """Host (NumPy) rows of the training split as a batch pytree: the whole split in memory, or a
+    streamed loader's first batch (read once: the fit check reuses it)."""
     if isinstance(data, Dataset):
         example = as_batch(data.train)
     else:
         example = next(iter(data.batches("train", config.run.batch_size, 0)), None)
         if example is None:
-            raise UsageError(f"loader {loader!r} gave no training batch")
-    example = jax.tree.map(np.asarray, example)
+            raise UsageError(f"loader {config.loader.name!r} gave no training batch")
+    return jax.tree.map(np.asarray, example)
+
+
+def task_context(config: RunConfig, task, data, example: Any = None) -> dict[str, Any]:
+    """What the model factory is told about the data (the loader's input shape, then the task's
+    context), with every in-memory split checked by the task (``example``: :func:`train_example`'s,
+    read here when not given)."""
+    loader = config.loader.name
+    if example is None:
+        example = train_example(config, data)
     context = {"input_shape": tuple(data.input_shape)}
     if not isinstance(data, Dataset):  # its shapes first: the task reads it next
         check_streamed(config, None, context, data, example, f"loader {loader!r}: the first train batch")
@@ -504,14 +514,17 @@ def _check_dataset(name: str, data: Dataset) -> None:
                 raise UsageError(f"loader {name!r}: {split} example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
 
 
-def check_fit(config: RunConfig, model, data, *, task=None, context=None) -> None:
+def check_fit(config: RunConfig, model, data, *, task=None, context=None, example: Any = None) -> None:
     """A model that does not take the loader's inputs, or whose output is not what the task
-    reads (classification: ``(batch, num_classes)``), is refused now, from shapes alone."""
+    reads (classification: ``(batch, num_classes)``), is refused now, from shapes alone
+    (``example``: :func:`train_example`'s, when the caller has read it)."""
     if task is None:
         task = make_task(config, check=False)
+    if example is None and not isinstance(data, Dataset):
+        example = train_example(config, data)
     if context is None:
-        context = task_context(config, task, data)
-    batch = abstract_rows(data, context, 2)
+        context = task_context(config, task, data, example)
+    batch = abstract_rows(data, context, 2, example)
     mask = jax.ShapeDtypeStruct((2,), jnp.float32)
     model.eval()  # layers that must be told (attention's dropout) are: shapes only, dropout off
     graphdef, state = nnx.split(model)
@@ -547,12 +560,13 @@ def check_fit(config: RunConfig, model, data, *, task=None, context=None) -> Non
         )
 
 
-def abstract_rows(data, context, rows: int):
-    """Shapes and dtypes of ``rows`` rows of the training data (a streamed loader's: of its first batch)."""
+def abstract_rows(data, context, rows: int, example: Any = None):
+    """Shapes and dtypes of ``rows`` rows of the training data (of ``example``, a streamed loader's
+    first batch, read here when not given)."""
     if isinstance(data, Dataset):
         batch = as_batch(data.train)
     else:
-        batch = next(iter(data.batches("train", rows, 0)))
+        batch = example if example is not None else next(iter(data.batches("train", rows, 0)))
 
     def spec(a):
         a = a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a)

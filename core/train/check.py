@@ -32,6 +32,7 @@ from jaxyard.core.train.build import (
     make_tx,
     model_rngs,
     task_context,
+    train_example,
 )
 from jaxyard.core.train.data import Dataset, as_batch
 from jaxyard.core.train.loop import compiling
@@ -44,7 +45,8 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
     layout = make_layout(run.devices, run.shard_params, run.batch_size)
     task = make_task(config)
     data, steps_per_epoch = load_data(config)
-    context = task_context(config, task, data)
+    example = train_example(config, data)
+    context = task_context(config, task, data, example)
 
     def create():
         model = create_model(config, context, model_rngs(0, task))
@@ -53,7 +55,7 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
 
     check_memory(config, nnx.eval_shape(lambda: create_model(config, context, model_rngs(0, task))))
     model, optimizer = nnx.eval_shape(create)
-    check_fit(config, model, data, task=task, context=context)
+    check_fit(config, model, data, task=task, context=context, example=example)
     graphdef, state = steps.split(model, optimizer)
     params = nnx.state(model, nnx.Param)
     param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
@@ -64,7 +66,7 @@ def check(config: RunConfig, *, memory_limit: int | None = None) -> dict[str, An
     abstract_state = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), state, shardings)
     batch_sharding = layout.batch if layout.mesh is not None else None
     bs = run.batch_size
-    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding), abstract_rows(data, context, bs))
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding), abstract_rows(data, context, bs, example))
     mask = jax.ShapeDtypeStruct((bs,), jnp.float32, sharding=batch_sharding)
     step = steps.make_train_step(graphdef, None, layout, state, task=lambda inputs: task)
 
