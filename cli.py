@@ -61,12 +61,16 @@ class Session:
 
 
 class JaxyardGroup(click.Group):
-    """Turns a JaxyardError (or an OSError) into one line on stderr and its exit code; --debug re-raises."""
+    """Turns a JaxyardError (or an OSError) into one line on stderr and its exit code; --debug re-raises.
+    Output whose reader has gone (``jaxyard list | head -3``) ends the command quietly."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (JaxyardError, OSError) as err:
+            if isinstance(err, BrokenPipeError) and _reader_gone():
+                _leave_job(click.exceptions.Exit(1))
+                raise  # click's main exits quietly (status 1, no message), as other CLIs do on EPIPE
             if (ctx.obj and ctx.obj.debug) or env_flag("JAXYARD_DEBUG"):
                 _leave_job(err)
                 raise
@@ -83,6 +87,25 @@ class JaxyardGroup(click.Group):
             raise
 
 
+def _reader_gone() -> bool:
+    """Whether stdout or stderr is a pipe whose reader has closed it (a broken pipe of this
+    process's own output, not of a socket or a child's pipe): ``poll`` reports an error on it."""
+    import select
+
+    if not hasattr(select, "poll"):  # (Windows) any broken pipe is taken for the output's
+        return True
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # replaced (click's test runner): not a pipe
+            continue
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+            return True
+    return False
+
+
 def _leave_job(err: BaseException) -> None:
     """A process of a job that fails exits now: at a normal exit jax waits (5 minutes) for every
     process to shut down, while the others wait in a collective for this one."""
@@ -95,14 +118,19 @@ def _leave_job(err: BaseException) -> None:
     if isinstance(err, click.ClickException):
         err.show()
         code = err.exit_code
+    elif isinstance(err, click.exceptions.Exit):  # nothing to say (the output's reader has gone)
+        code = err.exit_code
     elif isinstance(err, KeyboardInterrupt):
         click.echo("Aborted!", err=True)
         code = 130
     else:
         traceback.print_exception(err)
         code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a reader that has gone
+            pass
     os._exit(code)
 
 
@@ -223,7 +251,9 @@ def show(session, kind, name, as_json):
         click.echo("  parameters: none")
         return
     click.echo("  parameters:")
-    rows = [[p["name"], p["type"], _value_text(p), p["doc"] + " [traced in sweeps]" * bool(p.get("traced"))] for p in data["params"]]
+    marks = {"traced": " [traced in sweeps]", "writes": " [a path inside the run directory]",
+             "outside": " [a destination: --set or a registry file only]"}
+    rows = [[p["name"], p["type"], _value_text(p), p["doc"] + "".join(m for k, m in marks.items() if p.get(k))] for p in data["params"]]
     for line in D.table(rows, indent="    "):
         click.echo(line)
 
@@ -335,10 +365,15 @@ def _job_options(f):
     return command
 
 
-def _join(job: dict) -> None:
+def _join(job: dict, config=None) -> None:
+    """Join the job (before jax starts), if one is asked for; with ``config``, its processes then
+    agree that they resolved the same one (``train`` and ``resume`` check theirs themselves)."""
     from jaxyard.core.scale.processes import join
 
-    join(**job)  # before jax starts
+    if join(**job) and config is not None:
+        from jaxyard.core.train.engine import agree_config
+
+        agree_config(config)
 
 
 def _resolve(session, config_file, sets, loggers=(), **options):
@@ -414,7 +449,7 @@ def check(session, config_file, sets, memory_limit, as_json, job, **options):
       jaxyard --cpu-devices 2 launch -n 2 -- check    (the layout of a job of 2 processes)
     """
     config = _resolve(session, config_file, sets, **options)
-    _join(job)
+    _join(job, config)
     from jaxyard.core.scale import processes
     from jaxyard.core.train.check import check as check_config
 
@@ -456,7 +491,7 @@ def _print_check(info) -> None:
 
 
 @cli.command(short_help="Print (and plot) the learning rate over a run.")
-@functools.partial(_run_options, only=("config", "scheduler", "loader", "epochs", "batch-size", "lr", "set"))
+@_run_options  # all of run's: the command line of a run plots its rate (options the rate ignores are checked, not used)
 @click.option("--steps-per-epoch", type=click.IntRange(min=1),
               help="Optimizer steps per epoch (default: from the loader's train split and the batch size).")
 @click.option("--points", default=11, show_default=True, type=click.IntRange(min=2), help="Rows of the table (at least 2).")
@@ -477,9 +512,10 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
 
     info = schedule_points(config, points, steps_per_epoch=steps_per_epoch)
     run = config.run
+    span = f"run.steps; {info['steps_per_epoch']} an epoch" if run.steps else f"{run.epochs} epochs of {info['steps_per_epoch']}"
     click.echo(
         f"{config.scheduler.name}: peak {run.learning_rate:g}, warmup {info['warmup_steps']} steps, "
-        f"{info['total_steps']} steps ({run.epochs} epochs of {info['steps_per_epoch']})"
+        f"{info['total_steps']} steps ({span})"
     )
     for line in D.table([["step", "epoch", "learning rate"]] + [
         [str(step), f"{step / info['steps_per_epoch']:.1f}", f"{lr:.6g}"] for step, lr in info["table"]
@@ -493,21 +529,37 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
 
 @cli.command(short_help="Continue an interrupted run from its newest checkpoint.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), help="Change run.epochs deliberately: a finished run continues to this many.")
+@click.option("--steps", type=click.IntRange(min=0), help="Change run.steps deliberately (0: run.epochs).")
+@click.option("--set", "sets", multiple=True, metavar="KIND.KEY=VALUE",
+              help="Change a value of config.toml deliberately, or give one a data file may not (repeatable; as run's --set).")
 @click.option("--devices", metavar="N|all",
               help="Continue on other devices (checkpoints restore in any layout); for this resume only: config.toml keeps the run's own.")
 @click.option("--shard-params/--no-shard-params", default=None, help="Continue with the state sharded (or not) over the devices (this resume only).")
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @_job_options
 @click.pass_obj
-def resume(session, run_dir, devices, shard_params, no_compile_cache, job):
+def resume(session, run_dir, epochs, steps, sets, devices, shard_params, no_compile_cache, job):
     """Continue an interrupted run from its newest intact checkpoint, in its own layout or another
-    (--devices, a job of several processes: checkpoints restore in any)."""
+    (--devices, a job of several processes: checkpoints restore in any).
+
+    RUN_DIR/config.toml must match the configuration its checkpoints were trained with; a
+    difference is refused, naming the keys. --epochs, --steps and --set change the run
+    deliberately: the change is printed, recorded in RUN_DIR/changes.jsonl and config.toml, and
+    the checkpoints saved after carry it.
+
+    \b
+    Examples:
+      jaxyard resume runs/20261126-101010-mlp-adam-synthetic
+      jaxyard resume runs/20261126-101010-mlp-adam-synthetic --epochs 20
+      jaxyard resume runs/RUN --set logger.mlflow.tracking_uri=http://127.0.0.1:5000
+    """
     _join(job)
     from jaxyard.core.train.engine import resume as resume_run
 
     resume_run(
         run_dir, registry=session.registry, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache),
-        devices=devices, shard_params=shard_params,
+        devices=devices, shard_params=shard_params, epochs=epochs, steps=steps, sets=sets,
     )
 
 
@@ -660,11 +712,13 @@ def _print_table(headers: list[str], rows: list[list], text: list[list[str]]) ->
     "--prune", type=click.Choice(["median", "hyperband", "none"]),
     help="Stop hopeless trials early, from their per-epoch `run.monitor` [default: median].",
 )
-@click.option("--storage", metavar="URL", help="An Optuna storage URL to share the study (default: a journal file in the sweep directory).")
+@click.option("--storage", metavar="URL", help="An Optuna storage URL to share the study (default: a journal file in the sweep directory); "
+                                               "with --resume, given again: a sweep directory's own is not followed.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes on the same study.")
 @click.option("--vectorize", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Train the trials of one static group as one vmapped program (auto: on GPU/TPU, off on CPU, where it is slower).")
-@click.option("--resume", "resume_dir", metavar="DIR", help="Continue the sweep in DIR: requeue the trials of killed workers, run the rest.")
+@click.option("--resume", "resume_dir", metavar="DIR",
+              help="Continue the sweep in DIR: requeue the trials of killed workers and those a full disk (or the like) failed, run the rest.")
 @click.option("--worker-index", type=int, hidden=True)
 @click.option("--no-compile-cache", is_flag=True, help=f"Do not use JAX's persistent compilation cache [env {ENV_NO_CACHE}=1].")
 @click.pass_obj
@@ -686,23 +740,35 @@ def sweep(
 
     vectorized = S.vectorized(vectorize)
     if worker_index is not None:  # one of --workers: run trials, print them, leave the summary to the parent
+        S.check_storage(Path(resume_dir), S.load_spec(resume_dir), storage)
         counts = S.run_worker(resume_dir, registry=session.registry, worker=worker_index, vectorize=vectorized, echo=click.echo,
-                              warn=_warn, compile_cache=_compile_cache(no_compile_cache), wave=S.worker_wave(resume_dir, workers))
+                              warn=_warn, compile_cache=_compile_cache(no_compile_cache), wave=S.worker_wave(resume_dir, workers),
+                              sets=sets)
         click.echo(f"Worker {worker_index}: {_counts_text(counts)}")
         return
     if resume_dir:
-        changed = {**options, "config": config_file, "out": out, "sampler": sampler, "trials": trials, "prune": prune, "storage": storage}
+        changed = {**options, "config": config_file, "out": out, "sampler": sampler, "trials": trials, "prune": prune}
         flag = {"learning_rate": "--lr"}
-        given = [flag.get(k, f"--{k.replace('_', '-')}") for k, v in changed.items() if v] + ["--set"] * bool(sets) + ["--logger"] * bool(loggers)
+        given = [flag.get(k, f"--{k.replace('_', '-')}") for k, v in changed.items() if v] + ["--logger"] * bool(loggers)
         if given:
             from jaxyard.core.errors import UsageError
 
             raise UsageError(f"{given[0]} cannot change a sweep being resumed (its sweep.json holds them); start a new sweep")
         directory = Path(resume_dir)
-        S.recover(directory, S.open_study(directory, S.load_spec(directory)), echo=click.echo)
+        explicit = S.destinations(directory, session.registry, sets)  # --set: only the destinations base.toml names, given again
+        S.resume(directory, storage=storage, echo=click.echo, warn=_warn)  # --storage: only the sweep's own, given again
     else:
-        directory = S.new(lambda values: _resolve(session, config_file, values, loggers), options=options, sets=sets, out=out,
-                          sampler=sampler, trials=trials, prune=prune or "median", storage=storage)
+        from jaxyard.core.registry.config import outside_sets
+
+        bases: list = []  # the configurations resolved from the command line: their destinations are the user's word
+
+        def resolve(values):
+            bases.append(_resolve(session, config_file, values, loggers))
+            return bases[-1]
+
+        directory = S.new(resolve, options=options, sets=sets, out=out, sampler=sampler, trials=trials, prune=prune or "median",
+                          storage=storage)
+        explicit = outside_sets(bases[0])
         planned = S.load_spec(directory).trials
         if trials and trials > planned:
             click.echo(f"Note: --trials {trials} is more than the grid's {planned} points: {planned} trials")
@@ -713,13 +779,14 @@ def sweep(
     import time
 
     started = time.perf_counter()
+    stopped: list[int] = []  # workers that failed
     if workers == 1:
         counts = S.run_worker(directory, registry=session.registry, vectorize=vectorized, echo=click.echo, warn=_warn,
-                              compile_cache=_compile_cache(no_compile_cache))
+                              compile_cache=_compile_cache(no_compile_cache), sets=explicit)
         click.echo(f"Trials {_counts_text(counts)}")
-    else:
-        S.spawn_workers(directory, workers, forwarded=_global_options(session), vectorize=vectorized, compile_cache=not no_compile_cache,
-                        echo=click.echo, warn=_warn)
+    else:  # a worker that stopped is in the summary line below
+        stopped = S.spawn_workers(directory, workers, forwarded=_global_options(session), vectorize=vectorized,
+                                  compile_cache=not no_compile_cache, echo=click.echo, warn=lambda line: None, sets=explicit)
     headers, rows, best = S.leaderboard(directory)
     from jaxyard.core.experiments import compare as C
 
@@ -731,11 +798,18 @@ def sweep(
     if best:
         click.echo(f"Best: trial {best['trial']} ({spec.monitor} {best['value']:.4f}); rerun it alone: "
                    f"jaxyard run --config {directory / best['run_dir'] / 'config.toml'}")
-    if any(r[1] != "failed" for r in rows):
-        click.echo(f"Plot saved to {C.plot_sweep(directory, directory / 'sweep.png')}")
-    elif rows:
-        from jaxyard.core.errors import TrainingError
+    from jaxyard.core.errors import TrainingError
 
+    retry = S.outcome(directory, stopped)  # the machine's failures (a full disk, a killed worker): exit 1, say how to go on
+    if any(r[1] != "failed" for r in rows):
+        try:
+            click.echo(f"Plot saved to {C.plot_sweep(directory, directory / 'sweep.png')}")
+        except OSError:
+            if retry is None:
+                raise  # else the line below names the cause (the full disk the plot could not be saved to either)
+    if retry is not None:
+        raise TrainingError(retry)
+    if rows and all(r[1] == "failed" for r in rows):
         raise TrainingError(f"no trial of the sweep finished: every one failed (their errors are in {directory / S.RESULTS})")
 
 

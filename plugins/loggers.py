@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 
 from jaxyard import hookimpl, param
+from jaxyard.core.registry.params import inside
 from jaxyard.core.store.rundir import write_atomic
 from jaxyard.core.train.loggers import MissingExtra, require
 
@@ -32,7 +33,7 @@ def _append(path: Path, text: str) -> None:
 
 @attrs.frozen
 class JsonlParams:
-    filename: str = param("metrics.jsonl", "file in the run directory")
+    filename: str = param("metrics.jsonl", "file in the run directory", writes=True)
 
 
 class JsonlLogger:
@@ -53,12 +54,12 @@ class JsonlLogger:
 
 def jsonl(p: JsonlParams, *, directory: Path) -> JsonlLogger:
     """metrics.jsonl: one JSON line per epoch (every metric, lr, timings)."""
-    return JsonlLogger(Path(directory) / p.filename)
+    return JsonlLogger(inside(directory, p.filename, what="logger.jsonl.filename"))
 
 
 @attrs.frozen
 class CsvParams:
-    filename: str = param("metrics.csv", "file in the run directory")
+    filename: str = param("metrics.csv", "file in the run directory", writes=True)
 
 
 class CsvLogger:
@@ -93,7 +94,7 @@ class CsvLogger:
 
 def csv_logger(p: CsvParams, *, directory: Path) -> CsvLogger:
     """metrics.csv: a header and one row per epoch, for spreadsheets and pandas."""
-    return CsvLogger(Path(directory) / p.filename)
+    return CsvLogger(inside(directory, p.filename, what="logger.csv.filename"))
 
 
 @hookimpl
@@ -123,7 +124,7 @@ def _installed(module: str) -> bool:
 
 @attrs.frozen
 class TensorboardParams:
-    subdir: str = param("tensorboard", "folder in the run directory for the event files (tensorboard --logdir RUN_DIR)")
+    subdir: str = param("tensorboard", "folder in the run directory for the event files (tensorboard --logdir RUN_DIR)", writes=True)
 
 
 def tensorboard_logger(p: TensorboardParams, *, directory: Path):
@@ -131,12 +132,14 @@ def tensorboard_logger(p: TensorboardParams, *, directory: Path):
     require("tensorboardX", what="the tensorboard logger", extra="tensorboard")
     from jaxyard.plugins._trackers.tensorboard import TensorboardLogger
 
-    return TensorboardLogger(Path(directory) / p.subdir)
+    return TensorboardLogger(inside(directory, p.subdir, what="logger.tensorboard.subdir"))
 
 
 @attrs.frozen
 class MlflowParams:
-    tracking_uri: str = param("", "MLflow tracking URI; empty: a SQLite store in the run directory (sqlite:///RUN_DIR/mlflow.db)")
+    tracking_uri: str = param(
+        "", "MLflow tracking URI; empty: a SQLite store in the run directory (sqlite:///RUN_DIR/mlflow.db)", outside=True,
+    )
     experiment: str = param("jaxyard", "MLflow experiment, created when missing", validator=attrs.validators.min_len(1))
     run_name: str = param("", "MLflow run name; empty: the run directory's name")
 
@@ -144,6 +147,9 @@ class MlflowParams:
 def mlflow_logger(p: MlflowParams, *, directory: Path):
     """MLflow: the config as params, per-epoch metrics, test metrics and artifacts (pip install 'jaxyard[mlflow]')."""
     what = "the mlflow logger"
+    if not p.tracking_uri:  # its store and artifacts in the run directory: not through a link that leads out
+        inside(directory, "mlflow.db")
+        inside(directory, "mlflow-artifacts")
     if not _installed("mlflow"):  # named first: without mlflow, the database libraries are beside the point
         raise MissingExtra(what, "mlflow", "mlflow")
     if p.tracking_uri == "" or p.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
@@ -172,6 +178,7 @@ class WandbParams:
         "offline",
         "offline (files in RUN_DIR/wandb, upload later with `wandb sync`), online or disabled",
         validator=attrs.validators.in_(("offline", "online", "disabled")),
+        outside=lambda mode: mode == "online",
     )
     project: str = param("jaxyard", "W&B project", validator=attrs.validators.min_len(1))
     entity: str = param("", "W&B entity (user or team); empty: your default")
@@ -181,6 +188,7 @@ class WandbParams:
 def wandb_logger(p: WandbParams, *, directory: Path):
     """Weights & Biases, offline unless mode=online: config, per-epoch metrics, test summary (pip install 'jaxyard[wandb]')."""
     require("wandb", what="the wandb logger", extra="wandb")
+    inside(directory, "wandb")  # its files: not through a link that leads out of the run directory
     from jaxyard.plugins._trackers.wandb import WandbLogger
 
     return WandbLogger(Path(directory), mode=p.mode, project=p.project, entity=p.entity, run_name=p.run_name)

@@ -29,7 +29,9 @@ def jaxyard_on_epoch_end(run, record):
     elif record["epoch"] == run.start_epoch + 1 and record["epoch"] < run.epochs:
         import jax
 
-        jax.profiler.start_trace(str(run.directory / PROFILE))
+        from jaxyard.core.registry.params import inside
+
+        jax.profiler.start_trace(str(inside(run.directory, PROFILE)))  # not a link leading out of the run
         _active.add(id(run))
 
 

@@ -11,6 +11,7 @@ import time
 
 from jaxyard import hookimpl
 from jaxyard.core import metrics as M
+from jaxyard.plugins.checkpointing import saves_checkpoints
 
 RULE = "-" * 40
 
@@ -61,7 +62,7 @@ def jaxyard_on_run_start(run):
     )
     if cfg.ema_decay:
         echo(f"  Weight averaging: exponential moving average, decay {cfg.ema_decay:g}")
-    if cfg.warmup_steps >= run.total_steps:
+    if run.warmup_steps and run.warmup_steps >= run.total_steps:  # the warmup the run has (none for `constant`)
         echo(f"  Note: run.warmup_steps = {cfg.warmup_steps} covers the whole run of {run.total_steps} steps: the rate only rises")
     for step, cause in run.skipped_checkpoints:
         echo(f"  Skipped damaged checkpoint step {step}: {cause}")
@@ -90,6 +91,8 @@ def jaxyard_on_epoch_end(run, record):
 
 @hookimpl
 def jaxyard_on_checkpoint_saved(run, step, record):
+    if not saves_checkpoints(run):  # a save asked for by another plugin: nothing was saved
+        return
     what = "validation" if _stepped(run) else "epoch"
     run.echo(f"  Checkpoint saved: step {step} ({what} {record['epoch']})")
 

@@ -109,12 +109,18 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     meta = _read_json(path / SWEEP_META) or {}
     by_number: dict[Any, dict] = {}
     for line in _read_jsonl(path / SWEEP_TRIALS):
-        by_number.pop(line.get("trial"), None)  # a retried trial: the last line wins
-        by_number[line.get("trial")] = line
+        number = line.get("trial")
+        if not isinstance(number, (int, str, type(None))):
+            raise UsageError(f"{path / SWEEP_TRIALS}: trial {number!r} is not a trial number; it was not written by jaxyard, or it was edited")
+        by_number.pop(number, None)  # a retried trial: the last line wins
+        by_number[number] = line
     trials = sorted(by_number.values(), key=lambda t: t["trial"] if isinstance(t.get("trial"), int) else math.inf)
-    monitor = meta.get("monitor") or "val_loss"
-    direction = meta.get("direction") or ("minimize" if M.minimized(monitor, meta.get("metrics")) else "maximize")
-    return Sweep(path, monitor, direction, dict(meta.get("space") or {}), trials)
+    monitor, metrics, direction, space = (meta.get(key) for key in ("monitor", "metrics", "direction", "space"))  # as written, or not
+    monitor = monitor if isinstance(monitor, str) and monitor else "val_loss"
+    metrics = metrics if isinstance(metrics, dict) else None
+    if direction not in ("minimize", "maximize"):
+        direction = "minimize" if M.minimized(monitor, metrics) else "maximize"
+    return Sweep(path, monitor, str(direction), dict(space) if isinstance(space, dict) else {}, trials)
 
 
 def flatten_config(data: dict[str, Any]) -> dict[str, Any]:
@@ -133,11 +139,8 @@ def flatten_config(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_run(path: Path, label: str, trial: dict | None) -> RunRecord:
-    try:
-        data = tomllib.loads((path / rd.CONFIG).read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"{path / rd.CONFIG} is not valid TOML ({err}); it is not a run jaxyard wrote, or it was edited") from None
-    metrics_file = data.get("logger", {}).get("jsonl", {}).get("filename", rd.METRICS)
+    data = _read_toml(path / rd.CONFIG)
+    metrics_file = _metrics_file(path, data)
     records: dict[Any, dict] = {}
     for record in _read_jsonl(path / metrics_file) if (path / metrics_file).is_file() else ():
         records.pop(record.get("epoch"), None)  # a repeated epoch: the last record wins
@@ -146,12 +149,48 @@ def _load_run(path: Path, label: str, trial: dict | None) -> RunRecord:
     return RunRecord(label, path, flatten_config(data), list(records.values()), summary, trial)
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A run's config.toml, or one line naming it: not UTF-8, not TOML, nested too deeply, unreadable."""
+    fault = "it is not a run jaxyard wrote, or it was edited"
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; {fault}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"{path} is not valid TOML ({err}); {fault}") from None
+    except RecursionError:  # tomllib recurses per level: `a = [[[[...]]]]` thousands deep
+        raise UsageError(f"{path} is not valid TOML (arrays or tables nested too deeply); {fault}") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def _metrics_file(path: Path, data: dict[str, Any]) -> str:
+    """The run's epoch records: its jsonl logger's file, inside the run directory (else metrics.jsonl)."""
+    logger = data.get("logger")
+    table = logger.get("jsonl") if isinstance(logger, dict) else None
+    name = table.get("filename", rd.METRICS) if isinstance(table, dict) else rd.METRICS
+    if not isinstance(name, str) or not _inside(name):
+        raise UsageError(f"{path / rd.CONFIG}: logger.jsonl.filename {name!r} is not a file inside the run directory; it was edited")
+    return name
+
+
+def _inside(relative: str) -> bool:
+    """Whether ``relative`` names a path inside a directory: relative, without '..' or '~'."""
+    parts = Path(relative).parts
+    return bool(parts) and not Path(relative).is_absolute() and ".." not in parts and not relative.startswith("~")
+
+
 def _trial_dirs(sweep: Sweep):
     """(trial, run dir) for each trial that has a run directory; a failed one without is skipped."""
     for trial in sweep.trials:
         run_dir = trial.get("run_dir")
         if not run_dir:
             continue
+        if not isinstance(run_dir, str) or not _inside(run_dir):
+            raise UsageError(
+                f"{sweep.path / SWEEP_TRIALS}: trial {trial.get('trial')}'s run_dir {run_dir!r} is not a directory inside the sweep "
+                "(trials/NNNN); it was not written by jaxyard, or it was edited"
+            )
         path = sweep.path / run_dir
         if not (path / rd.CONFIG).is_file():
             if trial.get("state") == "failed":
@@ -189,21 +228,24 @@ def _read_json(path: Path) -> dict | None:
     """A JSON object file, or None when missing or unreadable (an interrupted or older run)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return data if isinstance(data, dict) else None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     """One object per line; a torn last line (a killed writer) is left out."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read: {err.strerror or err}") from None
     out = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-        except ValueError:
+            item = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # not UTF-8 (a ValueError), not JSON, nested too deeply
             if number == len(lines):
                 break
             raise UsageError(f"{path}:{number} is not a JSON line; it was not written by jaxyard, or it was edited") from None

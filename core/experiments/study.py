@@ -10,7 +10,7 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 STUDY_FILE = "study.log"  # the journal file of a study without --storage
 LOCK = ".sweep.lock"
 
-__all__ = ["LOCK", "STUDY_FILE", "grid_params", "import_optuna", "locked", "next_trial", "open_study", "storage_of", "suggest"]
+__all__ = ["LOCK", "STUDY_FILE", "damaged", "grid_params", "import_optuna", "locked", "mend_journal", "next_trial", "open_study", "retried",
+           "storage_of", "suggest"]
 
 
 def import_optuna():
@@ -73,7 +74,16 @@ def open_study(directory: Path, spec: SweepSpec, *, create: bool = False, worker
     except Exception as err:  # sqlalchemy and the journal backend: a bad URL, an unreachable server, an unwritable file
         if isinstance(err, JaxyardError):
             raise
-        raise UsageError(f"--storage {spec.storage or directory / STUDY_FILE}: {one_line(err, first_line=True)}") from None
+        raise damaged(directory, spec, err) from None
+
+
+def damaged(directory: Path, spec: SweepSpec, err: BaseException) -> UsageError:
+    """The study's storage failed (``err``), as one line: a journal file that is not one, or the
+    ``--storage`` and its error."""
+    if spec.storage is None and isinstance(err, ValueError):  # JSONDecodeError: a line of the journal is not one
+        return UsageError(f"{directory / STUDY_FILE} is damaged ({one_line(err, first_line=True)}); "
+                          f"the study cannot go on: start a new sweep (sweep.jsonl and trials/ keep the results so far)")
+    return UsageError(f"--storage {spec.storage or directory / STUDY_FILE}: {one_line(err, first_line=True)}")
 
 
 def grid_params(dims: Iterable[Dim], point: dict[str, str]) -> dict[str, Any]:
@@ -113,12 +123,18 @@ def locked(directory: Path):
         os.close(fd)
 
 
-def _counted(trial) -> bool:
-    """A trial that uses up the budget: every one but those waiting and those lost with a killed
-    worker (retried under a new number)."""
+def retried(trials) -> set[int]:
+    """The numbers of the trials run again under a new number (``sweep --resume``: a killed
+    worker's, one that failed for the machine's reason): each new one says ``retry_of``."""
+    return {t.user_attrs["retry_of"] for t in trials if isinstance(t.user_attrs.get("retry_of"), int)}
+
+
+def _counted(trial, again: set[int]) -> bool:
+    """A trial that uses up the budget: every one but those waiting and those run again under a
+    new number (``again``; a killed worker's are also marked ``retried``)."""
     from optuna.trial import TrialState
 
-    return trial.state != TrialState.WAITING and not trial.user_attrs.get("retried")
+    return trial.state != TrialState.WAITING and not trial.user_attrs.get("retried") and trial.number not in again
 
 
 def next_trial(directory: Path, study, spec: SweepSpec):
@@ -129,8 +145,63 @@ def next_trial(directory: Path, study, spec: SweepSpec):
     with locked(directory):
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        if not waiting and sum(map(_counted, trials)) >= spec.trials:
+        again = retried(trials)
+        if not waiting and sum(_counted(t, again) for t in trials) >= spec.trials:
             return None
         trial = study.ask()
         trial.set_user_attr("worker", {"pid": os.getpid(), "host": socket.gethostname()})
         return trial
+
+
+def mend_journal(directory: Path, spec: SweepSpec, recorded: Iterable[int], warn: Callable[[str], None]) -> bool:
+    """A study.log whose last line is cut off (a write interrupted: a kill, a full disk): that
+    piece is set aside to ``study.log.torn`` and the study goes on without it, when the journal
+    still holds every trial ``recorded`` (sweep.jsonl's finished ones) finished and every trial
+    directory; otherwise one line refusing it. Returns whether it mended the file.
+
+    Why set aside rather than refuse: Optuna's journal is a list of operations, appended whole,
+    one a line. A cut last line is an operation that never completed, and Optuna reads past it;
+    but its next append would glue onto it, and the file would be damaged for good (a 48-line
+    JSONDecodeError on every later resume). Without it, the study is as if the writer had been
+    killed just before that write, which ``sweep --resume`` recovers from already (that trial is
+    queued again). A file cut further back (copied half, truncated) has lost operations the
+    sweep relied on, which the comparison finds: refused, nothing written.
+    """
+    path = directory / STUDY_FILE
+    if spec.storage or not path.is_file():
+        return False
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))  # Optuna's own writers' lock: nobody is mid-append while held
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut == len(data):
+            return False
+        study = open_study(directory, spec)  # reads past the cut line, as Optuna does
+        trials = study.get_trials(deepcopy=False)
+        finished = {t.number for t in trials if t.state.is_finished()}
+        made = {int(p.name) for p in (directory / "trials").glob("[0-9][0-9][0-9][0-9]") if p.is_dir()}
+        lost = sorted({n for n in recorded if n not in finished} | (made - {t.number for t in trials}))
+        if lost:
+            raise UsageError(
+                f"{path} is cut short: its last line is cut off and it has lost trial {lost[0]}, which the sweep directory "
+                f"records; the study cannot go on: start a new sweep (sweep.jsonl and trials/ keep the results so far)"
+            )
+        torn = path.with_name(STUDY_FILE + ".torn")
+        with open(torn, "ab") as f:  # kept, not deleted: the bytes of the write that did not complete
+            f.write(data[cut:] + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.truncate(path, cut)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        lock.release()
+    warn(f"Warning: {path}: its last line was cut off (a write interrupted by a kill or a full disk); the study goes on "
+         f"without that last update (set aside to {torn.name})")
+    return True

@@ -13,7 +13,8 @@ compiled program per static group.
 From Python, as the ``sweep`` command does: :func:`new` writes the directory (the trials' defaults
 included), then :func:`run_worker` runs the trials in this process, or :func:`spawn_workers` in
 several, and :func:`leaderboard` ranks them. The search space is :mod:`jaxyard.core.experiments.space`,
-the Optuna study :mod:`jaxyard.core.experiments.study`.
+the Optuna study :mod:`jaxyard.core.experiments.study`, ``sweep.jsonl`` and what ``--resume`` runs
+again :mod:`jaxyard.core.experiments.recovery`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,7 +31,13 @@ from typing import Any
 import attrs
 
 from jaxyard.core import metrics as M
-from jaxyard.core.errors import JaxyardError, UsageError, one_line
+from jaxyard.core.errors import JaxyardError, TrainingError, UsageError, one_line
+from jaxyard.core.experiments import recovery
+from jaxyard.core.experiments.recovery import RESULTS as RESULTS
+from jaxyard.core.experiments.recovery import _append, _params, environmental
+from jaxyard.core.experiments.recovery import check_storage as check_storage
+from jaxyard.core.experiments.recovery import recover as recover
+from jaxyard.core.experiments.recovery import results as results
 from jaxyard.core.experiments.space import Dim, as_text, grid, max_epochs, split_values
 from jaxyard.core.experiments.space import fixed_text as fixed_text  # `x as x`: still importable from here
 from jaxyard.core.experiments.space import parse_spec as parse_spec
@@ -40,13 +46,11 @@ from jaxyard.core.experiments.study import LOCK as LOCK
 from jaxyard.core.experiments.study import STUDY_FILE as STUDY_FILE
 from jaxyard.core.experiments.study import grid_params, import_optuna, locked, next_trial, open_study, suggest
 from jaxyard.core.experiments.study import storage_of as storage_of
-from jaxyard.core.registry import params as P
 from jaxyard.core.registry.hookspecs import hookimpl
 from jaxyard.core.store.rundir import write_atomic
 
 SPEC = "sweep.json"
 BASE = "base.toml"
-RESULTS = "sweep.jsonl"
 TRIALS = "trials"
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("median", "hyperband", "none")
@@ -89,6 +93,18 @@ class SweepSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SweepSpec:
+        """The spec of a sweep.json's data; a ValueError (or KeyError, TypeError) naming the first bad value."""
+        kinds: dict[str, type | tuple[type, ...]] = {
+            "sampler": str, "trials": int, "prune": str, "monitor": str, "epochs": int, "storage": (str, type(None)), "study": str,
+            "seed": int, "dims": list,
+        }
+        for key, kind in kinds.items():
+            if not isinstance(data[key], kind) or isinstance(data[key], bool):
+                raise ValueError(f"{key} = {data[key]!r}")
+        if data["sampler"] not in SAMPLERS or data["prune"] not in PRUNERS or data["trials"] < 1:
+            raise ValueError(f"sampler {data['sampler']!r}, prune {data['prune']!r}, trials {data['trials']!r}")
+        if not isinstance(data.get("metrics"), (dict, type(None))):
+            raise ValueError(f"metrics = {data['metrics']!r}")
         dims = tuple(Dim(**{**d, "values": tuple(d["values"])}) for d in data["dims"])
         return cls(dims, data["sampler"], data["trials"], data["prune"], data["monitor"], data["epochs"], data["storage"],
                    data["study"], data["seed"], data.get("metrics"))
@@ -247,52 +263,27 @@ def _with_trial_defaults(resolve: Callable[[list[str]], Any], fixed: list[str], 
 def load_spec(directory: str | os.PathLike) -> SweepSpec:
     path = Path(directory) / SPEC
     try:
-        return SweepSpec.from_json(json.loads(path.read_text()))
+        return SweepSpec.from_json(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise UsageError(f"{directory} is not a sweep directory (no {SPEC})") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:  # not UTF-8, not JSON, a bad value
         raise UsageError(f"{path} is damaged ({one_line(err)}); start a new sweep") from None
 
 
-def recover(directory: Path, study, echo: Callable[[str], None]) -> int:
-    """Mark the trials of workers that died as failed and queue their configurations again.
-    Returns how many were requeued."""
-    from optuna.trial import TrialState
-
-    host, count = socket.gethostname(), 0
-    with locked(directory):
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            worker = t.user_attrs.get("worker") or {}
-            if worker.get("host") == host and _alive(worker.get("pid")):
-                continue
-            study._storage.set_trial_user_attr(t._trial_id, "retried", True)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            _append(directory, {"trial": t.number, "state": "failed", "params": _params(t.params), "run_dir": None,
-                                "best": None, "final": None, "test": None, "value": None, "seconds": None,
-                                "error": "its worker stopped (killed?) before it finished; queued again"})
-            echo(f"Trial {t.number}: its worker stopped before it finished; queued again")
-            count += 1
-    return count
+def resume(directory: str | os.PathLike, *, storage: str | None = None, echo: Callable[[str], None] = lambda line: None,
+           warn: Callable[[str], None] | None = None) -> SweepSpec:
+    """Ready the sweep in ``directory`` to go on, as ``sweep --resume`` does before running trials
+    (:func:`jaxyard.core.experiments.recovery.reopen`): ``storage`` is the ``--storage`` given,
+    needed when sweep.json names one. Returns its spec."""
+    spec = load_spec(directory)
+    recovery.reopen(Path(directory), spec, storage=storage, echo=echo, warn=warn)
+    return spec
 
 
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
-
-
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: P.parse_value(v) if isinstance(v, str) else v for k, v in params.items()}
-
-
-def _append(directory: Path, line: dict[str, Any]) -> None:
-    with open(directory / RESULTS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def outcome(directory: str | os.PathLike, failed_workers: Sequence[int] = ()) -> str | None:
+    """The one line a sweep that the machine failed ends with (None: it did not): trials failed by
+    a full disk or the like, ``failed_workers``, and that ``sweep --resume`` retries them."""
+    return recovery.summary(Path(directory), load_spec(directory).trials, failed_workers)
 
 
 class Pruning:
@@ -323,14 +314,24 @@ def run_worker(
     warn: Callable[[str], None] | None = None,
     compile_cache=None,
     wave: int = 16,
+    sets: Sequence[str] = (),
 ) -> dict[str, int]:
     """Run trials of the sweep in ``directory`` until its budget is spent; one process, one
     compiled program per static group. With ``vectorize``, the trials taken together that share
     a static group train as one vmapped program (each still its own run). Returns counts:
-    trials by state, and ``compiles``."""
-    runner = Worker(Path(directory), registry, worker, echo, warn, compile_cache)
+    trials by state, and ``compiles``.
+
+    :param sets: ``--set`` items every trial is given over base.toml, as the user's word: the
+        destinations base.toml names (:func:`jaxyard.core.registry.config.outside_sets`), which a
+        data file cannot choose."""
+    runner = Worker(Path(directory), registry, worker, echo, warn, compile_cache, sets)
     runner.wave = wave
-    return runner.run(vectorize)
+    try:
+        return runner.run(vectorize)
+    except OSError as err:  # the sweep's own files (the study, sweep.jsonl): the machine's fault, one line
+        where = f" ({err.filename})" if err.filename else ""
+        raise TrainingError(f"the sweep stopped: {err.strerror or one_line(err)}{where}; once that is fixed, "
+                            f"`jaxyard sweep --resume {directory}` goes on (the trial it was on is run again)") from err
 
 
 def vectorized(choice: str = "auto") -> bool:
@@ -357,6 +358,7 @@ def spawn_workers(
     compile_cache: bool = True,
     echo: Callable[[str], None] = lambda line: None,
     warn: Callable[[str], None] | None = None,
+    sets: Sequence[str] = (),
 ) -> list[int]:
     """Run the sweep in ``directory`` in ``workers`` processes (``jaxyard sweep --resume DIR
     --worker-index I``), each line of their output echoed prefixed ``[worker I]``; waits for all.
@@ -364,13 +366,16 @@ def spawn_workers(
 
     :param forwarded: the global options the workers are given (:func:`jaxyard.core.scale.launch.global_options`).
     :param compile_cache: False: the workers do not use JAX's persistent compilation cache.
+    :param sets: ``--set`` items each worker gives its trials (:func:`run_worker`).
     :returns: the indices of the workers that failed.
     """
     from jaxyard.core.scale.launch import run_workers
 
+    storage = load_spec(directory).storage  # the command line's word, given again to each worker (check_storage)
     commands = [
         [*forwarded, "sweep", "--resume", str(directory), "--worker-index", str(i), "--vectorize", "on" if vectorize else "off",
-         *["--no-compile-cache"] * (not compile_cache)]
+         *["--no-compile-cache"] * (not compile_cache), *(["--storage", storage] if storage else []),
+         *[arg for item in sets for arg in ("--set", item)]]
         for i in range(workers)
     ]
     failed = [i for i, code in enumerate(run_workers(commands, echo=echo)) if code]
@@ -385,9 +390,10 @@ class Worker:
 
     wave = 16  # trials taken at once when vectorizing (several workers: each its share)
 
-    def __init__(self, directory: Path, registry, worker: int, echo, warn, compile_cache):
+    def __init__(self, directory: Path, registry, worker: int, echo, warn, compile_cache, sets: Sequence[str] = ()):
         from jaxyard.core.train.traced import Programs
 
+        self.sets = list(sets)
         self.directory, self.registry, self.echo, self.warn, self.compile_cache = directory, registry, echo, warn, compile_cache
         self.spec = load_spec(directory)
         self.study = open_study(directory, self.spec, worker=worker)
@@ -417,12 +423,12 @@ class Worker:
         started = time.perf_counter()
         values = suggest(trial, self.spec.dims)
         line: dict[str, Any] = {"trial": trial.number, "params": _params(values), "run_dir": None, "best": None,
-                                "final": None, "test": None, "value": None, "error": None}
+                                "final": None, "test": None, "value": None, "error": None, "environment": None}
         try:
             config = resolve_config(self.registry, Settings(), config_file=str(self.directory / BASE),
-                                    sets=[f"{k}={v}" for k, v in values.items()])
+                                    sets=[*self.sets, *(f"{k}={v}" for k, v in values.items())])
         except JaxyardError as err:
-            line.update(error=str(err))
+            line.update(error=str(err), environment=environmental(err))
             config = None
         return trial, line, config, started
 
@@ -447,8 +453,9 @@ class Worker:
                                make_loop=make_loop)
             finally:
                 pm.unregister(name=name)
-        except JaxyardError as err:  # a diverged or broken configuration ends its trial, not the sweep
-            line.update(state="failed", error=str(err), run_dir=_relative(out, self.directory) if out.exists() else None)
+        except (JaxyardError, OSError) as err:  # a diverged or broken configuration, a full disk: the trial ends, not the sweep
+            line.update(state="failed", error=str(err) if isinstance(err, JaxyardError) else one_line(err),
+                        environment=environmental(err), run_dir=_relative(out, self.directory) if out.exists() else None)
             return trial, line, TrialState.FAIL, started
         except BaseException:  # interrupted: the trial is queued again for `sweep --resume`
             with contextlib.suppress(Exception):
@@ -472,6 +479,8 @@ class Worker:
         from optuna.trial import TrialState
 
         line["seconds"] = round(time.perf_counter() - started, 3)
+        if line.get("environment"):  # the machine's fault: `sweep --resume` runs it again (recover)
+            trial.set_user_attr("environment", line["environment"])
         if state == TrialState.COMPLETE:
             self.study.tell(trial, line["value"])
         else:
@@ -514,10 +523,10 @@ class Worker:
                 t.start()
             for t in threads:
                 t.join()
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                self.finish(*outcome)
+            for done in outcomes:
+                if isinstance(done, BaseException):
+                    raise done
+                self.finish(*done)
 
 
 def _relative(path: Path, directory: Path) -> str:
@@ -540,18 +549,6 @@ def short(name: str) -> str:
     return name.split(".", 1)[1] if name.startswith("run.") else name
 
 
-def results(directory: str | os.PathLike) -> list[dict[str, Any]]:
-    """The finished trials of a sweep, the last line of each trial number winning."""
-    path = Path(directory) / RESULTS
-    out: dict[int, dict[str, Any]] = {}
-    if path.is_file():
-        for text in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError):
-                line = json.loads(text)
-                out[int(line["trial"])] = line
-    return [out[k] for k in sorted(out)]
-
-
 def leaderboard(directory: str | os.PathLike) -> tuple[list[str], list[list[Any]], dict[str, Any] | None]:
     """(headers, rows, best line): the trials sorted by the monitored metric, best first
     (pruned after complete ones, failed last), with the task's headline test metric
@@ -570,3 +567,22 @@ def leaderboard(directory: str | os.PathLike) -> tuple[list[str], list[list[Any]
     ]
     best = next((r for r in lines if r["state"] == "complete" and r.get("value") is not None), None)
     return headers, rows, best
+
+
+def destinations(directory: str | os.PathLike, registry, sets: Sequence[str] = ()) -> list[str]:
+    """The ``--set`` items ``sweep --resume`` gives its trials: the destinations base.toml names
+    (a tracking server), which a data file cannot choose, so the command line gives them again
+    (the one line refusing base.toml says how). Any other ``--set`` is refused: base.toml holds the
+    sweep's configuration."""
+    from jaxyard.core.registry.config import outside_sets, resolve_config
+    from jaxyard.core.registry.settings import Settings
+
+    load_spec(directory)  # a sweep directory, or one line saying it is not
+    config = resolve_config(registry, Settings(), config_file=str(Path(directory) / BASE), sets=sets)
+    explicit = outside_sets(config)
+    named = {item.partition("=")[0] for item in explicit}
+    for item in sets:
+        if item.partition("=")[0].strip() not in named:
+            raise UsageError(f"--set {item!r} cannot change a sweep being resumed (its {BASE} holds its configuration; only a "
+                             f"destination it names is given again); start a new sweep")
+    return explicit

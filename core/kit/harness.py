@@ -379,6 +379,8 @@ def _skip_reason(skips: dict[str, str], check: Check) -> str | None:
 
 
 def _options_for(entry: Entry, *, distribution, params, input_shape, num_classes, registry, task=None) -> Options:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:  # else labels 0..-1: no example data
+        raise UsageError(f"num_classes = {num_classes!r}: the classes a model is checked with, an int of at least 1")
     shape = _per_component(input_shape, entry, what="input_shape")
     chosen = _per_component(task, entry, what="task")
     if chosen is not None and not isinstance(chosen, str):

@@ -39,10 +39,12 @@ def task_metrics(entry: Entry, configured: dict | None = None) -> dict[str, str]
 
 
 def params_list(cls: type, configured: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Each parameter's name, type, default and doc; ``configured``: the value the registry files set."""
+    """Each parameter's name, type, default and doc, ``writes``/``outside`` where it is declared so
+    (:func:`jaxyard.param`); ``configured``: the value the registry files set."""
     out = []
     for p in describe(cls):
         item = {"name": p.name, "type": p.type, "default": _plain(p.default), "doc": p.doc, "traced": p.traced}
+        item.update({flag: True for flag in ("writes", "outside") if getattr(p, flag)})  # only where set: a path, a destination
         if configured and p.name in configured:
             item["configured"] = _plain(configured[p.name])
         out.append(item)

@@ -130,8 +130,10 @@ def jaxyard_register_loaders(register: RegisterFn) -> None:
     ``seed`` is the run's seed (``run.seed``): use it for what should change with it (the order
     of streamed batches, say); make the data and its split depend on seeds of their own
     (parameters such as ``data_seed``), so a sweep over ``run.seed`` trains on the same data.
-    In-memory splits and the first streamed batch of each split are checked (shapes, integer
-    labels in range, finite features) with one line naming the loader.
+    In-memory splits and every streamed batch are checked (at most the batch size asked for,
+    shapes, integer labels in range, finite features) with one line naming the loader and the
+    batch; the first streamed batch of each split before anything is written. ``num_classes``
+    is at least 1, or None.
     """
 
 

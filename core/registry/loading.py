@@ -220,7 +220,36 @@ def build_registry(
         if on_warning:
             loaded = ", ".join(i.name for i in infos) or "none"
             on_warning(f"Warning: no plugin is named {name!r}, so disabling it does nothing (plugins: {loaded})")
+    _check_prefer(settings, list(entries.values()), infos, allow_list=load is not None)
     return Registry(entries.values(), infos, pm, prefer=settings.prefer, requirements=requirements)
+
+
+def _check_prefer(settings: Settings, entries: list[Entry], infos: list[PluginInfo], *, allow_list: bool) -> None:
+    """Each ``[plugins] prefer`` entry names a component a loaded plugin registers: one naming nothing
+    (``zoo:cnm``) is an error naming the registry file, not a preference that silently never applies.
+    A plugin that failed, is disabled or was left out by ``$JAXYARD_LOAD_PLUGINS`` is not held against it."""
+    qualified = {e.qualified for e in entries}
+    loaded = {_qualifier(i) for i in infos if i.ok and not i.disabled}
+    absent = {_qualifier(i) for i in infos if not i.ok or i.disabled}
+    for item in settings.prefer:
+        qualifier, _, name = item.rpartition(":")
+        if item in qualified or qualifier in absent:
+            continue
+        if qualifier in loaded:
+            own = sorted({e.name for e in entries if e.qualifier == qualifier})
+            listed = ", ".join(own[:12]) + (", ..." if len(own) > 12 else "")
+            found = f"plugin {qualifier!r} registers no {name!r}{did_you_mean(name, own)} (it registers: {listed or 'nothing'})"
+        elif allow_list:
+            continue
+        else:
+            found = f"no loaded plugin is named {qualifier!r}{did_you_mean(qualifier, sorted(loaded))} (plugins: {', '.join(sorted(loaded))})"
+        where = settings.prefer_file or "a registry file"
+        raise UsageError(f"{where}: [plugins] prefer = {item!r} names no component: {found}")
+
+
+def _qualifier(info: PluginInfo) -> str:
+    """The qualifier of the components ``info`` registers (as :attr:`Entry.qualifier` spells it)."""
+    return Entry("task", "-", "", NoParams, factory=_qualifier, plugin=info.name, source=info.source, module=info.module).qualifier
 
 
 def _candidates(settings: Settings, extra: Iterable[str], load: Iterable[str] | None = None) -> Iterator[Candidate]:
@@ -260,6 +289,11 @@ def _load(pm: pluggy.PluginManager, c: Candidate, entries: dict[tuple[str, str],
         pm.register(loaded, name=c.name)
         plugin = loaded  # from here on, a failure must unregister it
         hooks = _check_hooks(pm, plugin)
+        if not hooks and hasattr(plugin, "__path__"):  # `--plugin DIR`: a package (or a bare directory) with no hook
+            raise _Refused(
+                f"{c.module} is a directory that implements no jaxyard hook, so it registers nothing: "
+                f"name the plugin's module or .py file in it (--plugin {c.module.rstrip('/')}/NAME.py)"
+            )
         staged: dict[tuple[str, str], Entry] = {}
         warnings: list[str] = []
         implemented = {caller.name for caller in pm.get_hookcallers(plugin) or ()}
@@ -385,8 +419,8 @@ def _check_signature(where: str, kind: str, factory: Callable[..., Any]) -> None
 
 
 class _Refused(PluginError):
-    """A plugin refused before it is imported (its jaxyard requirement, a name already taken):
-    the message says everything."""
+    """A plugin refused before it is imported (its jaxyard requirement, a name already taken), or a
+    directory that registers nothing: the message says everything."""
 
 
 def _failing(message: str) -> Callable[[], Any]:
@@ -415,6 +449,8 @@ def _importer(spec: str) -> Callable[[], Any]:
                 del sys.modules[name]  # as importlib does: no half-imported module left behind
                 raise
             return module
+        if os.sep in spec and os.path.isdir(spec):  # a path, not a module name: nothing in it is imported
+            raise _Refused(f"{spec} is a directory: name the plugin's module or .py file in it (--plugin {spec.rstrip(os.sep)}/NAME.py)")
         try:
             return importlib.import_module(spec)
         except ModuleNotFoundError as err:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import posixpath
 import tomllib
 import types
 import typing
+from collections.abc import Callable
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import attrs
@@ -13,16 +17,98 @@ import attrs
 from jaxyard.core.errors import UsageError, did_you_mean
 
 
-def param(default: Any = attrs.NOTHING, doc: str = "", *, validator=None, converter=None, traced: bool = False):
+def param(
+    default: Any = attrs.NOTHING,
+    doc: str = "",
+    *,
+    validator=None,
+    converter=None,
+    traced: bool = False,
+    writes: bool = False,
+    outside: bool | Callable[[Any], bool] = False,
+):
     """Declare one parameter of a component: an ``attrs.field`` carrying a one-line ``doc``.
 
     ``traced=True`` (float parameters only) lets the value reach the compiled training step as
     an input instead of a constant, so runs that differ only in it (a sweep) share one compiled
     program. The factory then receives a traced scalar: it may compute with it, but not branch
     on it in Python (``if p.momentum:``) or pass it where a Python number is required.
+
+    ``writes=True`` (str parameters): the value names a file or folder the component writes,
+    relative to the run directory. An absolute path, one starting with ``~`` and one whose
+    normalised form leaves the directory (``..``) are refused, whatever gives the value; the
+    factory joins it with :func:`inside`, which also refuses a link that leads out.
+
+    ``outside=True`` (every value but the default) or ``outside=predicate`` (the values for which
+    ``predicate(value)`` is true): the value sends the run's data outside its run directory (a
+    server's URI, an online mode, a database elsewhere). A data file (an experiment file, a run
+    directory's config.toml) cannot choose such a value: it must be the user's explicit word
+    (``--set``, a registry file), else the run is refused in one line saying so.
     """
-    metadata = {"doc": doc, "traced": True} if traced else {"doc": doc}
+    metadata: dict[str, Any] = {"doc": doc}
+    if traced:
+        metadata["traced"] = True
+    if writes:
+        metadata["writes"] = True
+        validator = [*_validators(validator), _stays_inside]
+    if outside:
+        metadata["outside"] = outside
     return attrs.field(default=default, validator=validator, converter=converter, metadata=metadata)
+
+
+def _validators(validator) -> list:
+    if validator is None:
+        return []
+    return list(validator) if isinstance(validator, (list, tuple)) else [validator]
+
+
+#: what a ``writes=True`` value must be, as the one-line error says it
+WRITES_RULE = "a path the component writes must stay inside the run directory (relative, no '~', no '..' that leaves it)"
+
+
+def leaves_directory(relative: str) -> bool:
+    """Whether ``relative``, joined to a directory, names something outside it before links are
+    followed: absolute (a root, a Windows drive), starting with ``~`` (which a reader of the file
+    would take for a home directory), or leaving it once ``..`` is applied (``a/../../b``)."""
+    text = relative.replace("\\", "/")
+    if text.startswith(("/", "~")) or PureWindowsPath(relative).drive:
+        return True
+    return posixpath.normpath(text).split("/")[0] == ".."
+
+
+def _stays_inside(instance, attribute, value) -> None:
+    if isinstance(value, str) and leaves_directory(value):
+        raise ValueError(WRITES_RULE, attribute, None, value)
+
+
+def inside(directory: str | os.PathLike, relative: str | os.PathLike, *, what: str = "") -> Path:
+    """``directory / relative``, refused unless it stays inside ``directory`` once links are followed.
+
+    A factory's second guard for a ``writes=True`` parameter: the value was checked as written,
+    but a run directory is data too, and a link in it (``metrics.jsonl`` -> a file elsewhere) would
+    carry the writes out. ``what`` names the parameter in the error (``logger.jsonl.filename``).
+
+    :raises UsageError: one line naming the path, where it leads and the rule.
+    """
+    path = Path(directory) / relative
+    base, real = os.path.realpath(directory), os.path.realpath(path)
+    if leaves_directory(os.fspath(relative)) or os.path.commonpath([base, real]) != base:
+        name = f"{what} = {os.fspath(relative)!r}: " if what else ""
+        raise UsageError(f"{name}{path} leads to {real}, outside the run directory {directory}; {WRITES_RULE}")
+    return path
+
+
+def outside_value(field: attrs.Attribute, value: Any) -> bool:
+    """Whether ``value`` of a parameter declared ``outside=`` sends data outside the run directory."""
+    marker = field.metadata.get("outside")
+    if not marker:
+        return False
+    if callable(marker):
+        return bool(marker(value))
+    default: Any = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        default = default.factory()
+    return value != default
 
 
 def traced_fields(cls: type) -> tuple[str, ...]:
@@ -42,6 +128,8 @@ class ParamInfo:
     default: Any
     doc: str
     traced: bool = False  # may be an input of the compiled step (a sweep's runs share one program)
+    writes: bool = False  # names a path the component writes, inside the run directory
+    outside: bool = False  # (some of) its values send data outside the run directory: not from a data file
 
 
 def describe(cls: type) -> list[ParamInfo]:
@@ -52,7 +140,10 @@ def describe(cls: type) -> list[ParamInfo]:
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
         type_name = f.type if isinstance(f.type, str) else _type_name(f.type)
-        out.append(ParamInfo(f.name, type_name or "any", default, f.metadata.get("doc", ""), bool(f.metadata.get("traced"))))
+        out.append(ParamInfo(
+            f.name, type_name or "any", default, f.metadata.get("doc", ""), bool(f.metadata.get("traced")),
+            writes=bool(f.metadata.get("writes")), outside=bool(f.metadata.get("outside")),
+        ))
     return out
 
 

@@ -38,6 +38,7 @@ class Settings:
     prefer: tuple[str, ...] = ()  # qualified names that own their bare name when plugins share it
     values: dict[str, Any] = attrs.field(factory=dict)  # {"run": {...}, "optimizer": {"adam": {...}}, ...}
     files: tuple[str, ...] = ()
+    prefer_file: str | None = None  # the registry file whose [plugins] prefer is in effect (its errors name it)
 
 
 def env_flag(name: str) -> bool:
@@ -55,14 +56,36 @@ def load_settings(user_file: str | os.PathLike | None = None) -> Settings:
     files = [shipped_registry()] + ([Path(user_file)] if user_file else [])
     plugins: dict[str, tuple[str, ...]] = {k: () for k in PLUGIN_KEYS}
     values: dict[str, Any] = {}
+    prefer_file = None
     for path in files:
         data = read_config_file(path, allow_plugins=True)
         for key, items in data.pop("plugins", {}).items():
             if key == "local":  # relative paths are relative to the file that names them
                 items = [_relative_to(path, item) for item in items]
+            if key == "prefer":
+                _check_prefer(path, items)
+                prefer_file = str(path)
             plugins[key] = tuple(items)
         values = merge(values, data)
-    return Settings(**plugins, values=values, files=tuple(str(f) for f in files))
+    return Settings(**plugins, values=values, files=tuple(str(f) for f in files), prefer_file=prefer_file)
+
+
+def _check_prefer(path: Path, items: list[str]) -> None:
+    """Each ``[plugins] prefer`` entry is ``PLUGIN:NAME``, and names a bare name once: two for one name
+    would leave the choice to the order of the list. (Whether a loaded plugin registers it is
+    checked when the registry is built.)"""
+    text = path.read_text(encoding="utf-8")
+    seen: dict[str, str] = {}
+    for item in items:
+        qualifier, _, bare = item.rpartition(":")
+        if not (qualifier and bare):
+            raise UsageError(_at(path, text, "prefer", f"[plugins] prefer: {item!r} is not PLUGIN:NAME (e.g. \"acme:cnn\")", table="plugins"))
+        if bare in seen:
+            raise UsageError(_at(
+                path, text, "prefer", f"[plugins] prefer names {bare!r} twice ({seen[bare]!r} and {item!r}); keep the one you mean",
+                table="plugins",
+            ))
+        seen[bare] = item
 
 
 def read_config_file(path: str | os.PathLike, *, allow_plugins: bool = False) -> dict[str, Any]:
@@ -80,6 +103,8 @@ def read_config_file(path: str | os.PathLike, *, allow_plugins: bool = False) ->
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"{path}: malformed TOML: {err}") from None
+    except RecursionError:  # tomllib recurses per level: `a = [[[[...]]]]` thousands deep
+        raise UsageError(f"{path}: malformed TOML: arrays or tables nested too deeply") from None
     tables = TABLES if allow_plugins else TABLES[1:]
     for key, value in data.items():
         if key not in tables:

@@ -73,6 +73,11 @@ def launch(
         raise UsageError("nothing to launch: give the command after --, e.g. jaxyard launch -n 2 -- run --epochs 2")
     if command not in JOB_COMMANDS:
         raise UsageError(f"jaxyard {command} does not join a job: launch runs {', '.join(JOB_COMMANDS)}")
+    if port:  # taken, the coordination service would fail to start (gRPC's raw line, or a crash of process 0)
+        taken = processes.port_in_use(host, port)
+        if taken:
+            raise UsageError(f"--port {port}: the job cannot be served at {host}:{port}: {taken}; "
+                             f"choose another port, or leave --port out for a free one")
     coordinator = f"{host}:{port or free_port(host)}"
     lock = threading.Lock()
     procs: list[subprocess.Popen] = []

@@ -12,6 +12,7 @@ One process (no job joined) is the common case: every function here then costs n
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -60,6 +61,12 @@ def join(
         raise UsageError(f"--num-processes {num_processes}: expected at least 1")
     if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
         raise UsageError(f"--process-id {process_id}: expected 0 to {num_processes - 1} (--num-processes {num_processes})")
+    if process_id == 0 and coordinator is not None:  # process 0 serves the job: its port must be free
+        listen = bind or _loopback(coordinator) or f"0.0.0.0:{coordinator.rpartition(':')[2]}"
+        host, _, port = listen.rpartition(":")
+        taken = port_in_use(host.strip("[]"), int(port))
+        if taken:
+            raise UsageError(f"process 0 cannot serve the job at {listen}: {taken}; choose another port")
     import jax
 
     # host devices talk over gloo (the default, "none", cannot run a collective across processes)
@@ -88,6 +95,25 @@ def _loopback(address: str | None) -> str | None:
         return address if ipaddress.ip_address(host).is_loopback else None
     except ValueError:  # a hostname
         return None
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (another process holds it), or None when it can.
+    A bind test, as gRPC's coordination service binds (address reuse allowed: a port in TIME_WAIT
+    is free). An address that does not resolve is not judged here (None)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError):
+        return None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            return "another process is listening on it" if err.errno == errno.EADDRINUSE else str(err.strerror or err)
+    return None
 
 
 def _check_address(option: str, address: str) -> None:
@@ -182,6 +208,42 @@ def together(fn: Callable[[], T]) -> T:
 
 
 _AGREE_BYTES = 1024
+_SHOWN = 4  # differing keys named before "and N more" (the line must fit _AGREE_BYTES)
+
+
+def agree(what: str, values: Mapping[str, Any], *, fix: str) -> None:
+    """Every process of the job holds the same ``values`` (a flat ``{key: JSON value}``, e.g. the
+    resolved configuration): their sha256 digests are compared with process 0's. A difference is
+    one line on every process, naming the keys that differ with each side's value, then ``fix``.
+    Two collectives: process 0's values reach every process, then every process's verdict is
+    agreed (:func:`together`). One process: nothing happens."""
+    if count() == 1:
+        return
+    import hashlib
+
+    def digest(data: Mapping[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()).hexdigest()
+
+    own = json.loads(json.dumps(dict(values), allow_nan=True))  # as process 0's reads back
+    primary = broadcast_json(own if is_primary() else None)
+
+    def check() -> None:
+        if digest(own) == digest(primary):
+            return
+        keys = [k for k in dict.fromkeys([*primary, *own]) if primary.get(k, _ABSENT) != own.get(k, _ABSENT)]
+        shown = ", ".join(f"{k} {_short(primary.get(k, _ABSENT))} vs {_short(own.get(k, _ABSENT))}" for k in keys[:_SHOWN])
+        more = f", and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+        raise UsageError(f"the processes of the job were given different {what}s: process 0 vs process {index()}: {shown}{more}; {fix}")
+
+    together(check)
+
+
+_ABSENT = object()  # a key one side lacks
+
+
+def _short(value: Any) -> str:
+    text = "(none)" if value is _ABSENT else value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _loads(data: bytes) -> Any:
@@ -273,5 +335,5 @@ def environment(coordinator: str, num_processes: int, process_id: int) -> dict[s
     return {ENV_COORDINATOR: coordinator, ENV_NUM_PROCESSES: str(num_processes), ENV_PROCESS_ID: str(process_id)}
 
 
-__all__ = ["broadcast_arrays", "broadcast_json", "count", "environment", "from_primary", "host_copy", "index", "is_primary", "join",
-           "lost_contact", "together"]
+__all__ = ["agree", "broadcast_arrays", "broadcast_json", "count", "environment", "from_primary", "host_copy", "index", "is_primary", "join",
+           "lost_contact", "port_in_use", "together"]

@@ -6,6 +6,7 @@ compiled: the loader's arrays, the model's output shape, each factory's result.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from jaxyard.core.task import Task
 from jaxyard.core.train import steps
 from jaxyard.core.train.averaging import ema_of_params
 from jaxyard.core.train.carve import carve_validation
-from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch
+from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch, check_splits
 from jaxyard.core.train.traced import Programs, group_key, replaced, traceable, with_values
 
 # fold_in constants of the streams derived from run.seed (one place: resume must match); a task's
@@ -124,8 +125,6 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         model = programs.get((*checked, "init"), lambda: nnx.jit(create))(rngs)
     else:
         model = create(rngs)
-    if not isinstance(model, nnx.Module):
-        raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module")
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if checked not in programs:
         check_fit(config, model, data, task=task, context=context, example=example)
@@ -228,10 +227,21 @@ def train_example(config: RunConfig, data) -> Any:
     if isinstance(data, Dataset):
         example = as_batch(data.train)
     else:
-        example = next(iter(data.batches("train", config.run.batch_size, 0)), None)
+        example = first_batch(config, data, "train", config.run.batch_size)
         if example is None:
             raise UsageError(f"loader {config.loader.name!r} gave no training batch")
     return jax.tree.map(np.asarray, example)
+
+
+def first_batch(config: RunConfig, data: StreamingDataset, split: str, batch_size: int) -> Any:
+    """The first batch a streamed loader gives for ``split`` (None: none); the loader's own
+    exception named in one line (:meth:`Choice.failure <jaxyard.core.registry.config.Choice.failure>`)."""
+    try:
+        return next(iter(data.batches(split, batch_size, 0)), None)
+    except JaxyardError:
+        raise
+    except Exception as err:
+        raise config.loader.failure(err, f"giving its first {split} batch") from err
 
 
 def task_context(config: RunConfig, task, data, example: Any = None) -> dict[str, Any]:
@@ -243,11 +253,16 @@ def task_context(config: RunConfig, task, data, example: Any = None) -> dict[str
         example = train_example(config, data)
     context = {"input_shape": tuple(data.input_shape)}
     if not isinstance(data, Dataset):  # its shapes first: the task reads it next
-        check_streamed(config, None, context, data, example, f"loader {loader!r}: the first train batch")
+        check_streamed(config, None, context, data, example, f"loader {loader!r}: the first train batch", rows=config.run.batch_size)
     context.update(_calling(config.task, "reading the data", lambda: dict(task.context(data, example))))
     context["input_shape"] = tuple(context["input_shape"])
     if not isinstance(data, Dataset):
         check_task_batch(config, task, example, f"loader {loader!r}: the first train batch", context)
+        for split in ("val", "test"):  # refused now, not after hours of training or with a run directory written
+            batch = first_batch(config, data, split, config.run.eval_batch_size)
+            if batch is not None:
+                check_streamed(config, task, context, data, batch, f"loader {loader!r}: the first {split} batch",
+                               rows=config.run.eval_batch_size)
     else:
         for split in ("train", "val", "test"):
             where = f"loader {loader!r}: the {split} split"
@@ -255,18 +270,21 @@ def task_context(config: RunConfig, task, data, example: Any = None) -> dict[str
     return context
 
 
-def check_streamed(config: RunConfig, task, context, data, batch, where: str) -> None:
-    """A streamed batch: rows that agree, the declared example shape, finite features, then
-    (``task`` given) the task's check of its targets."""
+def check_streamed(config: RunConfig, task, context, data, batch, where: str, *, rows: int | None = None) -> None:
+    """A streamed batch: rows that agree (at most ``rows``, the batch size asked for), the declared
+    example shape, finite features, then (``task`` given) the task's check of its targets."""
     from jaxyard.core.task import features
     from jaxyard.core.train.data import input_shape_of
 
     batch = jax.tree.map(np.asarray, batch)
     leaves = jax.tree.leaves(batch)
-    rows = {len(a) if a.ndim else 0 for a in leaves}
-    if len(rows) != 1:
+    counts = {len(a) if a.ndim else 0 for a in leaves}
+    if len(counts) != 1:
         shapes = ", ".join(str(a.shape) for a in leaves)
         raise UsageError(f"{where} has arrays of shapes {shapes}; expected one row per example in each (labels: one per example)")
+    if rows is not None and counts.pop() > rows:
+        raise UsageError(f"{where} has {len(leaves[0])} rows, more than the {rows} asked for: "
+                         f"batches(split, batch_size, epoch) must yield at most batch_size rows")
     shape = input_shape_of(batch)
     if shape != tuple(data.input_shape):
         raise UsageError(f"{where} has examples of shape {shape}; the loader declares input_shape {tuple(data.input_shape)}")
@@ -308,7 +326,18 @@ def create_model(config: RunConfig, context: Mapping[str, Any], rngs: nnx.Rngs):
     a 0.2 factory naming ``num_classes`` alone gets ``num_outputs`` as it."""
     context = dict(context)
     input_shape = context.pop("input_shape")
-    return config.model.create(input_shape=input_shape, rngs=rngs, **_keywords(config.model.entry.factory, context))
+    model = config.model.create(input_shape=input_shape, rngs=rngs, **_keywords(config.model.entry.factory, context))
+    if not isinstance(model, nnx.Module):  # before anything traces it (as shapes, the result must be a pytree)
+        raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module{_linen_hint(model)}")
+    return model
+
+
+def _linen_hint(model) -> str:
+    """What to do with a flax.linen module, the other flax API."""
+    if not type(model).__module__.startswith("flax.linen"):
+        return ""
+    return (" (a flax.linen module: jaxyard trains flax.nnx modules; write it with flax.nnx, or wrap it: "
+            "nnx.bridge.ToNNX(module, rngs=rngs) then nnx.bridge.lazy_init(wrapped, example_input))")
 
 
 def _keywords(factory, context: dict[str, Any]) -> dict[str, Any]:
@@ -368,6 +397,10 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     data = config.loader.create(seed=run.seed)
     if not isinstance(data, (Dataset, StreamingDataset)):
         raise _broken(config.loader, f"returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
+    classes = data.num_classes
+    if classes is not None and not _is_count(classes):
+        raise _broken(config.loader, f"gave num_classes = {classes!r}: it is the number of classes (or a vocabulary's size), "
+                                     f"at least 1, or None where it means nothing (regression)")
     data = carve_validation(config, data)  # a loader without a val split: run.val_fraction of train (core/train/carve.py)
     sizes = data.sizes()
     if not sizes["train"]:
@@ -378,7 +411,7 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
             f"use at most {sizes['train']}"
         )
     if isinstance(data, Dataset):
-        _check_dataset(name, data)
+        check_splits(name, data)
     steps_per_epoch = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
     if (run.steps or run.eval_every) and isinstance(data, StreamingDataset):
         what = f"run.steps = {run.steps}" if run.steps else f"run.eval_every = {run.eval_every}"
@@ -390,6 +423,14 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
             f"the step counter holds (2**31 - 1); use at most {(2**31 - 1) // steps_per_epoch} epochs"
         ) if not run.steps else UsageError(f"run.steps = {run.steps} is more than the step counter holds (2**31 - 1)")
     return data, steps_per_epoch
+
+
+def _is_count(value: Any) -> bool:
+    """A whole number of at least 1 (10, np.int64(10), 10.0), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    number = float(value)
+    return number >= 1 and number != float("inf") and number.is_integer()
 
 
 def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True) -> tuple[Callable[[int | jax.Array], Any], int, int]:
@@ -486,32 +527,6 @@ def check_memory(config: RunConfig, abstract_model) -> None:
             f"4x that (parameters, gradients, optimizer state): {4 * nbytes / 2**30:.1f} GiB, but the {where} has "
             f"{free / 2**30:.1f} GiB available. Choose smaller sizes"
         )
-
-
-def _check_dataset(name: str, data: Dataset) -> None:
-    """Splits whose arrays agree on their rows, at least one row each, examples of one shape,
-    finite float features (the targets are the task's to check)."""
-    from jaxyard.core.task import features
-
-    for split in ("train", "val", "test"):
-        batch = as_batch(getattr(data, split))
-        leaves = jax.tree.leaves(batch)
-        rows = {len(np.asarray(a)) if np.ndim(a) else 0 for a in leaves}
-        if len(rows) != 1 or 0 in rows:
-            shapes = ", ".join(str(np.shape(a)) for a in leaves)
-            raise UsageError(f"loader {name!r}: the {split} split has arrays of shapes {shapes}; each needs one row per example, and at least one")
-        shape = tuple(data.input_shape) if split != "train" else None
-        if shape is not None and data.input_shape_of(split) != shape:
-            raise UsageError(f"loader {name!r}: {split} examples have shape {data.input_shape_of(split)}, train examples {shape}")
-        try:
-            x = np.asarray(features(batch))
-        except (KeyError, IndexError, TypeError):
-            continue
-        if np.issubdtype(x.dtype, np.floating):
-            finite = np.isfinite(x)
-            if not finite.all():
-                row = int(np.argwhere(~finite)[0][0])
-                raise UsageError(f"loader {name!r}: {split} example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
 
 
 def check_fit(config: RunConfig, model, data, *, task=None, context=None, example: Any = None) -> None:

@@ -1,4 +1,4 @@
-"""What a loader returns: data held in memory, or a stream of batches."""
+"""What a loader returns: data held in memory, or a stream of batches (and the check of data in memory)."""
 
 from __future__ import annotations
 
@@ -110,3 +110,34 @@ class StreamingDataset:
 
     def sizes(self) -> dict[str, int | None]:
         return {s: self.sizes_.get(s) for s in SPLITS}
+
+
+def check_splits(loader: str, data: Dataset) -> None:
+    """An in-memory data set as the engine needs it (checked when loaded, before anything is built):
+    splits whose arrays agree on their rows, at least one row each, examples of one shape, finite
+    float features (the targets are the task's to check)."""
+    import jax
+    import numpy as np
+
+    from jaxyard.core.errors import UsageError
+    from jaxyard.core.task import features
+
+    for split in SPLITS:
+        batch = as_batch(getattr(data, split))
+        leaves = jax.tree.leaves(batch)
+        rows = {len(np.asarray(a)) if np.ndim(a) else 0 for a in leaves}
+        if len(rows) != 1 or 0 in rows:
+            shapes = ", ".join(str(np.shape(a)) for a in leaves)
+            raise UsageError(f"loader {loader!r}: the {split} split has arrays of shapes {shapes}; each needs one row per example, and at least one")
+        shape = tuple(data.input_shape) if split != "train" else None
+        if shape is not None and data.input_shape_of(split) != shape:
+            raise UsageError(f"loader {loader!r}: {split} examples have shape {data.input_shape_of(split)}, train examples {shape}")
+        try:
+            x = np.asarray(features(batch))
+        except (KeyError, IndexError, TypeError):
+            continue
+        if np.issubdtype(x.dtype, np.floating):
+            finite = np.isfinite(x)
+            if not finite.all():
+                row = int(np.argwhere(~finite)[0][0])
+                raise UsageError(f"loader {loader!r}: {split} example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")

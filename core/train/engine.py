@@ -9,15 +9,22 @@ cadence and the curves PNG. The library prints nothing unless given ``echo``.
 In a job of several processes (:mod:`jaxyard.core.scale.processes`) every process trains and receives
 every event; process 0 alone writes the run directory, prints, logs and saves checkpoints, and
 tells the others what it decided (the directory, the checkpoint restored, an error). Here, before
-training, every process builds the run and agrees that it did (``processes.together``); process 0
+anything is built or written, the processes agree on their resolved configuration (``agree_config``);
+then every process builds the run and agrees that it did (``processes.together``); process 0
 claims the directory and makes the loggers and the checkpointer (``processes.from_primary``).
+
+A run is one thing: every checkpoint carries the configuration it was trained with
+(:mod:`jaxyard.core.store.binding`). ``resume`` refuses a config.toml that does not match its
+newest intact checkpoint, and ``evaluate`` one that does not match the checkpoint it reads;
+``resume``'s ``epochs``, ``steps`` and ``sets`` change a run deliberately (printed, recorded in
+changes.jsonl and config.toml).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -27,13 +34,15 @@ import attrs
 from jaxyard.core.errors import PluginError, UsageError
 from jaxyard.core.metrics import label as metric_label
 from jaxyard.core.registry.config import RunConfig
+from jaxyard.core.registry.params import inside
 from jaxyard.core.scale import processes
+from jaxyard.core.store import binding
 from jaxyard.core.store import rundir as rd
-from jaxyard.core.store.checkpoint import CheckpointError, missing_methods
+from jaxyard.core.store.checkpoint import CheckpointError, Restored, missing_methods
 from jaxyard.core.store.policy import CheckpointPolicy
 from jaxyard.core.train.build import Built, build, enable_compile_cache
 from jaxyard.core.train.events import Echo, RunResult, silent
-from jaxyard.core.train.fit import Fit, monitor_of, place_restored
+from jaxyard.core.train.fit import Fit, monitor_of, place_restored, read_latest
 from jaxyard.core.train.fit import describe_components as describe_components  # its 0.1 home: benchmarks import it from here
 from jaxyard.core.train.loggers import LOGGER_METHODS
 from jaxyard.core.train.loop import Progress, make_loop, summarize
@@ -91,6 +100,7 @@ def train(
     run = config.run
     config_toml = config.to_toml()
     name = "-".join(getattr(run, kind).replace(":", "_") for kind in ("model", "optimizer", "loader"))
+    agree_config(config)  # a job's processes were given the same configuration: checked before anything is written
     run_dir = processes.from_primary(lambda: rd.RunDir.new(out_dir, base=run.runs_dir, name=name), share=_same_run_dir)
     if compile_cache:
         enable_compile_cache(compile_cache)
@@ -121,27 +131,107 @@ def resume(
     compile_cache=None,
     devices: int | str | None = None,
     shard_params: bool | None = None,
+    epochs: int | None = None,
+    steps: int | None = None,
+    sets: Iterable[str] = (),
 ) -> RunResult:
     """Continue an interrupted run from its newest intact checkpoint, with its saved config.
+
+    config.toml must match the configuration that checkpoint was trained with (its meta carries
+    it): any other difference is refused in one line (:class:`~jaxyard.core.store.binding.ConfigMismatch`),
+    before anything is built or written. A checkpoint saved before configurations were bound is
+    not compared.
 
     :param registry: the registry the run was trained with (its plugins and components);
         default: one built from the installed plugins and the environment.
     :param devices, shard_params: a new layout to continue in (checkpoints hold host arrays:
-        any layout restores them); default: the run's own.
+        any layout restores them); default: the run's own. For this resume only.
+    :param epochs, steps, sets: deliberate changes: ``run.epochs``, ``run.steps`` and ``--set``'s
+        ``KIND.KEY=VALUE`` strings, applied over config.toml (the user's explicit word, like
+        ``run``'s). Each key changed is printed ("Changed on resume: run.epochs 4 -> 20"),
+        appended to the run's changes.jsonl, written to its config.toml and carried by the
+        checkpoints saved after. A longer run continues from the checkpoint with its schedule
+        spanning the new length.
     """
     started = time.perf_counter()
-    config = processes.together(lambda: _in_layout(load_run_config(run_dir, registry), devices, shard_params))
+    warn = warn or echo
+    sets, options = tuple(sets), {"epochs": epochs, "steps": steps}
+
+    def resolve() -> tuple[RunConfig, RunConfig]:
+        config = load_run_config(run_dir, registry, sets=sets, options=options)
+        return config, _in_layout(config, devices, shard_params)
+
+    config, layout = processes.together(resolve)  # config: as config.toml will hold it; layout: as this session trains
+    agree_config(layout)
     if compile_cache:
         enable_compile_cache(compile_cache)
     directory = rd.RunDir(run_dir)
     processes.from_primary(directory.lock)  # before anything is written: a second writer is refused, naming this one
+    storage = None
     try:
-        built = processes.together(lambda: build(config))
-        loggers, storage = processes.from_primary(lambda: (make_loggers(config, directory.path), make_checkpointer(config, directory))) or ({}, None)
+        storage = processes.from_primary(lambda: make_checkpointer(layout, directory))
+        restored = layout.checkpointer.call("loading a checkpoint", lambda: read_latest(storage, directory, layout.checkpointer.name, warn))
+        changes = processes.from_primary(lambda: _bind(config, restored, directory.path, sets, options, registry))  # or a mismatch, on all
+        built = processes.together(lambda: build(layout))
+        if restored is not None:  # its structure checked before anything is written
+            processes.together(lambda: place_restored(built, restored))
+        loggers = processes.from_primary(lambda: make_loggers(layout, directory.path)) or {}
+        given = bool(sets) or any(v is not None for v in options.values())
+        processes.from_primary(lambda: _commit(directory, config, restored, changes, given=given, echo=echo))
     except BaseException:
+        with suppress(Exception):  # the error on its way out is the one to report
+            if storage is not None:
+                storage.close()
         directory.unlock()
         raise
-    return Fit(built, directory, storage, loggers, echo, warn or echo, progress, started=started)(resume=True)
+    return Fit(built, directory, storage, loggers, echo, warn, progress, started=started)(resume=True, restored=restored)
+
+
+def agree_config(config: RunConfig) -> None:
+    """A job's processes hold the same resolved configuration (its digest compared); else one line
+    on every process naming the keys that differ (nothing built, nothing written). One process: nothing."""
+    if processes.count() == 1:
+        return
+    processes.agree("configuration", binding.flatten(binding.canonical(config.to_dict())),
+                    fix="give every process the same options, --set values and files")
+
+
+def _bind(config: RunConfig, restored: Restored | None, run_dir: Path, sets, options, registry) -> list[binding.Difference]:
+    """The deliberate changes of a resume (the keys given on its command line whose value differs
+    from the checkpoint's); any other difference with the newest checkpoint is refused."""
+    given = binding.given_keys(sets, options, logger_key=lambda name: _logger_key(config, name))
+    new = binding.flatten(binding.bound(config))
+    old = binding.stored(restored.meta if restored is not None else None)
+    if old is not None:
+        assert restored is not None
+        old = binding.expected(old, restored.step, binding.read_changes(run_dir))
+        return binding.compare(old, new, given=given, config_path=run_dir / rd.CONFIG, step=restored.step, run_dir=run_dir)
+    if not given:  # no checkpoint, or one saved before configurations were bound: nothing to compare
+        return []
+    try:  # what config.toml holds, for the record of the change
+        old = binding.flatten(binding.bound(load_run_config(run_dir, registry)))
+    except UsageError:
+        return []
+    return [d for d in binding.differences(old, new) if d.key in given]
+
+
+def _logger_key(config: RunConfig, name: str) -> str:
+    """How config.toml names the logger ``--set logger.NAME.KEY=...`` selects (a third-party one qualified)."""
+    return next((c.key for c in config.loggers if name in (c.key, c.name, c.entry.name, c.entry.qualified)), name)
+
+
+def _commit(directory: rd.RunDir, config: RunConfig, restored: Restored | None, changes: list[binding.Difference], *, given: bool,
+            echo: Echo) -> None:
+    """A resume's deliberate changes: printed, recorded in changes.jsonl, then written to config.toml
+    (in that order: a resume stopped in between is read as changed, and the same command finishes it)."""
+    if changes:
+        echo("Changed on resume: " + ", ".join(d.describe() for d in changes))
+        binding.record_changes(directory.path, restored.step if restored is not None else 0, changes)
+    if given:
+        text = config.to_toml()
+        path = directory / rd.CONFIG
+        if not path.is_file() or path.read_bytes() != text.encode():
+            directory.write_config(text)
 
 
 def evaluate(
@@ -157,17 +247,19 @@ def evaluate(
     which = _parse_which(checkpoint)
     if weights not in ("model", "ema"):
         raise UsageError(f"--weights {weights!r}: expected model or ema")
-    config = _in_layout(load_run_config(run_dir, registry), 1, False)  # one device, whatever trained it
+    config = _in_layout(load_run_config(run_dir, registry, unbuilt=("logger",)), 1, False)  # one device, whatever trained it; no logger
     if not (Path(run_dir) / rd.CHECKPOINTS).is_dir():  # opening a checkpointer could create it: a reader writes nothing
         raise CheckpointError("no checkpoints saved yet", directory=Path(run_dir) / rd.CHECKPOINTS)
     built = build(config)
     storage = make_checkpointer(config, rd.RunDir(run_dir))
     policy = CheckpointPolicy(storage, monitor=monitor_of(config, built.task))
     try:
-        restored = _restore(policy, built, which)
+        restored = config.checkpointer.call("loading a checkpoint", lambda: policy.restore(which))  # host arrays: any layout restores them
     finally:
         with suppress(Exception):  # only reads were made: nothing pending to lose
             storage.close()
+    _check_binding(config, restored, Path(run_dir))
+    place_restored(built, restored)
     for step, cause in restored.skipped:
         echo(f"Skipped damaged checkpoint step {step}: {cause}")
     if weights == "ema" and not config.run.ema_decay:
@@ -193,8 +285,13 @@ def _in_layout(config: RunConfig, devices, shard_params) -> RunConfig:
     return attrs.evolve(config, run=run)
 
 
-def load_run_config(run_dir: str | os.PathLike, registry=None) -> RunConfig:
-    """The resolved configuration a run directory was trained with."""
+def load_run_config(
+    run_dir: str | os.PathLike, registry=None, *, sets: Iterable[str] = (), options: dict[str, Any] | None = None,
+    unbuilt: Iterable[str] = (),
+) -> RunConfig:
+    """The resolved configuration a run directory was trained with (with ``sets`` and
+    ``options``, ``[run]`` values, over it: a resume's deliberate changes). ``unbuilt``: the
+    kinds the caller never builds (``evaluate``: the loggers), whose destinations are not refused."""
     from jaxyard.core.registry.config import resolve_config
     from jaxyard.core.registry.loading import build_registry
     from jaxyard.core.registry.settings import Settings
@@ -204,12 +301,13 @@ def load_run_config(run_dir: str | os.PathLike, registry=None) -> RunConfig:
         raise UsageError(f"{run_dir} is not a jaxyard run directory (no {rd.CONFIG})")
     registry = registry or build_registry()
     rd.check_components(run_dir, registry)
-    return resolve_config(registry, Settings(), config_file=str(path), run_dir=run_dir)  # a stale key names `jaxyard upgrade`
+    # a stale key names `jaxyard upgrade`
+    return resolve_config(registry, Settings(), config_file=str(path), options=options, sets=sets, run_dir=run_dir, unbuilt=unbuilt)
 
 
 def make_checkpointer(config: RunConfig, run_dir: rd.RunDir):
     """The run's checkpointer, checked against the storage contract before anything trains."""
-    storage = config.checkpointer.create(directory=run_dir / rd.CHECKPOINTS)
+    storage = config.checkpointer.create(directory=inside(run_dir.path, rd.CHECKPOINTS))  # not a link leading out of the run
     missing = missing_methods(storage)
     if missing:
         raise PluginError(
@@ -245,10 +343,16 @@ def _parse_which(which: str | int) -> str | int:
     raise UsageError(f"--checkpoint {which!r}: expected latest, best or a step number")
 
 
-def _restore(policy: CheckpointPolicy, built: Built, which: str | int):
-    restored = policy.restore(which)  # host arrays: any layout restores them
-    place_restored(built, restored)
-    return restored
+def _check_binding(config: RunConfig, restored: Restored, run_dir: Path) -> None:
+    """``evaluate`` reads config.toml to build the model, the data and the task: one that does not
+    match the checkpoint evaluated (plus the changes recorded since) would give another run's
+    numbers, so it is refused like ``resume`` refuses it."""
+    old = binding.stored(restored.meta)
+    if old is None:  # saved before configurations were bound
+        return
+    old = binding.expected(old, restored.step, binding.read_changes(run_dir))
+    binding.compare(old, binding.flatten(binding.bound(config)), given=(), config_path=run_dir / rd.CONFIG, step=restored.step,
+                    run_dir=run_dir)
 
 
 def _same_run_dir(run_dir: rd.RunDir | None) -> rd.RunDir:

@@ -11,7 +11,8 @@ which every process runs alike. Process 0 alone reports, writes and saves; what 
 the others at the *collective points*, each a method of its own below, that every process calls at
 the same moment of the run (one that skips one leaves the others waiting):
 
-- :meth:`Fit.restore`: process 0 reads the newest intact checkpoint; every process receives it.
+- :func:`read_latest` (called by ``resume`` before the run is built): process 0 reads the newest
+  intact checkpoint; every process receives it, and :meth:`Fit.restore` puts it into the run.
 - :meth:`Fit.save_checkpoint` (``Run.save_checkpoint``): every process gathers the state; process 0 saves.
 - :meth:`Fit.agree_stop`: process 0's stop request, at the end of each epoch, is the job's.
 - :meth:`Fit.finish_saving`: process 0 waits for its saves to be durable.
@@ -35,6 +36,7 @@ from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.scale import processes
 from jaxyard.core.store import rundir as rd
 from jaxyard.core.store import state as st
+from jaxyard.core.store.binding import binding_meta
 from jaxyard.core.store.checkpoint import CheckpointError, Restored
 from jaxyard.core.store.policy import CheckpointPolicy, Monitor
 from jaxyard.core.train.build import Built
@@ -43,7 +45,7 @@ from jaxyard.core.train.events import Echo, Run, RunResult, describe_params, emi
 from jaxyard.core.train.loggers import LoggerHub
 from jaxyard.core.train.loop import Progress, make_loop, summarize
 
-__all__ = ["Fit", "describe_components", "monitor_of", "place_restored"]
+__all__ = ["Fit", "describe_components", "monitor_of", "place_restored", "read_latest"]
 
 
 class Fit:
@@ -75,6 +77,7 @@ class Fit:
         config, settings = built.config, built.config.run
         self.built, self.run_dir, self.config, self.settings, self.started = built, run_dir, config, settings, started
         self.pm = _plugins(config)
+        self.binding = binding_meta(config)  # every checkpoint carries the configuration it was trained with
         if not processes.is_primary():  # process 0 reports for the job
             echo = warn = silent
             progress = None
@@ -106,14 +109,15 @@ class Fit:
         self.loop = (make or make_loop)(built)
         self.hub = LoggerHub(loggers, warn, self.run)
 
-    def __call__(self, *, resume: bool) -> RunResult:
-        """Run every phase: restore (``resume``), the epochs, the test split, the summary. The
-        run's loggers are plugins while it lasts; its directory is unlocked when it ends."""
+    def __call__(self, *, resume: bool, restored: Restored | None = None) -> RunResult:
+        """Run every phase: restore (``resume``: ``restored``, from :func:`read_latest`, already
+        placed in the built state; None: start again), the epochs, the test split, the summary.
+        The run's loggers are plugins while it lasts; its directory is unlocked when it ends."""
         pm, run = self.pm, self.run
         pm.register(self.hub, name=f"jaxyard.loggers.{id(self.hub)}")
         try:
-            if resume:
-                self.restore()
+            if resume and restored is not None:
+                self.restore(restored)
             emit(pm, "jaxyard_on_run_start", run=run)
             train_seconds = self.train()
             self.finish_saving()
@@ -131,32 +135,10 @@ class Fit:
 
     # -- restoring ---------------------------------------------------------------------------
 
-    def restore(self) -> None:
-        """Put the newest intact checkpoint's state and history into the run (or start over if
-        there is none).
-
-        Collective point: process 0 reads the checkpoint and every process receives it (or
-        process 0's error)."""
-        run, built = self.run, self.built
-
-        def find() -> Restored | None:
-            try:
-                return _primary(self.policy).restore("latest")
-            except CheckpointError as err:
-                if _primary(self.policy).storage.steps():
-                    raise
-                if (run.directory / rd.SUMMARY).exists():
-                    raise UsageError(
-                        f"{run.directory} finished and has no checkpoint to resume from "
-                        f"(checkpointer {built.config.checkpointer.name!r}); nothing to do"
-                    ) from None
-                run.warn(f"  No checkpoint to resume from ({err}); starting again from epoch 1")
-                return None
-
-        restored = processes.from_primary(find, share=_share_restored)
-        if restored is None:
-            return
-        place_restored(built, restored)
+    def restore(self, restored: Restored) -> None:
+        """Put a checkpoint's history into the run, which continues after it (its state is in
+        ``built`` already: :func:`place_restored`)."""
+        run = self.run
         run.history = list(restored.meta["history"])
         run.start_epoch = restored.meta["epoch"]
         run.restored_step = run.last_checkpoint = restored.step
@@ -217,7 +199,7 @@ class Fit:
         record = run.history[-1]
         step = record["step"]
         if run.last_checkpoint != step:
-            meta = {"epoch": record["epoch"], "step": step, "metrics": record, "history": run.history}
+            meta = {"epoch": record["epoch"], "step": step, "metrics": record, "history": run.history, **self.binding}
             checkpointer = config.checkpointer
 
             def failed(err: Exception) -> PluginError:  # the checkpointer's own bug, not the plugin that asked for the save
@@ -304,6 +286,29 @@ def monitor_of(config: RunConfig, task) -> Monitor:
     in the direction its task gives it."""
     name = config.run.monitor.removesuffix("_ema").partition("_")[2]
     return Monitor(config.run.monitor, config.run.min_delta, mode=task.metrics[name])
+
+
+def read_latest(storage, run_dir: rd.RunDir, checkpointer: str, warn: Echo) -> Restored | None:
+    """The newest intact checkpoint of a run being resumed, on every process (None: there is none,
+    and the run starts again from epoch 1; a finished run without one is refused).
+
+    Collective point: process 0 reads it (``storage`` is None on the others) and every process
+    receives it (or process 0's error)."""
+
+    def find() -> Restored | None:
+        try:
+            return CheckpointPolicy(storage, monitor=Monitor()).restore("latest")  # "latest" ranks nothing
+        except CheckpointError as err:
+            if storage.steps():
+                raise
+            if (run_dir / rd.SUMMARY).exists():
+                raise UsageError(
+                    f"{run_dir.path} finished and has no checkpoint to resume from (checkpointer {checkpointer!r}); nothing to do"
+                ) from None
+            warn(f"  No checkpoint to resume from ({err}); starting again from epoch 1")
+            return None
+
+    return processes.from_primary(find, share=_share_restored)
 
 
 def place_restored(built: Built, restored: Restored) -> None:

@@ -141,16 +141,35 @@ class StreamingLoop:
             for ema in (False, True)
         }
         self.traced = False
-        self.seen: set[str] = set()  # splits whose first batch was checked
 
-    def checked(self, split: str, batches):
-        """The batches, the first of each split checked as in-memory splits are when loaded:
-        shapes, the task's check of its targets, finite features (a bad one names the loader, not a NaN loss)."""
-        for batch in batches:
-            if split not in self.seen:
-                check_batch(self.b, split, batch)
-                self.seen.add(split)
+    def checked(self, split: str, size: int, epoch: int = 0):
+        """The loader's batches of ``split``, each checked as in-memory splits are when loaded: at
+        most ``size`` rows, shapes, the task's check of its targets, finite features (a bad batch,
+        the first or a later one, names the loader and the batch, not a NaN loss); an exception
+        from the loader's own code is one line naming it."""
+        b = self.b
+        assert isinstance(b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
+        loader = b.config.loader
+        of_epoch = f" of epoch {epoch}" if split == "train" else ""
+
+        def which(number: int, first: str = "the first") -> str:
+            return f"{first} {split} batch{of_epoch}" if number == 1 else f"{split} batch {number}{of_epoch}"
+
+        batches, number = None, 1
+        while True:
+            try:
+                if batches is None:
+                    batches = iter(b.data.batches(split, size, epoch))
+                batch = next(batches)
+            except StopIteration:
+                return
+            except JaxyardError:
+                raise
+            except Exception as err:  # the loader's own code
+                raise loader.failure(err, f"giving {which(number, 'its first')}") from err
+            check_streamed(b.config, b.task, b.context, b.data, batch, f"loader {loader.name!r}: {which(number)}", rows=size)
             yield batch
+            number += 1
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
         """``progress(length=steps, label=...)`` makes a per-batch bar (click.progressbar)."""
@@ -159,7 +178,7 @@ class StreamingLoop:
         bs = b.config.run.batch_size
         assert isinstance(b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
         with progress(length=b.steps_per_epoch, label=f"Epoch {epoch}") if progress else nullcontext() as bar:
-            for batch in self.checked("train", b.data.batches("train", bs, epoch)):
+            for batch in self.checked("train", bs, epoch):
                 batch, mask = pad(batch, bs)
                 if b.config.run.drop_last and mask.sum() < bs:
                     continue
@@ -179,15 +198,10 @@ class StreamingLoop:
         bs, layout = self.b.config.run.eval_batch_size, self.b.layout
         size = layout.rows(bs) if layout.processes > 1 else bs  # over a job: rows every device gets equally many of
         assert isinstance(self.b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
-        for batch in self.checked(split, self.b.data.batches(split, bs, 0)):
+        for batch in self.checked(split, bs):
             sums = self.eval_steps[ema](self.b.state, self.b.inputs, *layout.place_batch(*pad(batch, size)))
             total = sums if total is None else steps.add(total, sums)
         return {} if total is None else total
-
-
-def check_batch(built: Built, split: str, batch) -> None:
-    """A streamed split's first batch, checked as in-memory splits are when loaded."""
-    check_streamed(built.config, built.task, built.context, built.data, batch, f"loader {built.config.loader.name!r}: the first {split} batch")
 
 
 def pad(batch, size):

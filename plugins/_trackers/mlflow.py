@@ -21,7 +21,11 @@ delete a metric point: had the numbers differed, the first ones would stay.
 
 Quiet and offline: the factory imports mlflow with ``MLFLOW_DISABLE_TELEMETRY=true`` (unless the
 variable is set), so MLflow 3 sets up no usage telemetry; MLflow's INFO lines (the database
-set-up) and its libraries' deprecation warnings are held back while the store opens.
+set-up) and its libraries' deprecation warnings are held back while the store opens. From start
+to finish, what MLflow, alembic, SQLAlchemy and urllib3 log to the console (a locked database:
+hundreds of lines of tracebacks, some from MLflow's writer thread) and what the calls write to
+stderr are held back (:class:`~jaxyard.plugins._trackers.common.Noise`): a failure is one
+:class:`MlflowError` line saying how much was held back, which jaxyard's warning shows.
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from jaxyard.core.store.rundir import write_atomic
-from jaxyard.plugins._trackers.common import final_scalars, scalars
+from jaxyard.plugins._trackers.common import Noise, final_scalars, scalars
 
 RUN_FILE = "mlflow_run.json"
 ARTIFACTS = ("config.toml", "summary.json", "training_curves.png")
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits for one log_batch
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
+
+
+class MlflowError(Exception):
+    """MLflow failed: its first line, and how much of its console output was held back."""
 
 
 @contextlib.contextmanager
@@ -94,6 +102,7 @@ class MlflowLogger:
         self.logged: dict[str, set[int]] = {}  # metric -> steps the store holds (a resumed run skips them)
         self.last_epoch = 0
         self.pending: list = []  # epochs queued for MLflow's writer thread (waited for by finish)
+        self.noise = Noise("mlflow", ("mlflow", "alembic", "sqlalchemy", "urllib3"), MlflowError)
 
     # --- the store ---------------------------------------------------------------------------
 
@@ -144,16 +153,38 @@ class MlflowLogger:
     # --- the Logger protocol -------------------------------------------------------------------
 
     def start(self, run) -> None:
+        with self.noise.call():
+            changed = self._start(run)
+        if changed and callable(getattr(run, "warn", None)):  # jaxyard's own line: after the call, not held back
+            run.warn(f"Warning: mlflow keeps the first value of parameters changed on resume: {', '.join(changed)}")
+
+    def log_epoch(self, record: dict) -> None:
+        """Queued: MLflow writes in its own thread (a SQLite transaction costs ~6 ms an epoch).
+        A kill may lose queued epochs; the next resume logs those the checkpoint holds."""
+        with self.noise.call():
+            self.last_epoch = record["epoch"]
+            metrics = self._metrics(record["epoch"], scalars(record))
+            if metrics:
+                self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
+
+    def finish(self, run, status: str, result=None) -> None:
+        if self.client is None or self.run_id is None:
+            self.noise.release()
+            return
+        self.noise.last_call(run, lambda: self._finish(status, result))
+
+    def _start(self, run) -> list[str]:
+        """Open the store and the MLflow run, log the params and the restored epochs; returns the
+        params whose values changed on resume (MLflow keeps the first)."""
         with _quiet():
             self.client = MlflowClient(tracking_uri=self._uri())
             resumed = self._open_run(run)
         params = flatten(run.config_dict)
+        changed: list[str] = []
         if resumed:
             data = self.client.get_run(self.run_id).data
             changed = sorted(k for k, v in params.items() if k in data.params and data.params[k] != v)
             params = {k: v for k, v in params.items() if k not in data.params}  # MLflow params cannot change
-            if changed and callable(getattr(run, "warn", None)):
-                run.warn(f"Warning: mlflow keeps the first value of parameters changed on resume: {', '.join(changed)}")
             self.logged = {key: {m.step for m in self.client.get_metric_history(self.run_id, key)} for key in data.metrics}
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
@@ -162,18 +193,9 @@ class MlflowLogger:
         self.last_epoch = history[-1]["epoch"] if history else 0
         # Restored epochs the store lacks (say, the logger was added when resuming).
         self._log_metrics([m for record in history for m in self._metrics(record["epoch"], scalars(record))])
+        return changed
 
-    def log_epoch(self, record: dict) -> None:
-        """Queued: MLflow writes in its own thread (a SQLite transaction costs ~6 ms an epoch).
-        A kill may lose queued epochs; the next resume logs those the checkpoint holds."""
-        self.last_epoch = record["epoch"]
-        metrics = self._metrics(record["epoch"], scalars(record))
-        if metrics:
-            self.pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False))
-
-    def finish(self, run, status: str, result=None) -> None:
-        if self.client is None or self.run_id is None:
-            return
+    def _finish(self, status: str, result) -> None:
         try:
             for operation in self.pending:
                 operation.wait()

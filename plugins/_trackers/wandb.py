@@ -16,6 +16,13 @@ and code capture are off in offline mode. The ``.wandb`` file is flushed every s
 (wandb's default is 15 s and a killed process loses what was not flushed), and each epoch's row
 is committed at once.
 
+Bounded and quiet when it fails: online, ``wandb.init`` waits at most :data:`INIT_TIMEOUT`
+seconds for the server (wandb's ``init_timeout`` setting, 90 s by default: a start with no
+network stalled that long before the logger was dropped; set through ``WANDB_INIT_TIMEOUT`` while
+the run starts, unless the user has set it), and what wandb logs or writes to stderr meanwhile is held back
+(:class:`~jaxyard.plugins._trackers.common.Noise`): a failure is one :class:`WandbError` line
+naming the bound it hit.
+
 Resume: the W&B run id is kept in ``RUN_DIR/wandb_run.json`` and the resumed run re-inits with
 ``id=..., resume="allow"``. Which epochs W&B already holds is read from the run's earlier
 ``.wandb`` files in ``RUN_DIR/wandb`` (and, online, from the resumed run's starting step):
@@ -42,15 +49,29 @@ from pathlib import Path
 import wandb
 
 from jaxyard.core.store.rundir import write_atomic
-from jaxyard.plugins._trackers.common import final_scalars, scalars
+from jaxyard.plugins._trackers.common import Noise, final_scalars, scalars
 
 RUN_FILE = "wandb_run.json"
 FLUSH_SECONDS = 1.0
+INIT_TIMEOUT = 30.0  # seconds wandb.init may wait for the server, online (wandb's default: 90)
 
 # Settings in every mode, then offline only; a setting this wandb does not know is left out.
 QUIET = {"silent": True, "quiet": True, "console": "off", "reinit": "create_new", "x_transaction_log_flush_interval": FLUSH_SECONDS}
 LOCAL = {"x_disable_stats": True, "x_disable_meta": True, "x_disable_machine_info": True,
          "disable_git": True, "disable_code": True, "save_code": False}
+
+
+class WandbError(Exception):
+    """wandb failed: its first line, the bound it hit, and how much of its console output was held back."""
+
+
+def init_timeout() -> float:
+    """How long an online start waits for the server: ``WANDB_INIT_TIMEOUT`` when set (wandb's
+    own setting), else :data:`INIT_TIMEOUT`."""
+    try:
+        return float(os.environ["WANDB_INIT_TIMEOUT"])
+    except (KeyError, ValueError):
+        return INIT_TIMEOUT
 
 
 def _settings(mode: str):
@@ -138,6 +159,7 @@ class WandbLogger:
         self.run_name = run_name or self.directory.name
         self.wrun = None
         self.logged: set[int] = set()  # epochs W&B holds: not logged again
+        self.noise = Noise("wandb", ("wandb",), WandbError)
 
     def _run_id(self) -> str:
         try:
@@ -168,11 +190,24 @@ class WandbLogger:
     def start(self, run) -> None:
         if self.mode == "disabled":
             return
+        started = time.monotonic()
+
+        def explain(err: BaseException) -> str:  # the start waited as long as it may: say so
+            waited, bound = time.monotonic() - started, init_timeout()
+            if self.mode != "online" or waited < bound:
+                return ""
+            return f"; mode online: no answer from the W&B server within {bound:g} s (WANDB_INIT_TIMEOUT=SECONDS waits longer)"
+
+        with self.noise.call(explain=explain):
+            self._start(run)
+
+    def _start(self, run) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         run_id = self._run_id()
         self.logged = self._earlier_steps(run_id, run.start_epoch)
         self._wait_for_a_new_second(run_id)
-        with _env_defaults(WANDB_ERROR_REPORTING="false"):
+        bound = {"WANDB_INIT_TIMEOUT": f"{INIT_TIMEOUT:g}"} if self.mode == "online" else {}  # wandb's own variable, unless set
+        with _env_defaults(WANDB_ERROR_REPORTING="false", **bound):
             self.wrun = wandb.init(
                 project=self.project,
                 entity=self.entity,
@@ -192,12 +227,17 @@ class WandbLogger:
     def log_epoch(self, record: dict) -> None:
         if self.wrun is None or record["epoch"] in self.logged:
             return
-        self.wrun.log(scalars(record), step=int(record["epoch"]), commit=True)
+        with self.noise.call():
+            self.wrun.log(scalars(record), step=int(record["epoch"]), commit=True)
         self.logged.add(record["epoch"])
 
     def finish(self, run, status: str, result=None) -> None:
         if self.wrun is None:
+            self.noise.release()
             return
+        self.noise.last_call(run, lambda: self._finish(status, result))
+
+    def _finish(self, status: str, result) -> None:
         wrun, self.wrun = self.wrun, None
         try:
             if status == "finished":

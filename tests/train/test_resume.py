@@ -139,13 +139,13 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, env, request, po
 
 
 def test_resume_refuses_a_changed_model_naming_the_paths(tmp_path, env, reference):
+    """A deliberate change (config.toml edited by hand is refused before: tests/store/test_config_binding.py)
+    that the checkpoint cannot hold: the arrays that differ are named, and the change is not recorded."""
     out = tmp_path / "run"
     subprocess.run(["cp", "-r", str(reference), str(out)], check=True)
-    config = (out / "config.toml").read_text()
-    assert "hidden_dims = [32]" in config
-    (out / "config.toml").write_text(config.replace("hidden_dims = [32]", "hidden_dims = [48]"))
+    assert "hidden_dims = [32]" in (out / "config.toml").read_text()
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
-    proc = cli("resume", str(out), env=env)
+    proc = cli("resume", str(out), "--set", "model.hidden_dims=[48]", env=env)
     output, _ = proc.communicate()
     assert proc.returncode != 0
     assert "Traceback" not in output

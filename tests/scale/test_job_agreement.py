@@ -1,0 +1,75 @@
+"""A job's processes agree before anything is built: processes given different configurations stop
+with the same one line naming the keys, writing nothing; a coordinator port that is taken is refused
+before any process starts."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from helpers import as_options, clean_environ, tiny
+
+
+@pytest.mark.slow
+def test_processes_given_different_configurations_stop_with_one_line_naming_the_keys(tmp_path):
+    """One job of 2 processes started by hand, each with its own command line (`launch` gives both
+    the same one): process 1 has other epochs and another model."""
+    from jaxyard.core.scale.launch import free_port
+
+    out = tmp_path / "job"
+    coordinator = f"127.0.0.1:{free_port()}"
+    own = {0: ["--epochs", "3"], 1: ["--epochs", "4", "--set", "model.hidden_dims=48"]}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "jaxyard.cli", "run", "--out", str(out), *as_options(tiny()), *own[i],
+                          "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)],
+                         env=clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    message = ("Error: the processes of the job were given different configurations: process 0 vs process 1: "
+               "run.epochs 3 vs 4, model.hidden_dims [32] vs [48]; give every process the same options, --set values and files")
+    for proc, (stdout, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 2, stderr[-3000:]
+        assert [line for line in stderr.splitlines() if "Gloo" not in line] == [message], stderr[-3000:]
+        assert [line for line in stdout.splitlines() if "Gloo" not in line] == []  # gloo's connection lines (launch drops them)
+    assert not out.exists()  # nothing written
+
+
+def test_launch_refuses_a_taken_port_before_starting_anything(run_cli, monkeypatch):
+    from jaxyard.core.scale import launch
+
+    def start(*args, **kwargs):
+        raise AssertionError("a process was started")
+
+    monkeypatch.setattr(launch.subprocess, "Popen", start)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["launch", "-n", "2", "--port", port, "--", "check"])
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    assert result.stderr == (f"Error: --port {port}: the job cannot be served at 127.0.0.1:{port}: another process is listening on it; "
+                             f"choose another port, or leave --port out for a free one\n")
+
+
+def test_process_0_refuses_a_taken_port_before_joining(monkeypatch):
+    """By hand (no launch): process 0 would serve the job on a taken port; refused before jax's
+    coordination service is started (which crashes on it, or prints gRPC's raw line)."""
+    import jax
+
+    from jaxyard.core.errors import UsageError
+    from jaxyard.core.scale.processes import join
+
+    def initialize(*args, **kwargs):
+        raise AssertionError("jax.distributed.initialize was called")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=rf"process 0 cannot serve the job at 127.0.0.1:{port}: another process is listening on it"):
+            join(f"127.0.0.1:{port}", 2, 0)
