@@ -334,7 +334,9 @@ def create_model(config: RunConfig, context: Mapping[str, Any], rngs: nnx.Rngs):
 
 def _linen_hint(model) -> str:
     """What to do with a flax.linen module, the other flax API."""
-    if not type(model).__module__.startswith("flax.linen"):
+    from flax import linen
+
+    if not isinstance(model, linen.Module):  # flax's own layers and a plugin's linen subclass alike
         return ""
     return (" (a flax.linen module: jaxyard trains flax.nnx modules; write it with flax.nnx, or wrap it: "
             "nnx.bridge.ToNNX(module, rngs=rngs) then nnx.bridge.lazy_init(wrapped, example_input))")

@@ -15,11 +15,12 @@ def run(run_cli, out, *args, plugin=LOADERS, sets=None):
     return run_cli(["--plugin", plugin, "run", "--out", out, "--epochs", "1", "--batch-size", "16", *args, *as_options(sets)])
 
 
-def test_a_model_factory_returning_a_linen_module_is_one_line(run_cli, tmp_path):
+@pytest.mark.parametrize("model, returned", [("linen-dense", "Dense"), ("linen-own", "TwoLayers")])
+def test_a_model_factory_returning_a_linen_module_is_one_line(run_cli, tmp_path, model, returned):
     """Before: the shapes-only memory check traced the factory first, and a Dense is no pytree (47 lines)."""
     plugin = LOCAL / "linen_model.py"
-    result = run(run_cli, tmp_path / "run", "--model", "linen-dense", plugin=plugin, sets=tiny(without=["model"]))
-    assert_one_line_error(result, f"model 'linen-dense' (plugin {plugin}) returned Dense, not an nnx.Module",
+    result = run(run_cli, tmp_path / "run", "--model", model, plugin=plugin, sets=tiny(without=["model"]))
+    assert_one_line_error(result, f"model '{model}' (plugin {plugin}) returned {returned}, not an nnx.Module",
                           "a flax.linen module", "nnx.bridge.ToNNX", exit_code=1)
     assert not (tmp_path / "run").exists()
 
