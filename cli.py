@@ -67,6 +67,9 @@ class JaxyardGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except _ReaderGone as gone:  # a run stopped as if interrupted (resumable); the command ends as on any broken pipe
+            _leave_job(click.exceptions.Exit(1))
+            raise gone.__cause__ from None  # click's main exits quietly (status 1, no message)
         except (JaxyardError, OSError) as err:
             if isinstance(err, BrokenPipeError) and _reader_gone():
                 _leave_job(click.exceptions.Exit(1))
@@ -85,6 +88,31 @@ class JaxyardGroup(click.Group):
         except BaseException as err:
             _leave_job(err)
             raise
+
+
+class _ReaderGone(KeyboardInterrupt):
+    """stdout's reader has gone while a run was printing (``jaxyard run | head -2``). The run stops
+    as a Ctrl-C stops it (every plugin told, the run directory resumable), then the command ends
+    quietly as other CLIs end on a broken pipe. Its cause is the BrokenPipeError."""
+
+
+def _report_echo():
+    """click.echo for a run's report: the first write to stdout whose reader has gone stops the run
+    (:class:`_ReaderGone`); nothing more is printed to it (what the plugins say as the run stops)."""
+    gone = []
+
+    def echo(line: str = "") -> None:
+        if gone:
+            return
+        try:
+            click.echo(line)
+        except BrokenPipeError as err:
+            if not _reader_gone():
+                raise
+            gone.append(err)
+            raise _ReaderGone() from err
+
+    return echo
 
 
 def _reader_gone() -> bool:
@@ -365,21 +393,30 @@ def _job_options(f):
     return command
 
 
-def _join(job: dict, config=None) -> None:
-    """Join the job (before jax starts), if one is asked for; with ``config``, its processes then
-    agree that they resolved the same one (``train`` and ``resume`` check theirs themselves)."""
-    from jaxyard.core.scale.processes import join
+def _join(job: dict, resolve=None, *, agree: bool = False):
+    """Join the job (before jax starts), if one is asked for; then ``resolve()`` the configuration
+    on every process and return it: one that fails on any process fails on every process with its
+    line (a process that failed alone would leave the others waiting in the job). ``agree``: the
+    processes then agree that they resolved the same one (``train`` and ``resume`` check theirs
+    themselves)."""
+    from jaxyard.core.scale.processes import join, together
 
-    if join(**job) and config is not None:
+    joined = join(**job)
+    if resolve is None:
+        return None
+    config = together(resolve)
+    if joined and agree:
         from jaxyard.core.train.engine import agree_config
 
         agree_config(config)
+    return config
 
 
-def _resolve(session, config_file, sets, loggers=(), **options):
+def _resolve(session, config_file, sets, loggers=(), *, unbuilt=(), **options):
     from jaxyard.core.registry.config import resolve_config
 
-    return resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets, loggers=loggers)
+    return resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets, loggers=loggers,
+                          unbuilt=unbuilt)
 
 
 def _warn(line: str) -> None:
@@ -418,14 +455,13 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, job, **optio
       jaxyard run --loader digits --epochs 20 --config experiment.toml --dry-run
       jaxyard launch -n 2 -- run    (a job of 2 processes on this machine)
     """
-    config = _resolve(session, config_file, sets, **options)
     if dry_run:
-        click.echo(config.to_toml(), nl=False)
+        click.echo(_resolve(session, config_file, sets, **options).to_toml(), nl=False)
         return
-    _join(job)
+    config = _join(job, lambda: _resolve(session, config_file, sets, **options))  # joined first: a failure is every process's line
     from jaxyard.core.train.engine import train
 
-    train(config, out_dir=out, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
+    train(config, out_dir=out, echo=_report_echo(), warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
 
 
 @cli.command(short_help="Compile one step and report its cost, memory and fit.")
@@ -448,8 +484,8 @@ def check(session, config_file, sets, memory_limit, as_json, job, **options):
       jaxyard --cpu-devices 4 check --devices 4 --set run.shard_params=true --json
       jaxyard --cpu-devices 2 launch -n 2 -- check    (the layout of a job of 2 processes)
     """
-    config = _resolve(session, config_file, sets, **options)
-    _join(job, config)
+    # joined first: a failure is every process's line; no logger is built, so none of their destinations is refused
+    config = _join(job, lambda: _resolve(session, config_file, sets, unbuilt=("logger",), **options), agree=True)
     from jaxyard.core.scale import processes
     from jaxyard.core.train.check import check as check_config
 
@@ -507,7 +543,11 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
       jaxyard schedule --scheduler exponential --set scheduler.decay_rate=0.9 --epochs 20 --png lr.png
       jaxyard schedule --scheduler warmup --steps-per-epoch 500 --set run.warmup_steps=1000
     """
-    config = _resolve(session, config_file, sets, **options)
+    from jaxyard.core.registry.config import resolve_config
+
+    loggers = options.pop("loggers", ())  # builds no logger: a destination a logger names sends nothing, and is not refused
+    config = resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets, loggers=loggers,
+                            unbuilt=("logger",))
     from jaxyard.core.train.build import schedule_points
 
     info = schedule_points(config, points, steps_per_epoch=steps_per_epoch)
@@ -543,8 +583,9 @@ def resume(session, run_dir, epochs, steps, sets, devices, shard_params, no_comp
     """Continue an interrupted run from its newest intact checkpoint, in its own layout or another
     (--devices, a job of several processes: checkpoints restore in any).
 
-    RUN_DIR/config.toml must match the configuration its checkpoints were trained with; a
-    difference is refused, naming the keys. --epochs, --steps and --set change the run
+    RUN_DIR/config.toml must match the configuration its checkpoints were trained with (before the
+    first checkpoint: the one it started with, RUN_DIR/config.bound.json); a difference is refused,
+    naming the keys. --epochs, --steps and --set change the run
     deliberately: the change is printed, recorded in RUN_DIR/changes.jsonl and config.toml, and
     the checkpoints saved after carry it.
 
@@ -558,7 +599,7 @@ def resume(session, run_dir, epochs, steps, sets, devices, shard_params, no_comp
     from jaxyard.core.train.engine import resume as resume_run
 
     resume_run(
-        run_dir, registry=session.registry, echo=click.echo, warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache),
+        run_dir, registry=session.registry, echo=_report_echo(), warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache),
         devices=devices, shard_params=shard_params, epochs=epochs, steps=steps, sets=sets,
     )
 
@@ -797,7 +838,7 @@ def sweep(
     )
     if best:
         click.echo(f"Best: trial {best['trial']} ({spec.monitor} {best['value']:.4f}); rerun it alone: "
-                   f"jaxyard run --config {directory / best['run_dir'] / 'config.toml'}")
+                   f"{C.rerun_command(directory / str(best['run_dir']), session.registry)}")
     from jaxyard.core.errors import TrainingError
 
     retry = S.outcome(directory, stopped)  # the machine's failures (a full disk, a killed worker): exit 1, say how to go on

@@ -18,13 +18,13 @@ import attrs
 
 from jaxyard import hookimpl, param
 from jaxyard.core.registry.params import inside
-from jaxyard.core.store.rundir import write_atomic
+from jaxyard.core.store.rundir import open_append, write_atomic
 from jaxyard.core.train.loggers import MissingExtra, require
 
 
 def _append(path: Path, text: str) -> None:
-    """One ``write`` to a file opened for appending: a killed process never leaves a torn line."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    """One ``write`` to a file opened for appending (never through a link): a killed process never leaves a torn line."""
+    fd = open_append(path)
     try:
         os.write(fd, text.encode())
     finally:
@@ -148,8 +148,8 @@ def mlflow_logger(p: MlflowParams, *, directory: Path):
     """MLflow: the config as params, per-epoch metrics, test metrics and artifacts (pip install 'jaxyard[mlflow]')."""
     what = "the mlflow logger"
     if not p.tracking_uri:  # its store and artifacts in the run directory: not through a link that leads out
-        inside(directory, "mlflow.db")
-        inside(directory, "mlflow-artifacts")
+        for name in ("mlflow.db", "mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm", "mlflow.db.lock", "mlflow-artifacts"):
+            inside(directory, name)  # SQLite's companions too: it opens them following links
     if not _installed("mlflow"):  # named first: without mlflow, the database libraries are beside the point
         raise MissingExtra(what, "mlflow", "mlflow")
     if p.tracking_uri == "" or p.tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import attrs
 
 from jaxyard.core import metrics as M
-from jaxyard.core.errors import UsageError, did_you_mean
+from jaxyard.core.errors import JaxyardError, UsageError, did_you_mean
 from jaxyard.core.store import rundir as rd
 
 SWEEP_TRIALS = "sweep.jsonl"
@@ -512,3 +513,19 @@ def _curve(history: list[dict], metric: str) -> tuple[list, list]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def rerun_command(run_dir: str | os.PathLike, registry) -> str:
+    """The command that reruns a sweep's trial alone: ``jaxyard run --config RUN_DIR/config.toml``,
+    with the destinations it names given again (``--set logger.mlflow.tracking_uri=...``: a data
+    file cannot choose them, and ``run`` refuses them without)."""
+    from jaxyard.core.registry.config import outside_sets, resolve_config
+    from jaxyard.core.registry.entries import KINDS
+    from jaxyard.core.registry.settings import Settings
+
+    path = Path(run_dir) / "config.toml"
+    try:
+        items = outside_sets(resolve_config(registry, Settings(), config_file=str(path), unbuilt=KINDS))
+    except (JaxyardError, OSError):  # unreadable now: the command as it stands
+        items = []
+    return " ".join(["jaxyard run --config", shlex.quote(str(path)), *(f"--set {shlex.quote(item)}" for item in items)])

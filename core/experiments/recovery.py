@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxyard.core.errors import UsageError, one_line
-from jaxyard.core.experiments.study import STUDY_FILE, damaged, locked, mend_journal, open_study, retried
+from jaxyard.core.experiments.study import LOCK, STUDY_FILE, damaged, locked, mend_journal, open_study, retried
 from jaxyard.core.registry import params as P
+from jaxyard.core.store.rundir import open_append
 
 if TYPE_CHECKING:
     from jaxyard.core.experiments.sweep import SweepSpec
 
 RESULTS = "sweep.jsonl"
+TRIALS = "trials"  # a folder per trial: a run directory each
 
-__all__ = ["ENVIRONMENT", "RESULTS", "check_storage", "environmental", "recover", "reopen", "results", "summary"]
+__all__ = ["ENVIRONMENT", "RESULTS", "TRIALS", "check_links", "check_storage", "environmental", "recover", "reopen", "results", "summary"]
 
 
 def reopen(directory: Path, spec: SweepSpec, *, storage: str | None, echo: Callable[[str], None],
@@ -37,12 +39,26 @@ def reopen(directory: Path, spec: SweepSpec, *, storage: str | None, echo: Calla
     trials to run again queued (:func:`recover`: those of killed workers, those that failed for
     the machine's reason)."""
     check_storage(directory, spec, storage)
+    check_links(directory, spec)
     mend_journal(directory, spec, [line["trial"] for line in results(directory)], warn or echo)
     study = open_study(directory, spec)
     try:
         recover(directory, study, echo)
     except ValueError as err:  # the journal, damaged in a way Optuna reads past until it writes
         raise damaged(directory, spec, err) from None
+
+
+def check_links(directory: Path, spec: SweepSpec) -> None:
+    """A sweep directory is data: a link in it that leads out, by which ``sweep --resume`` would
+    write elsewhere (sweep.jsonl, trials/ or a trial's folder in it, study.log when it is the
+    study's storage, study.log.torn, sweep.png, the lock), is refused in one line naming it and
+    the way out, before anything is written."""
+    names = [RESULTS, TRIALS, f"{STUDY_FILE}.torn", "sweep.png", LOCK, *([] if spec.storage else [STUDY_FILE])]
+    trials = directory / TRIALS
+    if trials.is_dir() and not trials.is_symlink():
+        names += [f"{TRIALS}/{p.name}" for p in sorted(trials.iterdir()) if p.is_symlink()]
+    for name in names:
+        P.inside(directory, name, where="sweep directory")
 
 
 def check_storage(directory: Path, spec: SweepSpec, given: str | None) -> None:
@@ -156,7 +172,7 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
 def _append(directory: Path, line: dict[str, Any]) -> None:
     """One line at the end of sweep.jsonl (under the sweep's lock). A cut last line (a write that
     failed, the disk full) is dropped first: appended to, it would damage the next line too."""
-    with open(directory / RESULTS, "a+b") as f:  # appending: every write goes to the end
+    with open(open_append(directory / RESULTS, read=True), "a+b") as f:  # appending, never through a link: every write goes to the end
         end, start = f.seek(0, os.SEEK_END), b""
         if end:
             f.seek(max(0, end - 65536))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from jaxyard.core.errors import JaxyardError, UsageError, one_line
 from jaxyard.core.experiments.space import Dim, as_text
 from jaxyard.core.registry import params as P
+from jaxyard.core.store.rundir import open_append
 
 if TYPE_CHECKING:
     from jaxyard.core.experiments.sweep import SweepSpec
@@ -115,7 +116,7 @@ def suggest(trial, dims: Iterable[Dim]) -> dict[str, str]:
 @contextlib.contextmanager
 def locked(directory: Path):
     """This machine's workers of one sweep, one at a time (asking for a trial, appending a line)."""
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_append(directory / LOCK)  # never through a link: a sweep directory is data
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -190,13 +191,13 @@ def mend_journal(directory: Path, spec: SweepSpec, recorded: Iterable[int], warn
                 f"records; the study cannot go on: start a new sweep (sweep.jsonl and trials/ keep the results so far)"
             )
         torn = path.with_name(STUDY_FILE + ".torn")
-        with open(torn, "ab") as f:  # kept, not deleted: the bytes of the write that did not complete
+        with open(open_append(torn), "ab") as f:  # kept, not deleted: the bytes of the write that did not complete
             f.write(data[cut:] + b"\n")
             f.flush()
             os.fsync(f.fileno())
-        os.truncate(path, cut)
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # cut here, never through a link
         try:
+            os.ftruncate(fd, cut)
             os.fsync(fd)
         finally:
             os.close(fd)

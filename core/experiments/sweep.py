@@ -3,7 +3,8 @@
 A sweep directory holds ``sweep.json`` (the space, the sampler, the budget), ``base.toml`` (the
 resolved configuration every trial starts from), the study (``study.log``, an Optuna journal
 file, unless ``--storage`` names another), ``trials/NNNN/`` (each trial's ordinary run
-directory: its config.toml reruns it alone) and ``sweep.jsonl`` (one line per finished trial).
+directory: its config.toml reruns it alone, with the destinations it names given again) and
+``sweep.jsonl`` (one line per finished trial).
 
 Workers (processes) share the study: each asks it for the next trial under a lock on the sweep
 directory, so no trial is lost or run twice, and trains its trials in one process: the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -570,19 +572,28 @@ def leaderboard(directory: str | os.PathLike) -> tuple[list[str], list[list[Any]
 
 
 def destinations(directory: str | os.PathLike, registry, sets: Sequence[str] = ()) -> list[str]:
-    """The ``--set`` items ``sweep --resume`` gives its trials: the destinations base.toml names
-    (a tracking server), which a data file cannot choose, so the command line gives them again
-    (the one line refusing base.toml says how). Any other ``--set`` is refused: base.toml holds the
-    sweep's configuration."""
+    """The ``--set`` items ``sweep --resume`` gives its trials: the destinations base.toml names, which
+    a data file cannot choose, given again (the refusal prints the command). Any other ``--set`` is
+    refused first: base.toml holds the sweep's configuration."""
     from jaxyard.core.registry.config import outside_sets, resolve_config
+    from jaxyard.core.registry.entries import KINDS
     from jaxyard.core.registry.settings import Settings
 
     load_spec(directory)  # a sweep directory, or one line saying it is not
-    config = resolve_config(registry, Settings(), config_file=str(Path(directory) / BASE), sets=sets)
-    explicit = outside_sets(config)
-    named = {item.partition("=")[0] for item in explicit}
-    for item in sets:
-        if item.partition("=")[0].strip() not in named:
+    base = str(Path(directory) / BASE)
+    # base.toml's destinations, not refused here (unbuilt): a --set that is not one is refused first
+    named = {item.partition("=")[0]: item for item in outside_sets(resolve_config(registry, Settings(), config_file=base, unbuilt=KINDS))}
+    given = {item.partition("=")[0].strip(): item for item in sets}
+    for key, item in given.items():
+        if key not in named:
             raise UsageError(f"--set {item!r} cannot change a sweep being resumed (its {BASE} holds its configuration; only a "
                              f"destination it names is given again); start a new sweep")
-    return explicit
+    missing = [item for key, item in named.items() if key not in given]
+    if missing:
+        key, _, value = missing[0].partition("=")
+        table, _, name = key.rpartition(".")
+        command = " ".join([f"jaxyard sweep --resume {shlex.quote(str(directory))}", *(f"--set {shlex.quote(i)}" for i in named.values())])
+        raise UsageError(f"{base}: [{table}] {name} = {value!r} sends the trials' data outside their run directories, which a data "
+                         f"file cannot choose; to allow it, give it yourself: {command}")
+    resolve_config(registry, Settings(), config_file=base, sets=sets)  # the rest of base.toml, as its trials will resolve it
+    return list(given.values())

@@ -186,11 +186,32 @@ def resolve_config(
         name, _, param = key.rpartition(".")  # a qualifier may hold dots (a module name); a parameter never does
         target = registry.get("logger", name).qualified
         if target not in chosen:
-            raise UsageError(f"--set logger.{key}: logger {name!r} is not in run.loggers ({', '.join(run.loggers) or 'none'}); add --logger {name}")
+            add = f"add --logger {name}" if run_dir is None else f"add it with --set run.loggers={','.join((*run.loggers, name))}"  # resume
+            raise UsageError(f"--set logger.{key}: logger {name!r} is not in run.loggers ({', '.join(run.loggers) or 'none'}); {add}")
         logger_sets.setdefault(chosen[target], {})[param] = value
     chosen_loggers = tuple(choose("logger", name, logger_sets.get(name, {})) for name in run.loggers)
     run = attrs.evolve(run, loggers=tuple(c.key for c in chosen_loggers), **{kind: c.key for kind, c in choices.items()})
+    _refuse_shared_paths([*choices.items(), *((f"logger.{c.key}", c) for c in chosen_loggers)])
     return RunConfig(run, **choices, loggers=chosen_loggers, registry=registry)
+
+
+def _refuse_shared_paths(tables: Iterable[tuple[str, Choice]]) -> None:
+    """Two ``writes=True`` parameters of the chosen components naming one path in the run directory
+    (``logger.csv.filename`` = ``logger.jsonl.filename``) would write over each other: one line."""
+    seen: dict[str, tuple[str, str]] = {}
+    for prefix, choice in tables:
+        for field in attrs.fields(type(choice.params)):
+            value = getattr(choice.params, field.name)
+            if not field.metadata.get("writes") or not isinstance(value, str):
+                continue
+            key, normal = f"{prefix}.{field.name}", P.normal_path(value).casefold()
+            if normal == ".":  # a default meaning "none": no path
+                continue
+            if normal in seen:
+                other, given = seen[normal]
+                raise UsageError(f"{key} = {value!r} and {other} = {given!r} name the same path in the run directory: "
+                                 f"the two would write over each other; give one of them another")
+            seen[normal] = (key, value)
 
 
 def outside_sets(config: RunConfig) -> list[str]:

@@ -35,8 +35,10 @@ def param(
     on it in Python (``if p.momentum:``) or pass it where a Python number is required.
 
     ``writes=True`` (str parameters): the value names a file or folder the component writes,
-    relative to the run directory. An absolute path, one starting with ``~`` and one whose
-    normalised form leaves the directory (``..``) are refused, whatever gives the value; the
+    relative to the run directory. An absolute path, one starting with ``~``, one whose
+    normalised form leaves the directory (``..``) or is the directory itself (``""``, ``.``),
+    one holding a null byte and one in a name jaxyard writes itself (:data:`RESERVED`, as first
+    component; the parameter's own default excepted) are refused, whatever gives the value; the
     factory joins it with :func:`inside`, which also refuses a link that leads out.
 
     ``outside=True`` (every value but the default) or ``outside=predicate`` (the values for which
@@ -66,6 +68,45 @@ def _validators(validator) -> list:
 WRITES_RULE = "a path the component writes must stay inside the run directory (relative, no '~', no '..' that leaves it)"
 
 
+#: what jaxyard and its built-in loggers write in a run directory, by first path component: no
+#: ``writes=True`` value may name them (but for a parameter's own default), nor their case variants,
+#: nor a file's companions (``config.toml.bak``, ``mlflow.db-journal``: the name, then ``.`` or ``-``)
+RESERVED = {
+    "config.toml": "the run's configuration", "summary.json": "the run's summary", "components.json": "where each component came from",
+    "changes.jsonl": "what resume changed", "config.bound.json": "the run's bound configuration", ".jaxyard.lock": "the writers' lock",
+    "checkpoints": "the checkpoints",
+    "training_curves.png": "the training curves", "profile": "the profiler's trace", "mlflow.db": "the mlflow logger's",
+    "mlflow-artifacts": "the mlflow logger's", "mlflow_run.json": "the mlflow logger's", "wandb": "the wandb logger's",
+    "wandb_run.json": "the wandb logger's", "tensorboard": "the tensorboard logger's",
+}
+
+
+def normal_path(relative: str) -> str:
+    """``relative`` normalised as a path in a directory (``./a//b`` -> ``a/b``; ``""`` -> ``.``)."""
+    return posixpath.normpath(relative.replace("\\", "/"))
+
+
+def unwritable(relative: str, default: Any = None) -> str | None:
+    """Why ``relative`` (a ``writes=True`` value whose default is ``default``) cannot name what a
+    component writes in a run directory, or None: a null byte, a path leaving it
+    (:func:`leaves_directory`), the directory itself (but for the default), or a name of
+    :data:`RESERVED` (but for the default's)."""
+    if "\0" in relative:
+        return "a path cannot hold a null byte"
+    if leaves_directory(relative):
+        return WRITES_RULE
+    normal = normal_path(relative)
+    if normal == "." and relative != default:  # a default of "" may mean "none" (the factory's inside() refuses it as a path)
+        return "it names the run directory itself, not a file or folder in it"
+    first = normal.split("/")[0].casefold()
+    own = normal_path(default).split("/")[0].casefold() if isinstance(default, str) else None
+    for name, why in RESERVED.items():
+        name = name.casefold()
+        if name != own and (first == name or ("." in name and first.startswith((f"{name}.", f"{name}-")))):
+            return f"{normal.split('/')[0]!r} is jaxyard's own in the run directory ({why}); choose another name"
+    return None
+
+
 def leaves_directory(relative: str) -> bool:
     """Whether ``relative``, joined to a directory, names something outside it before links are
     followed: absolute (a root, a Windows drive), starting with ``~`` (which a reader of the file
@@ -77,25 +118,46 @@ def leaves_directory(relative: str) -> bool:
 
 
 def _stays_inside(instance, attribute, value) -> None:
-    if isinstance(value, str) and leaves_directory(value):
-        raise ValueError(WRITES_RULE, attribute, None, value)
+    if isinstance(value, str) and (reason := unwritable(value, attribute.default)):
+        raise ValueError(reason, attribute, None, value)
 
 
-def inside(directory: str | os.PathLike, relative: str | os.PathLike, *, what: str = "") -> Path:
-    """``directory / relative``, refused unless it stays inside ``directory`` once links are followed.
+def inside(directory: str | os.PathLike, relative: str | os.PathLike, *, what: str = "", where: str = "run directory") -> Path:
+    """``directory / relative``, refused unless it names something inside ``directory`` (not the
+    directory itself) once links are followed.
 
     A factory's second guard for a ``writes=True`` parameter: the value was checked as written,
     but a run directory is data too, and a link in it (``metrics.jsonl`` -> a file elsewhere) would
-    carry the writes out. ``what`` names the parameter in the error (``logger.jsonl.filename``).
+    carry the writes out. ``what`` names the parameter in the error (``logger.jsonl.filename``);
+    ``where`` what ``directory`` is (``sweep directory``).
 
-    :raises UsageError: one line naming the path, where it leads and the rule.
+    :raises UsageError: one line naming the path, where it leads, and the rule or the way out.
     """
+    text = os.fspath(relative)
+    name = f"{what} = {text!r}: " if what else ""
+    if "\0" in text:
+        raise UsageError(f"{name}a path cannot hold a null byte")
     path = Path(directory) / relative
+    if normal_path(text) == ".":
+        raise UsageError(f"{name}{text!r} names the {where} {directory} itself, not a file or folder in it")
     base, real = os.path.realpath(directory), os.path.realpath(path)
-    if leaves_directory(os.fspath(relative)) or os.path.commonpath([base, real]) != base:
-        name = f"{what} = {os.fspath(relative)!r}: " if what else ""
-        raise UsageError(f"{name}{path} leads to {real}, outside the run directory {directory}; {WRITES_RULE}")
+    if leaves_directory(text):
+        raise UsageError(f"{name}{path} leads to {real}, outside the {where} {directory}; {WRITES_RULE}")
+    if os.path.commonpath([base, real]) != base:
+        link = _first_link(Path(directory), text) or path
+        raise UsageError(f"{name}{path} leads to {real}, outside the {where} {directory}: {link} is a link, and jaxyard writes nothing "
+                         f"through a link that leads out; remove the link (or move what it leads to back into the {where})")
     return path
+
+
+def _first_link(directory: Path, relative: str) -> Path | None:
+    """The first of ``relative``'s components under ``directory`` that is a link, if any."""
+    path = directory
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_symlink():
+            return path
+    return None
 
 
 def outside_value(field: attrs.Attribute, value: Any) -> bool:

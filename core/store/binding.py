@@ -18,6 +18,12 @@ component's parameters are compared only while the same component is chosen (``r
 cnn`` is the difference then). A checkpoint written before configurations were bound (no
 ``config`` in its meta) is not compared.
 
+A run not yet checkpointed is bound too: ``train`` writes the bound configuration and its digest
+to the run directory's :data:`BOUND` file when it starts (:func:`write_bound`), and a resume
+rewrites it with each deliberate change. ``resume`` compares with it when there is no checkpoint
+(killed before its first, or ``--checkpointer none``); a checkpoint, when there is one, stays the
+reference. A run directory written before 0.3.1 has no such file: not compared.
+
 Pure Python: no jax, numpy or orbax.
 """
 
@@ -32,7 +38,7 @@ from typing import Any
 
 import attrs
 
-from jaxyard.core.errors import UsageError
+from jaxyard.core.errors import UsageError, one_line
 
 #: the keys a run may change from one session to the next and stay the same run: where it runs
 #: (run.devices, run.shard_params: checkpoints restore in any layout) and what only presents it
@@ -44,6 +50,10 @@ META_CONFIG, META_DIGEST = "config", "config_sha256"
 
 #: the record of a run's deliberate changes, one JSON object a line (in the run directory)
 CHANGES = "changes.jsonl"
+
+#: the run's bound configuration as it started, with its deliberate changes since (in the run
+#: directory): the reference while no checkpoint is (:func:`write_bound`)
+BOUND = "config.bound.json"
 
 _SHOWN = 6  # differences named before "and N more"
 
@@ -168,6 +178,33 @@ def read_changes(run_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def write_bound(run_dir: str | Path, config, step: int = 0) -> None:
+    """Write ``config``'s bound configuration and digest to the run's :data:`BOUND` file,
+    atomically (``step``: the step it holds from; a resume's changes are made at its checkpoint's)."""
+    from jaxyard.core.store.rundir import write_json
+
+    write_json(Path(run_dir) / BOUND, {"step": int(step), **binding_meta(config)})
+
+
+def read_bound(run_dir: str | Path) -> tuple[dict[str, Any], int] | None:
+    """The run's bound configuration (flat) and the step it holds from, from its :data:`BOUND`
+    file; None when it has none (a run directory written before 0.3.1). A file that does not read
+    back with its digest is refused in one line."""
+    path = Path(run_dir) / BOUND
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UsageError(f"{path}: cannot be read ({one_line(err)}); restore it from a backup, or remove it to resume without comparing") from None
+    config = data.get(META_CONFIG) if isinstance(data, dict) else None
+    step = data.get("step") if isinstance(data, dict) else None
+    if not isinstance(config, Mapping) or not isinstance(step, int) or data.get(META_DIGEST) != digest(config):
+        raise UsageError(f"{path}: damaged (its configuration does not match its sha256); restore it from a backup, or remove it to resume "
+                         "without comparing")
+    return flatten(config), step
+
+
 def expected(config_at_step: Mapping[str, Any], step: int, changes: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """What config.toml should hold for a checkpoint of ``step`` whose configuration is
     ``config_at_step`` (flat): it, with the deliberate changes made at that step or later applied
@@ -179,20 +216,33 @@ def expected(config_at_step: Mapping[str, Any], step: int, changes: Iterable[Map
     return out
 
 
+def recorded(step: int, changes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """The keys :func:`expected` takes from the recorded changes (those made at ``step`` or later),
+    each with the step of the last change to it."""
+    return {change["key"]: change["step"] for change in changes if change["step"] >= step}
+
+
 def compare(old: Mapping[str, Any], new: Mapping[str, Any], *, given: Iterable[str], config_path: str | Path, step: int,
-            run_dir: str | Path) -> list[Difference]:
+            run_dir: str | Path, changed: Mapping[str, int] | None = None, reference: str | None = None,
+            fix: str | None = None) -> list[Difference]:
     """The deliberate changes of a resume: the keys whose value differs from the checkpoint's
     (``old``, with :func:`expected`) that were ``given`` on the command line. Any other difference
-    is a :class:`ConfigMismatch`, one line naming the keys, old -> new, and the ways out."""
+    is a :class:`ConfigMismatch`, one line naming where the expected values come from (``reference``,
+    default the checkpoint of ``step``; plus changes.jsonl for the keys in ``changed``: :func:`recorded`),
+    the keys, old -> new, and the ways out (``fix``; default: restore config.toml or ``resume --set``)."""
     given = set(given)
     found = differences(old, new)
     wrong = [d for d in found if d.key not in given]
     if wrong:
         shown = ", ".join(d.describe() for d in wrong[:_SHOWN]) + (f", and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else "")
-        raise ConfigMismatch(
-            f"{config_path} does not match its checkpoint (step {step}): {shown}; restore {Path(config_path).name}, "
-            f"or change it deliberately with `jaxyard resume {run_dir} --set KEY=VALUE`", wrong,
-        )
+        source = reference or f"its checkpoint (step {step})"
+        steps = sorted({(changed or {})[d.key] for d in wrong if d.key in (changed or {})})
+        if steps:  # the expected value is a deliberate change recorded since, not the checkpoint's own
+            keys = sum(1 for d in wrong if d.key in (changed or {}))
+            source += (f" plus the change{'s' if keys > 1 else ''} recorded in {CHANGES} at step{'s' if len(steps) > 1 else ''} "
+                       f"{', '.join(map(str, steps))}")
+        way = fix or f"restore {Path(config_path).name}, or change it deliberately with `jaxyard resume {run_dir} --set KEY=VALUE`"
+        raise ConfigMismatch(f"{config_path} does not match {source}: {shown}; {way}", wrong)
     return [d for d in found if d.key in given]
 
 
@@ -227,7 +277,9 @@ def record_changes(run_dir: str | Path, step: int, changes: Iterable[Difference]
     )
     if not lines:
         return
-    fd = os.open(Path(run_dir) / CHANGES, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    from jaxyard.core.store.rundir import open_append
+
+    fd = open_append(Path(run_dir) / CHANGES)  # never through a link: a run directory is data
     try:
         os.write(fd, lines.encode())
         os.fsync(fd)
@@ -235,5 +287,5 @@ def record_changes(run_dir: str | Path, step: int, changes: Iterable[Difference]
         os.close(fd)
 
 
-__all__ = ["CHANGES", "UNBOUND", "ConfigMismatch", "Difference", "binding_meta", "bound", "compare", "differences", "digest", "expected",
-           "flatten", "given_keys", "read_changes", "record_changes", "stored"]
+__all__ = ["BOUND", "CHANGES", "UNBOUND", "ConfigMismatch", "Difference", "binding_meta", "bound", "compare", "differences", "digest",
+           "expected", "flatten", "given_keys", "read_bound", "read_changes", "record_changes", "recorded", "stored", "write_bound"]

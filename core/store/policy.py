@@ -165,7 +165,7 @@ class CheckpointPolicy:
         the monitor (ranked from the history the newest intact step carries); an int: exactly
         that step. Damaged steps passed over are listed in ``Restored.skipped``."""
         if isinstance(which, int) and not isinstance(which, bool):
-            return self.storage.load(which)
+            return self._load(which)
         if which not in ("latest", "best"):
             raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}")
         steps = self.storage.steps()
@@ -186,11 +186,19 @@ class CheckpointPolicy:
             return latest
         return self._first_intact(ranked, latest.skipped)
 
+    def _load(self, step: int) -> Restored:
+        """The storage's ``load(step)``, which must return a :class:`Restored` (a TypeError saying
+        so otherwise: one line naming the checkpointer where the engine calls it)."""
+        restored = self.storage.load(step)
+        if not isinstance(restored, Restored):
+            raise TypeError(f"load({step}) returned {type(restored).__name__}, not a jaxyard.Restored (see jaxyard.Checkpointer)")
+        return restored
+
     def _first_intact(self, order: list[int], skipped: tuple[tuple[int, str], ...]) -> Restored:
         passed = list(skipped)
         for step in order:
             try:
-                restored = self.storage.load(step)
+                restored = self._load(step)
             except CheckpointError as err:
                 passed.append((step, err.cause))
                 if self.on_skip:

@@ -15,6 +15,7 @@ file records its current (or last) holder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -37,7 +38,12 @@ CHECKPOINTS = "checkpoints"
 SUMMARY = "summary.json"
 COMPONENTS = "components.json"  # where each component came from: eval and resume say what to load
 LOCK = ".jaxyard.lock"
-LEFTOVERS = {LOCK, CONFIG + ".tmp"}  # what a run that never committed its config may leave
+
+
+def leftover(name: str) -> bool:
+    """What a run that never committed its config may leave: the lock, a temporary config.toml
+    (``config.toml.<random>.tmp``, or ``config.toml.tmp`` as earlier versions named it)."""
+    return name == LOCK or (name.startswith(CONFIG + ".") and name.endswith(".tmp"))
 
 
 class RunDirBusy(UsageError):
@@ -77,8 +83,9 @@ class RunDir:
                 claimed.lock()
                 try:
                     _refuse_a_run(path, probe=False)  # written between the check and the lock: ours now, not busy
-                    for leftover in LEFTOVERS - {LOCK}:
-                        (path / leftover).unlink(missing_ok=True)
+                    for child in path.iterdir():
+                        if child.name != LOCK and leftover(child.name):
+                            child.unlink(missing_ok=True)
                 except BaseException:
                     claimed.unlock()
                     raise
@@ -101,8 +108,9 @@ class RunDir:
     def lock(self) -> None:
         """Take this directory's writer lock, or raise RunDirBusy naming the holder."""
         try:
-            fd = os.open(self / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)  # never through a link
         except OSError as err:
+            _refuse_link(self / LOCK, err)
             raise UsageError(f"cannot lock the run directory {self.path}: {err.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -232,7 +240,7 @@ def _refuse_a_run(path: Path, *, probe: bool = True) -> None:
     if not path.is_dir():
         return
     names = {p.name for p in path.iterdir()}
-    if names - LEFTOVERS:
+    if any(not leftover(name) for name in names):
         if probe and LOCK in names:  # a run: say who is writing it, if anyone (reading, never writing its record)
             _raise_if_held(path)
         raise UsageError(f"run directory {path} is not empty; choose another --out, or `jaxyard resume {path}`")
@@ -240,7 +248,7 @@ def _refuse_a_run(path: Path, *, probe: bool = True) -> None:
 
 def _raise_if_held(path: Path) -> None:
     try:
-        fd = os.open(path / LOCK, os.O_RDONLY)
+        fd = os.open(path / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a link: no writer's (lock() refuses it)
     except OSError:
         return
     try:
@@ -268,14 +276,54 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def _new_file(path: Path) -> tuple[Path, int]:
+    """A new temporary file beside ``path`` and its descriptor, made exclusively, never through a
+    link, with the mode ``open()`` gives (0o666 less the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = path.with_name(f"{path.name}.{os.urandom(4).hex()}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def open_append(path: str | os.PathLike, *, read: bool = False) -> int:
+    """A descriptor appending to ``path`` (created when missing, 0o644 less the umask), never
+    through a link: a link planted in a run or sweep directory (data) would carry the writes
+    elsewhere. Every file jaxyard appends to is opened here. ``read``: for reading too.
+
+    :raises UsageError: ``path`` is a link: one line naming it and the way out.
+    """
+    flags = (os.O_RDWR if read else os.O_WRONLY) | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as err:
+        _refuse_link(Path(path), err)
+        raise
+
+
+def _refuse_link(path: Path, err: OSError) -> None:
+    """``err`` (from an ``O_NOFOLLOW`` open of ``path``) as one line when ``path`` is a link."""
+    if err.errno in (errno.ELOOP, errno.EMLINK) and path.is_symlink():
+        raise UsageError(f"{path} is a link (to {os.readlink(path)}), and jaxyard writes nothing through a link in a run or sweep "
+                         f"directory (it is data): remove the link") from None
+
+
 def write_atomic(path: Path, data: str | bytes | Callable[[BinaryIO], Any]) -> None:
     """Write ``data`` (text, bytes, or a function writing to the open file) to ``path`` through
     a temporary file, fsynced then renamed (the directory fsynced too): a reader sees the old
     file or the new one, never a torn one, and a failure (a full disk) leaves no temporary file
-    behind. Every file jaxyard writes goes through here."""
-    tmp = path.with_name(path.name + ".tmp")
+    behind. Every file jaxyard writes goes through here (and every file it appends to through
+    :func:`open_append`).
+
+    The temporary file (``NAME.<random>.tmp``) is made exclusively (``O_EXCL``), so a link planted
+    under that name in a run or sweep directory (which is data) is never followed; ``path``
+    itself, a link, is replaced, not written through."""
+    tmp, fd = _new_file(path)
     try:
-        with open(tmp, "wb") as f:
+        with open(fd, "wb") as f:
             if callable(data):
                 data(f)
             else:

@@ -13,11 +13,13 @@ anything is built or written, the processes agree on their resolved configuratio
 then every process builds the run and agrees that it did (``processes.together``); process 0
 claims the directory and makes the loggers and the checkpointer (``processes.from_primary``).
 
-A run is one thing: every checkpoint carries the configuration it was trained with
-(:mod:`jaxyard.core.store.binding`). ``resume`` refuses a config.toml that does not match its
-newest intact checkpoint, and ``evaluate`` one that does not match the checkpoint it reads;
+A run is one thing: every checkpoint carries the configuration it was trained with, and the run
+directory's config.bound.json the one it started with (:mod:`jaxyard.core.store.binding`).
+``resume`` refuses a config.toml that does not match its newest intact checkpoint (with none,
+config.bound.json), and ``evaluate`` one that does not match the checkpoint it reads;
 ``resume``'s ``epochs``, ``steps`` and ``sets`` change a run deliberately (printed, recorded in
-changes.jsonl and config.toml).
+changes.jsonl, config.bound.json and config.toml), but never make it shorter than it has trained
+nor change its checkpointer.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def train(
     def prepare():
         loggers, storage = make_loggers(config, run_dir.path), make_checkpointer(config, run_dir)
         run_dir.write_config(config_toml)
+        binding.write_bound(run_dir.path, config)  # bound from the start: a resume before the first checkpoint compares with it
         run_dir.write_components(config)
         return loggers, storage
 
@@ -138,9 +141,9 @@ def resume(
     """Continue an interrupted run from its newest intact checkpoint, with its saved config.
 
     config.toml must match the configuration that checkpoint was trained with (its meta carries
-    it): any other difference is refused in one line (:class:`~jaxyard.core.store.binding.ConfigMismatch`),
-    before anything is built or written. A checkpoint saved before configurations were bound is
-    not compared.
+    it; with no checkpoint, the run's config.bound.json): any other difference is refused in one
+    line (:class:`~jaxyard.core.store.binding.ConfigMismatch`), before anything is built or
+    written. A checkpoint saved before configurations were bound is not compared.
 
     :param registry: the registry the run was trained with (its plugins and components);
         default: one built from the installed plugins and the environment.
@@ -151,7 +154,8 @@ def resume(
         ``run``'s). Each key changed is printed ("Changed on resume: run.epochs 4 -> 20"),
         appended to the run's changes.jsonl, written to its config.toml and carried by the
         checkpoints saved after. A longer run continues from the checkpoint with its schedule
-        spanning the new length.
+        spanning the new length; a shorter one than the checkpoint's, or another
+        ``run.checkpointer``, is refused (a UsageError).
     """
     started = time.perf_counter()
     warn = warn or echo
@@ -159,6 +163,7 @@ def resume(
 
     def resolve() -> tuple[RunConfig, RunConfig]:
         config = load_run_config(run_dir, registry, sets=sets, options=options)
+        _keep_checkpointer(config, Path(run_dir), sets, options, registry)  # before a checkpointer is made to read its checkpoints
         return config, _in_layout(config, devices, shard_params)
 
     config, layout = processes.together(resolve)  # config: as config.toml will hold it; layout: as this session trains
@@ -170,14 +175,19 @@ def resume(
     storage = None
     try:
         storage = processes.from_primary(lambda: make_checkpointer(layout, directory))
-        restored = layout.checkpointer.call("loading a checkpoint", lambda: read_latest(storage, directory, layout.checkpointer.name, warn))
+        notes: list[str] = []  # "no checkpoint to resume from": said once config.toml is known to be the run's
+        restored = layout.checkpointer.call("loading a checkpoint", lambda: read_latest(storage, directory, layout.checkpointer.name,
+                                                                                         notes.append))
         changes = processes.from_primary(lambda: _bind(config, restored, directory.path, sets, options, registry))  # or a mismatch, on all
+        for note in notes:
+            warn(note)
         built = processes.together(lambda: build(layout))
         if restored is not None:  # its structure checked before anything is written
+            _refuse_shorter(built, restored, options, sets)
             processes.together(lambda: place_restored(built, restored))
         loggers = processes.from_primary(lambda: make_loggers(layout, directory.path)) or {}
         given = bool(sets) or any(v is not None for v in options.values())
-        processes.from_primary(lambda: _commit(directory, config, restored, changes, given=given, echo=echo))
+        processes.from_primary(lambda: _commit(directory, config, restored, changes, given=given, echo=echo, registry=registry))
     except BaseException:
         with suppress(Exception):  # the error on its way out is the one to report
             if storage is not None:
@@ -198,15 +208,17 @@ def agree_config(config: RunConfig) -> None:
 
 def _bind(config: RunConfig, restored: Restored | None, run_dir: Path, sets, options, registry) -> list[binding.Difference]:
     """The deliberate changes of a resume (the keys given on its command line whose value differs
-    from the checkpoint's); any other difference with the newest checkpoint is refused."""
+    from the checkpoint's, or with none the run's bound configuration's); any other difference is refused."""
     given = binding.given_keys(sets, options, logger_key=lambda name: _logger_key(config, name))
     new = binding.flatten(binding.bound(config))
     old = binding.stored(restored.meta if restored is not None else None)
     if old is not None:
         assert restored is not None
-        old = binding.expected(old, restored.step, binding.read_changes(run_dir))
-        return binding.compare(old, new, given=given, config_path=run_dir / rd.CONFIG, step=restored.step, run_dir=run_dir)
-    if not given:  # no checkpoint, or one saved before configurations were bound: nothing to compare
+        return _compare(old, restored.step, new, run_dir, given=given)
+    found = binding.read_bound(run_dir) if restored is None else None  # no checkpoint: the configuration bound at the start
+    if found is not None:
+        return _compare(*found, new, run_dir, given=given, reference=_BOUND_REFERENCE)
+    if not given:  # a checkpoint saved before configurations were bound, or a run directory from before 0.3.1: nothing to compare
         return []
     try:  # what config.toml holds, for the record of the change
         old = binding.flatten(binding.bound(load_run_config(run_dir, registry)))
@@ -215,23 +227,96 @@ def _bind(config: RunConfig, restored: Restored | None, run_dir: Path, sets, opt
     return [d for d in binding.differences(old, new) if d.key in given]
 
 
+_BOUND_REFERENCE = f"its bound configuration ({binding.BOUND}; no checkpoint saved)"
+
+
+def _compare(old: dict[str, Any], step: int, new: dict[str, Any], run_dir: Path, *, given: Iterable[str], reference: str | None = None,
+             fix: str | None = None) -> list[binding.Difference]:
+    """``binding.compare`` with the changes recorded at ``step`` or later applied to ``old``, and named as such."""
+    changes = binding.read_changes(run_dir)
+    return binding.compare(binding.expected(old, step, changes), new, given=given, config_path=run_dir / rd.CONFIG, step=step, run_dir=run_dir,
+                           changed=binding.recorded(step, changes), reference=reference, fix=fix)
+
+
+def _keep_checkpointer(config: RunConfig, run_dir: Path, sets, options, registry) -> None:
+    """A run keeps its checkpointer, which holds its checkpoints: ``--set run.checkpointer=...``
+    naming another is refused, and a config.toml naming another than the run's bound configuration
+    is a mismatch (checked before that checkpointer reads, or misses, the run's checkpoints)."""
+    given = binding.given_keys(sets, options)
+    new = binding.flatten(binding.bound(config))
+    try:
+        found = binding.read_bound(run_dir)
+    except UsageError:  # damaged: refused by the comparison that needs it (no checkpoint), if any does
+        found = None
+    if "run.checkpointer" in given:
+        if found is not None:
+            old = found[0].get("run.checkpointer")
+        else:  # a run directory from before 0.3.1: config.toml's own
+            try:
+                old = load_run_config(run_dir, registry, unbuilt=("logger",)).run.checkpointer
+            except UsageError:
+                old = None
+        if old is not None and old != new["run.checkpointer"]:
+            item = next((s for s in reversed(tuple(sets)) if s.partition("=")[0].strip() == "run.checkpointer"),
+                        f"run.checkpointer={new['run.checkpointer']}")
+            raise UsageError(f"--set {item}: a run keeps its checkpointer ({old}), which holds its checkpoints; to train with "
+                             f"{new['run.checkpointer']}, start a new run")
+    elif found is not None and found[0].get("run.checkpointer") != new.get("run.checkpointer"):
+        _compare(*found, new, run_dir, given=given, reference=f"its bound configuration ({binding.BOUND})")
+
+
+def _refuse_shorter(built: Built, restored: Restored, options: dict[str, Any], sets: Iterable[str]) -> None:
+    """A resume never makes a run shorter than it has trained: the run would end before its own
+    checkpoint, rewriting its summary with nothing trained. Refused in one line naming what asked."""
+    if built.round_ends[-1] >= restored.step:
+        return
+    run = built.config.run
+    keys = {"run.epochs", "run.steps"}
+    if options.get("epochs") is not None:
+        asked = f"--epochs {options['epochs']}"
+    elif options.get("steps") is not None:
+        asked = f"--steps {options['steps']}"
+    else:
+        asked = next((f"--set {s}" for s in reversed(tuple(sets)) if s.partition("=")[0].strip() in keys),
+                     f"{rd.CONFIG}'s run.{'steps' if run.steps else 'epochs'} = {run.steps or run.epochs}")
+    epochs, partial = divmod(restored.step, built.steps_per_epoch)
+    if run.steps or partial:
+        trained, least = f"{restored.step} steps", f"--steps {restored.step}"
+    else:
+        trained, least = f"{epochs} epochs", f"--epochs {epochs}"
+    raise UsageError(f"{asked}: the run has already trained {trained} (checkpoint step {restored.step}); a run is not made shorter: "
+                     f"give {least} or more")
+
+
 def _logger_key(config: RunConfig, name: str) -> str:
     """How config.toml names the logger ``--set logger.NAME.KEY=...`` selects (a third-party one qualified)."""
     return next((c.key for c in config.loggers if name in (c.key, c.name, c.entry.name, c.entry.qualified)), name)
 
 
 def _commit(directory: rd.RunDir, config: RunConfig, restored: Restored | None, changes: list[binding.Difference], *, given: bool,
-            echo: Echo) -> None:
-    """A resume's deliberate changes: printed, recorded in changes.jsonl, then written to config.toml
-    (in that order: a resume stopped in between is read as changed, and the same command finishes it)."""
+            echo: Echo, registry=None) -> None:
+    """A resume's deliberate changes: printed, recorded in changes.jsonl, then written to the bound
+    configuration and config.toml (in that order: a resume stopped in between is read as changed,
+    and the same command finishes it). A value given that config.toml holds already changes nothing
+    (config.toml, its comments with it, is left as it is)."""
+    step = restored.step if restored is not None else 0
     if changes:
         echo("Changed on resume: " + ", ".join(d.describe() for d in changes))
-        binding.record_changes(directory.path, restored.step if restored is not None else 0, changes)
-    if given:
-        text = config.to_toml()
-        path = directory / rd.CONFIG
-        if not path.is_file() or path.read_bytes() != text.encode():
-            directory.write_config(text)
+        binding.record_changes(directory.path, step, changes)
+    if not given:
+        return
+    try:
+        found = binding.read_bound(directory.path)
+    except UsageError:  # damaged: this session's configuration replaces it
+        found = None
+    if changes or found is None or binding.canonical(found[0]) != binding.flatten(binding.bound(config)):
+        binding.write_bound(directory.path, config, step)
+    try:
+        on_disk = binding.canonical(load_run_config(directory.path, registry or config.registry, unbuilt=("logger",)).to_dict())
+    except UsageError:
+        on_disk = None
+    if on_disk != binding.canonical(config.to_dict()):
+        directory.write_config(config.to_toml())
 
 
 def evaluate(
@@ -350,9 +435,8 @@ def _check_binding(config: RunConfig, restored: Restored, run_dir: Path) -> None
     old = binding.stored(restored.meta)
     if old is None:  # saved before configurations were bound
         return
-    old = binding.expected(old, restored.step, binding.read_changes(run_dir))
-    binding.compare(old, binding.flatten(binding.bound(config)), given=(), config_path=run_dir / rd.CONFIG, step=restored.step,
-                    run_dir=run_dir)
+    _compare(old, restored.step, binding.flatten(binding.bound(config)), run_dir, given=(),
+             fix=f"restore {rd.CONFIG} (eval builds the run from it; it changes nothing)")
 
 
 def _same_run_dir(run_dir: rd.RunDir | None) -> rd.RunDir:

@@ -1,4 +1,4 @@
-"""A checkpointer that saves (an empty file per step) but whose ``load`` raises: its own bug."""
+"""Checkpointers that save (an empty file per step) but whose ``load`` raises, or returns None: their own bugs."""
 
 from pathlib import Path
 
@@ -31,6 +31,11 @@ class LoadRaises:
         pass
 
 
+class LoadReturnsNone(LoadRaises):
+    def load(self, step):
+        return None  # forgot to return a jaxyard.Restored
+
+
 @attrs.frozen
 class NoParams:
     pass
@@ -39,3 +44,4 @@ class NoParams:
 @jaxyard.hookimpl
 def jaxyard_register_checkpointers(register):
     register("load-raises", lambda p, *, directory: LoadRaises(directory), params=NoParams, description="saves; load raises")
+    register("load-none", lambda p, *, directory: LoadReturnsNone(directory), params=NoParams, description="saves; load returns None")

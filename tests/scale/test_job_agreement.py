@@ -73,3 +73,33 @@ def test_process_0_refuses_a_taken_port_before_joining(monkeypatch):
         port = taken.getsockname()[1]
         with pytest.raises(UsageError, match=rf"process 0 cannot serve the job at 127.0.0.1:{port}: another process is listening on it"):
             join(f"127.0.0.1:{port}", 2, 0)
+
+
+@pytest.mark.slow
+def test_a_process_whose_options_do_not_resolve_stops_every_process_with_its_line(tmp_path):
+    """Started by hand: process 1's options fail to resolve (logreg takes no model.hidden_dims). The
+    processes join first, then resolve together: its line on both, at once (before, process 1 exited
+    alone and process 0 waited 5 minutes in jax.distributed.initialize, then died of a C++ trace)."""
+    from jaxyard.core.scale.launch import free_port
+
+    out = tmp_path / "job"
+    coordinator = f"127.0.0.1:{free_port()}"
+    own = {0: [], 1: ["--model", "logreg"]}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "jaxyard.cli", "run", "--out", str(out), "--epochs", "2", *as_options(tiny()), *own[i],
+                          "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)],
+                         env=clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    lines = [[line for line in stderr.splitlines() if "Gloo" not in line] for _, stderr in outputs]
+    assert len(lines[1]) == 1 and lines[1][0].startswith("Error: ") and "hidden_dims" in lines[1][0], outputs[1][1][-3000:]
+    for proc, (stdout, stderr), own_lines in zip(procs, outputs, lines, strict=True):
+        assert proc.returncode == 2, stderr[-3000:]
+        assert own_lines == lines[1], stderr[-3000:]  # process 1's line, on every process
+        assert [line for line in stdout.splitlines() if "Gloo" not in line] == []
+    assert not out.exists()  # nothing written

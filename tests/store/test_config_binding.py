@@ -36,9 +36,9 @@ def test_resume_and_eval_refuse_a_config_toml_that_does_not_match_its_checkpoint
     path = out / "config.toml"
     path.write_text(damage(path.read_text()))
     before = _files(out)
-    for command in (["resume", out], ["eval", out]):
-        assert_one_line_error(run_cli(command), f"{path} does not match its checkpoint (step 14): ", named,
-                              f"; restore config.toml, or change it deliberately with `jaxyard resume {out} --set KEY=VALUE`")
+    for command, fix in ((["resume", out], f"; restore config.toml, or change it deliberately with `jaxyard resume {out} --set KEY=VALUE`"),
+                         (["eval", out], "; restore config.toml (eval builds the run from it; it changes nothing)")):  # eval has no --set
+        assert_one_line_error(run_cli(command), f"{path} does not match its checkpoint (step 14): ", named, fix)
     assert _files(out) == before  # nothing trained, written or deleted
 
 
@@ -132,3 +132,124 @@ def test_resume_set_is_checked_like_run_set(run_cli, finished_run):
     assert_one_line_error(run_cli(["resume", out, "--set", "model.hidden_dims"]), "expected KIND.KEY=VALUE")
     assert_one_line_error(run_cli(["resume", out, "--set", "optimizer.b1=high"]), "b1")
     assert _files(out) == before
+
+
+# --- the adversarial review of the binding (0.3.2) ------------------------------------------------
+
+
+class _StopAtFirstEpochEnd:
+    """A kill before the first checkpoint (run.save_every = 5): the run stops after epoch 1, unsaved."""
+
+    @jaxyard.hookimpl(tryfirst=True)
+    def jaxyard_on_epoch_end(self, run, record):
+        raise KeyboardInterrupt
+
+
+def _killed_before_its_first_checkpoint(out: Path) -> None:
+    registry = jaxyard.build_registry()
+    registry.plugin_manager.register(_StopAtFirstEpochEnd(), name="stop")
+    config = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"epochs": 4, "batch_size": 16},
+                                    sets=[*TINY, "run.save_every=5"])
+    with pytest.raises(KeyboardInterrupt):
+        jaxyard.train(config, out_dir=out)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_bound_too(run_cli, tmp_path):
+    """The configuration bound when the run started is the reference while no checkpoint is: an
+    emptied config.toml is refused (not the defaults trained over metrics.jsonl); an intact one starts again."""
+    out = tmp_path / "run"
+    _killed_before_its_first_checkpoint(out)
+    path = out / "config.toml"
+    text = path.read_text()
+    path.write_text("")
+    before = _files(out)
+    err = assert_one_line_error(run_cli(["resume", out]), f"{path} does not match its bound configuration (config.bound.json; no checkpoint saved): ",
+                                "run.epochs 4 -> 10", f"; restore config.toml, or change it deliberately with `jaxyard resume {out} --set KEY=VALUE`")
+    assert "No checkpoint to resume from" not in err
+    assert _files(out) == before  # metrics.jsonl kept, nothing trained
+
+    path.write_text(text)
+    result = run_cli(["resume", out])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "No checkpoint to resume from" in result.stderr and "Epoch 4/4" in result.stdout
+
+
+def test_a_checkpointer_none_run_is_bound_and_its_checkpointer_named(run_cli, finished_run):
+    """Emptied, a `--checkpointer none` run's config.toml names orbax: a mismatch with the run's own
+    checkpointer, not "no checkpoint to resume from (checkpointer 'orbax')"."""
+    out = finished_run("none").dir
+    (out / "config.toml").write_text("")
+    before = _files(out)
+    err = assert_one_line_error(run_cli(["resume", out]), "does not match its bound configuration (config.bound.json)",
+                                "run.checkpointer none -> orbax")
+    assert "no checkpoint to resume from" not in err
+    assert _files(out) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "1"], "--epochs 1: the run has already trained 2 epochs (checkpoint step 14); a run is not made shorter: give --epochs 2 or more"),
+    (["--steps", "10"], "--steps 10: the run has already trained 14 steps (checkpoint step 14); a run is not made shorter: give --steps 14 or more"),
+    (["--set", "run.epochs=1"], "--set run.epochs=1: the run has already trained 2 epochs (checkpoint step 14)"),
+])
+def test_resume_never_makes_a_run_shorter_than_it_has_trained(run_cli, finished_run, args, message):
+    out = finished_run().dir
+    before = _files(out)
+    assert_one_line_error(run_cli(["resume", out, *args]), message)
+    assert _files(out) == before  # not recorded, config.toml and summary.json as they were
+
+
+@pytest.mark.parametrize("checkpointer", ["none", "orbax-but-another"])
+def test_resume_refuses_changing_the_checkpointer(run_cli, finished_run, checkpointer, tmp_path):
+    """The checkpointer holds the run's checkpoints: another one would start the run again from scratch, saying so falsely."""
+    out = finished_run().dir
+    plugin = []
+    if checkpointer != "none":  # a checkpointer of another plugin
+        (tmp_path / "other_ckpt.py").write_text(
+            "import jaxyard\nfrom jaxyard.plugins.checkpointers import orbax, OrbaxParams\n\n"
+            "@jaxyard.hookimpl\ndef jaxyard_register_checkpointers(register):\n"
+            f"    register({checkpointer!r}, orbax, params=OrbaxParams)\n")
+        plugin = ["--plugin", tmp_path / "other_ckpt.py"]
+    before = _files(out)
+    assert_one_line_error(run_cli([*plugin, "resume", out, "--epochs", "3", "--set", f"run.checkpointer={checkpointer}"]),
+                          f"--set run.checkpointer={checkpointer}: a run keeps its checkpointer (orbax), which holds its checkpoints; "
+                          f"to train with {'other_ckpt:' * bool(plugin)}{checkpointer}, start a new run")
+    assert _files(out) == before
+
+
+def test_a_mismatch_with_a_recorded_change_names_the_record(finished_run):
+    """A change recorded but not yet checkpointed, then the old config.toml restored by hand: the
+    checkpoint holds the old value, so the expected one is named as the record's."""
+    out = finished_run().dir
+    old = (out / "config.toml").read_bytes()
+    registry = jaxyard.build_registry()
+    registry.plugin_manager.register(_StopAtStart(), name="stop")
+    with pytest.raises(KeyboardInterrupt):
+        jaxyard.resume(out, registry=registry, sets=["run.learning_rate=0.002"])
+    (out / "config.toml").write_bytes(old)
+    with pytest.raises(binding.ConfigMismatch) as caught:
+        jaxyard.resume(out, registry=registry)
+    assert str(caught.value).startswith(f"{out / 'config.toml'} does not match its checkpoint (step 14) plus the change recorded in "
+                                        "changes.jsonl at step 14: run.learning_rate 0.002 -> 0.001; restore config.toml"), str(caught.value)
+
+
+def test_a_value_given_that_config_toml_holds_changes_nothing(run_cli, finished_run):
+    """`resume --epochs 2` of a 2-epoch run: config.toml (its comments with it) and the bound configuration left as they are."""
+    out = finished_run().dir
+    path = out / "config.toml"
+    path.write_text("# my notes on this run\n" + path.read_text())
+    before = {p: p.read_bytes() for p in out.glob("config*")}  # config.toml, and the bound configuration
+    result = run_cli(["resume", out, "--epochs", "2"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert "Changed on resume" not in result.stdout and not (out / binding.CHANGES).exists()
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_resume_set_of_a_logger_not_in_the_run_says_how_to_add_it(run_cli, finished_run):
+    """resume has no --logger: the way to add one is --set run.loggers=..., which then resolves."""
+    from jaxyard.core.train.engine import load_run_config
+
+    out = finished_run().dir
+    assert_one_line_error(run_cli(["resume", out, "--set", "logger.tensorboard.subdir=tb"]),
+                          "logger 'tensorboard' is not in run.loggers (jsonl, csv); add it with --set run.loggers=jsonl,csv,tensorboard")
+    config = load_run_config(out, sets=["run.loggers=jsonl,csv,tensorboard", "logger.tensorboard.subdir=tb"])
+    assert config.run.loggers == ("jsonl", "csv", "tensorboard")

@@ -74,6 +74,56 @@ def test_a_checkpointer_whose_load_raises_is_one_line(run_cli, tmp_path):
                                       "ValueError: cannot decode step 7", exit_code=1)
 
 
+def test_a_checkpointer_whose_load_returns_none_is_one_line(run_cli, tmp_path):
+    """Not "NotAnAttrsClassError: <class 'NoneType'> is not an attrs-decorated class"."""
+    plugin = LOCAL / "failing_checkpointer.py"
+    out = tmp_path / "run"
+    assert run(run_cli, out, "--checkpointer", "load-none", plugin=plugin).exit_code == 0
+    for command in (["eval", out], ["resume", out], ["eval", out, "--checkpoint", "7"]):
+        result = run_cli(["--plugin", plugin, *command])
+        assert_one_line_error(result, f"checkpointer 'load-none' (plugin {plugin}) failed loading a checkpoint: "
+                                      "TypeError: load(7) returned NoneType, not a jaxyard.Restored", exit_code=1)
+
+
+def test_check_builds_no_logger_so_refuses_no_logger_destination(run_cli, tmp_path):
+    """A data file may not choose a destination for a run; `check` builds no logger, so sends nothing there."""
+    experiment = tmp_path / "experiment.toml"
+    experiment.write_text('[run]\nloggers = ["mlflow"]\n\n[logger.mlflow]\ntracking_uri = "http://203.0.113.9:5000"\n')
+    result = run_cli(["check", "--config", experiment, "--batch-size", "16", *as_options(tiny())])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert_one_line_error(run_cli(["run", "--config", experiment, "--dry-run"]), "sends the run's data outside its run directory")
+
+
+def test_a_run_whose_output_reader_has_gone_stops_quietly_and_resumes(run_cli, tmp_path, monkeypatch):
+    """`jaxyard run | head -2`: the first line the reader will not read stops the run as Ctrl-C does
+    (no "plugin jaxyard.plugins.report failed ... BrokenPipeError"), quietly, exit 1 as on any
+    broken pipe; its directory resumes."""
+    import errno
+
+    import click
+
+    from jaxyard import cli
+
+    echo, printed = click.echo, []
+
+    def head_2(message=None, *args, err=False, **kwargs):
+        if not err and len(printed) >= 2:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        printed.append(message) if not err else None
+        return echo(message, *args, err=err, **kwargs)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(click, "echo", head_2)
+        patch.setattr(cli, "_reader_gone", lambda: True)
+        result = run(run_cli, out, "--epochs", "2")
+    assert (result.exit_code, result.stderr) == (1, ""), (result.stdout, result.stderr, result.exception)
+    assert result.stdout.count("\n") == 2
+    again = run_cli(["resume", out])
+    assert again.exit_code == 0, (again.stdout, again.stderr)
+    assert "Epoch 2/2" in again.stdout
+
+
 def test_checkpointer_none_prints_no_checkpoint_saved(finished_run):
     stdout = finished_run("none").stdout
     assert "Epoch 2/2" in stdout and "Checkpoint saved" not in stdout
