@@ -10,13 +10,16 @@ Nothing may reach the network: connections and DNS lookups from this process fai
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import zlib
 from pathlib import Path
@@ -69,10 +72,38 @@ def factories() -> dict:
 
 
 def build(name: str, directory: Path, **params):
+    if name == "mlflow" and not params.get("tracking_uri") and not (Path(directory) / "mlflow.db").exists():
+        schema = mlflow_schema()
+        if schema is not None:  # an empty store, as the logger's first start makes it
+            shutil.copyfile(schema, Path(directory) / "mlflow.db")
     factory, params_cls = factories()[name]
     logger = factory(params_cls(**params), directory=Path(directory))
     assert all(callable(getattr(logger, m, None)) for m in LOGGER_METHODS)
     return logger
+
+
+_SCHEMA: list[Path] = []
+
+
+def mlflow_schema() -> Path | None:
+    """An empty MLflow SQLite store (its schema and default experiment, nothing else), made once per
+    test process and copied into each run directory: MLflow's migrations take about a second.
+    None while a test hides mlflow or its database libraries (a missing extra)."""
+    if not _SCHEMA:
+        if any(sys.modules.get(name, True) is None for name in ("mlflow", "sqlalchemy", "alembic")):
+            return None
+        from mlflow import MlflowClient
+
+        path = Path(tempfile.mkdtemp(prefix="mlflow-schema-")) / "mlflow.db"
+        log = logging.getLogger("mlflow")
+        level = log.level
+        log.setLevel(logging.WARNING)  # not its "Creating initial MLflow database tables" in a test's output
+        try:
+            MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+        finally:
+            log.setLevel(level)
+        _SCHEMA.append(path)
+    return _SCHEMA[0]
 
 
 def child_env() -> dict[str, str]:
