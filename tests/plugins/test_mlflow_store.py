@@ -194,7 +194,7 @@ def test_a_tracking_server_that_does_not_answer_gives_up_within_the_bound(tmp_pa
     capfd.readouterr()
     started = time.monotonic()
     [line] = hub_warnings("mlflow", build("mlflow", tmp_path, tracking_uri=dead_server), fake_run(tmp_path), epochs=1)
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 45  # unbounded: 253 s (a loaded machine may be slow to start, never that slow)
     assert line.startswith("Warning: logger 'mlflow' failed in start and was dropped: MlflowError: ")
     assert (f"; no answer (or only errors) from the MLflow server {dead_server} in 2 tries of at most 2 s "
             "(MLFLOW_HTTP_REQUEST_MAX_RETRIES=N and MLFLOW_HTTP_REQUEST_TIMEOUT=SECONDS wait longer)") in line

@@ -97,7 +97,7 @@ def test_wandb_online_without_a_server_gives_up_after_the_bound_in_one_line(tmp_
     capfd.readouterr()
     started = time.monotonic()
     warnings = hub_warnings("wandb", build("wandb", tmp_path, mode="online"), fake_run(tmp_path), epochs=1)
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 45  # unbounded: 90 s (a loaded machine may be slow to start, never that slow)
     [line] = warnings
     assert line.startswith("Warning: logger 'wandb' failed in start and was dropped: WandbError: ")
     assert "mode online: no answer from the W&B server within 2 s (WANDB_INIT_TIMEOUT=SECONDS waits longer)" in line
