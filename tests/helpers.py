@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -168,3 +169,19 @@ def fake_entry_point(name, module, dist="broken-dist", version="6.6.6"):
     """What the registry reads of an entry point: name, value, dist and load()."""
     real = metadata.EntryPoint(name, module, "jaxyard")
     return types.SimpleNamespace(name=name, value=module, group="jaxyard", load=real.load, dist=types.SimpleNamespace(name=dist, version=version))
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` (links not followed): its type, size and modification time; two
+    snapshots differ where anything was written (:func:`changed`)."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            st = (Path(folder) / name).lstat()
+            out[str((Path(folder) / name).relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
+    return out
+
+
+def changed(before: dict, after: dict) -> list[str]:
+    """The paths two :func:`snapshot` s disagree on: written, made or removed in between."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))

@@ -3,9 +3,7 @@ refused in one line before anything is written (neither there nor in the sweep d
 
 from __future__ import annotations
 
-import os
 import shutil
-import stat
 from pathlib import Path
 
 import pytest
@@ -13,18 +11,11 @@ from test_sweep_failures import new_sweep
 
 from jaxyard.core.experiments import sweep as S
 
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, snapshot
 
 pytest.importorskip("optuna")
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            st = (Path(folder) / name).lstat()
-            out[str((Path(folder) / name).relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
-import stat
 import subprocess
 import sys
 import tomllib
@@ -24,7 +22,7 @@ import pytest
 from jaxyard.core.errors import UsageError
 from jaxyard.core.registry.settings import dump_toml
 
-from helpers import as_options, assert_one_line_error, clean_environ, tiny
+from helpers import as_options, assert_one_line_error, changed, clean_environ, snapshot, tiny
 
 SERVER = "http://jaxyard-hostile.invalid:5000"  # .invalid never resolves; a lookup of it is still recorded
 
@@ -35,19 +33,8 @@ def write_toml(path: Path, data: dict) -> Path:
     return path
 
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under ``root`` (links not followed): its type, size and modification time."""
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            st = path.lstat()
-            out[str(path.relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
-    return out
 
 
-def changed(before: dict, after: dict) -> list[str]:
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
 
 
 # --- a path a component writes stays inside the run directory: any source ------------------------------

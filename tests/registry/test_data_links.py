@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
@@ -17,17 +16,7 @@ from jaxyard.core.errors import UsageError
 from jaxyard.core.registry.params import inside
 from jaxyard.core.store import rundir as rd
 
-from helpers import as_options, assert_one_line_error, tiny
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under ``root`` (links not followed): its type, size, mode and modification time."""
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            st = (Path(folder) / name).lstat()
-            out[str((Path(folder) / name).relative_to(root))] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns)
-    return out
+from helpers import as_options, assert_one_line_error, snapshot, tiny
 
 
 @pytest.fixture
