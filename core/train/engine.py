@@ -40,14 +40,16 @@ from jaxyard.core.registry.params import inside
 from jaxyard.core.scale import processes
 from jaxyard.core.store import binding
 from jaxyard.core.store import rundir as rd
-from jaxyard.core.store.checkpoint import CheckpointError, Restored, missing_methods
+from jaxyard.core.store.checkpoint import CheckpointError, missing_methods
 from jaxyard.core.store.policy import CheckpointPolicy
+from jaxyard.core.train import resuming
 from jaxyard.core.train.build import Built, build, enable_compile_cache
 from jaxyard.core.train.events import Echo, RunResult, silent
 from jaxyard.core.train.fit import Fit, monitor_of, place_restored, read_latest
 from jaxyard.core.train.fit import describe_components as describe_components  # its 0.1 home: benchmarks import it from here
 from jaxyard.core.train.loggers import LOGGER_METHODS
 from jaxyard.core.train.loop import Progress, make_loop, summarize
+from jaxyard.core.train.resuming import load_run_config
 from jaxyard.core.train.traced import Programs
 
 __all__ = ["Evaluation", "RunResult", "evaluate", "resume", "train"]
@@ -163,7 +165,7 @@ def resume(
 
     def resolve() -> tuple[RunConfig, RunConfig]:
         config = load_run_config(run_dir, registry, sets=sets, options=options)
-        _keep_checkpointer(config, Path(run_dir), sets, options, registry)  # before a checkpointer is made to read its checkpoints
+        resuming.keep_checkpointer(config, Path(run_dir), sets, options, registry)  # before a checkpointer is made to read its checkpoints
         return config, _in_layout(config, devices, shard_params)
 
     config, layout = processes.together(resolve)  # config: as config.toml will hold it; layout: as this session trains
@@ -178,16 +180,17 @@ def resume(
         notes: list[str] = []  # "no checkpoint to resume from": said once config.toml is known to be the run's
         restored = layout.checkpointer.call("loading a checkpoint", lambda: read_latest(storage, directory, layout.checkpointer.name,
                                                                                          notes.append))
-        changes = processes.from_primary(lambda: _bind(config, restored, directory.path, sets, options, registry))  # or a mismatch, on all
+        # the deliberate changes, or a mismatch (on every process)
+        changes = processes.from_primary(lambda: resuming.bind_changes(config, restored, directory.path, sets, options, registry))
         for note in notes:
             warn(note)
         built = processes.together(lambda: build(layout))
         if restored is not None:  # its structure checked before anything is written
-            _refuse_shorter(built, restored, options, sets)
+            resuming.refuse_shorter(built, restored, options, sets)
             processes.together(lambda: place_restored(built, restored))
         loggers = processes.from_primary(lambda: make_loggers(layout, directory.path)) or {}
         given = bool(sets) or any(v is not None for v in options.values())
-        processes.from_primary(lambda: _commit(directory, config, restored, changes, given=given, echo=echo, registry=registry))
+        processes.from_primary(lambda: resuming.commit_changes(directory, config, restored, changes, given=given, echo=echo, registry=registry))
     except BaseException:
         with suppress(Exception):  # the error on its way out is the one to report
             if storage is not None:
@@ -204,119 +207,6 @@ def agree_config(config: RunConfig) -> None:
         return
     processes.agree("configuration", binding.flatten(binding.canonical(config.to_dict())),
                     fix="give every process the same options, --set values and files")
-
-
-def _bind(config: RunConfig, restored: Restored | None, run_dir: Path, sets, options, registry) -> list[binding.Difference]:
-    """The deliberate changes of a resume (the keys given on its command line whose value differs
-    from the checkpoint's, or with none the run's bound configuration's); any other difference is refused."""
-    given = binding.given_keys(sets, options, logger_key=lambda name: _logger_key(config, name))
-    new = binding.flatten(binding.bound(config))
-    old = binding.stored(restored.meta if restored is not None else None)
-    if old is not None:
-        assert restored is not None
-        return _compare(old, restored.step, new, run_dir, given=given)
-    found = binding.read_bound(run_dir) if restored is None else None  # no checkpoint: the configuration bound at the start
-    if found is not None:
-        return _compare(*found, new, run_dir, given=given, reference=_BOUND_REFERENCE)
-    if not given:  # a checkpoint saved before configurations were bound, or a run directory from before 0.3.1: nothing to compare
-        return []
-    try:  # what config.toml holds, for the record of the change
-        old = binding.flatten(binding.bound(load_run_config(run_dir, registry)))
-    except UsageError:
-        return []
-    return [d for d in binding.differences(old, new) if d.key in given]
-
-
-_BOUND_REFERENCE = f"its bound configuration ({binding.BOUND}; no checkpoint saved)"
-
-
-def _compare(old: dict[str, Any], step: int, new: dict[str, Any], run_dir: Path, *, given: Iterable[str], reference: str | None = None,
-             fix: str | None = None) -> list[binding.Difference]:
-    """``binding.compare`` with the changes recorded at ``step`` or later applied to ``old``, and named as such."""
-    changes = binding.read_changes(run_dir)
-    return binding.compare(binding.expected(old, step, changes), new, given=given, config_path=run_dir / rd.CONFIG, step=step, run_dir=run_dir,
-                           changed=binding.recorded(step, changes), reference=reference, fix=fix)
-
-
-def _keep_checkpointer(config: RunConfig, run_dir: Path, sets, options, registry) -> None:
-    """A run keeps its checkpointer, which holds its checkpoints: ``--set run.checkpointer=...``
-    naming another is refused, and a config.toml naming another than the run's bound configuration
-    is a mismatch (checked before that checkpointer reads, or misses, the run's checkpoints)."""
-    given = binding.given_keys(sets, options)
-    new = binding.flatten(binding.bound(config))
-    try:
-        found = binding.read_bound(run_dir)
-    except UsageError:  # damaged: refused by the comparison that needs it (no checkpoint), if any does
-        found = None
-    if "run.checkpointer" in given:
-        if found is not None:
-            old = found[0].get("run.checkpointer")
-        else:  # a run directory from before 0.3.1: config.toml's own
-            try:
-                old = load_run_config(run_dir, registry, unbuilt=("logger",)).run.checkpointer
-            except UsageError:
-                old = None
-        if old is not None and old != new["run.checkpointer"]:
-            item = next((s for s in reversed(tuple(sets)) if s.partition("=")[0].strip() == "run.checkpointer"),
-                        f"run.checkpointer={new['run.checkpointer']}")
-            raise UsageError(f"--set {item}: a run keeps its checkpointer ({old}), which holds its checkpoints; to train with "
-                             f"{new['run.checkpointer']}, start a new run")
-    elif found is not None and found[0].get("run.checkpointer") != new.get("run.checkpointer"):
-        _compare(*found, new, run_dir, given=given, reference=f"its bound configuration ({binding.BOUND})")
-
-
-def _refuse_shorter(built: Built, restored: Restored, options: dict[str, Any], sets: Iterable[str]) -> None:
-    """A resume never makes a run shorter than it has trained: the run would end before its own
-    checkpoint, rewriting its summary with nothing trained. Refused in one line naming what asked."""
-    if built.round_ends[-1] >= restored.step:
-        return
-    run = built.config.run
-    keys = {"run.epochs", "run.steps"}
-    if options.get("epochs") is not None:
-        asked = f"--epochs {options['epochs']}"
-    elif options.get("steps") is not None:
-        asked = f"--steps {options['steps']}"
-    else:
-        asked = next((f"--set {s}" for s in reversed(tuple(sets)) if s.partition("=")[0].strip() in keys),
-                     f"{rd.CONFIG}'s run.{'steps' if run.steps else 'epochs'} = {run.steps or run.epochs}")
-    epochs, partial = divmod(restored.step, built.steps_per_epoch)
-    if run.steps or partial:
-        trained, least = f"{restored.step} steps", f"--steps {restored.step}"
-    else:
-        trained, least = f"{epochs} epochs", f"--epochs {epochs}"
-    raise UsageError(f"{asked}: the run has already trained {trained} (checkpoint step {restored.step}); a run is not made shorter: "
-                     f"give {least} or more")
-
-
-def _logger_key(config: RunConfig, name: str) -> str:
-    """How config.toml names the logger ``--set logger.NAME.KEY=...`` selects (a third-party one qualified)."""
-    return next((c.key for c in config.loggers if name in (c.key, c.name, c.entry.name, c.entry.qualified)), name)
-
-
-def _commit(directory: rd.RunDir, config: RunConfig, restored: Restored | None, changes: list[binding.Difference], *, given: bool,
-            echo: Echo, registry=None) -> None:
-    """A resume's deliberate changes: printed, recorded in changes.jsonl, then written to the bound
-    configuration and config.toml (in that order: a resume stopped in between is read as changed,
-    and the same command finishes it). A value given that config.toml holds already changes nothing
-    (config.toml, its comments with it, is left as it is)."""
-    step = restored.step if restored is not None else 0
-    if changes:
-        echo("Changed on resume: " + ", ".join(d.describe() for d in changes))
-        binding.record_changes(directory.path, step, changes)
-    if not given:
-        return
-    try:
-        found = binding.read_bound(directory.path)
-    except UsageError:  # damaged: this session's configuration replaces it
-        found = None
-    if changes or found is None or binding.canonical(found[0]) != binding.flatten(binding.bound(config)):
-        binding.write_bound(directory.path, config, step)
-    try:
-        on_disk = binding.canonical(load_run_config(directory.path, registry or config.registry, unbuilt=("logger",)).to_dict())
-    except UsageError:
-        on_disk = None
-    if on_disk != binding.canonical(config.to_dict()):
-        directory.write_config(config.to_toml())
 
 
 def evaluate(
@@ -343,7 +233,7 @@ def evaluate(
     finally:
         with suppress(Exception):  # only reads were made: nothing pending to lose
             storage.close()
-    _check_binding(config, restored, Path(run_dir))
+    resuming.check_binding(config, restored, Path(run_dir))
     place_restored(built, restored)
     for step, cause in restored.skipped:
         echo(f"Skipped damaged checkpoint step {step}: {cause}")
@@ -368,26 +258,6 @@ def _in_layout(config: RunConfig, devices, shard_params) -> RunConfig:
         return config
     run = P.build(RunSettings, {**P.to_plain(config.run), **values}, where="run")
     return attrs.evolve(config, run=run)
-
-
-def load_run_config(
-    run_dir: str | os.PathLike, registry=None, *, sets: Iterable[str] = (), options: dict[str, Any] | None = None,
-    unbuilt: Iterable[str] = (),
-) -> RunConfig:
-    """The resolved configuration a run directory was trained with (with ``sets`` and
-    ``options``, ``[run]`` values, over it: a resume's deliberate changes). ``unbuilt``: the
-    kinds the caller never builds (``evaluate``: the loggers), whose destinations are not refused."""
-    from jaxyard.core.registry.config import resolve_config
-    from jaxyard.core.registry.loading import build_registry
-    from jaxyard.core.registry.settings import Settings
-
-    path = Path(run_dir) / rd.CONFIG
-    if not path.is_file():
-        raise UsageError(f"{run_dir} is not a jaxyard run directory (no {rd.CONFIG})")
-    registry = registry or build_registry()
-    rd.check_components(run_dir, registry)
-    # a stale key names `jaxyard upgrade`
-    return resolve_config(registry, Settings(), config_file=str(path), options=options, sets=sets, run_dir=run_dir, unbuilt=unbuilt)
 
 
 def make_checkpointer(config: RunConfig, run_dir: rd.RunDir):
@@ -426,17 +296,6 @@ def _parse_which(which: str | int) -> str | int:
     if text.isascii() and text.isdigit():
         return int(text)
     raise UsageError(f"--checkpoint {which!r}: expected latest, best or a step number")
-
-
-def _check_binding(config: RunConfig, restored: Restored, run_dir: Path) -> None:
-    """``evaluate`` reads config.toml to build the model, the data and the task: one that does not
-    match the checkpoint evaluated (plus the changes recorded since) would give another run's
-    numbers, so it is refused like ``resume`` refuses it."""
-    old = binding.stored(restored.meta)
-    if old is None:  # saved before configurations were bound
-        return
-    _compare(old, restored.step, binding.flatten(binding.bound(config)), run_dir, given=(),
-             fix=f"restore {rd.CONFIG} (eval builds the run from it; it changes nothing)")
 
 
 def _same_run_dir(run_dir: rd.RunDir | None) -> rd.RunDir:
