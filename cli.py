@@ -543,11 +543,7 @@ def schedule(session, config_file, sets, steps_per_epoch, points, png, **options
       jaxyard schedule --scheduler exponential --set scheduler.decay_rate=0.9 --epochs 20 --png lr.png
       jaxyard schedule --scheduler warmup --steps-per-epoch 500 --set run.warmup_steps=1000
     """
-    from jaxyard.core.registry.config import resolve_config
-
-    loggers = options.pop("loggers", ())  # builds no logger: a destination a logger names sends nothing, and is not refused
-    config = resolve_config(session.registry, session.settings, config_file=config_file, options=options, sets=sets, loggers=loggers,
-                            unbuilt=("logger",))
+    config = _resolve(session, config_file, sets, unbuilt=("logger",), **options)  # builds no logger: a destination one names sends nothing
     from jaxyard.core.train.build import schedule_points
 
     info = schedule_points(config, points, steps_per_epoch=steps_per_epoch)
