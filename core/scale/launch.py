@@ -15,6 +15,7 @@ Either way a child is given the global options of its parent (:func:`global_opti
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -84,6 +85,7 @@ def launch(
     pumps: list[threading.Thread] = []
     stopped: set[int] = set()  # stopped by us: their exit codes are not the job's
     codes: dict[int, int] = {}
+    gone = threading.Event()  # the output's reader has gone: the job is stopped as on Ctrl-C
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}  # as Ctrl-C: stop them all
     try:
         for i in range(count):
@@ -92,10 +94,12 @@ def launch(
                                     stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
             procs.append(proc)
             for stream, out in ((proc.stdout, echo), (proc.stderr, echo_err)):
-                pump = threading.Thread(target=_pump, args=(stream, f"[{i}] ", out, lock), daemon=True)
+                pump = threading.Thread(target=_pump, args=(stream, f"[{i}] ", out, lock, gone), daemon=True)
                 pump.start()
                 pumps.append(pump)
         while len(codes) < count:
+            if gone.is_set():  # `launch ... | head`: stopped, resumable, and the command ends quietly (a broken pipe)
+                raise BrokenPipeError(errno.EPIPE, "the output's reader has gone")
             for i, proc in enumerate(procs):
                 if i in codes or proc.poll() is None:
                     continue
@@ -148,8 +152,14 @@ def run_workers(commands: Sequence[Sequence[str]], *, echo: Echo) -> list[int]:
     ]
 
     def relay(i, proc):
+        gone = False  # the output's reader has gone (`| head`): the rest is read and dropped, the workers go on
         for line in proc.stdout:
-            echo(f"[worker {i}] {line.rstrip()}")
+            if gone:
+                continue
+            try:
+                echo(f"[worker {i}] {line.rstrip()}")
+            except BrokenPipeError:
+                gone = True
 
     threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
     for t in threads:
@@ -170,16 +180,24 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _pump(stream, prefix: str, out: Echo, lock: threading.Lock) -> None:
+def _pump(stream, prefix: str, out: Echo, lock: threading.Lock, gone: threading.Event) -> None:
+    """A process's lines to ``out``, prefixed, less gloo's. Once ``out``'s reader has gone (a broken
+    pipe: ``launch ... | head``), ``gone`` is set and the rest is read and dropped (a process whose
+    pipe fills would block)."""
     noise = False
     for line in stream:
+        if gone.is_set():
+            continue
         text = line.rstrip("\n")
         # gloo's lines, and the bare count a line of it may be split from
         noise = any(n in text for n in _NOISE) or (noise and text.strip().isdigit())
         if noise:
             continue
         with lock:
-            out(prefix + text)
+            try:
+                out(prefix + text)
+            except BrokenPipeError:
+                gone.set()
 
 
 def _stop(procs: list[subprocess.Popen], grace: float) -> None:

@@ -177,7 +177,8 @@ def _first_use(uri: str):
     fd = None
     if path is not None and fcntl is not None:
         with contextlib.suppress(OSError):  # a link there (O_NOFOLLOW), a read-only directory: no lock
-            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)  # MLflow makes it anyway; the lock must come first
+            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -272,7 +273,8 @@ class MlflowLogger:
         else:
             why = f"mlflow.db's artifact location {uri} is not in {Path(here) / ARTIFACT_DIR} (links followed)"
         self.refused = (f"Warning: mlflow logs no artifacts (config.toml, summary.json, the curves): {why}; "
-                        f"params and metrics still go to mlflow.db")
+                        f"params and metrics still go to mlflow.db (to log them here, move mlflow.db and mlflow_run.json "
+                        f"aside: a new MLflow store and run start in this directory)")
 
     def _local_path(self, uri: str | None) -> Path | None:
         """``uri`` as a path in this run directory's mlflow-artifacts/, links followed; None if it

@@ -82,7 +82,8 @@ def test_a_copied_run_directory_does_not_log_into_the_first_one(tmp_path):
     assert original.read_text() == "# mbase\n"  # not overwritten
     assert line.startswith("Warning: mlflow logs no artifacts (config.toml, summary.json, the curves): ")
     assert f"this run directory was moved or copied from {first.resolve()}" in line and "\n" not in line
-    assert line.endswith("params and metrics still go to mlflow.db")
+    assert line.endswith("params and metrics still go to mlflow.db (to log them here, move mlflow.db and mlflow_run.json aside: "
+                         "a new MLflow store and run start in this directory)")
     assert metrics_logged(copy) == {1, 2}
 
 
@@ -253,8 +254,9 @@ WORKER = textwrap.dedent("""
 @pytest.mark.slow
 def test_two_processes_opening_a_new_sqlite_store_at_once_both_log(tmp_path):
     """A sweep's two workers with --set logger.mlflow.tracking_uri=sqlite:///...: each creating
-    MLflow's tables at once failed one ("table runs already exists", "duplicate column name")."""
-    store, go = f"sqlite:///{tmp_path}/shared.db", tmp_path / "go"
+    MLflow's tables at once failed one ("table runs already exists", "duplicate column name"). The
+    store's folder does not exist yet: the lock beside it is made first."""
+    store, go = f"sqlite:///{tmp_path}/store/shared.db", tmp_path / "go"
     env = {**child_env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / name), str(go), store], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
@@ -264,7 +266,7 @@ def test_two_processes_opening_a_new_sqlite_store_at_once_both_log(tmp_path):
     go.touch()  # both start together
     outputs = [p.communicate(timeout=60)[0] for p in procs]
     assert [o.strip().splitlines()[-1:] for o in outputs] == [["logged"], ["logged"]], outputs
-    with sqlite3.connect(tmp_path / "shared.db") as db:
+    with sqlite3.connect(tmp_path / "store" / "shared.db") as db:
         assert db.execute("select count(*) from runs where status = 'FINISHED'").fetchone() == (2,)
         assert db.execute("select count(*) from experiments where name = 'jaxyard'").fetchone() == (1,)
 

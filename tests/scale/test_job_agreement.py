@@ -103,3 +103,21 @@ def test_a_process_whose_options_do_not_resolve_stops_every_process_with_its_lin
         assert own_lines == lines[1], stderr[-3000:]  # process 1's line, on every process
         assert [line for line in stdout.splitlines() if "Gloo" not in line] == []
     assert not out.exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_launch_whose_output_reader_has_gone_stops_the_job_quietly(tmp_path):
+    """`jaxyard launch -n 1 -- run ... | head -1`: launch ends quietly like other CLIs on a broken pipe
+    (status 1; it was status 0 with a relay thread's BrokenPipeError traceback, the job running on),
+    the job stopped as on Ctrl-C at launch's next line (how soon depends on when the run prints)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxyard.cli", "launch", "-n", "1", "--", "run", "--out", str(out), "--epochs", "3",
+                             *as_options(tiny("run.checkpointer=none"))],
+                            env=clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline()  # what `head -1` reads, then it is gone
+        proc.stdout.close()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and stderr.strip() == "", stderr[-3000:]
