@@ -81,7 +81,7 @@ def open_study(directory: Path, spec: SweepSpec, *, create: bool = False, worker
 def damaged(directory: Path, spec: SweepSpec, err: BaseException) -> UsageError:
     """The study's storage failed (``err``), as one line: a journal file that is not one, or the
     ``--storage`` and its error."""
-    if spec.storage is None and isinstance(err, ValueError):  # JSONDecodeError: a line of the journal is not one
+    if spec.storage is None and not isinstance(err, OSError):  # a line of the journal is not one (not JSON, a list, an unknown op)
         return UsageError(f"{directory / STUDY_FILE} is damaged ({one_line(err, first_line=True)}); "
                           f"the study cannot go on: start a new sweep (sweep.jsonl and trials/ keep the results so far)")
     return UsageError(f"--storage {spec.storage or directory / STUDY_FILE}: {one_line(err, first_line=True)}")

@@ -118,6 +118,17 @@ def new_sweep(registry, out, storage=None):
                  prune="none", storage=storage)
 
 
+@pytest.mark.parametrize("line", ["[1, 2]", '{"op_code": 99}'])
+def test_a_study_log_line_that_is_json_but_no_journal_entry_is_named_damaged(run_cli, tmp_path, registry, line):
+    """Not a torn write (a whole line), yet no entry Optuna knows: one line naming the file as damaged
+    and the way out, not "--storage ...: TypeError" (no --storage was given)."""
+    out = tmp_path / "sweep"
+    new_sweep(registry, out)
+    with open(out / S.STUDY_FILE, "a") as f:
+        f.write(line + "\n")
+    assert_one_line_error(run_cli(["sweep", "--resume", str(out)]), f"{out / S.STUDY_FILE} is damaged", "start a new sweep")
+
+
 @pytest.fixture(scope="module")
 def registry():
     from jaxyard.core.registry.loading import build_registry
