@@ -2,14 +2,15 @@
 tracebacks and wandb's console lines are held back (and counted in the warning), and wandb's
 online start waits a bounded time for a server that does not answer.
 
-Nothing reaches the network: the W&B "server" is a loopback port that refuses connections.
+Nothing reaches the network: wandb's own wait for a server is stood in for (its timer, not
+jaxyard's, is what a machine with no network measures).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-import socket
 import sys
 import time
 from pathlib import Path
@@ -75,31 +76,31 @@ def test_mlflow_noise_shows_with_jaxyard_debug(tmp_path, capfd, monkeypatch):
     assert "held back" not in line
 
 
-@pytest.fixture
-def refusing_server(monkeypatch):
-    """A W&B base URL on a loopback port nothing listens on, and an API key (so wandb tries it)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{sock.getsockname()[1]}")
-    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
-    monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    yield
-    sock.close()
 
-
-@pytest.mark.timeout(60)  # unbounded, wandb waits 90 s: fail rather than wait
-def test_wandb_online_without_a_server_gives_up_after_the_bound_in_one_line(tmp_path, capfd, monkeypatch, refusing_server):
-    pytest.importorskip("wandb")
+def test_wandb_online_start_is_bounded_and_its_timeout_is_one_line(tmp_path, capfd, monkeypatch):
+    """jaxyard's part of the bound: wandb.init runs with WANDB_INIT_TIMEOUT set to jaxyard's bound
+    (unless the user set it), restored after; wandb's timeout, and what it printed meanwhile, is one
+    warning saying how long it waited. wandb's own wait is stood in for (its real one, against a
+    refusing server, gave up after the bound by hand: with no network it is wandb's timer that
+    counts, and a loaded machine makes its service slow to start)."""
+    wandb = pytest.importorskip("wandb")
     from jaxyard.plugins._trackers import wandb as tracker
 
-    monkeypatch.setattr(tracker, "INIT_TIMEOUT", 2.0, raising=False)  # jaxyard's bound (30 s), shortened for the test
+    monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    monkeypatch.setattr(tracker, "INIT_TIMEOUT", 0.2, raising=False)  # jaxyard's bound (30 s), shortened for the test
+    seen = []
+
+    def init(**kwargs):  # as wandb.init fails when the server never answers within init_timeout
+        seen.append(os.environ.get("WANDB_INIT_TIMEOUT"))
+        time.sleep(float(seen[-1]))
+        print("wandb: Network error (ConnectionError), entering retry loop.", file=sys.stderr)
+        raise wandb.errors.CommError(f"Run initialization has timed out after {seen[-1]} sec.\nPlease try again.")
+
+    monkeypatch.setattr(wandb, "init", init)
     capfd.readouterr()
-    started = time.monotonic()
-    warnings = hub_warnings("wandb", build("wandb", tmp_path, mode="online"), fake_run(tmp_path), epochs=1)
-    assert time.monotonic() - started < 45  # unbounded: 90 s (a loaded machine may be slow to start, never that slow)
-    [line] = warnings
-    assert line.startswith("Warning: logger 'wandb' failed in start and was dropped: WandbError: ")
-    assert "mode online: no answer from the W&B server within 2 s (WANDB_INIT_TIMEOUT=SECONDS waits longer)" in line
-    assert "\n" not in line
-    assert capfd.readouterr().err == ""  # wandb's "Loaded credentials ..." line held back (and counted)
+    [line] = hub_warnings("wandb", build("wandb", tmp_path, mode="online"), fake_run(tmp_path), epochs=1)
+    assert seen == ["0.2"] and "WANDB_INIT_TIMEOUT" not in os.environ
+    assert line.startswith("Warning: logger 'wandb' failed in start and was dropped: WandbError: CommError: Run initialization has timed out")
+    assert "mode online: no answer from the W&B server within 0.2 s (WANDB_INIT_TIMEOUT=SECONDS waits longer)" in line
+    assert "\n" not in line and "held back: 1 line on stderr" in line
+    assert capfd.readouterr().err == ""  # wandb's console line held back (and counted)
