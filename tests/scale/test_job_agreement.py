@@ -13,22 +13,40 @@ import pytest
 from helpers import as_options, clean_environ, tiny
 
 
-@pytest.mark.slow
-def test_processes_given_different_configurations_stop_with_one_line_naming_the_keys(tmp_path):
-    """One job of 2 processes started by hand, each with its own command line (`launch` gives both
-    the same one): process 1 has other epochs and another model."""
+def run_by_hand(out, own: dict[int, list[str]], *, timeout: float) -> tuple[list[subprocess.Popen], list[tuple[str, str]]]:
+    """`jaxyard run` as a job of 2 processes started by hand, each with the tiny workload and its
+    own options ``own[i]`` (launch gives every process the same ones); their (stdout, stderr)."""
     from jaxyard.core.scale.launch import free_port
 
-    out = tmp_path / "job"
     coordinator = f"127.0.0.1:{free_port()}"
-    own = {0: ["--epochs", "3"], 1: ["--epochs", "4", "--set", "model.hidden_dims=48"]}
     procs = [
         subprocess.Popen([sys.executable, "-m", "jaxyard.cli", "run", "--out", str(out), *as_options(tiny()), *own[i],
                           "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)],
                          env=clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]
-    outputs = [p.communicate(timeout=300) for p in procs]
+    try:
+        return procs, [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+@pytest.fixture
+def taken_port():
+    """A loopback port another socket listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_processes_given_different_configurations_stop_with_one_line_naming_the_keys(tmp_path):
+    """One job of 2 processes started by hand, each with its own command line (`launch` gives both
+    the same one): process 1 has other epochs and another model."""
+    out = tmp_path / "job"
+    procs, outputs = run_by_hand(out, {0: ["--epochs", "3"], 1: ["--epochs", "4", "--set", "model.hidden_dims=48"]}, timeout=300)
     message = ("Error: the processes of the job were given different configurations: process 0 vs process 1: "
                "run.epochs 3 vs 4, model.hidden_dims [32] vs [48]; give every process the same options, --set values and files")
     for proc, (stdout, stderr) in zip(procs, outputs, strict=True):
@@ -38,24 +56,21 @@ def test_processes_given_different_configurations_stop_with_one_line_naming_the_
     assert not out.exists()  # nothing written
 
 
-def test_launch_refuses_a_taken_port_before_starting_anything(run_cli, monkeypatch):
+def test_launch_refuses_a_taken_port_before_starting_anything(run_cli, monkeypatch, taken_port):
     from jaxyard.core.scale import launch
 
     def start(*args, **kwargs):
         raise AssertionError("a process was started")
 
     monkeypatch.setattr(launch.subprocess, "Popen", start)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = run_cli(["launch", "-n", "2", "--port", port, "--", "check"])
+    port = taken_port
+    result = run_cli(["launch", "-n", "2", "--port", port, "--", "check"])
     assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
     assert result.stderr == (f"Error: --port {port}: the job cannot be served at 127.0.0.1:{port}: another process is listening on it; "
                              f"choose another port, or leave --port out for a free one\n")
 
 
-def test_process_0_refuses_a_taken_port_before_joining(monkeypatch):
+def test_process_0_refuses_a_taken_port_before_joining(monkeypatch, taken_port):
     """By hand (no launch): process 0 would serve the job on a taken port; refused before jax's
     coordination service is started (which crashes on it, or prints gRPC's raw line)."""
     import jax
@@ -67,12 +82,9 @@ def test_process_0_refuses_a_taken_port_before_joining(monkeypatch):
         raise AssertionError("jax.distributed.initialize was called")
 
     monkeypatch.setattr(jax.distributed, "initialize", initialize)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        with pytest.raises(UsageError, match=rf"process 0 cannot serve the job at 127.0.0.1:{port}: another process is listening on it"):
-            join(f"127.0.0.1:{port}", 2, 0)
+    port = taken_port
+    with pytest.raises(UsageError, match=rf"process 0 cannot serve the job at 127.0.0.1:{port}: another process is listening on it"):
+        join(f"127.0.0.1:{port}", 2, 0)
 
 
 @pytest.mark.slow
@@ -80,22 +92,8 @@ def test_a_process_whose_options_do_not_resolve_stops_every_process_with_its_lin
     """Started by hand: process 1's options fail to resolve (logreg takes no model.hidden_dims). The
     processes join first, then resolve together: its line on both, at once (before, process 1 exited
     alone and process 0 waited 5 minutes in jax.distributed.initialize, then died of a C++ trace)."""
-    from jaxyard.core.scale.launch import free_port
-
     out = tmp_path / "job"
-    coordinator = f"127.0.0.1:{free_port()}"
-    own = {0: [], 1: ["--model", "logreg"]}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "jaxyard.cli", "run", "--out", str(out), "--epochs", "2", *as_options(tiny()), *own[i],
-                          "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)],
-                         env=clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=60) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    procs, outputs = run_by_hand(out, {0: ["--epochs", "2"], 1: ["--epochs", "2", "--model", "logreg"]}, timeout=60)
     lines = [[line for line in stderr.splitlines() if "Gloo" not in line] for _, stderr in outputs]
     assert len(lines[1]) == 1 and lines[1][0].startswith("Error: ") and "hidden_dims" in lines[1][0], outputs[1][1][-3000:]
     for proc, (stdout, stderr), own_lines in zip(procs, outputs, lines, strict=True):
