@@ -274,7 +274,7 @@ def check_streamed(config: RunConfig, task, context, data, batch, where: str, *,
     """A streamed batch: rows that agree (at most ``rows``, the batch size asked for), the declared
     example shape, finite features, then (``task`` given) the task's check of its targets."""
     from jaxyard.core.task import features
-    from jaxyard.core.train.data import input_shape_of
+    from jaxyard.core.train.data import input_shape_of, refuse_non_finite
 
     batch = jax.tree.map(np.asarray, batch)
     leaves = jax.tree.leaves(batch)
@@ -294,10 +294,7 @@ def check_streamed(config: RunConfig, task, context, data, batch, where: str, *,
         x = features(batch)
     except (KeyError, IndexError, TypeError):
         return
-    finite = np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else np.ones(x.shape, bool)
-    if not finite.all():
-        row = int(np.argwhere(~finite)[0][0])
-        raise UsageError(f"{where}: example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
+    refuse_non_finite(np.asarray(x), f"{where}:")
 
 
 def check_task_batch(config: RunConfig, task, batch, where: str, context) -> None:

@@ -136,8 +136,19 @@ def check_splits(loader: str, data: Dataset) -> None:
             x = np.asarray(features(batch))
         except (KeyError, IndexError, TypeError):
             continue
-        if np.issubdtype(x.dtype, np.floating):
-            finite = np.isfinite(x)
-            if not finite.all():
-                row = int(np.argwhere(~finite)[0][0])
-                raise UsageError(f"loader {loader!r}: {split} example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
+        refuse_non_finite(x, f"loader {loader!r}: {split}")
+
+
+def refuse_non_finite(x, where: str) -> None:
+    """A UsageError naming the first example (row) of ``x`` with a non-finite float feature, if any:
+    ``"{where} example 3 has a non-finite feature (nan)"``."""
+    import numpy as np
+
+    from jaxyard.core.errors import UsageError
+
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    finite = np.isfinite(x)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0][0])
+        raise UsageError(f"{where} example {row} has a non-finite feature ({x[row][~finite[row]].flat[0]})")
