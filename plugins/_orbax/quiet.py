@@ -8,7 +8,8 @@ Three of them, installed while at least one checkpointer is open (:class:`Quiet`
   ``JAXYARD_ORBAX_LOGS=1`` keeps them.
 - **orbax's private ``asyncio_utils._run_sync_via_new_loop`` is swapped** for one that, when the
   coroutine fails, lets the reads and writes still in flight finish before it closes its event
-  loop; otherwise tensorstore calls back into the closed loop and "Event loop is closed"
+  loop, and whose loop drops a late callback from tensorstore's threads (an operation given up
+  when another failed) instead of raising "Event loop is closed" there; otherwise those
   tracebacks follow the error.
 
 and one registered when this module is imported:
@@ -90,12 +91,30 @@ class _DropOrbaxRecords(logging.Filter):
         return not str(record.pathname).startswith(self._root)
 
 
+class _Loop(asyncio.SelectorEventLoop):
+    """An event loop that ignores a callback arriving from another thread after it closed.
+
+    tensorstore completes an operation from its own threads by calling ``call_soon_threadsafe`` on
+    the loop that awaited it; when that operation was given up (its asyncio future cancelled
+    because another read or write failed) and the loop has since closed, the call would raise
+    "Event loop is closed" in tensorstore's thread, where nobody can catch it. Nothing waits for
+    that result any more, so dropping it is right."""
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        try:
+            return super().call_soon_threadsafe(callback, *args, context=context)
+        except RuntimeError:
+            if self.is_closed():
+                return None
+            raise
+
+
 def _run_sync_draining(coro):
     """orbax's ``_run_sync_via_new_loop``, but when the coroutine fails, the tasks still
     running on the loop (reads and writes the failed one was gathered with) are given time
     to finish, then cancelled, before the loop closes: tensorstore completing one of them
     afterwards would call into the closed loop and print "Event loop is closed" tracebacks."""
-    loop = asyncio.new_event_loop()
+    loop = _Loop()
     tasks: list[asyncio.Task] = []
 
     def track(loop, coro, **kwargs):
