@@ -25,7 +25,7 @@ from jaxyard.core.task import Task
 from jaxyard.core.train import steps
 from jaxyard.core.train.averaging import ema_of_params
 from jaxyard.core.train.carve import carve_validation
-from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch, check_splits
+from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch, check_splits, close_stream
 from jaxyard.core.train.traced import Programs, group_key, replaced, traceable, with_values
 
 # fold_in constants of the streams derived from run.seed (one place: resume must match); a task's
@@ -236,12 +236,16 @@ def train_example(config: RunConfig, data) -> Any:
 def first_batch(config: RunConfig, data: StreamingDataset, split: str, batch_size: int) -> Any:
     """The first batch a streamed loader gives for ``split`` (None: none); the loader's own
     exception named in one line (:meth:`Choice.failure <jaxyard.core.registry.config.Choice.failure>`)."""
+    batches = None
     try:
-        return next(iter(data.batches(split, batch_size, 0)), None)
+        batches = iter(data.batches(split, batch_size, 0))
+        return next(batches, None)
     except JaxyardError:
         raise
     except Exception as err:
         raise config.loader.failure(err, f"giving its first {split} batch") from err
+    finally:
+        close_stream(batches)
 
 
 def task_context(config: RunConfig, task, data, example: Any = None) -> dict[str, Any]:
@@ -412,10 +416,11 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     if isinstance(data, Dataset):
         check_splits(name, data)
     steps_per_epoch = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
-    if (run.steps or run.eval_every) and isinstance(data, StreamingDataset):
+    if (run.steps or run.eval_every) and isinstance(data, StreamingDataset) and not data.resumable:
         what = f"run.steps = {run.steps}" if run.steps else f"run.eval_every = {run.eval_every}"
-        raise UsageError(f"{what}: loader {name!r} streams its batches, and a streamed run trains and validates in whole epochs; "
-                         f"use run.epochs (or an in-memory loader)")
+        raise UsageError(f"{what}: loader {name!r} streams its batches and cannot report its position in them (StreamingDataset "
+                         f"resumable=False), so its run trains and validates in whole epochs; use run.epochs, an in-memory "
+                         f"loader, or a resumable stream (--loader grain, or grain_stream in a plugin: docs/grain.md)")
     if total_batches(config, steps_per_epoch) >= 2**31:
         raise UsageError(
             f"run.epochs = {run.epochs} of {steps_per_epoch} steps is {steps_per_epoch * run.epochs} steps, more than "

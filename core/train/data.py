@@ -101,15 +101,42 @@ class StreamingDataset:
     In a job of several processes every process calls ``batches`` and keeps its rows of each
     batch: the batches must be the same on every process (a different count leaves a process
     waiting for a step the others never take).
+
+    ``resumable``: the stream reports and restores its position, so a run may train in rounds of
+    ``run.eval_every`` batches (and ``run.steps``), validating and checkpointing mid-epoch, and
+    ``resume`` continues from the exact next batch. The iterator ``iter(batches("train", batch_size,
+    epoch))`` then has two methods (grain's ``DatasetIterator`` has both):
+
+    - ``get_state()``: its position after the batches drawn so far, a JSON-able value (or UTF-8
+      bytes of JSON, as grain's ``DataLoader`` gives), saved in every checkpoint's meta as
+      ``{"stream": {"epoch": E, "state": ...}}`` (JSON, never pickled);
+    - ``set_state(state)``: on a fresh iterator of the same split, batch size and epoch, continue
+      from the batch after that position.
+
+    A stream that is not resumable (the default: a generator cannot do this) trains and validates
+    in whole epochs; ``run.steps`` and ``run.eval_every`` are refused for it.
+    :func:`jaxyard.plugins.grain_loader.grain_stream` makes a resumable one from grain data sources.
     """
 
     batches: Callable[[str, int, int], Iterable[Any]]
     input_shape: tuple[int, ...]
     num_classes: int | None = None
     sizes_: dict[str, int | None] = attrs.field(factory=dict, alias="sizes")
+    resumable: bool = attrs.field(default=False, kw_only=True)
 
     def sizes(self) -> dict[str, int | None]:
         return {s: self.sizes_.get(s) for s in SPLITS}
+
+
+def close_stream(batches) -> None:
+    """Let go of a streamed loader's iterator (its ``close()``, if it has one: a generator's, a grain
+    iterator's worker processes); an error closing it is not the run's."""
+    close = getattr(batches, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # noqa: S110 - the batches were read; closing is best effort
+            pass
 
 
 def check_splits(loader: str, data: Dataset) -> None:

@@ -130,6 +130,10 @@ class Fit:
             raise
         finally:
             pm.unregister(self.hub)
+            close = getattr(self.loop, "close", None)  # a streamed run's training stream (a grain iterator's workers)
+            if callable(close):
+                with suppress(Exception):
+                    close()
             self.run_dir.unlock()
         return result
 
@@ -145,6 +149,11 @@ class Fit:
         run.skipped_checkpoints = restored.skipped
         if self.policy is not None:
             self.policy.records = {int(r["step"]): r for r in run.history}
+        if "stream" in restored.meta:  # a stepped streamed run, checkpointed mid-epoch: its stream goes on from the next batch
+            self.loop.restore_position(restored.meta["stream"])  # type: ignore[union-attr]  # a StreamingLoop's
+        elif self.built.stepped and not isinstance(self.built.data, Dataset):
+            raise UsageError(f"checkpoint step {restored.step} holds no position in loader {self.config.loader.name!r}'s stream "
+                             f"(saved by a run in whole epochs); resume it with run.epochs, without run.steps / run.eval_every")
 
     # -- the epochs ----------------------------------------------------------------------------
 
@@ -200,6 +209,9 @@ class Fit:
         step = record["step"]
         if run.last_checkpoint != step:
             meta = {"epoch": record["epoch"], "step": step, "metrics": record, "history": run.history, **self.binding}
+            position = getattr(self.loop, "position", lambda: None)()  # a stepped streamed run's place in its stream
+            if position is not None:
+                meta["stream"] = position
             checkpointer = config.checkpointer
 
             def failed(err: Exception) -> PluginError:  # the checkpointer's own bug, not the plugin that asked for the save

@@ -17,7 +17,7 @@ import numpy as np
 from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 from jaxyard.core.train import steps
 from jaxyard.core.train.build import SHUFFLE_STREAM, Built, check_streamed, seed_key
-from jaxyard.core.train.data import Dataset, StreamingDataset, as_batch
+from jaxyard.core.train.data import Dataset, StreamingDataset, as_batch, close_stream
 
 Progress = Callable[..., Any]  # click.progressbar's signature: (length=, label=) -> context manager
 
@@ -28,18 +28,24 @@ def unalias(state):
     An optimizer may legally keep the parameters themselves in its state (optax.contrib.sam,
     a lookahead or an average initialised the obvious way); a compiled call that donates its
     state would then donate one buffer twice, which XLA refuses. Checking costs microseconds
-    per call; copying happens only for the repeats.
+    per call; the state is rebuilt (a copy for each repeat) only when there is one: rebuilding
+    nnx's state costs about 0.3 ms, a streamed step's Python time.
     """
+    def key(leaf):
+        try:
+            return leaf.unsafe_buffer_pointer()
+        except Exception:  # not a single-device array: its identity will do
+            return id(leaf)
+
+    leaves = jax.tree.leaves(state)
+    if len({key(leaf) for leaf in leaves}) == len(leaves):
+        return state
     seen: set = set()
 
     def once(leaf):
-        try:
-            key = leaf.unsafe_buffer_pointer()
-        except Exception:  # not a single-device array: its identity will do
-            key = id(leaf)
-        if key in seen:
+        if key(leaf) in seen:
             return jnp.array(leaf, copy=True)
-        seen.add(key)
+        seen.add(key(leaf))
         return leaf
 
     return jax.tree.map(once, state)
@@ -127,7 +133,11 @@ def shapes(batch) -> tuple:
 
 
 class StreamingLoop:
-    """Batches from the loader's Python iterator, padded to one shape, one jitted step each."""
+    """Batches from the loader's Python iterator, padded to one shape, one jitted step each.
+
+    Rounds of whole epochs; or, for a resumable stream (``StreamingDataset.resumable``) with
+    run.steps / run.eval_every, rounds of that many batches drawn from one training stream that
+    runs on across epochs, whose position (:meth:`position`) every checkpoint keeps."""
 
     compile_seconds = None  # compiling happens inside the first steps: not separable
 
@@ -141,12 +151,22 @@ class StreamingLoop:
             for ema in (False, True)
         }
         self.traced = False
+        # an accelerator's batches are copied to it as they are read (the step before still running); on the
+        # CPU backend that copy costs more than it saves (measured: benchmarks/streamed.py), the step reads NumPy
+        self.to_device = jax.local_devices()[0].platform != "cpu"
+        # the training stream of a stepped run: its epoch, the batches drawn from it (checked), the
+        # loader's own iterator under them, and a restored position not yet applied
+        self.stream_epoch, self.fresh = 1, True
+        self.stream: Any = None
+        self.opened: Any = None
+        self.pending: dict[str, Any] | None = None
 
-    def checked(self, split: str, size: int, epoch: int = 0):
+    def checked(self, split: str, size: int, epoch: int = 0, *, state: Any = None):
         """The loader's batches of ``split``, each checked as in-memory splits are when loaded: at
         most ``size`` rows, shapes, the task's check of its targets, finite features (a bad batch,
         the first or a later one, names the loader and the batch, not a NaN loss); an exception
-        from the loader's own code is one line naming it."""
+        from the loader's own code is one line naming it. ``state``: a position to continue from
+        (a resumable stream's ``set_state``). The loader's iterator is closed when they end."""
         b = self.b
         assert isinstance(b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
         loader = b.config.loader
@@ -156,42 +176,128 @@ class StreamingLoop:
             return f"{first} {split} batch{of_epoch}" if number == 1 else f"{split} batch {number}{of_epoch}"
 
         batches, number = None, 1
-        while True:
-            try:
-                if batches is None:
-                    batches = iter(b.data.batches(split, size, epoch))
-                batch = next(batches)
-            except StopIteration:
-                return
-            except JaxyardError:
-                raise
-            except Exception as err:  # the loader's own code
-                raise loader.failure(err, f"giving {which(number, 'its first')}") from err
-            check_streamed(b.config, b.task, b.context, b.data, batch, f"loader {loader.name!r}: {which(number)}", rows=size)
-            yield batch
-            number += 1
+        try:
+            while True:
+                try:
+                    if batches is None:
+                        batches = iter(b.data.batches(split, size, epoch))
+                        if split == "train":
+                            self.opened = batches
+                        if state is not None:
+                            batches.set_state(state)  # type: ignore[attr-defined]  # a resumable stream's (StreamingDataset)
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except JaxyardError:
+                    raise
+                except Exception as err:  # the loader's own code
+                    doing = f"continuing epoch {epoch} from a checkpoint's position" if state is not None and number == 1 else \
+                        f"giving {which(number, 'its first')}"
+                    raise loader.failure(err, doing) from err
+                check_streamed(b.config, b.task, b.context, b.data, batch, f"loader {loader.name!r}: {which(number)}", rows=size)
+                yield batch
+                number += 1
+        finally:
+            close_stream(batches)
 
     def train_epoch(self, epoch: int, progress: Progress | None = None):
-        """``progress(length=steps, label=...)`` makes a per-batch bar (click.progressbar)."""
+        """Train round ``epoch``: an epoch, or (run.steps, run.eval_every) its batches of the stream.
+        ``progress(length=steps, label=...)`` makes a per-batch bar (click.progressbar)."""
         b = self.b
         total = None
-        bs = b.config.run.batch_size
-        assert isinstance(b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
-        with progress(length=b.steps_per_epoch, label=f"Epoch {epoch}") if progress else nullcontext() as bar:
-            for batch in self.checked("train", bs, epoch):
-                batch, mask = pad(batch, bs)
-                if b.config.run.drop_last and mask.sum() < bs:
-                    continue
-                batch, mask = b.layout.place_batch(batch, mask)  # over a job: this process's rows
+        if b.stepped:
+            start, end = b.round_ends[epoch - 1], b.round_ends[epoch]
+            batches, length, label = self._drawn(end - start), end - start, f"Steps {start + 1}-{end}"
+        else:
+            batches, length, label = self._epoch(epoch), b.steps_per_epoch, f"Epoch {epoch}"
+        with progress(length=length, label=label) if progress else nullcontext() as bar:
+            ahead = next(batches, None)
+            while ahead is not None:
+                batch, mask = ahead
                 if not self.traced:  # the first call traces and compiles: a component's bug surfaces here
                     b.state, sums = compiling(b, lambda batch=batch, mask=mask: self.step_fn(unalias(b.state), b.inputs, batch, mask))
                     self.traced = True
                 else:
                     b.state, sums = self.step_fn(unalias(b.state), b.inputs, batch, mask)
-                total = sums if total is None else steps.add(total, sums)  # (over a job, sums live on every process's devices)
+                # double buffering: the step is dispatched, not finished (jax runs it asynchronously); the next
+                # batch is read, checked, padded and copied to the device meanwhile
+                ahead = next(batches, None)
+                total = sums if total is None else _add(total, sums)  # (over a job, sums live on every process's devices)
                 if bar is not None:
                     bar.update(1)
         return {} if total is None else total
+
+    def _placed(self, batch):
+        """A training batch padded to run.batch_size and placed (over a job: this process's rows),
+        its copy to an accelerator started; None for a partial one that run.drop_last drops."""
+        bs, layout = self.b.config.run.batch_size, self.b.layout
+        batch, mask = pad(batch, bs)
+        if self.b.config.run.drop_last and mask.sum() < bs:
+            return None
+        placed = layout.place_batch(batch, mask)
+        if not self.to_device or layout.processes > 1:  # (over a job: global arrays already)
+            return placed
+        return jax.device_put(placed, layout.batch if layout.mesh is not None else None)  # asynchronous
+
+    def _epoch(self, epoch: int):
+        """Epoch ``epoch``'s training batches, placed."""
+        for batch in self.checked("train", self.b.config.run.batch_size, epoch):
+            placed = self._placed(batch)
+            if placed is not None:
+                yield placed
+
+    def _drawn(self, count: int):
+        """The next ``count`` training batches of the stream, placed, going on into the next epoch
+        where one ends (a stepped run's round)."""
+        taken = 0
+        while taken < count:
+            if self.stream is None:
+                self.fresh = self.pending is None  # at an epoch's start (not a position mid-way): it owes a batch
+                state: Any = None if self.pending is None else self.pending["state"]
+                if self.pending is not None and self.pending.get("bytes"):
+                    state = str(state).encode()  # bytes, as the loader gave them
+                self.stream = self.checked("train", self.b.config.run.batch_size, self.stream_epoch, state=state)
+                self.pending = None
+            batch = next(self.stream, None)
+            if batch is None:
+                if self.fresh:
+                    raise UsageError(f"loader {self.b.config.loader.name!r} gave no training batch in epoch {self.stream_epoch}")
+                self.stream, self.opened = None, None
+                self.stream_epoch += 1
+                continue
+            self.fresh = False
+            placed = self._placed(batch)
+            if placed is not None:
+                taken += 1
+                yield placed
+
+    def position(self) -> dict[str, Any] | None:
+        """Where the training stream of a stepped run stands (JSON: a checkpoint's meta keeps it);
+        None for a run in whole epochs (its checkpoints are at an epoch's end)."""
+        if not self.b.stepped:
+            return None
+        if self.pending is not None:  # a restored position, not used yet
+            return dict(self.pending)
+        if self.stream is None or self.opened is None:  # at the start of its epoch
+            return {"epoch": self.stream_epoch, "state": None}
+        loader = self.b.config.loader
+        try:
+            state = self.opened.get_state()  # type: ignore[attr-defined]  # a resumable stream's (StreamingDataset)
+        except Exception as err:
+            raise loader.failure(err, "reporting its position (get_state)") from err
+        return {"epoch": self.stream_epoch, **stream_state(state, loader)}
+
+    def restore_position(self, position: dict[str, Any]) -> None:
+        """Continue the training stream from ``position`` (a checkpoint's, from :meth:`position`)."""
+        self.close()
+        self.stream_epoch = int(position["epoch"])
+        self.pending = dict(position) if position.get("state") is not None else None
+
+    def close(self) -> None:
+        """Let go of the training stream (and the loader's iterator under it)."""
+        if self.stream is not None:
+            self.stream.close()
+        self.stream, self.opened = None, None
 
     def evaluate(self, split: str, *, ema: bool = False):
         total = None
@@ -200,8 +306,32 @@ class StreamingLoop:
         assert isinstance(self.b.data, StreamingDataset)  # make_loop chose this loop for a StreamingDataset
         for batch in self.checked(split, bs):
             sums = self.eval_steps[ema](self.b.state, self.b.inputs, *layout.place_batch(*pad(batch, size)))
-            total = sums if total is None else steps.add(total, sums)
+            total = sums if total is None else _add(total, sums)
         return {} if total is None else total
+
+
+def stream_state(state: Any, loader) -> dict[str, Any]:
+    """A resumable stream's ``get_state()`` as a checkpoint's meta holds it: ``{"state": value}``,
+    the JSON value as JSON reads it back (tuples as lists), or UTF-8 bytes as ``{"state": text,
+    "bytes": True}``; anything else is refused."""
+    import json
+
+    if isinstance(state, (bytes, bytearray)):
+        try:
+            return {"state": bytes(state).decode("utf-8"), "bytes": True}
+        except UnicodeDecodeError:
+            pass
+    else:
+        try:
+            return {"state": json.loads(json.dumps(state, allow_nan=False))}
+        except (TypeError, ValueError):
+            pass
+    raise PluginError(f"loader {loader.name!r} ({loader.entry.origin()}): its stream's get_state() gave a {type(state).__name__} "
+                      f"that is not JSON (nor UTF-8 bytes); a checkpoint keeps the position as JSON, never pickled")
+
+
+#: two sums pytrees added in one dispatch (eager, each of the task's sums would be one: ~40 us each a step)
+_add = jax.jit(steps.add)
 
 
 def pad(batch, size):
