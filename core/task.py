@@ -82,6 +82,26 @@ class Task:
         ``optax.multi_transform``. Default: ``make()``."""
         return make()
 
+    def predict(self, model: Callable[[Any], Any], inputs: Any, context: Mapping[str, Any], **options: Any) -> dict[str, Any]:
+        """Host side, after training (``jaxyard predict``): the named predictions for ``inputs``.
+        Optional: a task without it (or this default) predicts ``{"output": model(inputs)}``.
+
+        :param model: the trained model as a function: NumPy rows ``(n, *input_shape)`` of the
+            model's input (what :meth:`inputs` gives in training) to its outputs as NumPy arrays.
+            Evaluation mode, deterministic, any ``n``; call it as often as needed (generation
+            calls it once per new token). It reads exactly the training row shape (an exported
+            model is fixed to it) and refuses another in one line.
+        :param inputs: NumPy rows the user gave, ``(n, ...)``: features, or what the task reads
+            instead (``next_token``: prompt tokens of any length).
+        :param context: what :meth:`context` returned when the run was trained (``input_shape``,
+            ``num_classes``, ...; through an exported artifact, as JSON gave it back: lists for tuples).
+        :param options: what the user asked for, each passed only when given (``max_new_tokens``);
+            a task whose signature does not take one is refused it in one line.
+        :returns: NumPy arrays by name, each with ``n`` rows: ``{"class": (n,), "probabilities":
+            (n, C)}``. Bad ``inputs`` (not what a model's outputs are): a :class:`jaxyard.UsageError`.
+        """
+        return {"output": model(inputs)}
+
 
 # -- helpers for tasks (jax imported when called) ----------------------------------------------
 

@@ -57,6 +57,13 @@ class Classification(Task):
     def output_shape(self, context):
         return (context["num_classes"],)
 
+    def predict(self, model, inputs, context) -> dict[str, Any]:
+        """``class``: the most likely class (n,); ``probabilities``: the softmax of the logits (n, C)."""
+        import numpy as np
+
+        logits = np.asarray(model(inputs), np.float64)
+        return {"class": logits.argmax(axis=-1).astype(np.int32), "probabilities": _softmax(logits).astype(np.float32)}
+
     def loss(self, model, batch, mask):
         import jax.numpy as jnp
         import optax
@@ -76,6 +83,14 @@ class Classification(Task):
             hit = jnp.any(top == y[..., None], axis=-1).astype(jnp.float32)
             sums[f"top{self.p.top_k}_acc"] = jnp.sum(hit * mask)
         return loss, sums
+
+
+def _softmax(logits):
+    """The softmax over the last axis, in NumPy (host side)."""
+    import numpy as np
+
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def jax_one_hot(y, classes):
@@ -207,6 +222,12 @@ class Regression(Task):
     def output_shape(self, context):
         return (context["num_outputs"],)
 
+    def predict(self, model, inputs, context) -> dict[str, Any]:
+        """``value``: the predicted targets (n, d), d = 1 for targets trained as (n,)."""
+        import numpy as np
+
+        return {"value": _as_rows(np.asarray(model(inputs), np.float32))}
+
     def loss(self, model, batch, mask):
         import jax.numpy as jnp
         import optax
@@ -295,6 +316,13 @@ class Multilabel(Task):
 
     def output_shape(self, context):
         return (context["num_outputs"],)
+
+    def predict(self, model, inputs, context) -> dict[str, Any]:
+        """``probabilities``: each label's sigmoid (n, L); ``labels``: 1 where it is above 0.5, else 0."""
+        import numpy as np
+
+        logits = _as_rows(np.asarray(model(inputs), np.float64))
+        return {"probabilities": (1.0 / (1.0 + np.exp(-logits))).astype(np.float32), "labels": (logits > 0).astype(np.int32)}
 
     def loss(self, model, batch, mask):
         import jax.numpy as jnp
@@ -388,6 +416,39 @@ class NextToken(Task):
 
     def output_shape(self, context):
         return (context["seq_len"], context["vocab_size"])
+
+    def predict(self, model, inputs, context, *, max_new_tokens: int = 16) -> dict[str, Any]:
+        """Greedy generation: ``tokens``, the ``max_new_tokens`` most likely next tokens after each
+        prompt (n, max_new_tokens), one model call per token (deterministic).
+
+        ``inputs`` are prompts, int token ids (n, P), P >= 1. The model reads windows of
+        ``seq_len`` tokens: the prompt so far (its last ``seq_len`` tokens once longer), padded
+        on the right with token 0, and the next token is the argmax of the logits at the window's
+        last real position. The padding changes nothing for a causal model (position t reads
+        tokens 0..t: the transformer, a one-way rnn); a model reading both ways is not one to
+        generate with."""
+        import numpy as np
+
+        prompts = np.asarray(inputs)
+        vocab, window = int(context["vocab_size"]), int(context["seq_len"])
+        if prompts.ndim != 2 or prompts.shape[1] < 1:
+            raise UsageError(f"prompts of shape {prompts.shape}; task 'next_token' generates from int token ids (n, P), P >= 1")
+        if not (np.issubdtype(prompts.dtype, np.integer) or np.array_equal(prompts, np.round(prompts))):
+            raise UsageError(f"prompts of {prompts.dtype} values; task 'next_token' generates from int token ids 0..{vocab - 1}")
+        if prompts.size and (prompts.min() < 0 or prompts.max() >= vocab):
+            raise UsageError(f"prompts hold tokens {int(prompts.min())}..{int(prompts.max())}, outside 0..{vocab - 1} "
+                             "(the vocabulary the run trained on)")
+        if max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens {max_new_tokens}: generate at least 1 token")
+        sequence = prompts.astype(np.int32)
+        for _ in range(max_new_tokens):
+            seen = sequence[:, -window:]
+            padded = np.zeros((len(sequence), window), np.int32)
+            padded[:, :seen.shape[1]] = seen
+            logits = np.asarray(model(padded))
+            following = logits[:, seen.shape[1] - 1].argmax(axis=-1).astype(np.int32)
+            sequence = np.concatenate([sequence, following[:, None]], axis=1)
+        return {"tokens": sequence[:, prompts.shape[1]:]}
 
     def loss(self, model, batch, mask):
         import jax.numpy as jnp

@@ -45,6 +45,6 @@ class CNN(nnx.Module):
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = self.activation(norm(conv(x)))
             if self.pool:
-                x = nnx.max_pool(x, self.pool, strides=self.pool, padding="SAME")
+                x = nnx.max_pool(x, window_shape=self.pool, strides=self.pool, padding="SAME")  # by keyword: jax2onnx converts only that form
         x = x.reshape(x.shape[0], -1) if self.flatten else x.mean(axis=tuple(range(1, x.ndim - 1)))
         return self.head(self.dropout(x))
