@@ -62,7 +62,46 @@ class Session:
 
 class JaxyardGroup(click.Group):
     """Turns a JaxyardError (or an OSError) into one line on stderr and its exit code; --debug re-raises.
-    Output whose reader has gone (``jaxyard list | head -3``) ends the command quietly."""
+    Output whose reader has gone (``jaxyard list | head -3``) ends the command quietly.
+    Global options may come after the command too (:meth:`parse_args`)."""
+
+    #: the options of the group that :meth:`parse_args` takes from after the command
+    GLOBAL = ("--registry", "--plugin", "--disable", "--strict-plugins", "--debug", "--cpu-devices")
+
+    def parse_args(self, ctx, args):
+        """``jaxyard run --debug --plugin x.py`` as ``jaxyard --debug --plugin x.py run``: a global
+        option (with its value) after the command moves before it, unless the command has an
+        option of that name. Nothing after ``--`` is touched, nor anything after the first
+        argument of a command that passes its arguments on (``launch``)."""
+        return super().parse_args(ctx, self._globals_first(ctx, list(args)))
+
+    def _globals_first(self, ctx, args: list[str]) -> list[str]:
+        mine = _valued(self.get_params(ctx))
+        at = 0
+        while at < len(args) and args[at].startswith("-") and args[at] != "--":
+            at = _option_end(args, at, mine)
+        cmd = self.get_command(ctx, args[at]) if at < len(args) else None
+        if cmd is None:
+            return args
+        own = _valued(cmd.get_params(ctx))
+        interspersed = cmd.context_settings.get("allow_interspersed_args", cmd.allow_interspersed_args)
+        moved: list[str] = []
+        kept: list[str] = []
+        i = at + 1
+        while i < len(args) and args[i] != "--":
+            token, name = args[i], args[i].split("=", 1)[0]
+            if not token.startswith("-") and not interspersed:  # the rest are another command's arguments
+                break
+            if name in self.GLOBAL and name not in own:
+                end = _option_end(args, i, mine)
+                if (end > len(args) or "--" in args[i + 1:end]) and not ctx.resilient_parsing:
+                    raise click.UsageError(f"{name} needs a value: put {name} VALUE before the command, e.g. jaxyard {name} VALUE {args[at]}")
+                moved += args[i:end]
+            else:
+                end = _option_end(args, i, own) if token.startswith("-") else i + 1
+                kept += args[i:end]
+            i = end
+        return [*args[:at], *moved, args[at], *kept, *args[i:]]
 
     def invoke(self, ctx):
         try:
@@ -88,6 +127,18 @@ class JaxyardGroup(click.Group):
         except BaseException as err:
             _leave_job(err)
             raise
+
+
+def _valued(params) -> dict[str, int]:
+    """Each option name of ``params`` and how many values follow it (0: a flag)."""
+    return {name: 0 if p.is_flag or p.count else p.nargs
+            for p in params if isinstance(p, click.Option) for name in [*p.opts, *p.secondary_opts]}
+
+
+def _option_end(args: list[str], i: int, valued: dict[str, int]) -> int:
+    """The index after the option ``args[i]`` and its values (past the end when some are missing)."""
+    token = args[i]
+    return i + 1 if "=" in token else i + 1 + valued.get(token, 0)
 
 
 class _ReaderGone(KeyboardInterrupt):
@@ -182,6 +233,7 @@ def cli(ctx, registry_file, plugins, disable, strict_plugins, debug, cpu_devices
 
     Components come from plugins: jaxyard's built-ins, installed packages (entry points in the
     group "jaxyard") and local modules. `jaxyard list` shows them; `jaxyard run` trains.
+    Global options may also come after the command: `jaxyard run --debug`.
     """
     ctx.obj = Session(registry_file, plugins, disable, strict_plugins, debug)
     if cpu_devices:
@@ -452,7 +504,8 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, job, **optio
     Examples:
       jaxyard run
       jaxyard run --optimizer sgd --set optimizer.momentum=0.9 --set optimizer.nesterov=true
-      jaxyard run --loader digits --epochs 20 --config experiment.toml --dry-run
+      jaxyard run --config examples/experiment.toml --dry-run
+      jaxyard run --loader npz --set loader.path=data.npz --epochs 20
       jaxyard launch -n 2 -- run    (a job of 2 processes on this machine)
     """
     if dry_run:
@@ -659,6 +712,56 @@ def eval_(session, run_dir, checkpoint, weights):
 # --- upgrade: a run directory read again after its plugins were upgraded -------------------------
 
 
+_CHECKPOINT_HELP = "The newest intact checkpoint, the one whose epoch is best by the run's monitor (run.monitor), or a step."
+
+
+@cli.command(short_help="Write a run's trained model as a file that runs without jaxyard.")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--checkpoint", default="latest", show_default=True, metavar="latest|best|STEP", help=_CHECKPOINT_HELP)
+@click.option("--weights", type=click.Choice(["model", "ema"]), default="model", show_default=True,
+              help="The trained weights, or their moving average (runs with run.ema_decay).")
+@click.option("--format", "fmt", type=click.Choice(["jax", "onnx", "safetensors"]), default="jax", show_default=True,
+              help="jax: a jax.export program (and a .json sidecar); onnx: via jax2onnx, checked with onnxruntime "
+                   "(jaxyard[onnx]); safetensors: the weights by name.")
+@click.option("--out", metavar="FILE", help="The file to write (default: RUN_DIR/export/model.<format>).")
+@click.pass_obj
+def export(session, run_dir, checkpoint, weights, fmt, out):
+    """Export RUN_DIR's model at a checkpoint (read as `eval` reads it), written atomically. See docs/export.md."""
+    from jaxyard.core.deploy.export import export as export_model
+
+    done = export_model(run_dir, format=fmt, out=out, checkpoint=checkpoint, weights=weights, registry=session.registry,
+                        echo=click.echo)
+    click.echo(f"Exported {done.trained} as {done.format}: {done.path} ({done.size:,} bytes)")
+    if done.sidecar is not None:
+        click.echo(f"  Sidecar (shapes, task, source): {done.sidecar}")
+    if done.difference is not None:
+        click.echo(f"  Checked with onnxruntime on {done.rows} rows: largest difference {done.difference:.2g}")
+
+
+@cli.command(short_help="Write a trained model's predictions for the examples of a file.")
+@click.argument("source", metavar="RUN_DIR|ARTIFACT", type=click.Path(exists=True))
+@click.option("--input", "input_file", required=True, metavar="FILE.npz|FILE.csv",
+              help="The examples: an .npz array (x, tokens, its only one, or --key) or a .csv of numbers, one example a row.")
+@click.option("--output", required=True, metavar="FILE.npz|FILE.csv|FILE.jsonl", help="Where to write the predictions.")
+@click.option("--key", metavar="NAME", help="The .npz array to read.")
+@click.option("--checkpoint", default="latest", show_default=True, metavar="latest|best|STEP", help=_CHECKPOINT_HELP)
+@click.option("--weights", type=click.Choice(["model", "ema"]), default="model", show_default=True,
+              help="The trained weights, or their moving average (a run directory with run.ema_decay).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Examples per model call.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), help="Tokens to generate per prompt (next_token; default 16).")
+@click.pass_obj
+def predict(session, source, input_file, output, key, checkpoint, weights, batch_size, max_new_tokens):
+    """Predict for every example of --input with the trained model and write the task's predictions
+    (classification: class, probabilities; regression: value; multilabel: probabilities, labels;
+    next_token: greedily generated tokens) to --output. See docs/export.md."""
+    from jaxyard.core.deploy.predict import predict as predict_rows
+
+    done = predict_rows(source, inputs=input_file, output=output, key=key, checkpoint=checkpoint, weights=weights,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, registry=session.registry, echo=click.echo)
+    shapes = ", ".join(f"{name} {tuple(shape)}" for name, shape in done.shapes.items())
+    click.echo(f"Predicted {done.rows} examples with {done.source}: {shapes} -> {done.output}")
+
+
 @cli.command(short_help="Drop a run's config keys that upgraded plugins no longer take.")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Drop them without asking.")
@@ -697,22 +800,32 @@ def _count(keys: list) -> str:
     "[default: val_NAME for the task's first metric besides the loss (val_acc for classification), else val_loss].",
 )
 @click.option("--png", metavar="FILE", help="Also plot METRIC per epoch, one line per run, to this PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def compare(run_dirs, metric, png, as_json):
-    """Compare run directories (a sweep directory stands for its trials), best METRIC first:
-    the settings that differ, epochs run, final and best METRIC, and the test metrics of their
-    task (summary.json records each metric's direction; runs of 0.2 have loss and acc).
+@click.option("--per-run", is_flag=True, help="One row per run, also for runs that differ only in their seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with \"groups\": the runs grouped by seed).")
+def compare(run_dirs, metric, png, per_run, as_json):
+    """Compare run directories (a sweep directory stands for its trials, a folder such as runs/
+    for the runs in it), best METRIC first: the settings that differ, epochs run, final and best
+    METRIC, and the test metrics of their task (summary.json records each metric's direction;
+    runs of 0.2 have loss and acc).
+
+    Runs that differ only in their seed (run.seed) are one row: n, the seeds, and each metric's
+    mean ± sample standard deviation (a run alone has its value, n = 1).
 
     \b
     Examples:
       jaxyard compare runs/adam runs/sgd
+      jaxyard compare runs/
       jaxyard compare sweeps/lr --metric val_loss --png compare.png
     """
     from jaxyard.core.experiments import compare as C
+    from jaxyard.core.experiments import seeds as S
 
     runs = C.load_runs(run_dirs)
+    groups = S.group_by_seed(runs, metric)
     if as_json:
-        _echo_json(C.summarize(runs, metric))
+        _echo_json({**C.summarize(runs, metric), "groups": groups["groups"]})
+    elif S.repeated(groups) and not per_run:
+        _print_table(*S.table(groups))
     else:
         headers, rows = C.table(runs, metric)
         _print_table(headers, rows, C.format_rows(headers, rows))

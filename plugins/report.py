@@ -40,8 +40,7 @@ def jaxyard_on_run_start(run):
         echo(f"  Epochs: {cfg.epochs}")
     echo(f"  Batch size: {cfg.batch_size}")
     echo(f"  Seed: {cfg.seed}")
-    if not run.devices.startswith("1 device"):
-        echo(f"  Devices: {run.devices}")
+    echo(f"  Devices: {run.devices}")
     echo(f"\n2. Loading data ({run.config.loader.name})...")
     for split, label in (("train", "Train"), ("val", "Validation"), ("test", "Test")):
         size = run.sizes.get(split)

@@ -71,23 +71,26 @@ class Sweep:
 
 
 def load_runs(paths: Iterable[str | os.PathLike]) -> list[RunRecord]:
-    """Read each run directory, and each sweep directory's trials in trial order."""
+    """Read each run directory, each sweep directory's trials in trial order, and each folder of
+    them (``runs/``, a sweep's ``trials/``): the run and sweep directories directly in it, by name."""
     paths = list(paths)
     found: list[tuple[Path, dict | None, str | None]] = []  # (run dir, trial, sweep name)
     for given in paths:
         path = Path(given)
-        if (path / rd.CONFIG).is_file():
-            found.append((path, None, None))
-        elif (path / SWEEP_TRIALS).is_file():
-            sweep = load_sweep(path)
-            found.extend((run_dir, trial, _name(path)) for trial, run_dir in _trial_dirs(sweep))
-        elif not path.exists():
-            raise UsageError(f"{path} does not exist; expected a run directory (with {rd.CONFIG}) or a sweep directory (with {SWEEP_TRIALS})")
-        else:
+        if not path.exists():
+            raise UsageError(f"{path} does not exist; expected a run directory (with {rd.CONFIG}) or a sweep directory (with {SWEEP_TRIALS}), "
+                             "or a folder of them")
+        held = [path] if _holds_runs(path) else sorted(p for p in _subdirs(path) if _holds_runs(p))
+        if not held:
             raise UsageError(
-                f"{path} is not a run directory (no {rd.CONFIG}) nor a sweep directory (no {SWEEP_TRIALS}); "
-                "give a directory that `jaxyard run` or `jaxyard sweep` wrote"
+                f"{path} is not a run directory (no {rd.CONFIG}) nor a sweep directory (no {SWEEP_TRIALS}), and holds none; "
+                "give a directory that `jaxyard run` or `jaxyard sweep` wrote, or a folder of them"
             )
+        for held_dir in held:
+            if (held_dir / rd.CONFIG).is_file():
+                found.append((held_dir, None, None))
+            else:
+                found.extend((run_dir, trial, _name(held_dir)) for trial, run_dir in _trial_dirs(load_sweep(held_dir)))
     seen: set[Path] = set()
     unique = []
     for path, trial, sweep_name in found:
@@ -100,6 +103,19 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> list[RunRecord]:
         raise UsageError(f"no runs to compare in {where}: no trial of the sweep has a run directory yet; wait for one to finish")
     labels = _labels([(path, sweep_name) for path, _, sweep_name in unique])
     return [_load_run(path, label, trial) for (path, trial, _), label in zip(unique, labels, strict=True)]
+
+
+def _holds_runs(path: Path) -> bool:
+    """A run directory (config.toml) or a sweep directory (sweep.jsonl)."""
+    return (path / rd.CONFIG).is_file() or (path / SWEEP_TRIALS).is_file()
+
+
+def _subdirs(path: Path) -> list[Path]:
+    """The directories directly in ``path`` (none when it is a file or unreadable)."""
+    try:
+        return [p for p in path.iterdir() if p.is_dir()]
+    except OSError:
+        return []
 
 
 def load_sweep(path: str | os.PathLike) -> Sweep:

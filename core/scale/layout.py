@@ -133,13 +133,18 @@ class Layout:
         return self.devices * math.ceil(size / self.devices)
 
     def describe(self) -> str:
+        """In words, with the backend: ``1 cpu device (backend cpu)``, ``4 gpu devices, batch split
+        along 'data', state replicated (NVIDIA H100 80GB HBM3, backend cuda)``."""
         import jax
 
+        device = jax.local_devices()[0]
+        kind = f"{device.device_kind}, " if device.device_kind.lower() != device.platform else ""
+        backend = f"({kind}backend {getattr(getattr(device, 'client', None), 'platform', None) or jax.default_backend()})"  # cuda, rocm, ...
         if self.mesh is None:
-            return f"1 device ({jax.devices()[0].platform})"
+            return f"1 {device.platform} device {backend}"
         what = "sharded" if self.shard_params else "replicated"
         where = f" ({self.processes} processes x {self.devices // self.processes})" if self.processes > 1 else ""
-        return f"{self.devices} {jax.devices()[0].platform} devices{where}, batch split along '{AXIS}', state {what}"
+        return f"{self.devices} {device.platform} devices{where}, batch split along '{AXIS}', state {what} {backend}"
 
 
 def _put_global(leaf, sharding):
@@ -153,8 +158,10 @@ def _put_global(leaf, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def make_layout(devices: int | str, shard_params: bool, batch_size: int) -> Layout:
-    """The layout of ``run.devices`` (``all`` or N of each process's local devices) for ``batch_size``."""
+def make_layout(devices: int | str, shard_params: bool, batch_size: int, *, unshard: str = "--set run.shard_params=false") -> Layout:
+    """The layout of ``run.devices`` (``all`` or N of each process's local devices) for ``batch_size``.
+    ``unshard``: how the command at hand turns ``run.shard_params`` off, named in the error that
+    refuses it on one device (``resume`` has ``--no-shard-params``)."""
     import jax
     import numpy as np
 
@@ -171,7 +178,10 @@ def make_layout(devices: int | str, shard_params: bool, batch_size: int) -> Layo
     n = per_process * count
     if n == 1:
         if shard_params:
-            raise UsageError("run.shard_params = true needs several devices (run.devices = all or N > 1)")
+            more = ("--devices all" if len(available) > 1 else "--cpu-devices N for N host devices" if available[0].platform == "cpu"
+                    else "")
+            raise UsageError(f"run.shard_params = true needs several devices, but run.devices = {devices} gives 1 {available[0].platform} "
+                             f"device: use {unshard}" + (f", or more devices ({more})" if more else ""))
         return Layout()
     if batch_size % n:
         where = f"{count} processes x {per_process}" if count > 1 else f"run.devices = {devices}"

@@ -38,6 +38,7 @@ from jaxyard.core.metrics import label as metric_label
 from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.registry.params import inside
 from jaxyard.core.scale import processes
+from jaxyard.core.scale.layout import make_layout
 from jaxyard.core.store import binding
 from jaxyard.core.store import rundir as rd
 from jaxyard.core.store.checkpoint import CheckpointError, missing_methods
@@ -166,7 +167,10 @@ def resume(
     def resolve() -> tuple[RunConfig, RunConfig]:
         config = load_run_config(run_dir, registry, sets=sets, options=options)
         resuming.keep_checkpointer(config, Path(run_dir), sets, options, registry)  # before a checkpointer is made to read its checkpoints
-        return config, _in_layout(config, devices, shard_params)
+        layout = _in_layout(config, devices, shard_params)
+        run = layout.run  # its devices checked before anything is read or written, the error naming resume's options
+        make_layout(run.devices, run.shard_params, run.batch_size, unshard="--no-shard-params (this resume only)")
+        return config, layout
 
     config, layout = processes.together(resolve)  # config: as config.toml will hold it; layout: as this session trains
     agree_config(layout)
