@@ -134,7 +134,7 @@ def test_show_run(cli_json, run_cli):
         (["run", "--scheduler", "cosin", "--dry-run"],
          ["unknown scheduler 'cosin'", "did you mean cosine", "constant, cosine, exponential, linear, warmup"]),
         (["run", "--loader", "mnist", "--dry-run"],
-         ["unknown loader 'mnist'", "valid: csv, digits, multilabel, npz, regression, synthetic, text, tokens"]),
+         ["unknown loader 'mnist'", "valid: csv, datasets, digits, grain, multilabel, npz, regression, synthetic, text, tokens"]),
     ],
 )
 def test_unknown_names(run_cli, args, fragments):
@@ -165,8 +165,8 @@ def test_plugins_text(run_cli):
 
 def test_plugins_json_lists_builtins_in_order(cli_json):
     plugins = cli_json(["plugins", "--json"])
-    assert [p["name"] for p in plugins[:7]] == [
-        f"jaxyard.plugins.{m}" for m in ("tasks", "optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers")]
+    assert [p["name"] for p in plugins[:9]] == [f"jaxyard.plugins.{m}" for m in (
+        "tasks", "optimizers", "schedulers", "models", "loaders", "grain_loader", "hf_datasets", "checkpointers", "loggers")]
     assert all(p["error"] is None and p["hooks"] for p in plugins)
     by_name = {p["name"]: p for p in plugins}
     assert by_name["jaxyard.plugins.loggers"]["components"] == ["logger:jsonl", "logger:csv", "logger:tensorboard", "logger:mlflow", "logger:wandb"]

@@ -33,7 +33,7 @@ from jaxyard.core.registry.entries import FACTORY_KEYWORDS, RegisterFn
 
 #: the release whose plugin API this jaxyard implements; a change to the recorded surface sets it
 #: to the major.minor of the release that makes the change
-PLUGIN_API = "0.3"
+PLUGIN_API = "0.4"
 #: the installed package's distribution and import name ("jaxyard")
 PACKAGE = __package__.partition(".")[0]
 CHANGELOG = "CHANGELOG.md"

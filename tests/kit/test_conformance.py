@@ -51,7 +51,11 @@ SMALL = {"model:transformer": {"dim": 32, "layers": 1, "heads": 2}, "model:cnn":
          "loader:text": {"max_chars": 20000, "seq_len": 16}}
 
 
-@parametrize_with_checks(distribution="jaxyard", tier="full", skip=SKIP, params={"loader:npz": npz_file, "loader:csv": csv_file, **SMALL})
+#: the loaders that read a file, each given one
+FILES = {"loader:npz": npz_file, "loader:grain": npz_file, "loader:csv": csv_file, "loader:datasets": csv_file}
+
+
+@parametrize_with_checks(distribution="jaxyard", tier="full", skip=SKIP, params={**FILES, **SMALL})
 def test_builtin_conformance(entry, check, tmp_path):
     check(entry, tmp_path)
 

@@ -188,11 +188,11 @@ def test_a_plugin_whose_requirement_is_met_loads_and_plugins_shows_it(monkeypatc
         i = lines.index("modern  [entry point, modern-dist 1.2]  ok")
         assert lines[i + 1] == "  requires: jaxyard>=0.2"
         example = lines.index("example  [entry point, jaxyard-example-plugin 0.1.0]  ok")
-        assert lines[example + 1] == "  requires: jaxyard<0.4,>=0.3"  # the example package declares the API it needs
+        assert lines[example + 1] == "  requires: jaxyard<0.5,>=0.3"  # the example package declares the API it needs
         assert lines[-1].startswith(f"jaxyard {VERSION}, plugin API {api.PLUGIN_API} ")
         plugins = {p["name"]: p for p in json.loads(run_cli(["plugins", "--json"]).stdout)}
         assert (plugins["modern"]["requires"], plugins["example"]["requires"], plugins["jaxyard.plugins.models"]["requires"]) == (
-            "jaxyard>=0.2", "jaxyard<0.4,>=0.3", None
+            "jaxyard>=0.2", "jaxyard<0.5,>=0.3", None
         )
     finally:
         sys.modules.pop("modern_plugin", None)

@@ -34,7 +34,7 @@ def test_example_plugin_is_discovered_through_its_entry_point(cli_json, example_
         "error": None,
         "warnings": [],
         "disabled": False,
-        "requires": "jaxyard<0.4,>=0.3",  # the plugin API its package declares
+        "requires": "jaxyard<0.5,>=0.3",  # the plugin API its package declares
     }
 
 

@@ -18,7 +18,7 @@ from jaxyard.core.registry.settings import load_settings
 
 from helpers import BROKEN, BROKEN_CASES, EXAMPLE_DIST, REPO, fake_entry_point, fake_entry_points
 
-BUILTINS = ("tasks", "optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report", "guards",
+BUILTINS = ("tasks", "optimizers", "schedulers", "models", "loaders", "grain_loader", "hf_datasets", "checkpointers", "loggers", "report", "guards",
             "early_stopping", "checkpointing", "curves", "profiler", "progress")
 BUILTIN_PLUGINS = [f"jaxyard.plugins.{m}" for m in BUILTINS]
 

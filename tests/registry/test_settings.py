@@ -39,8 +39,8 @@ def _write(path, text):
 def test_shipped_registry_is_the_one_in_the_checkout():
     assert shipped_registry().resolve() == (REPO / "registry.toml").resolve()
     settings = load_settings()
-    assert settings.builtin == ("tasks", "optimizers", "schedulers", "models", "loaders", "checkpointers", "loggers", "report",
-                                "guards", "early_stopping", "checkpointing", "curves", "profiler", "progress")
+    assert settings.builtin == ("tasks", "optimizers", "schedulers", "models", "loaders", "grain_loader", "hf_datasets", "checkpointers",
+                                "loggers", "report", "guards", "early_stopping", "checkpointing", "curves", "profiler", "progress")
     assert settings.disabled == () and settings.local == ()
     assert settings.files == (str(shipped_registry()),)
 
