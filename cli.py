@@ -809,7 +809,9 @@ def compare(run_dirs, metric, png, per_run, as_json):
     runs of 0.2 have loss and acc).
 
     Runs that differ only in their seed (run.seed) are one row: n, the seeds, and each metric's
-    mean ± sample standard deviation (a run alone has its value, n = 1).
+    mean ± sample standard deviation (a run alone has its value, n = 1). Only runs that got as
+    far are averaged: an unfinished run, a pruned or failed trial and a repeated seed get rows of
+    their own. A folder stands for the runs and sweeps inside it, at any depth.
 
     \b
     Examples:

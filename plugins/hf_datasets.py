@@ -189,10 +189,37 @@ def _read(datasets, p: DatasetsParams, src: str):
                 whole = empty[1] == "train" and p.path and not Path(p.path).is_dir()
                 raise UsageError(f"{src}{' holds' if whole else f': its {empty[1]} split holds'} no rows; every split needs at least one example "
                                  "(a csv file: a row after its header)") from None
-            raise UsageError(f"{src}: cannot read it: {type(err).__name__}: {_first_line(err)}") from None
+            raise UsageError(f"{src}: cannot read it: {type(err).__name__}: {_reason(err)}") from None
         except Exception as err:  # a file of another format, a truncated file, a missing data set: many kinds
             err = err.__cause__ if type(err).__name__ == "DatasetGenerationError" and err.__cause__ else err
-            raise UsageError(f"{src}: cannot read it: {type(err).__name__}: {_first_line(err)}") from None
+            raise UsageError(f"{src}: cannot read it: {type(err).__name__}: {_reason(err)}") from None
+
+
+def _reason(err: BaseException) -> str:
+    """Why datasets could not read the files, in one line: for files whose columns differ (its
+    CastError), the columns; else the message's first line, and its last where it has several
+    (``Couldn't cast ... because column names don't match``)."""
+    found, wanted = getattr(err, "table_column_names", None), getattr(err, "requested_column_names", None)
+    if isinstance(found, list) and isinstance(wanted, list) and set(found) != set(wanted):
+        extra, missing = [c for c in found if c not in wanted], [c for c in wanted if c not in found]
+        differ = " and ".join(part for part in (extra and f"has {_columns(extra)}", missing and f"lacks {_columns(missing)}") if part)
+        index = "; pandas writes its index as __index_level_0__, DataFrame.to_parquet(index=False) leaves it out" if any(
+            str(c).startswith("__index_level_") for c in extra + missing) else ""
+        return f"the files' columns differ: a file {differ}, unlike the first one read ({_names(wanted)}); every file needs the same columns{index}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1:
+        return f"{lines[0]} ... {lines[-1]}"
+    return _first_line(err)
+
+
+def _columns(names: list) -> str:
+    return f"column{'s' * (len(names) > 1)} {_names(names)}"
+
+
+def _names(names: list, most: int = 10) -> str:
+    """Comma-separated, the first ``most`` and how many more."""
+    shown = ", ".join(map(str, names[:most]))
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _link_cached(datasets, name: str, cache: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -72,7 +73,8 @@ class Sweep:
 
 def load_runs(paths: Iterable[str | os.PathLike]) -> list[RunRecord]:
     """Read each run directory, each sweep directory's trials in trial order, and each folder of
-    them (``runs/``, a sweep's ``trials/``): the run and sweep directories directly in it, by name."""
+    them (``runs/``, a sweep's ``trials/``): the run and sweep directories in it, at any depth
+    (``runs/lr/s0``; not inside a run or a sweep directory), in natural order by name (``2`` before ``10``)."""
     paths = list(paths)
     found: list[tuple[Path, dict | None, str | None]] = []  # (run dir, trial, sweep name)
     for given in paths:
@@ -80,7 +82,7 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> list[RunRecord]:
         if not path.exists():
             raise UsageError(f"{path} does not exist; expected a run directory (with {rd.CONFIG}) or a sweep directory (with {SWEEP_TRIALS}), "
                              "or a folder of them")
-        held = [path] if _holds_runs(path) else sorted(p for p in _subdirs(path) if _holds_runs(p))
+        held = [path] if _holds_runs(path) else _held(path, set())
         if not held:
             raise UsageError(
                 f"{path} is not a run directory (no {rd.CONFIG}) nor a sweep directory (no {SWEEP_TRIALS}), and holds none; "
@@ -108,6 +110,24 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> list[RunRecord]:
 def _holds_runs(path: Path) -> bool:
     """A run directory (config.toml) or a sweep directory (sweep.jsonl)."""
     return (path / rd.CONFIG).is_file() or (path / SWEEP_TRIALS).is_file()
+
+
+def _held(folder: Path, seen: set[Path]) -> list[Path]:
+    """The run and sweep directories in ``folder`` and in its folders, depth first in natural order
+    by name; a folder reached twice (a link) is read once."""
+    out = []
+    for path in sorted(_subdirs(folder), key=_natural):
+        key = path.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        out.extend([path] if _holds_runs(path) else _held(path, seen))
+    return out
+
+
+def _natural(path: Path) -> tuple[list[Any], str]:
+    """Sorts names as a person would: ``run2`` before ``run10``."""
+    return [int(part) if part.isdecimal() else part.lower() for part in re.split(r"(\d+)", path.name)], path.name
 
 
 def _subdirs(path: Path) -> list[Path]:

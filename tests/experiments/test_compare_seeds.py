@@ -86,3 +86,67 @@ def test_a_folder_without_runs_is_one_line(run_cli, tmp_path):
 def test_group_json_is_plain_data(folder):
     text = json.dumps(S.group_by_seed(C.load_runs([folder / "runs"])))
     assert "NaN" not in text and '"std": null' not in text  # every configuration here ran twice
+
+
+# --- only comparable runs are averaged ----------------------------------------------------------
+
+
+def cut(path, epochs):
+    """``path`` as a run stopped after ``epochs`` epochs: its first records, no summary.json."""
+    lines = (path / "metrics.jsonl").read_text().splitlines()[:epochs]
+    (path / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    (path / "summary.json").unlink(missing_ok=True)
+    return path
+
+
+def test_an_unfinished_run_is_a_row_of_its_own(run_cli, tmp_path):
+    """Seeds 0-2 finished their 3 epochs; seed 3 crashed after epoch 1: never averaged with them."""
+    for seed, accs in enumerate([(0.3, 0.5, 0.4), (0.4, 0.6, 0.5), (0.5, 0.7, 0.6), (0.05, 0.9, 0.9)]):
+        make_run(tmp_path / "runs" / f"s{seed}", seed=seed, accs=accs)
+    cut(tmp_path / "runs" / "s3", 1)
+    runs = C.load_runs([tmp_path / "runs"])
+    assert [S.state(r) for r in runs] == ["finished"] * 3 + ["unfinished"]
+    finished, unfinished = S.group_by_seed(runs)["groups"]
+    assert (finished["state"], finished["seeds"], finished["epochs"]) == ("finished", [0, 1, 2], [3, 3, 3])
+    assert finished["final"] == {"mean": pytest.approx(0.5), "std": pytest.approx(0.1), "n": 3}
+    assert (unfinished["state"], unfinished["seeds"], unfinished["epochs"], unfinished["final"]["mean"]) == ("unfinished", [3], [1], 0.05)
+    header, *rows = run_cli(["compare", tmp_path / "runs"]).stdout.splitlines()
+    assert header.split()[:2] == ["run", "state"] and "epochs" in header
+    assert rows[0].split()[:6] == ["s0", "+2", "finished", "3", "0,", "1,"] and "0.5000 ± 0.1000" in rows[0]
+    assert rows[1].split()[:5] == ["s3", "unfinished", "1", "3", "1"] and "±" not in rows[1]
+
+
+def test_a_sweeps_pruned_trials_are_apart_from_its_complete_ones(tmp_path):
+    """Trials of one configuration but their seed: complete ones together, pruned ones by the epoch they reached."""
+    sweep = tmp_path / "sw"
+    lines = []
+    for number, (state, epochs) in enumerate([("complete", 3), ("complete", 3), ("pruned", 2), ("pruned", 2), ("pruned", 1)]):
+        run_dir = f"trials/{number:04d}"
+        make_run(sweep / run_dir, seed=number, accs=(0.5, 0.6 + number / 100, 0.7), out=str(sweep / "trials"))
+        if state == "pruned":
+            cut(sweep / run_dir, epochs)
+        lines.append({"trial": number, "state": state, "params": {"run.seed": number}, "run_dir": run_dir, "value": 0.5})
+    (sweep / "sweep.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    groups = S.group_by_seed(C.load_runs([sweep]))["groups"]
+    assert [(g["state"], g["seeds"], g["epochs"]) for g in groups] == [
+        ("finished", [0, 1], [3, 3]), ("pruned", [2, 3], [2, 2]), ("pruned", [4], [1])
+    ]
+    assert groups[1]["final"]["mean"] == pytest.approx(0.625)  # epoch 2 of trials 2 and 3, never with the complete ones
+
+
+def test_runs_with_the_same_seed_are_no_independent_samples(run_cli, tmp_path):
+    make_run(tmp_path / "runs" / "a-s0", seed=0, accs=(0.5, 0.6))
+    make_run(tmp_path / "runs" / "a-s0-again", seed=0, accs=(0.5, 0.9))
+    make_run(tmp_path / "runs" / "a-s1", seed=1, accs=(0.5, 0.8))
+    both, again = S.group_by_seed(C.load_runs([tmp_path / "runs"]))["groups"]
+    assert (both["runs"], both["repeats"], both["best"]["std"]) == (["a-s0", "a-s1"], None, pytest.approx(statistics.stdev([0.6, 0.8])))
+    assert (again["runs"], again["repeats"], again["n"], again["best"]["std"]) == (["a-s0-again"], "a-s0", 1, None)
+    rows = run_cli(["compare", tmp_path / "runs"]).stdout.splitlines()
+    assert rows[2].split()[0] == "a-s0-again" and "finished; same seed as a-s0" in rows[2]
+
+
+def test_folders_are_read_in_natural_order_at_any_depth(tmp_path):
+    for name in ("10", "2", "b/1", "a/3"):
+        make_run(tmp_path / "runs" / name, seed=int(name[-1]))
+    make_run(tmp_path / "runs" / "a" / "3" / "inner")  # inside a run directory: not one of the runs
+    assert [r.label for r in C.load_runs([tmp_path / "runs"])] == ["2", "10", "3", "1"]

@@ -160,6 +160,16 @@ def test_bad_inputs_are_one_line_each(registry, tmp_path):
     refused(registry, "header.csv: cannot read it: ArrowInvalid", path=str(tmp_path / "header.csv"), format="parquet")
 
 
+def test_files_whose_columns_differ_name_the_columns(registry, tmp_path):
+    """pandas writes a non-range index as __index_level_0__: one file with it, one without, and
+    datasets' message says why only on its last lines."""
+    table = pa.table({"f": [0.5, 1.0], "label": [0, 1]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    pq.write_table(table.append_column("__index_level_0__", pa.array([3, 7])), tmp_path / "test.parquet")
+    refused(registry, "cannot read it: CastError: the files' columns differ: a file has column __index_level_0__, "
+            "unlike the first one read (f, label)", "DataFrame.to_parquet(index=False)", path=str(tmp_path))
+
+
 def test_without_datasets_installed_names_the_extra(registry, monkeypatch, tmp_path):
     for name in [m for m in sys.modules if m == "datasets" or m.startswith("datasets.")]:
         monkeypatch.setitem(sys.modules, name, None)  # `import datasets` now raises ImportError
