@@ -749,15 +749,17 @@ def export(session, run_dir, checkpoint, weights, fmt, out):
               help="The trained weights, or their moving average (a run directory with run.ema_decay).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Examples per model call.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), help="Tokens to generate per prompt (next_token; default 16).")
+@click.option("--header/--no-header", default=None,
+              help="Whether a .csv input's first row holds column names (default: auto; predict says which it chose).")
 @click.pass_obj
-def predict(session, source, input_file, output, key, checkpoint, weights, batch_size, max_new_tokens):
+def predict(session, source, input_file, output, key, checkpoint, weights, batch_size, max_new_tokens, header):
     """Predict for every example of --input with the trained model and write the task's predictions
     (classification: class, probabilities; regression: value; multilabel: probabilities, labels;
     next_token: greedily generated tokens) to --output. See docs/export.md."""
     from jaxyard.core.deploy.predict import predict as predict_rows
 
     done = predict_rows(source, inputs=input_file, output=output, key=key, checkpoint=checkpoint, weights=weights,
-                        batch_size=batch_size, max_new_tokens=max_new_tokens, registry=session.registry, echo=click.echo)
+                        batch_size=batch_size, max_new_tokens=max_new_tokens, header=header, registry=session.registry, echo=click.echo)
     shapes = ", ".join(f"{name} {tuple(shape)}" for name, shape in done.shapes.items())
     click.echo(f"Predicted {done.rows} examples with {done.source}: {shapes} -> {done.output}")
 

@@ -4,7 +4,8 @@ Three formats, each one file written atomically (a temporary file, then renamed)
 ``RUN_DIR/export/model.<jax|onnx|safetensors>``:
 
 - ``jax``: the model's inference function serialized with ``jax.export`` (StableHLO, lowered for
-  CPU and CUDA), the trained weights inside as constants, the batch size symbolic. Anyone with
+  CPU and CUDA, or for this machine's platform alone when a layer has no lowering for both: echoed,
+  and recorded in the sidecar's ``platforms``), the trained weights inside as constants, the batch size symbolic. Anyone with
   jax calls it: ``jax.export.deserialize(blob).call(x)``. A JSON sidecar, ``model.jax.json``,
   says what it reads and gives (shapes, dtypes), the task, the run, the checkpoint step and the
   versions; ``jaxyard predict`` reads the pair.
@@ -12,7 +13,8 @@ Three formats, each one file written atomically (a temporary file, then renamed)
   with a symbolic batch ``B``, output ``output``; checked with ``onnxruntime`` against jaxyard's
   own outputs on real rows before it is written (a file that disagrees is refused).
 - ``safetensors``: the weights alone, named by their path in the model (``hidden.0.kernel``),
-  with the model's name and parameters as metadata: for loading into code that builds the model.
+  with the model's name and parameters as metadata (``format`` ``flax``, as Hugging Face tools
+  read it; ``jaxyard.format`` ``flax.nnx``): for loading into code that builds the model.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Export:
     sidecar: Path | None = None  # the jax artifact's
     difference: float | None = None  # onnx: the largest difference from jaxyard's outputs on the checked rows
     rows: int = 0  # onnx: the rows checked
+    platforms: tuple[str, ...] = ()  # jax: the platforms the artifact runs on
 
 
 def default_out(run_dir: str | os.PathLike, fmt: str) -> Path:
@@ -88,7 +91,13 @@ def export(run_dir: str | os.PathLike, *, format: str = "jax", out: str | os.Pat
         write_atomic(path, blob)
         sidecar = sidecar_of(path)
         write_atomic(sidecar, json.dumps(meta, indent=2) + "\n")
-        return Export(path, format, len(blob), trained.describe(), trained.step, sidecar=sidecar)
+        platforms = tuple(meta["platforms"])
+        if platforms == PLATFORMS:
+            echo(f"Runs on: {' or '.join(platforms)} (jax picks the one it runs on)")
+        else:
+            echo(f"Runs on: {', '.join(platforms)} only (the model has no lowering for {' and '.join(PLATFORMS)} together: "
+                 f"{meta.get('platforms_note', 'see the error of jax.export')}); export on a machine of the platform to run on")
+        return Export(path, format, len(blob), trained.describe(), trained.step, sidecar=sidecar, platforms=platforms)
     if format == "onnx":
         blob, difference = onnx_artifact(trained)
         write_atomic(path, blob)
@@ -109,9 +118,11 @@ def jax_artifact(trained: Trained) -> tuple[bytes, dict[str, Any]]:
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, *trained.row_shape), trained.row_dtype)
     platforms: tuple[str, ...] = PLATFORMS
+    note = None
     try:
         exported = jax.export.export(function, platforms=platforms)(spec)
-    except Exception:  # an op without a lowering for every platform: the one this machine runs
+    except Exception as err:  # an op without a lowering for every platform: the one this machine runs
+        note = one_line(err, 200, first_line=True)
         platforms = (jax.export.default_export_platform(),)
         try:
             exported = jax.export.export(function, platforms=platforms)(spec)
@@ -126,6 +137,7 @@ def jax_artifact(trained: Trained) -> tuple[bytes, dict[str, Any]]:
         "input": {"name": INPUT, "shape": ["b", *trained.row_shape], "dtype": str(trained.row_dtype)},
         "outputs": outputs,
         "platforms": list(platforms),
+        **({} if note is None else {"platforms_note": note}),
         **describe(trained),
     }
     return bytes(exported.serialize()), meta
@@ -172,7 +184,7 @@ def safetensors_artifact(trained: Trained) -> bytes:
 
     tensors = tensor_names(nnx.state(trained.model, nnx.Not(nnx.RngState)))
     about = describe(trained)
-    metadata = {"format": "flax.nnx", "model": about["model"]["name"], "model_params": json.dumps(about["model"]["params"]),
+    metadata = {"format": "flax", "jaxyard.format": "flax.nnx", "model": about["model"]["name"], "model_params": json.dumps(about["model"]["params"]),
                 **{key: json.dumps(about[key]) for key in ("task", "context", "source", "versions")}}
     return encode(tensors, metadata)
 

@@ -119,6 +119,7 @@ def test_every_artifact_loads_without_jaxyard_and_matches_its_outputs(exported):
         assert got["tensors"] == got["params"] and got["tensor_diff"] == 0.0, (task, got)
         assert got["metadata"]["model"] == {"classification": "mlp", "regression": "mlp", "next_token": "transformer"}[task]
         assert json.loads(got["metadata"]["task"])["name"] == task
+        assert got["metadata"]["format"] == "flax" and got["metadata"]["jaxyard.format"] == "flax.nnx"  # what HF tools read
     assert report["classification"]["diff"]["safetensors"] <= 1e-5
     assert report["next_token"]["shapes"]["jax"] == [11, 8, 12]  # (rows, seq_len, vocab): batch size symbolic
     assert json.loads(report["classification"]["metadata"]["model_params"])["hidden_dims"] == [32]
@@ -133,7 +134,7 @@ def test_the_jax_sidecar_says_what_the_artifact_reads_and_where_it_comes_from(ex
     assert meta["outputs"] == [{"name": "output", "shape": ["b", 8, 12], "dtype": "float32"}]
     assert meta["task"]["name"] == "next_token" and meta["context"]["vocab_size"] == 12
     assert meta["source"]["run_dir"] == str(trained_run("next_token").resolve()) and meta["source"]["step"] == done.step == 4
-    assert {"jaxyard", "jax"} <= set(meta["versions"]) and "cpu" in meta["platforms"]
+    assert {"jaxyard", "jax"} <= set(meta["versions"]) and meta["platforms"] == ["cpu", "cuda"] == list(done.platforms)
 
 
 def test_the_safetensors_writer_is_read_back_by_the_reference_reader(tmp_path):
@@ -173,6 +174,32 @@ def test_export_through_the_cli_writes_to_the_run_directory_by_default(run_cli, 
     assert (run / "export" / "model.safetensors").is_file()
     assert f"Exported {run} at checkpoint step 7 (epoch 1, best) as safetensors: {run / 'export' / 'model.safetensors'}" in result.stdout
     assert [p.name for p in (run / "export").iterdir()] == ["model.safetensors"]  # no temporary file left
+    from jaxyard.core.deploy.safetensors import decode
+
+    metadata = decode((run / "export" / "model.safetensors").read_bytes())[1]
+    assert metadata["format"] == "flax" and metadata["jaxyard.format"] == "flax.nnx"  # "format": pt|tf|flax|mlx for HF tools
+
+
+def test_a_jax_artifact_lowered_for_this_platform_alone_says_so(run_cli, trained_run, tmp_path, monkeypatch):
+    """A model without a lowering for cpu and cuda together is exported for this machine's
+    platform: said in one line, and in the sidecar."""
+    import jax
+
+    real = jax.export.export
+
+    def export(function, *, platforms, **kwargs):
+        if len(platforms) > 1:
+            raise NotImplementedError("MLIR translation rule for primitive 'made_up' not found for platform cuda")
+        return real(function, platforms=platforms, **kwargs)
+
+    monkeypatch.setattr(jax.export, "export", export)
+    result = run_cli(["export", trained_run("classification"), "--out", tmp_path / "model.jax"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("Runs on"))
+    assert line.startswith("Runs on: cpu only (the model has no lowering for cpu and cuda together: NotImplementedError: MLIR")
+    assert line.endswith("export on a machine of the platform to run on")
+    meta = json.loads((tmp_path / "model.jax.json").read_text())
+    assert meta["platforms"] == ["cpu"] and "made_up" in meta["platforms_note"]
 
 
 def test_a_missing_onnx_extra_is_one_line_and_writes_nothing(run_cli, trained_run, tmp_path, monkeypatch):

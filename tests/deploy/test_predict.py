@@ -161,3 +161,107 @@ def test_an_artifact_and_a_sidecar_that_do_not_belong_together_are_refused(run_c
     assert_one_line_error(result, "model.jax is not the artifact its sidecar model.jax.json describes")
     result = run_cli(["predict", source, *args, "--checkpoint", "best"])
     assert_one_line_error(result, "--checkpoint best: ", "is an exported artifact, which holds the weights of one checkpoint")
+
+
+# -- the file handling, with a stand-in model (no checkpoint, no compiling) ----------------------
+
+
+@pytest.fixture
+def doubling(monkeypatch):
+    """Predict with a stand-in model (4 float32 features, ``2 * x``, the default task's raw
+    outputs): the list of the batch shapes it was called with."""
+    from jaxyard import Task
+    from jaxyard.core.deploy import predict as module
+
+    shapes: list[tuple[int, ...]] = []
+
+    def call(x):
+        shapes.append(tuple(x.shape))
+        with np.errstate(over="ignore"):
+            return 2 * x
+
+    predictor = module.Predictor(Task(), "stand-in", {}, (4,), np.dtype(np.float32), call, "a stand-in")
+    monkeypatch.setattr(module, "open_predictor", lambda *a, **k: predictor)
+    return shapes
+
+
+def write_rows(path, *lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_a_csv_header_row_is_detected_pandas_style_included_and_said(run_cli, doubling, tmp_path):
+    """pandas' ``to_csv`` of an array heads it 0,1,2,3: a header (said), as is a row of names; a
+    first row of other numbers is an example; --header/--no-header (and the API's header) choose."""
+    from jaxyard.core.deploy.predict import predict
+
+    pandas = write_rows(tmp_path / "pandas.csv", "0,1,2,3", "1,2,3,4", "5,6,7,8")
+    out = predicted(run_cli, tmp_path, "--input", pandas, "--output", tmp_path / "o.npz")
+    assert "pandas.csv: header row: yes (auto; --no-header reads it as an example)" in out
+    assert np.load(tmp_path / "o.npz")["output"].tolist() == [[2, 4, 6, 8], [10, 12, 14, 16]]
+    plain = write_rows(tmp_path / "plain.csv", "0,1,2,4", "1,2,3,4")
+    out = predicted(run_cli, tmp_path, "--input", plain, "--output", tmp_path / "o.npz")
+    assert "plain.csv: header row: no (auto; --header skips it)" in out and len(np.load(tmp_path / "o.npz")["output"]) == 2
+    out = predicted(run_cli, tmp_path, "--input", pandas, "--output", tmp_path / "o.npz", "--no-header")
+    assert "pandas.csv: header row: no" in out and len(np.load(tmp_path / "o.npz")["output"]) == 3
+    said = []
+    done = predict(tmp_path, inputs=pandas, output=tmp_path / "o.npz", header=False, echo=said.append)
+    assert done.rows == 3 and done.header is False and said == [f"{pandas}: header row: no"]
+    assert predict(tmp_path, inputs=plain, output=tmp_path / "o.npz", header=True).rows == 1
+    named = write_rows(tmp_path / "named.csv", "a,b,c,d", "1,2,3,4")
+    assert predict(tmp_path, inputs=named, output=tmp_path / "o.npz").header is True
+    with pytest.raises(Exception, match=r"data row 1 holds 'a', not a number \(--header reads the first row as column names\)"):
+        predict(tmp_path, inputs=named, output=tmp_path / "o.npz", header=False)
+
+
+def test_every_batch_is_padded_to_one_shape_and_trimmed_back(doubling, tmp_path):
+    """10 rows in batches of 4: three calls of 4 rows (the last 2 padded), 10 rows out; 3 rows
+    with batches of 256: one call of 3 rows (one compiled program each time)."""
+    from jaxyard.core.deploy.predict import predict
+
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.savez(tmp_path / "in.npz", x=x)
+    predict(tmp_path, inputs=tmp_path / "in.npz", output=tmp_path / "o.npz", batch_size=4)
+    assert doubling == [(4, 4)] * 3 and np.array_equal(np.load(tmp_path / "o.npz")["output"], 2 * x)
+    doubling.clear()
+    np.savez(tmp_path / "in.npz", x=x[:3])
+    predict(tmp_path, inputs=tmp_path / "in.npz", output=tmp_path / "o.npz")
+    assert doubling == [(3, 4)] and np.array_equal(np.load(tmp_path / "o.npz")["output"], 2 * x[:3])
+
+
+def test_extensions_are_read_in_any_case_and_one_value_a_row_is_one_column(doubling, tmp_path):
+    from jaxyard.core.deploy.predict import predict, write_outputs
+
+    write_rows(tmp_path / "in.CSV", "1,2,3,4")
+    predict(tmp_path, inputs=tmp_path / "in.CSV", output=tmp_path / "o.JSONL")
+    assert json.loads((tmp_path / "o.JSONL").read_text()) == {"output": [2, 4, 6, 8]}
+    np.savez(tmp_path / "x.npz", x=np.ones((2, 4)))
+    (tmp_path / "x.npz").rename(tmp_path / "in.NPZ")
+    predict(tmp_path, inputs=tmp_path / "in.NPZ", output=tmp_path / "o.Npz")
+    assert np.load(tmp_path / "o.Npz")["output"].shape == (2, 4)
+    write_outputs(tmp_path / "one.csv", {"value": np.array([[0.5], [1.5]], np.float32), "class": np.array([1, 2])})
+    assert (tmp_path / "one.csv").read_text() == "value,class\n0.5,1\n1.5,2\n"
+
+
+@pytest.mark.parametrize(("make", "fragments"), [
+    (lambda d: write_rows(d / "in.csv", "a,b,c,d", "1,2,3,4", "1,nan,3,4"), ["in.csv: data row 2 holds 'nan', not a finite number"]),
+    (lambda d: np.savez(d / "in.npz", x=np.array([[0, 1, 2, 3]] * 3 + [[0, np.inf, 2, 3]])),
+     ["in.npz array 'x' example 3 has a non-finite feature (inf)"]),
+    (lambda d: (d / "in.npz").write_bytes(b"not a zip at all"), ["in.npz is not a readable .npz file (not a zip of .npy arrays"]),
+    (lambda d: (d / "in.npz").write_bytes(b"PK\x03\x04 truncated"), ["in.npz is not a readable .npz file"]),
+    (lambda d: np.savez(d / "in.npz", x=np.array([{}], dtype=object)), ["in.npz array 'x' holds Python objects (pickled)"]),
+], ids=["csv-nan", "npz-inf", "not-a-zip", "truncated-zip", "objects"])
+def test_unreadable_or_non_finite_inputs_are_one_line(run_cli, doubling, tmp_path, make, fragments):
+    make(tmp_path)
+    name = next(p.name for p in tmp_path.iterdir() if p.name.startswith("in."))
+    result = run_cli(["predict", tmp_path, "--input", tmp_path / name, "--output", tmp_path / "o.jsonl"])
+    assert_one_line_error(result, *fragments)
+    assert doubling == [] and not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_non_finite_prediction_is_not_written_as_invalid_json(run_cli, doubling, tmp_path):
+    np.savez(tmp_path / "in.npz", x=np.full((2, 4), 3e38, np.float32))  # doubled: inf in float32
+    result = run_cli(["predict", tmp_path, "--input", tmp_path / "in.npz", "--output", tmp_path / "o.jsonl"])
+    assert_one_line_error(result, "o.jsonl: task 'stand-in' predicted a non-finite 'output' for example 0",
+                          "write .npz or .csv to keep it")
+    assert not (tmp_path / "o.jsonl").exists()
