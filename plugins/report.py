@@ -79,7 +79,7 @@ def jaxyard_on_epoch_end(run, record):
     """The epoch's metrics, in the task's order: ``Train - Loss: 0.4321, Acc: 0.8750``."""
     echo, names = run.echo, _metrics(run)
     if _stepped(run):
-        echo(f"Step {record['step']}/{run.total_steps * run.config.run.accumulate_steps} (validation {record['epoch']}/{run.epochs})")
+        echo(f"Step {record['step']}/{run.total_steps} (validation {record['epoch']}/{run.epochs})")
     else:
         echo(f"Epoch {record['epoch']}/{run.epochs}")
     for head, prefix, suffix in (("Train", "train_", ""), ("Val", "val_", ""), ("EMA", "val_", M.EMA)):

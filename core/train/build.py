@@ -102,7 +102,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     # a loader gives the same data for the same parameters and seed (resume relies on it): a sweep's trials
     # that share them share one loaded, checked, on-device copy
     data_key = ("data", config.loader.key, repr(config.loader.params), config.task.key, repr(config.task.params), run.seed,
-                run.batch_size, run.drop_last, run.epochs, run.devices, run.shard_params, run.val_fraction)
+                run.batch_size, run.accumulate_steps, run.drop_last, run.epochs, run.devices, run.shard_params, run.val_fraction)
     cached = shared and data_key in programs
     if cached:
         data, steps_per_epoch, context, valid = programs.get(data_key, lambda: None)
@@ -415,7 +415,9 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
         )
     if isinstance(data, Dataset):
         check_splits(name, data)
-    steps_per_epoch = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last)[0]
+    # in memory, accumulated batches are grouped as run.batch_size x run.accumulate_steps would batch them (a stream's are not)
+    groups = run.accumulate_steps if isinstance(data, Dataset) else 1
+    steps_per_epoch = steps.batch_plan(sizes["train"], run.batch_size, run.drop_last, groups)[0]
     if (run.steps or run.eval_every) and isinstance(data, StreamingDataset) and not data.resumable:
         what = f"run.steps = {run.steps}" if run.steps else f"run.eval_every = {run.eval_every}"
         raise UsageError(f"{what}: loader {name!r} streams its batches and cannot report its position in them (StreamingDataset "

@@ -181,7 +181,8 @@ class Fit:
         val = summarize(built, loop.evaluate("val"))
         t2 = time.perf_counter()
         self.run.compile_seconds = loop.compile_seconds
-        record: dict[str, Any] = {"epoch": epoch, "step": built.round_ends[epoch], "lr": float(built.epoch_lr[epoch])}
+        updates = built.round_ends[epoch] // settings.accumulate_steps  # optimizer updates, not accumulated batches
+        record: dict[str, Any] = {"epoch": epoch, "step": updates, "lr": float(built.epoch_lr[epoch])}
         record.update({f"train_{name}": value for name, value in train.items()})
         record.update({f"val_{name}": value for name, value in val.items()})
         record.update(train_time=round(t1 - t0, 6), val_time=round(t2 - t1, 6))

@@ -115,9 +115,11 @@ class InMemoryLoop:
         b, run = self.b, self.b.config.run
         common = (b.train_graphdef, b.sizes["train"], run.batch_size, run.drop_last)
         if b.stepped:
-            fn = steps.make_train_steps(*common, key[2], b.make_tx, b.layout, b.state, task=b.task_of, shuffle=run.shuffle)
+            fn = steps.make_train_steps(*common, key[2], b.make_tx, b.layout, b.state, task=b.task_of, shuffle=run.shuffle,
+                                        accumulate=run.accumulate_steps)
         else:
-            fn = steps.make_train_epoch(*common, b.make_tx, b.layout, b.state, task=b.task_of, shuffle=run.shuffle)
+            fn = steps.make_train_epoch(*common, b.make_tx, b.layout, b.state, task=b.task_of, shuffle=run.shuffle,
+                                        accumulate=run.accumulate_steps)
         compiled = compiling(b, lambda: fn.lower(b.state, b.inputs, as_batch(b.data.train), *args).compile())
         b.programs.compiles += 1
         return compiled

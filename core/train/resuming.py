@@ -106,9 +106,10 @@ def keep_checkpointer(config: RunConfig, run_dir: Path, sets, options, registry)
 def refuse_shorter(built: Built, restored: Restored, options: dict[str, Any], sets: Iterable[str]) -> None:
     """A resume never makes a run shorter than it has trained: the run would end before its own
     checkpoint, rewriting its summary with nothing trained. Refused in one line naming what asked."""
-    if built.round_ends[-1] >= restored.step:
-        return
     run = built.config.run
+    trained = restored.step * run.accumulate_steps  # a checkpoint's step counts optimizer updates; rounds end in batches
+    if built.round_ends[-1] >= trained:
+        return
     keys = {"run.epochs", "run.steps"}
     if options.get("epochs") is not None:
         asked = f"--epochs {options['epochs']}"
@@ -117,12 +118,12 @@ def refuse_shorter(built: Built, restored: Restored, options: dict[str, Any], se
     else:
         asked = next((f"--set {s}" for s in reversed(tuple(sets)) if s.partition("=")[0].strip() in keys),
                      f"{rd.CONFIG}'s run.{'steps' if run.steps else 'epochs'} = {run.steps or run.epochs}")
-    epochs, partial = divmod(restored.step, built.steps_per_epoch)
+    epochs, partial = divmod(trained, built.steps_per_epoch)
     if run.steps or partial:
-        trained, least = f"{restored.step} steps", f"--steps {restored.step}"
+        done, least = f"{trained} steps", f"--steps {trained}"
     else:
-        trained, least = f"{epochs} epochs", f"--epochs {epochs}"
-    raise UsageError(f"{asked}: the run has already trained {trained} (checkpoint step {restored.step}); a run is not made shorter: "
+        done, least = f"{epochs} epochs", f"--epochs {epochs}"
+    raise UsageError(f"{asked}: the run has already trained {done} (checkpoint step {restored.step}); a run is not made shorter: "
                      f"give {least} or more")
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxyard.core.errors import UsageError
-from jaxyard.core.train.averaging import use_ema
+from jaxyard.core.train.averaging import has_ema, update_count, use_ema
 
 
 def split(model, optimizer):
@@ -27,8 +27,11 @@ def merged(graphdef, state):
     return parts["model"], parts["optimizer"]
 
 
-def _step(graphdef, make_tx, task, state, inputs, batch, mask, split=None):
+def _step(graphdef, make_tx, task, state, inputs, batch, mask, split=None, scale=None):
     """One optimizer step on a (possibly padded) batch pytree; padding rows carry mask 0.
+
+    ``scale`` (gradient accumulation: :func:`micro_weights`) multiplies the gradient, so that the
+    mean ``optax.MultiSteps`` takes of a group's micro-batches is the group's row-weighted mean.
 
     ``task(inputs)`` is the run's task (its traced parameters from ``inputs``). With ``make_tx``,
     the optimizer is rebuilt from ``inputs`` (traced hyperparameters) so that their values are
@@ -42,7 +45,10 @@ def _step(graphdef, make_tx, task, state, inputs, batch, mask, split=None):
     objective = task(inputs)
     grad_fn = nnx.value_and_grad(lambda model, batch, mask: objective.loss(model, batch, mask), has_aux=True)
     (_, sums), grads = grad_fn(model, batch, mask)
-    optimizer.update(model, grads)
+    if scale is not None:
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+    extra = {"ema_count": update_count(optimizer)} if has_ema(optimizer) else {}  # the average's debiasing counts updates
+    optimizer.update(model, grads, **extra)
     return nnx.state({"model": model, "optimizer": optimizer}), sums
 
 
@@ -69,27 +75,46 @@ def rows_of(batch) -> int:
     return jax.tree.leaves(batch)[0].shape[0]
 
 
-def batch_plan(n: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
-    """Steps per epoch and the padded length they cover."""
-    steps = n // batch_size if drop_last else math.ceil(n / batch_size)
-    if steps < 1:
-        raise UsageError(f"{n} training examples make no full batch of run.batch_size = {batch_size} (run.drop_last is on)")
-    return steps, steps * batch_size
+def batch_plan(n: int, batch_size: int, drop_last: bool, accumulate: int = 1) -> tuple[int, int]:
+    """Steps (batches) per epoch and the padded length they cover. With ``accumulate`` = k, the
+    batches of k x ``batch_size`` rows that run.batch_size = k x batch_size would take, each as k
+    consecutive batches (the last partial one padded to k whole batches, or dropped with ``drop_last``)."""
+    group = batch_size * accumulate
+    groups = n // group if drop_last else math.ceil(n / group)
+    if groups < 1:
+        what = f"run.batch_size = {batch_size}" + (f" x run.accumulate_steps = {accumulate}" if accumulate > 1 else "")
+        raise UsageError(f"{n} training examples make no full batch of {what} (run.drop_last is on)")
+    return groups * accumulate, groups * group
+
+
+def micro_weights(n: int, batch_size: int, accumulate: int, first_row):
+    """The gradient scale of the batch starting at row ``first_row`` of the epoch's order (traced):
+    ``k * rows / group_rows``, its real rows against those of its group of ``accumulate`` = k,
+    so that the mean of the group's k gradients (each a mean over its own rows) is the mean over
+    the group's rows, as one batch of k x ``batch_size`` takes it. 1.0 exactly in a whole group."""
+    group = batch_size * accumulate
+    start = first_row - first_row % group
+    rows = jnp.clip(n - first_row, 0, batch_size).astype(jnp.float32)
+    group_rows = jnp.clip(n - start, 0, group).astype(jnp.float32)
+    return accumulate * rows / jnp.maximum(group_rows, 1.0)
 
 
 def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None, layout=None, state=None, *, task,
-                     shuffle: bool = True):
+                     shuffle: bool = True, accumulate: int = 1):
     """``epoch(state, inputs, batch, key) -> (state, sums)``: shuffle (unless not ``shuffle``), batch
     and step, all compiled once (``inputs``: the traced hyperparameters ``make_tx`` and ``task`` are built from; ``{}``: none).
+    With ``accumulate`` (run.accumulate_steps; the optimizer an ``optax.MultiSteps``), the batches
+    are those of :func:`batch_plan`, each group's gradients weighted by :func:`micro_weights`.
     ``batch``: the training split as a pytree of arrays (rows first; rows past ``n`` are padding).
     On a ``layout`` with a mesh, each batch is split over its devices and the state keeps the
     shardings ``state`` has."""
-    steps, padded = batch_plan(n, batch_size, drop_last)
+    steps, padded = batch_plan(n, batch_size, drop_last, accumulate)
     mesh = layout is not None and layout.mesh is not None
     split = layout.batch if mesh else None
     jit = partial(jax.jit, donate_argnums=0)
     if mesh:
         jit = partial(jit, out_shardings=(layout.state_shardings(state), layout.replicated))
+    scales = micro_weights(n, batch_size, accumulate, jnp.arange(steps) * batch_size) if accumulate > 1 else None
 
     @jit
     def epoch(state, inputs, data, key):
@@ -101,24 +126,26 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx
         mask = (jnp.arange(padded) < n).astype(jnp.float32)
 
         def body(state, chunk):
-            idx, m = chunk
-            return _step(graphdef, make_tx, task, state, inputs, jax.tree.map(lambda a: a[idx], data), m, split)
+            idx, m, scale = chunk
+            return _step(graphdef, make_tx, task, state, inputs, jax.tree.map(lambda a: a[idx], data), m, split, scale)
 
-        state, sums = jax.lax.scan(body, state, (order.reshape(steps, batch_size), mask.reshape(steps, batch_size)))
+        chunks = (order.reshape(steps, batch_size), mask.reshape(steps, batch_size), scales)
+        state, sums = jax.lax.scan(body, state, chunks)
         return state, jax.tree.map(lambda a: jnp.sum(a, axis=0), sums)
 
     return epoch
 
 
 def make_train_steps(graphdef, n: int, batch_size: int, drop_last: bool, count: int, make_tx=None, layout=None, state=None, *, task,
-                     shuffle: bool = True):
+                     shuffle: bool = True, accumulate: int = 1):
     """``steps(state, inputs, batch, key, start) -> (state, sums)``: ``count`` optimizer steps from
     batch number ``start`` of the run (a traced scalar: one program serves every round of this
     length), compiled once. Batch ``b`` is batch ``b % steps_per_epoch`` of epoch ``b //
     steps_per_epoch`` in that epoch's order (the permutation of ``fold_in(key, epoch)``, as
     :func:`make_train_epoch` draws it; the loader's order without ``shuffle``), so a round may
-    start and end anywhere in an epoch, and a resumed run draws what an uninterrupted one does."""
-    per_epoch, padded = batch_plan(n, batch_size, drop_last)
+    start and end anywhere in an epoch, and a resumed run draws what an uninterrupted one does.
+    ``accumulate``: as :func:`make_train_epoch`'s."""
+    per_epoch, padded = batch_plan(n, batch_size, drop_last, accumulate)
     spanned = count // per_epoch + 2  # the epochs ``count`` batches from anywhere can touch
     mesh = layout is not None and layout.mesh is not None
     split = layout.batch if mesh else None
@@ -139,7 +166,8 @@ def make_train_steps(graphdef, n: int, batch_size: int, drop_last: bool, count: 
             epoch, at = b // per_epoch - first, (b % per_epoch) * batch_size
             idx = jax.lax.dynamic_slice(orders[epoch], (at,), (batch_size,))
             mask = ((at + jnp.arange(batch_size)) < n).astype(jnp.float32)
-            return _step(graphdef, make_tx, task, state, inputs, jax.tree.map(lambda a: a[idx], data), mask, split)
+            scale = micro_weights(n, batch_size, accumulate, at) if accumulate > 1 else None
+            return _step(graphdef, make_tx, task, state, inputs, jax.tree.map(lambda a: a[idx], data), mask, split, scale)
 
         state, sums = jax.lax.scan(body, state, start + jnp.arange(count))
         return state, jax.tree.map(lambda a: jnp.sum(a, axis=0), sums)

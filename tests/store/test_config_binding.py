@@ -253,3 +253,18 @@ def test_resume_set_of_a_logger_not_in_the_run_says_how_to_add_it(run_cli, finis
                           "logger 'tensorboard' is not in run.loggers (jsonl, csv); add it with --set run.loggers=jsonl,csv,tensorboard")
     config = load_run_config(out, sets=["run.loggers=jsonl,csv,tensorboard", "logger.tensorboard.subdir=tb"])
     assert config.run.loggers == ("jsonl", "csv", "tensorboard")
+
+
+def test_a_shorter_resume_of_an_accumulating_run_is_refused_in_its_own_units():
+    """With run.accumulate_steps = 4 a checkpoint's step counts optimizer updates (12 = 48 batches,
+    4 epochs of 12 batches) while the rounds end in batches: 3 epochs (36 batches) is shorter."""
+    import types
+
+    from jaxyard.core.errors import UsageError
+    from jaxyard.core.train.resuming import refuse_shorter
+
+    run = types.SimpleNamespace(accumulate_steps=4, steps=0, epochs=3)
+    built = types.SimpleNamespace(config=types.SimpleNamespace(run=run), round_ends=(0, 12, 24, 36), steps_per_epoch=12)
+    with pytest.raises(UsageError, match=r"^--epochs 3: the run has already trained 4 epochs \(checkpoint step 12\); .* give --epochs 4 or more$"):
+        refuse_shorter(built, types.SimpleNamespace(step=12), {"epochs": 3}, ())
+    refuse_shorter(built, types.SimpleNamespace(step=9), {"epochs": 3}, ())  # 36 batches: not shorter

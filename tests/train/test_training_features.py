@@ -30,20 +30,39 @@ def metrics(result):
 
 
 def test_accumulated_small_batches_equal_one_big_batch(tmp_path, registry):
-    """4 batches of 8 with accumulate_steps=4 take the same steps as batches of 32 (same shuffle)."""
-    whole = "loader.train_size=96"  # 3 batches of 32, 12 of 8: no partial batch
-    big = jaxyard.train(config(registry, whole), out_dir=tmp_path / "big")
-    small = jaxyard.train(config(registry, whole, "run.accumulate_steps=4", batch_size=8), out_dir=tmp_path / "small")
+    """Batches of 8 with accumulate_steps=4 take batch 32's steps: the same rows per update (the
+    same shuffle), the last partial batch (4 rows of 100) as batch 32 takes it, and the step
+    counter counts updates. Dropout 0: equal up to float summation order (rel 1e-5)."""
+    big = jaxyard.train(config(registry), out_dir=tmp_path / "big")
+    small = jaxyard.train(config(registry, "run.accumulate_steps=4", batch_size=8), out_dir=tmp_path / "small")
     for a, b in zip(metrics(big), metrics(small), strict=True):
         assert a.keys() == b.keys()
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
-    assert [r["step"] for r in small.history] == [12, 24, 36]  # steps count batches; the schedule counts updates
-    assert big.test["test_loss"] == pytest.approx(small.test["test_loss"], rel=1e-5)
+    assert [r["step"] for r in small.history] == [r["step"] for r in big.history] == [4, 8, 12]
+    for key, value in big.test.items():
+        assert small.test[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
-def test_weight_average_follows_the_parameters_step_by_step(registry):
-    """One step per epoch (batch = the whole split): after each, ema = d * ema + (1 - d) * params."""
+def test_accumulated_final_parameters_equal_one_big_batch(registry):
+    """The weights after an epoch of 100 rows (3 whole groups and one of 4 rows): batch 8 x 4 equals batch 32."""
+    from flax import nnx
+
+    def trained(*sets, **run):
+        built = build(config(registry, *sets, **run))
+        make_loop(built).train_epoch(1)
+        model, optimizer = merged(built.train_graphdef, built.state)
+        return jax.tree.leaves(nnx.state(model, nnx.Param)), int(optimizer.step[...]), built.total_steps
+
+    big, small = trained(), trained("run.accumulate_steps=4", batch_size=8)
+    for got, want in zip(small[0], big[0], strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    assert (big[1:], small[1:]) == ((4, 12), (16, 12))  # micro-batches called the optimizer; the schedule counts updates
+
+
+def test_weight_average_is_the_debiased_average_step_by_step(registry):
+    """One step per epoch (batch = the whole split): after step t the average is optax's debiased
+    one, sum_i (1 - d) d**(t - i) p_i / (1 - d**t), computed here by hand from the parameters."""
     from flax import nnx
 
     from jaxyard.core.train.averaging import EmaParamsState
@@ -54,25 +73,34 @@ def test_weight_average_follows_the_parameters_step_by_step(registry):
 
     def params_and_ema():
         model, optimizer = merged(built.train_graphdef, built.state)
-        params = [np.asarray(p) for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
+        params = [np.asarray(p, np.float64) for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
         ema = [n for n in jax.tree.leaves(optimizer.opt_state, is_leaf=lambda n: isinstance(n, EmaParamsState)) if isinstance(n, EmaParamsState)]
         return params, [np.asarray(e) for e in jax.tree.leaves(ema[0].ema)]
 
-    expected, _ = params_and_ema()  # the average starts at the initial weights
-    for epoch in (1, 2, 3):
-        loop.train_epoch(epoch)
+    initial, ema = params_and_ema()
+    for got, want in zip(ema, initial, strict=True):  # before any step: the initial weights
+        np.testing.assert_array_equal(got, want)
+    seen = []
+    for t in (1, 2, 3):
+        loop.train_epoch(t)
         params, ema = params_and_ema()
-        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, params, strict=True)]
-        for got, want in zip(ema, expected, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        seen.append(params)
+        weights = [(1 - decay) * decay ** (t - i) / (1 - decay**t) for i in range(1, t + 1)]  # sum to 1
+        for leaf, got in enumerate(ema):
+            want = sum(w * p[leaf] for w, p in zip(weights, seen, strict=True))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not all(np.array_equal(p, e) for p, e in zip(params, ema, strict=True))
 
 
 def test_averaged_weights_are_evaluated_checkpointed_and_evaluable_again(tmp_path, registry, run_cli):
+    """decay 0.999 over 12 updates: debiased, the average is about the mean of the 12 steps'
+    weights, within 0.1 of their test accuracy (0.86 against 0.90; jaxyard 0.3's average, 99%
+    the initial weights, had 0.40)."""
     out = tmp_path / "run"
-    result = jaxyard.train(config(registry, "run.ema_decay=0.9"), out_dir=out)
+    result = jaxyard.train(config(registry, "run.ema_decay=0.999", learning_rate=0.01), out_dir=out)
     assert {"val_loss_ema", "val_acc_ema"} <= result.history[-1].keys()
     assert result.history[-1]["val_loss_ema"] != result.history[-1]["val_loss"]
+    assert result.test["test_acc_ema"] >= result.test["test_acc"] - 0.1, result.test
     again = jaxyard.evaluate(out, weights="ema", registry=registry)
     assert (again.test_loss, again.test_acc) == (result.test["test_loss_ema"], result.test["test_acc_ema"])
     plain = jaxyard.evaluate(out, registry=registry)
