@@ -223,6 +223,16 @@ def test_search_needs_a_budget_and_bad_values_are_caught_before_any_trial(run_cl
     assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written by a refused sweep
 
 
+# The tolerance docs/sweeps.md ("Vectorized") states: a vmapped matrix product may add its terms in
+# another order, so a member equals its sequential trial up to float32 rounding, not bit for bit.
+# Its first epoch (same keys, shuffle, dropout masks, learning rates) agrees to rounding; training then
+# amplifies the last bits as it amplifies any (a ReLU's derivative flips at 0; a high learning rate is
+# chaotic): on the default workload, 10 epochs, losses up to 2e-3 apart at lr 3e-3 and 10% at lr 1e-2,
+# about as much as moving the sequential trial's initial weights by one ulp. A short stable run stays within DRIFT.
+FIRST_EPOCH = 1e-5  # relative, every metric of epoch 1
+DRIFT = 1e-4  # relative, the final and test metrics of the tiny workload's few epochs (measured: < 1e-6)
+
+
 @pytest.mark.slow
 def test_vectorized_members_equal_sequential_trials_and_one_diverging_member_leaves_alone(run_cli, tmp_path):
     def sweep(mode):
@@ -231,9 +241,12 @@ def test_vectorized_members_equal_sequential_trials_and_one_diverging_member_lea
                           "--vectorize", mode, "--out", str(out), *sets("run.epochs=3")])
         assert result.exit_code == 0, result.output
         lines = [json.loads(x) for x in (out / S.RESULTS).read_text().splitlines()]
-        return {x["params"]["run.learning_rate"]: x for x in lines}, result.stdout
+        return {x["params"]["run.learning_rate"]: x for x in lines}, result.stdout, out
 
-    (on, text), (off, _) = sweep("on"), sweep("off")
+    def epochs(out, line):
+        return [json.loads(x) for x in (out / line["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+
+    (on, text, on_dir), (off, _, off_dir) = sweep("on"), sweep("off")
     assert "vectorized" in text and "1 training program compiled" in text  # one vmapped program for the group
     assert on.keys() == off.keys() and len(on) == 3
     for point, line in off.items():
@@ -241,9 +254,13 @@ def test_vectorized_members_equal_sequential_trials_and_one_diverging_member_lea
         if line["state"] == "failed":
             assert point == 1e9 and "training diverged" in on[point]["error"]
             continue
+        mine, theirs = epochs(on_dir, on[point]), epochs(off_dir, line)
+        assert [e["lr"] for e in mine] == [e["lr"] for e in theirs]  # the same schedule, exactly
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):  # the same keys and data: rounding only
+            assert mine[0][key] == pytest.approx(theirs[0][key], rel=FIRST_EPOCH, abs=1e-6), (point, key)
         for key in ("train_loss", "val_loss", "val_acc"):
-            assert on[point]["final"][key] == pytest.approx(line["final"][key], rel=1e-5, abs=1e-6), (point, key)
-        assert on[point]["test"]["test_loss"] == pytest.approx(line["test"]["test_loss"], rel=1e-5, abs=1e-6)
+            assert on[point]["final"][key] == pytest.approx(line["final"][key], rel=DRIFT, abs=1e-6), (point, key)
+        assert on[point]["test"]["test_loss"] == pytest.approx(line["test"]["test_loss"], rel=DRIFT, abs=1e-6)
 
 
 # --- a task's traced parameter -------------------------------------------------------------------
@@ -271,8 +288,8 @@ def test_a_sweep_of_a_traced_task_parameter_compiles_one_program_and_each_value_
     assert len({x["final"]["val_mse"] for x in off.values()}) == len({x["test"]["test_mse"] for x in off.values()}) == 8
     for delta, line in off.items():
         for key in ("train_loss", "val_loss", "val_mse", "val_r2"):
-            assert on[delta]["final"][key] == pytest.approx(line["final"][key], rel=1e-5, abs=1e-6), (delta, key)
-        assert on[delta]["test"]["test_mse"] == pytest.approx(line["test"]["test_mse"], rel=1e-5, abs=1e-6), delta
+            assert on[delta]["final"][key] == pytest.approx(line["final"][key], rel=DRIFT, abs=1e-6), (delta, key)
+        assert on[delta]["test"]["test_mse"] == pytest.approx(line["test"]["test_mse"], rel=DRIFT, abs=1e-6), delta
     # the shared program's input gives the numbers of a run compiled with delta as a constant
     trial = off[0.3]
     alone = train(resolve_config(registry, Settings(), config_file=str(out / trial["run_dir"] / "config.toml"), sets=["run.checkpointer=none"]),
