@@ -3,6 +3,7 @@
     python benchmarks/bench.py --workload seed --variants seed_eager,jax_jit,jax_scan \
         --repeats 5 --out benchmarks/results.json
     python benchmarks/bench.py --sweep samples --variants jax_jit,jax_scan
+    python benchmarks/bench.py --variants keras,jaxyard_cli --repeats 3 --alternate
 
 Stdlib only: variant processes import this module for the workload definitions.
 """
@@ -39,11 +40,17 @@ VARIANTS = {
     "jax_scan": dict(script="baselines.py"),
     "jaxyard_engine": dict(script="jaxyard_variants.py", probe="import jaxyard"),
     "jaxyard_cli": dict(script="jaxyard_variants.py", probe="import jaxyard"),
+    # optional: Keras 3 on its JAX backend (benchmarks/requirements-keras.txt), not a jaxyard dependency
+    "keras": dict(script="keras_baseline.py", probe="import importlib.util as u, sys; u.find_spec('keras') or sys.exit("
+                  "'keras is not installed: pip install -r benchmarks/requirements-keras.txt')"),
 }
 
-# (numerator, denominator) ratios of median steady-state step time.
+# (numerator, denominator) ratios of median steady-state step time; the Keras ones also of the
+# epoch (steps and validation) and of the whole process.
 RATIOS = [("jaxyard_engine", "jax_scan"), ("jaxyard_engine", "jax_jit"),
-          ("seed_eager", "jaxyard_engine"), ("jax_jit", "jax_scan"), ("seed_eager", "jax_scan")]
+          ("seed_eager", "jaxyard_engine"), ("jax_jit", "jax_scan"), ("seed_eager", "jax_scan"),
+          ("keras", "jaxyard_engine"), ("keras", "jaxyard_cli"), ("keras", "jax_scan")]
+WIDE_RATIOS = {"keras"}  # numerators whose ratios cover step_ms, epoch_s and wall_s
 
 METRICS = ["step_ms", "compile_s", "epoch_s", "train_s", "import_s", "wall_s", "peak_rss_mb",
            "val_acc"]
@@ -106,32 +113,49 @@ def aggregate(results):
     return summary
 
 
-def run_workload(workload, overrides, variants, repeats, max_steps):
+def run_workload(workload, overrides, variants, repeats, max_steps, alternate=False):
+    """Every variant `repeats` times: one after the other, or in turn (A B A B ...) if `alternate`."""
     cfg = workload_config(workload, **overrides)
     label = f"{workload} (samples={cfg['samples']}, epochs={cfg['epochs']})"
     print(f"\n== {label}", flush=True)
-    out = dict(workload=workload, config=cfg, variants={}, skipped={}, ratios={})
+    out = dict(workload=workload, config=cfg, variants={}, skipped={}, ratios={}, alternate=alternate)
+    results = {}
     for name in variants:
-        reason = unavailable(name)
-        if reason is None:
-            try:
-                results = []
-                for i in range(repeats):
-                    results.append(run_once(name, workload, overrides, max_steps))
-                    print(f"  {name} {i + 1}/{repeats}: {results[-1]['step_ms']:.3f} ms/step, "
-                          f"wall {results[-1]['wall_s']:.1f} s", flush=True)
-                out["variants"][name] = aggregate(results)
-                continue
-            except RuntimeError as err:
-                reason = str(err)
-        print(f"  {name}: not available ({reason})", flush=True)
-        out["skipped"][name] = reason
-    step = {n: s["step_ms"]["median"] for n, s in out["variants"].items()}
+        if (reason := unavailable(name)) is None:
+            results[name] = []
+        else:
+            print(f"  {name}: not available ({reason})", flush=True)
+            out["skipped"][name] = reason
+    order = ([(i, n) for i in range(repeats) for n in list(results)] if alternate
+             else [(i, n) for n in list(results) for i in range(repeats)])
+    for i, name in order:
+        if name in out["skipped"]:
+            continue
+        try:
+            results[name].append(run_once(name, workload, overrides, max_steps))
+        except RuntimeError as err:
+            print(f"  {name}: not available ({err})", flush=True)
+            out["skipped"][name] = str(err)
+            continue
+        print(f"  {name} {i + 1}/{repeats}: {results[name][-1]['step_ms']:.3f} ms/step, "
+              f"wall {results[name][-1]['wall_s']:.1f} s", flush=True)
+    for name, runs in results.items():
+        if name not in out["skipped"]:
+            out["variants"][name] = aggregate(runs)
     for num, den in RATIOS:
-        if num in step and den in step:
-            out["ratios"][f"{num} / {den}"] = step[num] / step[den]
+        if num in out["variants"] and den in out["variants"]:
+            for metric in ("step_ms", "epoch_s", "wall_s") if num in WIDE_RATIOS else ("step_ms",):
+                key = f"{num} / {den}" + ("" if metric == "step_ms" else f" {metric}")
+                out["ratios"][key] = ratio(results[num], results[den], metric, alternate)
     print_table(label, out)
     return out
+
+
+def ratio(nums, dens, metric, paired):
+    """Median of the pair-by-pair ratios when the runs alternated, else the ratio of the medians."""
+    if paired:
+        return statistics.median(n[metric] / d[metric] for n, d in zip(nums, dens, strict=True))
+    return statistics.median(n[metric] for n in nums) / statistics.median(d[metric] for d in dens)
 
 
 def print_table(label, out):
@@ -152,8 +176,9 @@ def print_table(label, out):
     print(f"\n{label}  (median [min-max]; step = steady-state training step)")
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    for ratio, value in out["ratios"].items():
-        print(f"  {ratio}: {value:.2f}x")
+    how = "pair by pair, alternating runs" if out["alternate"] else "of medians"
+    for name, value in out["ratios"].items():
+        print(f"  {name}: {value:.2f}x  ({how})")
 
 
 def main():
@@ -167,6 +192,10 @@ def main():
     parser.add_argument("--max-steps", type=int, default=400,
                         help="steps measured for capped variants (seed_eager) before "
                              "extrapolating; 0 = run everything")
+    parser.add_argument("--epochs", type=int, help="train this many epochs instead of the workload's")
+    parser.add_argument("--alternate", action="store_true",
+                        help="run the variants in turn (A B A B ...) and take ratios pair by pair, "
+                             "so that the machine's drift cancels out")
     parser.add_argument("--out", type=Path, help="write all results as JSON here")
     args = parser.parse_args()
     variants = args.variants.split(",")
@@ -177,8 +206,8 @@ def main():
     if args.sweep:
         points = [("seed", o) for o in SWEEPS[args.sweep]]
     else:
-        points = [(args.workload, {})]
-    runs = [run_workload(w, o, variants, args.repeats, args.max_steps) for w, o in points]
+        points = [(args.workload, {"epochs": args.epochs} if args.epochs else {})]
+    runs = [run_workload(w, o, variants, args.repeats, args.max_steps, args.alternate) for w, o in points]
     total = time.perf_counter() - start
     print(f"\nwhole benchmark: {total:.1f} s")
     if args.out:

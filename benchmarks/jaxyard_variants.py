@@ -45,8 +45,8 @@ class BenchParams:
 def bench(p: BenchParams, *, seed):
     """The benchmark's synthetic data (benchmarks/baselines.py make_data)."""
     sys.path.insert(0, str(HERE))
-    from baselines import make_data
     from bench import workload_config
+    from common import make_data
 
     cfg = workload_config(p.workload, p.samples or None, p.epochs or None)
     (x, y), (xv, yv) = make_data(cfg)
@@ -74,7 +74,7 @@ def settings(cfg, workload, samples, epochs):
 
 
 def timings_from(history, train_s):
-    from baselines import Timings
+    from common import Timings
 
     t = Timings()
     t.chunks = [(r["epoch"] - 1, r["step"] - (history[i - 1]["step"] if i else 0), r["train_time"]) for i, r in enumerate(history)]

@@ -8,9 +8,17 @@ cancels out. The jaxyard side includes what the engine does per epoch (the shuff
 compiled epoch, bringing the metric sums to the host) and the host side train() adds: the epoch-end
 event through every built-in plugin (report, NaN guard, early stopping, checkpoint cadence) and
 the jsonl logger writing metrics.jsonl.
+
+Where Keras 3 is installed (benchmarks/requirements-keras.txt, optional), a third loop takes its
+turn too: keras_baseline.py's model and optimizer, one `model.fit(..., initial_epoch=e,
+epochs=e + 1)` per epoch (jit_compile, steps_per_execution = one epoch's steps up to 32, no
+validation, as on the other two sides), timed by its callback from `on_epoch_begin` to
+`on_epoch_end` with the variables blocked on; `--no-keras` leaves it out.
 """
 
 import argparse
+import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -55,10 +63,34 @@ def hand_scan_epoch(cfg, train):
     return (params, tx.init(params), jnp.zeros((), jnp.int32)), epoch
 
 
+def make_keras_epoch(cfg, train):
+    """keras_baseline.py's model, one fit() per epoch; returns epoch -> seconds, or None without keras."""
+    if importlib.util.find_spec("keras") is None:
+        return None
+    os.environ["KERAS_BACKEND"] = "jax"
+    import keras_baseline
+
+    model = keras_baseline.make_model(cfg)
+    steps = baselines.steps_per_epoch(cfg)
+    model.compile(optimizer=keras_baseline.make_optimizer(cfg), jit_compile=True, steps_per_execution=min(steps, 32),
+                  loss=keras_baseline.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    timings = baselines.Timings()
+    timer = keras_baseline.EpochTimer(timings, steps)
+    timer.on_test_begin = lambda logs=None: None  # no validation on this side: the epoch is the training
+    timer.on_epoch_end = lambda epoch, logs=None: timings.chunks.append((epoch, steps, timer._now() - timer.t0))
+
+    def epoch(e):
+        model.fit(*train, batch_size=cfg["batch_size"], initial_epoch=e, epochs=e + 1, shuffle=True, verbose=0, callbacks=[timer])
+        return timings.chunks[-1][2]
+
+    return epoch
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=WORKLOADS, default="seed")
     parser.add_argument("--epochs", type=int, default=60, help="timed epochs of each loop")
+    parser.add_argument("--no-keras", dest="keras", action="store_false", help="leave the Keras loop out")
     args = parser.parse_args()
     cfg = workload_config(args.workload, epochs=args.epochs + 1)
 
@@ -90,9 +122,12 @@ def main():
     state, hand_epoch = hand_scan_epoch(cfg, train)
     key = jax.random.key(1)
 
+    keras_epoch = make_keras_epoch(cfg, train) if args.keras else None
     jaxyard_epoch(0)  # compile both
     state = jax.block_until_ready(hand_epoch(state, x, y, key))
-    ours, hand, bare = [], [], []
+    if keras_epoch:
+        keras_epoch(0)
+    ours, hand, bare, keras = [], [], [], []
     for epoch in range(1, args.epochs + 1):
         t = time.perf_counter()
         jaxyard_epoch(epoch)
@@ -103,6 +138,8 @@ def main():
         t = time.perf_counter()
         state = jax.block_until_ready(hand_epoch(state, x, y, jax.random.fold_in(key, epoch)))
         hand.append(time.perf_counter() - t)
+        if keras_epoch:
+            keras.append(keras_epoch(epoch))
 
     steps = built.steps_per_epoch
     a, b = statistics.median(ours), statistics.median(hand)
@@ -116,6 +153,14 @@ def main():
     q = statistics.quantiles(events, n=4)
     print(f"  with events / without, pair by pair: median {statistics.median(events):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}); "
           f"events {(statistics.median(ours) - statistics.median(bare)) * 1e3:.3f} ms/epoch")
+    if keras:
+        k = statistics.median(keras)
+        pairs = [k_ / o for k_, o in zip(keras, ours, strict=True)]
+        q = statistics.quantiles(pairs, n=4)
+        print(f"  Keras 3 (jax)   {k * 1e3:8.2f} ms/epoch  {k / steps * 1e3:.3f} ms/step")
+        print(f"  Keras / jaxyard, pair by pair: median {statistics.median(pairs):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f})")
+    elif args.keras:
+        print("  Keras 3: not installed (pip install -r benchmarks/requirements-keras.txt)")
 
 
 if __name__ == "__main__":
