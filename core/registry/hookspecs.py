@@ -114,6 +114,16 @@ def jaxyard_register_models(register: RegisterFn) -> None:
     ``(batch, num_outputs)``). Layers whose behaviour differs in training (dropout, batch
     norm) must follow ``model.train()`` and ``model.eval()``. A 0.2 factory naming
     ``num_classes`` (and not ``num_outputs``) gets the output width under that name.
+
+    Mixed precision (``run.precision = "bf16"``): the engine calls the model with its
+    ``nnx.Param`` values cast to bfloat16 and its float inputs in bfloat16 (integer inputs, such
+    as tokens, as they are), and casts its float outputs back to float32 for the task; its other
+    variables (batch statistics, random state) stay float32. The rule a model follows: compute
+    in the dtype of its parameters and inputs. Do not cast to float32 inside, except where
+    stability needs it (a softmax, a normalization's statistics), and then cast the result back
+    to the input's dtype: flax's ``nnx.BatchNorm`` promotes its output to the float32 of its
+    running statistics (the built-in cnn casts it back). Create parameters as float32 (flax's
+    default ``param_dtype``). A model that breaks the rule still trains correctly, in float32.
     """
 
 

@@ -32,6 +32,19 @@ def _monitor(instance, attribute, value) -> None:
         )
 
 
+#: run.precision's choices: the dtype the forward and backward pass compute in (parameters,
+#: optimizer state, the loss and the metric sums stay float32 in both)
+PRECISIONS = ("float32", "bf16")
+
+
+def _precision(instance, attribute, value) -> None:
+    if value not in PRECISIONS:
+        raise ValueError(
+            f"expected float32 or bf16 (bfloat16 compute, float32 parameters), got {value!r}: e.g. --set run.precision=bf16",
+            attribute, None, value,
+        )
+
+
 @attrs.frozen
 class RunSettings:
     """The ``[run]`` table: which components to use and how to train."""
@@ -80,6 +93,10 @@ class RunSettings:
     ema_decay: float = P.param(
         0.0, "keep an exponential moving average of the weights with this decay, e.g. 0.999 (0: off); `eval --weights ema`",
         validator=[v.ge(0.0), v.lt(1.0)],
+    )
+    precision: str = P.param(
+        "float32", "bf16: the forward and backward pass compute in bfloat16; the parameters, the optimizer state, the loss "
+        "and the metric sums stay float32 (evaluation computes as training does)", validator=_precision,
     )
     devices: int | str = P.param(
         "all", "local devices to train on: all, or N (a 1-D mesh: the batch is split over them)", validator=_devices,

@@ -26,6 +26,7 @@ from jaxyard.core.train import steps
 from jaxyard.core.train.averaging import ema_of_params
 from jaxyard.core.train.carve import carve_validation
 from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch, check_splits, close_stream
+from jaxyard.core.train.plan import check_plan, round_ends, total_batches
 from jaxyard.core.train.traced import Programs, group_key, replaced, traceable, with_values
 
 # fold_in constants of the streams derived from run.seed (one place: resume must match); a task's
@@ -162,6 +163,9 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     def task_of(values):  # the task, its traced parameters (label smoothing, a Huber delta) from the inputs
         return make_task(with_values(config, values), check=False) if traced_task else task
 
+    def compute_task_of(values):  # the task the compiled programs call: its loss in run.precision (training and evaluation)
+        return steps.in_precision(task_of(values), run.precision)
+
     # one small compiled program instead of eager schedule calls (each a compile the first time)
     ends = round_ends(config, steps_per_epoch)
     updates_at_epoch_end = jnp.asarray(ends) // run.accumulate_steps
@@ -172,24 +176,8 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         epoch_lr = np.asarray(jax.jit(jax.vmap(schedule))(updates_at_epoch_end))
     return Built(
         config, data, train_graphdef, eval_graphdef, state, schedule, epoch_lr, steps_per_epoch, warmup, total, num_params,
-        sizes, programs, group, inputs, traced_tx if traced else None, layout, task, task_of, context, valid, ends,
+        sizes, programs, group, inputs, traced_tx if traced else None, layout, task, compute_task_of, context, valid, ends,
     )
-
-
-def total_batches(config: RunConfig, steps_per_epoch: int) -> int:
-    """The batches a run trains: run.steps, else run.epochs whole epochs."""
-    return config.run.steps or steps_per_epoch * config.run.epochs
-
-
-def round_ends(config: RunConfig, steps_per_epoch: int) -> tuple[int, ...]:
-    """The batch count at the end of each round (index 0: 0): each epoch's end, or with run.steps /
-    run.eval_every every run.eval_every batches (an epoch's worth when 0) and the last one."""
-    run = config.run
-    total = total_batches(config, steps_per_epoch)
-    if not (run.steps or run.eval_every):
-        return tuple(e * steps_per_epoch for e in range(run.epochs + 1))
-    every = run.eval_every or steps_per_epoch
-    return (0, *range(every, total, every), total)
 
 
 def _canonical(array):
@@ -423,11 +411,7 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
         raise UsageError(f"{what}: loader {name!r} streams its batches and cannot report its position in them (StreamingDataset "
                          f"resumable=False), so its run trains and validates in whole epochs; use run.epochs, an in-memory "
                          f"loader, or a resumable stream (--loader grain, or grain_stream in a plugin: docs/grain.md)")
-    if total_batches(config, steps_per_epoch) >= 2**31:
-        raise UsageError(
-            f"run.epochs = {run.epochs} of {steps_per_epoch} steps is {steps_per_epoch * run.epochs} steps, more than "
-            f"the step counter holds (2**31 - 1); use at most {(2**31 - 1) // steps_per_epoch} epochs"
-        ) if not run.steps else UsageError(f"run.steps = {run.steps} is more than the step counter holds (2**31 - 1)")
+    check_plan(config, steps_per_epoch)
     return data, steps_per_epoch
 
 

@@ -127,6 +127,32 @@ def refuse_shorter(built: Built, restored: Restored, options: dict[str, Any], se
                      f"give {least} or more")
 
 
+#: what a checkpoint's position in a stream depends on, beside the loader's own parameters
+_STREAM_KEYS = ("run.batch_size", "run.shuffle", "run.seed", "run.drop_last", "run.accumulate_steps")
+
+
+def refuse_moved(built: Built, restored: Restored, changes: Iterable[binding.Difference]) -> None:
+    """A resume's changes must leave its checkpoint where it was: a stepped run's checkpoint at the
+    end of the same round (else batches would be skipped or trained twice), and a streamed run's
+    position valid in its stream (a loader's parameters or the batches changed would read it
+    wrongly). Refused in one line naming the change, before anything is written."""
+    changed = [c.describe() for c in changes]
+    what = ", ".join(changed) or "config.toml"
+    k = built.config.run.accumulate_steps
+    trained, index = restored.step * k, restored.meta.get("epoch")
+    if built.stepped and isinstance(index, int) and not (index < len(built.round_ends) and built.round_ends[index] == trained):
+        ends = [e for e in built.round_ends[1:] if e <= trained][-3:]
+        raise UsageError(
+            f"{what}: checkpoint step {restored.step} ends validation {index} after {trained} batches, where the changed run "
+            f"validates after batches {', '.join(map(str, ends)) or 'none'} ...; resume without changing run.eval_every, "
+            f"run.steps' grid or run.batch_size (or start a new run)")
+    moved = [c.describe() for c in changes if c.key.startswith("loader.") or c.key in _STREAM_KEYS]
+    if "stream" in restored.meta and moved:
+        raise UsageError(
+            f"{', '.join(moved)}: checkpoint step {restored.step} holds loader {built.config.loader.name!r}'s position in its "
+            f"stream, which this change would read wrongly; resume without changing the loader or its batches (or start a new run)")
+
+
 def _logger_key(config: RunConfig, name: str) -> str:
     """How config.toml names the logger ``--set logger.NAME.KEY=...`` selects (a third-party one qualified)."""
     return next((c.key for c in config.loggers if name in (c.key, c.name, c.entry.name, c.entry.qualified)), name)

@@ -27,6 +27,58 @@ def merged(graphdef, state):
     return parts["model"], parts["optimizer"]
 
 
+def in_precision(task, precision: str):
+    """``task`` with its :meth:`~jaxyard.Task.loss` run in ``precision`` (run.precision): as it is
+    for ``float32``; for ``bf16`` a :class:`MixedPrecision` view of it."""
+    return task if precision == "float32" else MixedPrecision(task, jnp.bfloat16)
+
+
+class MixedPrecision:
+    """A task whose loss calls the model in ``dtype`` (bfloat16): for the call, the model's float32
+    ``nnx.Param`` values are cast to ``dtype`` (not its batch statistics or random state), and the
+    task is given the model as a :class:`_Cast`, which casts float inputs to ``dtype`` and float
+    outputs back to float32. The parameters are restored afterwards, so the state and the optimizer
+    stay float32, and the gradients reach the float32 parameters through the cast (float32 too).
+    Everything else is the task's own (``getattr``)."""
+
+    def __init__(self, task, dtype):
+        self._task, self._dtype = task, dtype  # (private names: the task's own attributes pass through)
+
+    def __getattr__(self, name):
+        return getattr(self._task, name)
+
+    def loss(self, model, batch, mask):
+        params = nnx.state(model, nnx.Param)
+        kept = jax.tree.map(lambda a: a, params)  # the float32 arrays themselves (update rewrites the variables)
+        nnx.update(model, jax.tree.map(lambda a: a.astype(self._dtype) if a.dtype == jnp.float32 else a, params))
+        try:
+            return self._task.loss(_Cast(model, self._dtype), batch, mask)
+        finally:
+            nnx.update(model, kept)
+
+
+class _Cast:
+    """``model`` called with its float inputs in ``dtype`` and its ``dtype`` outputs as float32;
+    its attributes (submodules, ``eval()``) are the model's own: a submodule called directly has
+    its parameters in ``dtype`` and takes its inputs as given (float32 ones promote: float32 compute)."""
+
+    def __init__(self, model, dtype):
+        self._model, self._dtype = model, dtype
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        def inward(a):
+            return a.astype(self._dtype) if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating) else a
+
+        def outward(a):
+            return a.astype(jnp.float32) if hasattr(a, "dtype") and a.dtype == self._dtype else a
+
+        args, kwargs = jax.tree.map(inward, (args, kwargs))
+        return jax.tree.map(outward, self._model(*args, **kwargs))
+
+
 def _step(graphdef, make_tx, task, state, inputs, batch, mask, split=None, scale=None):
     """One optimizer step on a (possibly padded) batch pytree; padding rows carry mask 0.
 

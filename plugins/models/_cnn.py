@@ -43,7 +43,8 @@ class CNN(nnx.Module):
     def __call__(self, x):
         x = x.reshape(x.shape[0], *self.row_shape)
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            x = self.activation(norm(conv(x)))
+            y = conv(x)
+            x = self.activation(norm(y).astype(y.dtype))  # batch norm's float32 statistics promote: back to the compute dtype
             if self.pool:
                 x = nnx.max_pool(x, window_shape=self.pool, strides=self.pool, padding="SAME")  # by keyword: jax2onnx converts only that form
         x = x.reshape(x.shape[0], -1) if self.flatten else x.mean(axis=tuple(range(1, x.ndim - 1)))

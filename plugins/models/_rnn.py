@@ -46,7 +46,7 @@ class RNN(nnx.Module):
             h = self.embed(x)
         else:  # (n, L) -> L steps of 1 channel; (n, L, C, ...) -> L steps of C x ... channels
             h = x.reshape(*x.shape[:2], -1) if x.ndim > 2 else x[..., None]
-            h = h.astype(jnp.promote_types(h.dtype, jnp.float32))
+            h = h if jnp.issubdtype(h.dtype, jnp.floating) else h.astype(jnp.float32)  # bf16 stays bf16 (run.precision)
         for i, layer in enumerate(self.layers):
             h = layer(self.dropout(h) if i else h)
         if not self.tokens:

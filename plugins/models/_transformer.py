@@ -79,6 +79,7 @@ class SequenceClassifier(_Trunk):
         if jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(f"the transformer reads integer tokens {x.shape} only as a language model (task next_token); "
                              "as a classifier it reads float features (batch, L) or (batch, L, C)")
-        x = x.reshape(x.shape[0], x.shape[1] if x.ndim > 1 else 1, -1).astype(jnp.float32)
+        x = x.reshape(x.shape[0], x.shape[1] if x.ndim > 1 else 1, -1)
+        x = x.astype(jnp.promote_types(x.dtype, jnp.bfloat16))  # float32 or bfloat16 (run.precision) as given; float16: float32
         h = self.trunk(self.embed(x), causal=False)
         return self.head(h.mean(axis=1))

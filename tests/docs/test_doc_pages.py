@@ -58,6 +58,8 @@ PAGES = ["README.md", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "d
 # Pages that take more than ~5 s single-worker (measured with this module's registry): marked slow.
 SLOW = {"README.md", "docs/training.md", "docs/library.md", "docs/data.md", "docs/grain.md", "docs/export.md"}
 PROGRAMS = (("python", "cli.py"), ("jaxyard",), ("python", "-m", "jaxyard"))
+# a line that looks like one of PROGRAMS but is not (a typo would otherwise leave it silently unrun)
+NEAR_MISS = re.compile(r"(^|\s)(\$\s|python3?\s+(-m\s+jaxyard\S|\S*cli\.py)|\./cli\.py|\S+/jaxyard\s)")
 RUN_LANGUAGES = {"bash", "sh", "shell"}
 MARKER = re.compile(r"^\s*<!--\s*(not run:\s*(?P<reason>.*?)|(?P<fail>expect-fail)|file:\s*(?P<file>\S+)|needs:\s*(?P<needs>[\w.]+))\s*-->\s*$")
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
@@ -145,6 +147,10 @@ def commands(block: Block) -> list[Command]:
                 env[key] = value
             program = next((p for p in PROGRAMS if tuple(segment[:len(p)]) == p), None)
             if program is None:
+                near = " ".join(segment[:3])
+                if NEAR_MISS.search(near):  # `python3 cli.py`, `$ jaxyard`, `python -m jaxyard.cli`, `./cli.py`: meant to run
+                    raise AssertionError(f"{block.page}:{line}: `{near} ...` reads as a jaxyard command this test does not run: "
+                                         f"write it `python cli.py ...` or `jaxyard ...`, or mark the block <!-- not run: REASON -->")
                 break  # not a jaxyard command: neither it nor the rest of the line is run
             args = segment[len(program):]
             odd = [t for t in args if t and set(t) <= set("();<>|&")]
@@ -200,7 +206,10 @@ def test_page(page, workdir, capsys):
             continue
         if block.lang not in RUN_LANGUAGES:
             continue
-        for command in commands(block):
+        found = commands(block)
+        if block.expect_fail and not found:
+            raise AssertionError(f"{page}:{block.line - 1}: an expect-fail block with no jaxyard command in it")
+        for command in found:
             where = f"{page}:{command.line}: jaxyard {shlex.join(command.args)}"
             started = time.perf_counter()
             result = CliRunner().invoke(cli, command.args, env=command.env or None)
@@ -226,6 +235,15 @@ def test_markers_are_well_formed():
         for block in blocks(page):
             if block.lang in RUN_LANGUAGES and block.not_run is None and not block.file:
                 commands(block)
+
+
+@pytest.mark.parametrize("line", ["python3 cli.py run", "$ jaxyard run", "python -m jaxyard.cli run", "./cli.py run", ".venv/bin/jaxyard run"])
+def test_a_command_this_test_would_not_run_is_refused(line):
+    """A jaxyard command spelt another way would be skipped silently like `pip install`: it fails instead."""
+    with pytest.raises(AssertionError, match="reads as a jaxyard command this test does not run"):
+        commands(Block("page.md", "bash", 2, line + "\n"))
+    assert commands(Block("page.md", "bash", 2, "pip install -e . && python cli.py run --epochs 1\n")) == []  # after pip: not run
+    assert [c.args for c in commands(Block("page.md", "bash", 2, "python cli.py list && jaxyard show run\n"))] == [["list"], ["show", "run"]]
 
 
 if __name__ == "__main__":  # python tests/docs/test_doc_pages.py: the blocks the docs do not run, and why

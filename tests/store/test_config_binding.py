@@ -268,3 +268,21 @@ def test_a_shorter_resume_of_an_accumulating_run_is_refused_in_its_own_units():
     with pytest.raises(UsageError, match=r"^--epochs 3: the run has already trained 4 epochs \(checkpoint step 12\); .* give --epochs 4 or more$"):
         refuse_shorter(built, types.SimpleNamespace(step=12), {"epochs": 3}, ())
     refuse_shorter(built, types.SimpleNamespace(step=9), {"epochs": 3}, ())  # 36 batches: not shorter
+
+
+def test_a_streamed_checkpoints_position_refuses_a_change_of_its_loader_or_batches():
+    """A checkpoint holding a stream's position (grain's, whose state depends on its workers) is
+    refused a resume that changes the loader's parameters or the batches, in one line; other keys pass."""
+    import types
+
+    from jaxyard.core.errors import UsageError
+    from jaxyard.core.store.binding import Difference
+    from jaxyard.core.train.resuming import refuse_moved
+
+    config = types.SimpleNamespace(run=types.SimpleNamespace(accumulate_steps=1), loader=types.SimpleNamespace(name="grain"))
+    built = types.SimpleNamespace(config=config, stepped=True, round_ends=(0, 5, 10, 15))
+    restored = types.SimpleNamespace(step=10, meta={"epoch": 2, "stream": {"epoch": 1, "state": "{}"}})
+    for change in (Difference("loader.worker_count", 1, 0), Difference("run.batch_size", 8, 16)):
+        with pytest.raises(UsageError, match=rf"^{change.key} .*: checkpoint step 10 holds loader 'grain''s position in its stream"):
+            refuse_moved(built, restored, [change])
+    refuse_moved(built, restored, [Difference("run.steps", 15, 30)])

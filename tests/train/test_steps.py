@@ -78,3 +78,35 @@ def test_steps_on_a_streamed_loader_are_one_line(run_cli, tmp_path, args):
 
     result = run_cli(["--plugin", LOCAL / "shapes.py", "run", "--loader", "stream", *args, "--out", tmp_path / "x"])
     assert_one_line_error(result, "loader 'stream' streams its batches", "use run.epochs")
+
+
+def test_a_resume_that_would_move_its_checkpoint_off_a_validation_is_refused(run_cli, tmp_path):
+    """Checkpointed after 10 of 20 steps, validating every 5: another run.eval_every that does not
+    validate after step 10 would train batches twice or skip them; refused, nothing written."""
+    out = tmp_path / "run"
+    result = run_cli(["run", *TINY, "--batch-size", "16", "--steps", "20", "--set", "run.eval_every=5", "--set", "run.save_every=2",
+                      "--set", "run.curves=false", "--out", out])
+    assert result.exit_code == 0, result.stderr
+    for step in (p for p in (out / "checkpoints").iterdir() if p.name.isdigit() and int(p.name) > 10):
+        import shutil
+
+        shutil.rmtree(step)
+    (out / "summary.json").unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
+    assert_one_line_error(run_cli(["resume", out, "--set", "run.eval_every=4"]),
+                          "run.eval_every 5 -> 4: checkpoint step 10 ends validation 2 after 10 batches, where the changed run validates "
+                          "after batches 4, 8 ...", "resume without changing run.eval_every")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"} == before
+    result = run_cli(["resume", out, "--set", "run.eval_every=10"])  # validation 1 after 10 batches: not where it was saved either
+    assert result.exit_code != 0 and "ends validation 2 after 10 batches" in result.stderr
+    result = run_cli(["resume", out])
+    assert result.exit_code == 0, result.stderr
+    assert [r["step"] for r in records(out)] == [5, 10, 15, 20]
+
+
+def test_rounds_end_on_whole_updates_when_accumulating(run_cli, tmp_path):
+    """With run.accumulate_steps = 4 a round ending after 10 batches would validate between the
+    micro-batches of one update (and two rounds would share a step): refused before training."""
+    result = run_cli(["run", *TINY, "--batch-size", "8", "--set", "run.accumulate_steps=4", "--set", "run.eval_every=10", "--out", tmp_path / "a"])
+    assert_one_line_error(result, "run.eval_every = 10 is not a multiple of run.accumulate_steps = 4", "use a multiple of 4, e.g. 12")
+    assert not (tmp_path / "a").exists()
