@@ -110,3 +110,60 @@ def test_unwritable_out_is_one_line(run_cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert_one_line_error(run_cli(["run", *TINY, "--out", blocker / "run"]), "cannot create the run directory")
+
+
+def test_a_training_process_is_not_walked_again_at_exit(monkeypatch):
+    """Start-up (issue 22): `run` and `resume` have the exit freeze what jax made (gc.freeze, once
+    per process), so the interpreter's last collections do not walk it again; the library leaves
+    the exit of a program that imports it alone."""
+    import atexit
+    import gc
+
+    import jaxyard.cli as cli_module
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(cli_module._exit_quickly, "done", False, raising=False)
+    cli_module._exit_quickly()
+    cli_module._exit_quickly()
+    assert registered == [gc.freeze]
+
+
+def test_a_step_is_fsynced_in_parallel_and_its_failure_raised(tmp_path, monkeypatch):
+    """Start-up (issue 22): the run's last checkpoint wait fsyncs a step's files several at once (a
+    file system commits them together), every one of them, and an fsync that fails is raised."""
+    import errno
+    import os
+    import threading
+
+    import pytest
+
+    from jaxyard.plugins._orbax import durable
+
+    for i in range(6):
+        (tmp_path / "step" / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "step" / f"d{i % 2}" / f"f{i}").write_bytes(b"x")
+    real, seen, threads = os.fsync, [], set()
+    gate = threading.Barrier(2, timeout=2)  # two fsyncs in flight at once, or the barrier breaks
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        seen.append(path)
+        threads.add(threading.get_ident())
+        if path.endswith(("f0", "f1")):
+            gate.wait()
+        return real(fd)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name an fsynced descriptor")
+    monkeypatch.setattr(os, "fsync", fsync)
+    durable.fsync_tree(tmp_path / "step")
+    assert len(threads) > 1
+    assert sorted(os.path.basename(p) for p in seen) == sorted(["d0", "d1", "step", *(f"f{i}" for i in range(6))])
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        durable.fsync_tree(tmp_path / "step")
