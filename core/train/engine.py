@@ -191,7 +191,7 @@ def resume(
         built = processes.together(lambda: build(layout))
         if restored is not None:  # its structure checked before anything is written
             resuming.refuse_shorter(built, restored, options, sets)
-            resuming.refuse_moved(built, restored, changes)
+            processes.from_primary(lambda: resuming.refuse_moved(built, restored, changes))  # the changes are process 0's
             processes.together(lambda: place_restored(built, restored))
         loggers = processes.from_primary(lambda: make_loggers(layout, directory.path)) or {}
         given = bool(sets) or any(v is not None for v in options.values())
