@@ -117,7 +117,7 @@ class VectorGroup:
         data = None if self.shared else 0
         rows = int(first.sizes["train"] or 0)
         epoch = steps.make_train_epoch(first.train_graphdef, rows, run.batch_size, run.drop_last, first.make_tx, task=first.task_of,
-                                       shuffle=run.shuffle)
+                                       shuffle=run.shuffle, accumulate=run.accumulate_steps)
         vectorized = jax.jit(jax.vmap(epoch, in_axes=(0, 0, data, 0)), donate_argnums=0)
         compiled = compiling(first, lambda: vectorized.lower(self.stacked, self.inputs, self.data, keys).compile())
         first.programs.compiles += 1

@@ -55,7 +55,8 @@ class Logger(Protocol):
     def finish(self, run: Run, status: str, result: RunResult | None = None) -> None:
         """The run ended: ``status`` is ``"finished"`` (``result`` holds the test metrics; the run
         directory has config.toml, summary.json and training_curves.png) or ``"failed"``. Flush
-        and close."""
+        and close here: ``jaxyard run`` ends its process without collecting leftover objects
+        (a ``__del__`` that would flush a file may never run)."""
         ...
 
 

@@ -141,11 +141,12 @@ def refuse_moved(built: Built, restored: Restored, changes: Iterable[binding.Dif
     k = built.config.run.accumulate_steps
     trained, index = restored.step * k, restored.meta.get("epoch")
     if built.stepped and isinstance(index, int) and not (index < len(built.round_ends) and built.round_ends[index] == trained):
-        ends = [e for e in built.round_ends[1:] if e <= trained][-3:]
+        near = [e for e in built.round_ends[1:] if e < trained][-1:] + [e for e in built.round_ends[1:] if e >= trained][:1]
         raise UsageError(
-            f"{what}: checkpoint step {restored.step} ends validation {index} after {trained} batches, where the changed run "
-            f"validates after batches {', '.join(map(str, ends)) or 'none'} ...; resume without changing run.eval_every, "
-            f"run.steps' grid or run.batch_size (or start a new run)")
+            f"{what}: checkpoint step {restored.step} ends validation {index} after {trained} batches, but the changed run's "
+            f"validation {index} ends after {built.round_ends[index] if index < len(built.round_ends) else 'none'} "
+            f"(its validations near it: after {' and '.join(map(str, near))}); batches would be skipped or trained twice: "
+            f"resume without that change, or start a new run")
     moved = [c.describe() for c in changes if c.key.startswith("loader.") or c.key in _STREAM_KEYS]
     if "stream" in restored.meta and moved:
         raise UsageError(

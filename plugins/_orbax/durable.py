@@ -55,6 +55,13 @@ def _fsync_all(paths: list[str]) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(min(PARALLEL, len(paths)), thread_name_prefix="jaxyard-fsync") as pool:
-        for _ in pool.map(_fsync_file, paths):  # every fsync has ended when the pool is left
+    try:
+        pool = ThreadPoolExecutor(min(PARALLEL, len(paths)), thread_name_prefix="jaxyard-fsync")
+        results = pool.map(_fsync_file, paths)
+    except RuntimeError:  # the interpreter is shutting down (a save finishing at exit): no new threads, one after another
+        for path in paths:
+            _fsync_file(path)
+        return
+    with pool:
+        for _ in results:  # every fsync has ended when the pool is left; the first failure is raised
             pass

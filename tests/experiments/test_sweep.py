@@ -235,10 +235,11 @@ DRIFT = 1e-4  # relative, the final and test metrics of the tiny workload's few 
 
 @pytest.mark.slow
 def test_vectorized_members_equal_sequential_trials_and_one_diverging_member_leaves_alone(run_cli, tmp_path):
+    """With gradients of 2 batches an update and an odd number of batches an epoch (the last group partial)."""
     def sweep(mode):
         out = tmp_path / mode
         result = run_cli(["sweep", "--optimizer", "sgd", "--lr", "0.05,0.2,1e9", "--seed", "1", "--prune", "none",
-                          "--vectorize", mode, "--out", str(out), *sets("run.epochs=3")])
+                          "--vectorize", mode, "--out", str(out), *sets("run.epochs=3", "run.accumulate_steps=2")])
         assert result.exit_code == 0, result.output
         lines = [json.loads(x) for x in (out / S.RESULTS).read_text().splitlines()]
         return {x["params"]["run.learning_rate"]: x for x in lines}, result.stdout, out

@@ -94,8 +94,8 @@ def test_a_resume_that_would_move_its_checkpoint_off_a_validation_is_refused(run
     (out / "summary.json").unlink()
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"}
     assert_one_line_error(run_cli(["resume", out, "--set", "run.eval_every=4"]),
-                          "run.eval_every 5 -> 4: checkpoint step 10 ends validation 2 after 10 batches, where the changed run validates "
-                          "after batches 4, 8 ...", "resume without changing run.eval_every")
+                          "run.eval_every 5 -> 4: checkpoint step 10 ends validation 2 after 10 batches, but the changed run's validation 2 "
+                          "ends after 8 (its validations near it: after 8 and 12)", "resume without that change")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jaxyard.lock"} == before
     result = run_cli(["resume", out, "--set", "run.eval_every=10"])  # validation 1 after 10 batches: not where it was saved either
     assert result.exit_code != 0 and "ends validation 2 after 10 batches" in result.stderr
