@@ -222,22 +222,49 @@ class StreamingLoop:
             batches, length, label = self._drawn(end - start), end - start, f"Steps {start + 1}-{end}"
         else:
             batches, length, label = self._epoch(epoch), b.steps_per_epoch, f"Epoch {epoch}"
-        with progress(length=length, label=label) if progress else nullcontext() as bar:
-            ahead = next(batches, None)
-            while ahead is not None:
-                batch, mask = ahead
-                if not self.traced:  # the first call traces and compiles: a component's bug surfaces here
-                    b.state, sums = compiling(b, lambda batch=batch, mask=mask: self.step_fn(unalias(b.state), b.inputs, batch, mask))
-                    self.traced = True
-                else:
-                    b.state, sums = self.step_fn(unalias(b.state), b.inputs, batch, mask)
-                # double buffering: the step is dispatched, not finished (jax runs it asynchronously); the next
-                # batch is read, checked, padded and copied to the device meanwhile
+        # the state's leaves ride through the epoch's steps (one device: nnx's state is not rebuilt in Python
+        # at every step, a third of a small model's step), the state whole again when the epoch ends or stops
+        flat = self._flat_step()
+        leaves, treedef = jax.tree.flatten(b.state)
+        step = flat if flat is not None else self.step_fn
+        state = leaves if flat is not None else b.state
+        try:
+            with progress(length=length, label=label) if progress else nullcontext() as bar:
                 ahead = next(batches, None)
-                total = sums if total is None else _add(total, sums)  # (over a job, sums live on every process's devices)
-                if bar is not None:
-                    bar.update(1)
+                while ahead is not None:
+                    batch, mask = ahead
+                    if not self.traced:  # the first call traces and compiles: a component's bug surfaces here
+                        state, sums = compiling(b, lambda batch=batch, mask=mask, state=state: step(unalias(state), b.inputs, batch, mask))
+                        self.traced = True
+                    else:
+                        state, sums = step(unalias(state), b.inputs, batch, mask)
+                    # double buffering: the step is dispatched, not finished (jax runs it asynchronously); the next
+                    # batch is read, checked, padded and copied to the device meanwhile
+                    ahead = next(batches, None)
+                    total = sums if total is None else _add(total, sums)  # (over a job, sums live on every process's devices)
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            b.state = jax.tree.unflatten(treedef, state) if flat is not None else state
         return {} if total is None else total
+
+    def _flat_step(self):
+        """The training step over the state's leaves (a list), on one device; None over a mesh."""
+        b = self.b
+        if b.layout.mesh is not None:
+            return None
+        treedef = jax.tree.structure(b.state)
+        step = self.step_fn
+
+        def make():
+            @partial(jax.jit, donate_argnums=0)
+            def flat(leaves, inputs, batch, mask):
+                state, sums = step(jax.tree.unflatten(treedef, leaves), inputs, batch, mask)
+                return jax.tree.leaves(state), sums
+
+            return flat
+
+        return b.programs.get((b.group, "flat-step", str(treedef)), make)
 
     def _placed(self, batch):
         """A training batch padded to run.batch_size and placed (over a job: this process's rows),
