@@ -110,6 +110,18 @@ def pytest_unconfigure(config):
         del os.environ[SUITE_CACHE]
 
 
+def pytest_collection_modifyitems(config, items):
+    """The modules whose tests share an expensive fixture on one worker (xdist_group) first, then
+    those with slow tests, then the rest, each module's tests in their order: the two workers
+    start on the long pieces and end on short ones, instead of one waiting for the other."""
+    weight: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        rank = 0 if item.get_closest_marker("xdist_group") else 1 if item.get_closest_marker("slow") else 2
+        weight[module] = min(weight.get(module, 2), rank)
+    items.sort(key=lambda item: weight[item.nodeid.split("::")[0]])  # stable: a module's order is kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def example_plugin() -> str:
     """The installed version of jaxyard-example-plugin."""
