@@ -10,7 +10,6 @@ ONNX file is verified on).
 from __future__ import annotations
 
 import os
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,6 @@ import attrs
 import numpy as np
 
 from jaxyard.core.errors import UsageError
-from jaxyard.core.store import rundir as rd
-from jaxyard.core.store.checkpoint import CheckpointError
-from jaxyard.core.store.policy import CheckpointPolicy
 from jaxyard.core.train.events import Echo, silent
 
 #: rows of the test split (else the training split) kept as the model's example input
@@ -75,32 +71,12 @@ def load_trained(run_dir: str | os.PathLike, *, checkpoint: str = "latest", weig
     :param weights: ``model`` (the trained weights) or ``ema`` (their moving average, a run with
         ``run.ema_decay``).
     """
-    from jaxyard.core.train import resuming, steps
+    from jaxyard.core.train import steps
     from jaxyard.core.train.averaging import use_ema
-    from jaxyard.core.train.build import build
-    from jaxyard.core.train.engine import _in_layout, _parse_which, make_checkpointer
-    from jaxyard.core.train.fit import monitor_of, place_restored
+    from jaxyard.core.train.engine import read_checkpoint
 
-    which = _parse_which(checkpoint)
-    if weights not in ("model", "ema"):
-        raise UsageError(f"--weights {weights!r}: expected model or ema")
-    config = _in_layout(resuming.load_run_config(run_dir, registry, unbuilt=("logger",)), 1, False)
-    if not (Path(run_dir) / rd.CHECKPOINTS).is_dir():  # opening a checkpointer could create it: a reader writes nothing
-        raise CheckpointError("no checkpoints saved yet", directory=Path(run_dir) / rd.CHECKPOINTS)
-    if weights == "ema" and not config.run.ema_decay:
-        raise UsageError(f"--weights ema: {run_dir} kept no average of its weights (run.ema_decay = 0)")
-    built = build(config)
-    storage = make_checkpointer(config, rd.RunDir(run_dir))
-    policy = CheckpointPolicy(storage, monitor=monitor_of(config, built.task))
-    try:
-        restored = config.checkpointer.call("loading a checkpoint", lambda: policy.restore(which))
-    finally:
-        with suppress(Exception):  # only reads were made
-            storage.close()
-    resuming.check_binding(config, restored, Path(run_dir))
-    place_restored(built, restored)
-    for step, cause in restored.skipped:
-        echo(f"Skipped damaged checkpoint step {step}: {cause}")
+    built, restored = read_checkpoint(run_dir, checkpoint=checkpoint, weights=weights, registry=registry, echo=echo)
+    config = built.config
     model, optimizer = steps.merged(built.eval_graphdef, built.state)
     if weights == "ema":
         use_ema(model, optimizer)

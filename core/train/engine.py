@@ -41,7 +41,7 @@ from jaxyard.core.scale import processes
 from jaxyard.core.scale.layout import make_layout
 from jaxyard.core.store import binding
 from jaxyard.core.store import rundir as rd
-from jaxyard.core.store.checkpoint import CheckpointError, missing_methods
+from jaxyard.core.store.checkpoint import CheckpointError, Restored, missing_methods
 from jaxyard.core.store.policy import CheckpointPolicy
 from jaxyard.core.train import resuming
 from jaxyard.core.train.build import Built, build, enable_compile_cache
@@ -53,7 +53,7 @@ from jaxyard.core.train.loop import Progress, make_loop, summarize
 from jaxyard.core.train.resuming import load_run_config
 from jaxyard.core.train.traced import Programs
 
-__all__ = ["Evaluation", "RunResult", "evaluate", "resume", "train"]
+__all__ = ["Evaluation", "RunResult", "evaluate", "read_checkpoint", "resume", "train"]
 
 
 @attrs.frozen
@@ -224,12 +224,31 @@ def evaluate(
     :param weights: ``model`` (the trained weights) or ``ema`` (their moving average, for a run
         with ``run.ema_decay``).
     """
+    built, restored = read_checkpoint(run_dir, checkpoint=checkpoint, weights=weights, registry=registry, echo=echo)
+    metrics = summarize(built, make_loop(built).evaluate("test", ema=weights == "ema"))
+    epoch = restored.meta.get("epoch")
+    what = " (averaged weights)" if weights == "ema" else ""
+    echo(f"Evaluating {run_dir} at checkpoint step {restored.step} (epoch {epoch}, {checkpoint}){what} on the test split:")
+    for name, value in metrics.items():
+        echo(f"  Test {metric_label(name)}: {value:.4f}")
+    return Evaluation(restored.step, epoch, metrics, restored.skipped)
+
+
+def read_checkpoint(
+    run_dir: str | os.PathLike, *, checkpoint: str = "latest", weights: str = "model", registry=None, echo: Echo = silent
+) -> tuple[Built, Restored]:
+    """A run's components rebuilt on one device (whatever trained it; no logger) with a checkpoint's
+    state placed in them, writing nothing: what ``evaluate``, ``export`` and ``predict`` read.
+    config.toml is refused where it differs from the checkpoint's configuration; a damaged step
+    passed over is said through ``echo``. ``checkpoint`` and ``weights``: as :func:`evaluate`'s."""
     which = _parse_which(checkpoint)
     if weights not in ("model", "ema"):
         raise UsageError(f"--weights {weights!r}: expected model or ema")
-    config = _in_layout(load_run_config(run_dir, registry, unbuilt=("logger",)), 1, False)  # one device, whatever trained it; no logger
+    config = _in_layout(load_run_config(run_dir, registry, unbuilt=("logger",)), 1, False)
     if not (Path(run_dir) / rd.CHECKPOINTS).is_dir():  # opening a checkpointer could create it: a reader writes nothing
         raise CheckpointError("no checkpoints saved yet", directory=Path(run_dir) / rd.CHECKPOINTS)
+    if weights == "ema" and not config.run.ema_decay:
+        raise UsageError(f"--weights ema: {run_dir} kept no average of its weights (run.ema_decay = 0)")
     built = build(config)
     storage = make_checkpointer(config, rd.RunDir(run_dir))
     policy = CheckpointPolicy(storage, monitor=monitor_of(config, built.task))
@@ -242,15 +261,7 @@ def evaluate(
     place_restored(built, restored)
     for step, cause in restored.skipped:
         echo(f"Skipped damaged checkpoint step {step}: {cause}")
-    if weights == "ema" and not config.run.ema_decay:
-        raise UsageError(f"--weights ema: {run_dir} kept no average of its weights (run.ema_decay = 0)")
-    metrics = summarize(built, make_loop(built).evaluate("test", ema=weights == "ema"))
-    epoch = restored.meta.get("epoch")
-    what = " (averaged weights)" if weights == "ema" else ""
-    echo(f"Evaluating {run_dir} at checkpoint step {restored.step} (epoch {epoch}, {checkpoint}){what} on the test split:")
-    for name, value in metrics.items():
-        echo(f"  Test {metric_label(name)}: {value:.4f}")
-    return Evaluation(restored.step, epoch, metrics, restored.skipped)
+    return built, restored
 
 
 def _in_layout(config: RunConfig, devices, shard_params) -> RunConfig:

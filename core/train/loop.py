@@ -224,8 +224,8 @@ class StreamingLoop:
             batches, length, label = self._epoch(epoch), b.steps_per_epoch, f"Epoch {epoch}"
         # the state's leaves ride through the epoch's steps (one device: nnx's state is not rebuilt in Python
         # at every step, a third of a small model's step), the state whole again when the epoch ends or stops
-        flat = self._flat_step()
         leaves, treedef = jax.tree.flatten(b.state)
+        flat = self._flat_step(treedef)
         step = flat if flat is not None else self.step_fn
         state = leaves if flat is not None else b.state
         try:
@@ -248,12 +248,12 @@ class StreamingLoop:
             b.state = jax.tree.unflatten(treedef, state) if flat is not None else state
         return {} if total is None else total
 
-    def _flat_step(self):
-        """The training step over the state's leaves (a list), on one device; None over a mesh."""
+    def _flat_step(self, treedef):
+        """The training step over the leaves (a list) of a state of structure ``treedef``, on one
+        device; None over a mesh."""
         b = self.b
         if b.layout.mesh is not None:
             return None
-        treedef = jax.tree.structure(b.state)
         step = self.step_fn
 
         def make():
