@@ -20,8 +20,9 @@ import jax.numpy as jnp
 
 from jaxyard.core.errors import UsageError
 from jaxyard.core.train import steps
-from jaxyard.core.train.build import SHUFFLE_STREAM, Built, seed_key
+from jaxyard.core.train.build import Built
 from jaxyard.core.train.data import Dataset, as_batch
+from jaxyard.core.train.initialise import SHUFFLE_STREAM, seed_key
 from jaxyard.core.train.loop import InMemoryLoop, compiling, shapes, unalias
 
 

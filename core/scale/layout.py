@@ -104,8 +104,8 @@ class Layout:
         import jax.numpy as jnp
         import numpy as np
 
-        if self.mesh is None:
-            return jnp.asarray(array)
+        if self.mesh is None:  # (a transfer: jnp.asarray lowers and loads a program per shape)
+            return jax.device_put(array) if isinstance(array, np.ndarray) else jnp.asarray(array)
         if self.processes == 1:
             return jax.device_put(array, self.replicated)
         block = self.rows(len(array)) // self.processes  # equal blocks: every device holds as many rows

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
+from jaxyard.core.errors import JaxyardError, UsageError, one_line
 from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.scale.layout import Layout, make_layout
 from jaxyard.core.task import Task
@@ -26,17 +26,10 @@ from jaxyard.core.train import steps
 from jaxyard.core.train.averaging import ema_of_params
 from jaxyard.core.train.carve import carve_validation
 from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch, check_splits, close_stream
+from jaxyard.core.train.faults import broken, calling
+from jaxyard.core.train.initialise import Initialiser
 from jaxyard.core.train.plan import check_plan, round_ends, total_batches
 from jaxyard.core.train.traced import Programs, group_key, replaced, traceable, with_values
-
-# fold_in constants of the streams derived from run.seed (one place: resume must match); a task's
-# own streams are TASK_STREAMS, TASK_STREAMS + 1, ...
-PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM, DEFAULT_STREAM, TASK_STREAMS = 0, 1, 2, 3, 16
-
-
-def seed_key(seed: int, stream: int):
-    """The key of one random stream of the run (threefry, not the global default: resume elsewhere matches)."""
-    return jax.random.fold_in(jax.random.key(seed, impl="threefry2x32"), stream)
 
 
 @attrs.define
@@ -114,26 +107,22 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
         context = task_context(config, task, data, example)
     sizes = data.sizes()
 
-    def create(rngs):
-        return create_model(config, context, rngs)
-
     group = group_key(config, traced)
     checked = (group, "checked", repr(sorted(context.items())))  # one static group: one model, one data shape
-    if checked not in programs:
-        check_memory(config, nnx.eval_shape(lambda: create(model_rngs(0, task))))  # shapes only: nothing allocated yet
-    rngs = model_rngs(run.seed, task)
-    if shared:  # the group's initialiser, compiled once (eager: ~70 ms a run for the default MLP; same numbers)
-        model = programs.get((*checked, "init"), lambda: nnx.jit(create))(rngs)
+    schedule, warmup, total = make_schedule(config, steps_per_epoch, compiled_check=not shared)
+    tx = make_tx(config, schedule, task)
+    if shared:  # the group's model initialiser, compiled once; each trial's optimizer is its own (its state may hold its values)
+        init = programs.get((*checked, "init"), lambda: Initialiser(config, context, task))
+        model = init(run.seed)
+        optimizer = calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
     else:
-        model = create(rngs)
+        init = Initialiser(config, context, task, tx)
+        model, optimizer = init(run.seed)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if checked not in programs:
         check_fit(config, model, data, task=task, context=context, example=example)
         programs.get(checked, lambda: True)  # a sweep's later trials of the group skip the two shape checks
 
-    schedule, warmup, total = make_schedule(config, steps_per_epoch)
-    tx = make_tx(config, schedule, task)
-    optimizer = _calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
     model.eval()
     eval_graphdef, _ = steps.split(model, optimizer)
     model.train()
@@ -168,7 +157,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
 
     # one small compiled program instead of eager schedule calls (each a compile the first time)
     ends = round_ends(config, steps_per_epoch)
-    updates_at_epoch_end = jnp.asarray(ends) // run.accumulate_steps
+    updates_at_epoch_end = np.asarray(ends, np.int32) // run.accumulate_steps
     if traced:  # the rates as a function of the inputs: compiled once for the group
         rates = programs.get((group, "rates"), lambda: jax.jit(lambda v, s: jax.vmap(traced_schedule(v))(s)))
         epoch_lr = np.asarray(rates(inputs, updates_at_epoch_end))
@@ -194,8 +183,8 @@ def make_task(config: RunConfig, *, check: bool = True):
     if check:
         for attr in ("metrics", "loss", "summarize"):
             if not hasattr(task, attr):
-                raise _broken(config.task, f"returned {type(task).__name__}, which has no {attr!r} (see jaxyard.Task)")
-        _calling(config.task, "checking its metrics", lambda: check_metrics(config.task.name, dict(task.metrics)))
+                raise broken(config.task, f"returned {type(task).__name__}, which has no {attr!r} (see jaxyard.Task)")
+        calling(config.task, "checking its metrics", lambda: check_metrics(config.task.name, dict(task.metrics)))
         monitor = config.run.monitor
         split, _, name = monitor.removesuffix("_ema").partition("_")
         if name not in task.metrics:
@@ -246,7 +235,7 @@ def task_context(config: RunConfig, task, data, example: Any = None) -> dict[str
     context = {"input_shape": tuple(data.input_shape)}
     if not isinstance(data, Dataset):  # its shapes first: the task reads it next
         check_streamed(config, None, context, data, example, f"loader {loader!r}: the first train batch", rows=config.run.batch_size)
-    context.update(_calling(config.task, "reading the data", lambda: dict(task.context(data, example))))
+    context.update(calling(config.task, "reading the data", lambda: dict(task.context(data, example))))
     context["input_shape"] = tuple(context["input_shape"])
     if not isinstance(data, Dataset):
         check_task_batch(config, task, example, f"loader {loader!r}: the first train batch", context)
@@ -296,55 +285,7 @@ def check_task_batch(config: RunConfig, task, batch, where: str, context) -> Non
     except JaxyardError:
         raise
     except Exception as err:
-        raise _broken(config.task, f"failed checking {where.split(': ', 1)[-1]}: {one_line(err)}") from err
-
-
-def model_rngs(seed: int, task) -> nnx.Rngs:
-    """The model's random streams: ``params`` and ``dropout``, the task's own, and a ``default``
-    that any other stream a layer asks for draws from (``nnx.RNN``'s ``carry``)."""
-    streams = {"params": seed_key(seed, PARAMS_STREAM), "dropout": seed_key(seed, DROPOUT_STREAM)}
-    for i, name in enumerate(getattr(task, "rng_streams", ()) or ()):
-        streams.setdefault(name, seed_key(seed, TASK_STREAMS + i))
-    return nnx.Rngs(default=seed_key(seed, DEFAULT_STREAM), **streams)
-
-
-def create_model(config: RunConfig, context: Mapping[str, Any], rngs: nnx.Rngs):
-    """The chosen model for the task's context: the model factory's one call (``run`` builds it
-    with the run's keys, ``check`` as shapes only). The factory gets ``input_shape``, ``rngs``
-    and each other key of the context its signature names (all of them with ``**context``);
-    a 0.2 factory naming ``num_classes`` alone gets ``num_outputs`` as it."""
-    context = dict(context)
-    input_shape = context.pop("input_shape")
-    model = config.model.create(input_shape=input_shape, rngs=rngs, **_keywords(config.model.entry.factory, context))
-    if not isinstance(model, nnx.Module):  # before anything traces it (as shapes, the result must be a pytree)
-        raise _broken(config.model, f"returned {type(model).__name__}, not an nnx.Module{_linen_hint(model)}")
-    return model
-
-
-def _linen_hint(model) -> str:
-    """What to do with a flax.linen module, the other flax API."""
-    from flax import linen
-
-    if not isinstance(model, linen.Module):  # flax's own layers and a plugin's linen subclass alike
-        return ""
-    return (" (a flax.linen module: jaxyard trains flax.nnx modules; write it with flax.nnx, or wrap it: "
-            "nnx.bridge.ToNNX(module, rngs=rngs) then nnx.bridge.lazy_init(wrapped, example_input))")
-
-
-def _keywords(factory, context: dict[str, Any]) -> dict[str, Any]:
-    import inspect
-
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return context
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return context
-    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    out = {k: v for k, v in context.items() if k in names}
-    if "num_classes" in names and "num_classes" not in out and "num_outputs" in context:
-        out["num_classes"] = context["num_outputs"]
-    return out
+        raise broken(config.task, f"failed checking {where.split(': ', 1)[-1]}: {one_line(err)}") from err
 
 
 def make_tx(config: RunConfig, schedule, task=None) -> optax.GradientTransformation:
@@ -360,19 +301,19 @@ def make_tx(config: RunConfig, schedule, task=None) -> optax.GradientTransformat
             try:
                 values = attrs.evolve(choice.params, **{k: v for k, v in params.items() if k not in traced})
             except (TypeError, ValueError) as err:
-                raise _broken(config.task, f"asked optimizer {choice.name!r} for {params}: {one_line(err)}") from err
+                raise broken(config.task, f"asked optimizer {choice.name!r} for {params}: {one_line(err)}") from err
             choice = attrs.evolve(choice, params=replaced(values, traced) if traced else values)
         rate = schedule if learning_rate is None else (lambda step: schedule(step) * (learning_rate / run.learning_rate))
         made = choice.create(learning_rate=rate)
         if not (callable(getattr(made, "init", None)) and callable(getattr(made, "update", None))):
             hint = " (did you return optax.adam instead of calling it?)" if callable(made) else ""
-            raise _broken(choice, f"returned {type(made).__name__}, not an optax.GradientTransformation{hint}")
+            raise broken(choice, f"returned {type(made).__name__}, not an optax.GradientTransformation{hint}")
         return made
 
     own = task is not None and getattr(type(task), "optimizer", Task.optimizer) is not Task.optimizer
-    tx = _calling(config.task, "building its optimizer", lambda: task.optimizer(make)) if own else make()
+    tx = calling(config.task, "building its optimizer", lambda: task.optimizer(make)) if own else make()
     if own and not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
-        raise _broken(config.task, f"optimizer() returned {type(tx).__name__}, not an optax.GradientTransformation")
+        raise broken(config.task, f"optimizer() returned {type(tx).__name__}, not an optax.GradientTransformation")
     if run.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(run.clip_norm), tx)
     if run.ema_decay:
@@ -387,10 +328,10 @@ def load_data(config: RunConfig) -> tuple[Dataset | StreamingDataset, int]:
     run, name = config.run, config.loader.name
     data = config.loader.create(seed=run.seed)
     if not isinstance(data, (Dataset, StreamingDataset)):
-        raise _broken(config.loader, f"returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
+        raise broken(config.loader, f"returned {type(data).__name__}, not a jaxyard Dataset or StreamingDataset")
     classes = data.num_classes
     if classes is not None and not _is_count(classes):
-        raise _broken(config.loader, f"gave num_classes = {classes!r}: it is the number of classes (or a vocabulary's size), "
+        raise broken(config.loader, f"gave num_classes = {classes!r}: it is the number of classes (or a vocabulary's size), "
                                      f"at least 1, or None where it means nothing (regression)")
     data = carve_validation(config, data)  # a loader without a val split: run.val_fraction of train (core/train/carve.py)
     sizes = data.sizes()
@@ -423,7 +364,8 @@ def _is_count(value: Any) -> bool:
     return number >= 1 and number != float("inf") and number.is_integer()
 
 
-def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True) -> tuple[Callable[[int | jax.Array], Any], int, int]:
+def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True,
+                  compiled_check: bool = True) -> tuple[Callable[[int | jax.Array], Any], int, int]:
     """The run's learning-rate schedule: linear warmup, then the chosen schedule to the last step.
 
     Returns ``(schedule, warmup_steps, total_steps)``; the chosen schedule spans
@@ -436,7 +378,7 @@ def make_schedule(config: RunConfig, steps_per_epoch: int, *, check: bool = True
     warmup = min(run.warmup_steps, total) if takes_warmup else 0
     decay = config.scheduler.create(learning_rate=run.learning_rate, decay_steps=max(total - warmup, 1))
     if check:  # concrete values (not traced ones): the scheduler's result is checked once, here
-        _check_schedule(config, decay, total - warmup)
+        _check_schedule(config, decay, total - warmup, compiled=compiled_check)
     if not warmup:
         return decay, 0, total
     ramp = optax.linear_schedule(0.0, run.learning_rate, warmup)
@@ -461,62 +403,26 @@ def schedule_points(config: RunConfig, points: int = 11, *, steps_per_epoch: int
     }
 
 
-def _broken(choice, what: str) -> PluginError:
-    """A factory broke its contract: the plugin's bug, named with where the plugin comes from."""
-    return PluginError(f"{choice.entry.kind} {choice.name!r} ({choice.entry.origin()}) {what}")
-
-
-def _calling(choice, doing: str, fn):
-    """``fn()``, with an exception from the component's own code named like a factory's."""
-    try:
-        return fn()
-    except JaxyardError:
-        raise
-    except Exception as err:
-        raise _broken(choice, f"failed {doing}: {one_line(err)}") from err
-
-
-def _check_schedule(config: RunConfig, schedule, span: int) -> None:
-    """A schedule is a callable of the step count giving a finite, non-negative scalar."""
+def _check_schedule(config: RunConfig, schedule, span: int, *, compiled: bool = True) -> None:
+    """A schedule is a callable of the step count giving a finite, non-negative scalar. ``compiled``:
+    evaluated by one small program (op by op, a cosine decay is ~8 programs lowered and loaded at
+    every start); not in a sweep, whose trials' hyperparameters would each make a new one."""
     choice = config.scheduler
     if not callable(schedule):
-        raise _broken(choice, f"returned {type(schedule).__name__}, not a schedule (a callable of the step count)")
-    for step in (0, max(span, 0)):
-        rate = _calling(choice, f"at step {step}", lambda s=step: jnp.asarray(schedule(jnp.asarray(s))))
+        raise broken(choice, f"returned {type(schedule).__name__}, not a schedule (a callable of the step count)")
+    checked = (0, max(span, 0))
+
+    def rates():
+        if compiled:
+            return jax.jit(lambda s: [jnp.asarray(schedule(s[0])), jnp.asarray(schedule(s[1]))])(np.asarray(checked, np.int32))
+        return [jnp.asarray(schedule(jnp.asarray(s))) for s in checked]
+
+    for step, rate in zip(checked, calling(choice, f"at step {checked[0]} or {checked[1]}", rates), strict=True):
         if rate.shape != () or not jnp.issubdtype(rate.dtype, jnp.floating) and not jnp.issubdtype(rate.dtype, jnp.integer):
-            raise _broken(choice, f"gives {rate.dtype}{list(rate.shape)} at step {step}, not a scalar learning rate")
+            raise broken(choice, f"gives {rate.dtype}{list(rate.shape)} at step {step}, not a scalar learning rate")
         value = float(rate)
         if not (np.isfinite(value) and value >= 0):
-            raise _broken(choice, f"gives the learning rate {value} at step {step}; a rate must be finite and >= 0")
-
-
-def available_memory() -> tuple[int | None, str]:
-    """Bytes the default device can still take (None if unknown), and the device's name."""
-    device = jax.local_devices()[0]  # (in a job of several processes, jax.devices()[0] may be another's)
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform} device {device.id}"
-    try:  # the CPU backend: the host's available memory
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024, "host"
-    except (OSError, KeyError, ValueError):
-        return None, "host"
-
-
-def check_memory(config: RunConfig, abstract_model) -> None:
-    """Refuse a model whose parameters, gradients and two optimizer moments cannot fit, before
-    allocating any of it (a 30 GB allocation would otherwise end in a traceback or the OOM killer)."""
-    leaves = jax.tree.leaves(nnx.state(abstract_model, nnx.Param))
-    count = sum(int(np.prod(p.shape)) for p in leaves)
-    nbytes = sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in leaves)
-    free, where = available_memory()
-    if free is not None and 4 * nbytes > free:
-        raise UsageError(
-            f"model {config.model.name!r} has {count:,} parameters ({nbytes / 2**30:.1f} GiB); training needs at least "
-            f"4x that (parameters, gradients, optimizer state): {4 * nbytes / 2**30:.1f} GiB, but the {where} has "
-            f"{free / 2**30:.1f} GiB available. Choose smaller sizes"
-        )
+            raise broken(choice, f"gives the learning rate {value} at step {step}; a rate must be finite and >= 0")
 
 
 def check_fit(config: RunConfig, model, data, *, task=None, context=None, example: Any = None) -> None:

@@ -20,21 +20,9 @@ from flax import nnx
 from jaxyard.core.registry.config import RunConfig
 from jaxyard.core.scale.layout import make_layout
 from jaxyard.core.train import steps
-from jaxyard.core.train.build import (
-    abstract_rows,
-    available_memory,
-    check_fit,
-    check_memory,
-    create_model,
-    load_data,
-    make_schedule,
-    make_task,
-    make_tx,
-    model_rngs,
-    task_context,
-    train_example,
-)
+from jaxyard.core.train.build import abstract_rows, check_fit, load_data, make_schedule, make_task, make_tx, task_context, train_example
 from jaxyard.core.train.data import Dataset, as_batch
+from jaxyard.core.train.initialise import available_memory, check_memory, create_model, model_rngs
 from jaxyard.core.train.loop import compiling
 
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from jaxyard.core.errors import JaxyardError, PluginError, UsageError, one_line
 from jaxyard.core.train import steps
-from jaxyard.core.train.build import SHUFFLE_STREAM, Built, check_streamed, seed_key
+from jaxyard.core.train.build import Built, check_streamed
 from jaxyard.core.train.data import Dataset, StreamingDataset, as_batch, close_stream
+from jaxyard.core.train.initialise import SHUFFLE_STREAM, seed_key
 
 Progress = Callable[..., Any]  # click.progressbar's signature: (length=, label=) -> context manager
 
@@ -99,10 +100,10 @@ class InMemoryLoop:
         data = as_batch(b.data.train)
         if b.stepped:
             start, end = b.round_ends[epoch - 1], b.round_ends[epoch]
-            args: tuple = (self.key, jnp.asarray(start, jnp.int32))
+            args: tuple = (self.key, np.int32(start))
             key: tuple = (b.group, "steps", end - start, shapes(data))
         else:
-            args, key = (jax.random.fold_in(self.key, epoch),), (b.group, "epoch", shapes(data))
+            args, key = (self.key, np.int32(epoch)), (b.group, "epoch", shapes(data))
         compiled = self.compiled.get(key)
         if compiled is None:
             t0 = time.perf_counter()

@@ -153,8 +153,9 @@ def micro_weights(n: int, batch_size: int, accumulate: int, first_row):
 
 def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx=None, layout=None, state=None, *, task,
                      shuffle: bool = True, accumulate: int = 1):
-    """``epoch(state, inputs, batch, key) -> (state, sums)``: shuffle (unless not ``shuffle``), batch
-    and step, all compiled once (``inputs``: the traced hyperparameters ``make_tx`` and ``task`` are built from; ``{}``: none).
+    """``epoch(state, inputs, batch, key[, number]) -> (state, sums)``: shuffle (unless not
+    ``shuffle``; with ``number``, by ``fold_in(key, number)``), batch and step, all compiled once
+    (``inputs``: the traced hyperparameters ``make_tx`` and ``task`` are built from; ``{}``: none).
     With ``accumulate`` (run.accumulate_steps; the optimizer an ``optax.MultiSteps``), the batches
     are those of :func:`batch_plan`, each group's gradients weighted by :func:`micro_weights`.
     ``batch``: the training split as a pytree of arrays (rows first; rows past ``n`` are padding).
@@ -169,7 +170,9 @@ def make_train_epoch(graphdef, n: int, batch_size: int, drop_last: bool, make_tx
     scales = micro_weights(n, batch_size, accumulate, jnp.arange(steps) * batch_size) if accumulate > 1 else None
 
     @jit
-    def epoch(state, inputs, data, key):
+    def epoch(state, inputs, data, key, number=None):
+        if number is not None:  # the epoch's number: its key is folded in here, not by two op-by-op programs
+            key = jax.random.fold_in(key, number)
         order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
         if padded > n:
             order = jnp.concatenate([order, jnp.zeros(padded - n, order.dtype)])

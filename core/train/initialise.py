@@ -1,0 +1,170 @@
+"""A run's model and optimizer state created: the keys of its random streams, the model factory's
+call, one compiled program from run.seed to both (:class:`Initialiser`), and the check that they
+fit in memory before anything is allocated."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxyard.core.errors import JaxyardError, UsageError, one_line
+from jaxyard.core.registry.config import RunConfig
+from jaxyard.core.train.faults import broken, calling
+
+# fold_in constants of the streams derived from run.seed (one place: resume must match); a task's
+# own streams are TASK_STREAMS, TASK_STREAMS + 1, ...
+PARAMS_STREAM, DROPOUT_STREAM, SHUFFLE_STREAM, DEFAULT_STREAM, TASK_STREAMS = 0, 1, 2, 3, 16
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def seed_key(seed: int, stream: int):
+    """The key of one random stream of the run (threefry, not the global default: resume elsewhere matches).
+    Compiled: one program, not three op-by-op ones (``seed``: below 2**31, as run.seed is)."""
+    return jax.random.fold_in(jax.random.key(seed, impl="threefry2x32"), stream)
+
+
+def model_rngs(seed, task) -> nnx.Rngs:
+    """The model's random streams: ``params`` and ``dropout``, the task's own, and a ``default``
+    that any other stream a layer asks for draws from (``nnx.RNN``'s ``carry``). ``seed``: run.seed,
+    or (inside :class:`Initialiser`'s program) a traced int32 holding it: the same keys."""
+    streams = {"params": seed_key(seed, PARAMS_STREAM), "dropout": seed_key(seed, DROPOUT_STREAM)}
+    for i, name in enumerate(getattr(task, "rng_streams", ()) or ()):
+        streams.setdefault(name, seed_key(seed, TASK_STREAMS + i))
+    return nnx.Rngs(default=seed_key(seed, DEFAULT_STREAM), **streams)
+
+
+# What a JAX array inside a compiled program cannot be turned into (a Python number, a NumPy array, a branch)
+_UNTRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+
+
+class Initialiser:
+    """A run's model (and, given ``tx``, its optimizer) from run.seed, by one compiled program.
+
+    Built op by op, the default MLP's keys, initialisers and optimizer state were ~35 programs,
+    each lowered and read from the compile cache at every start (~0.25 s on 2 cores); one program
+    is one trace, one lowering and one cache read. The trace also gives the shapes, so the memory
+    check refuses a model too large before anything is compiled or allocated. The values are
+    the op-by-op ones (the built-in models: bit for bit, except the transformer's fixed tables,
+    within float32 rounding). Calling it with another seed reuses the program (a sweep's group).
+
+    An optimizer whose ``init`` cannot be traced (optax's contract is that it can) is initialised
+    op by op, as before.
+    """
+
+    def __init__(self, config: RunConfig, context: Mapping[str, Any], task, tx=None):
+        self.config, self.context, self.task, self.tx = config, context, task, tx
+        self.eager_tx = None  # tx, when its init could not be traced
+        try:
+            self.traced = jax.jit(self._init).trace(np.int32(config.run.seed))
+        except _OptimizerUntraceable:
+            self.eager_tx, self.tx = tx, None
+            self.traced = jax.jit(self._init).trace(np.int32(config.run.seed))
+        self.graphdef = self._graphdef
+        check_memory(config, nnx.merge(self.graphdef, self.traced.out_info))  # shapes only: nothing compiled nor allocated yet
+        self.program: Any = None  # compiled on the first call
+
+    def _init(self, seed):
+        model = create_model(self.config, self.context, model_rngs(seed, self.task))
+        parts = model
+        if self.tx is not None:
+            parts = {"model": model, "optimizer": self._optimizer(model)}
+        self._graphdef, state = nnx.split(parts)
+        return state
+
+    def _optimizer(self, model):
+        try:
+            return nnx.Optimizer(model, self.tx, wrt=nnx.Param)
+        except _UNTRACEABLE as err:
+            raise _OptimizerUntraceable from err
+        except JaxyardError:
+            raise
+        except Exception as err:
+            raise broken(self.config.optimizer, f"failed initialising its state: {one_line(err)}") from err
+
+    def __call__(self, seed: int):
+        """The model, or ``(model, optimizer)`` given ``tx``."""
+        if self.program is None:
+            self.program = self.traced.lower().compile()
+        parts = nnx.merge(self.graphdef, self.program(np.int32(seed)))
+        if self.eager_tx is not None:
+            optimizer = calling(self.config.optimizer, "initialising its state", lambda: nnx.Optimizer(parts, self.eager_tx, wrt=nnx.Param))
+            return parts, optimizer
+        return (parts["model"], parts["optimizer"]) if self.tx is not None else parts
+
+
+class _OptimizerUntraceable(Exception):
+    """An optimizer's init that only runs op by op (inside :class:`Initialiser`'s trace)."""
+
+
+def create_model(config: RunConfig, context: Mapping[str, Any], rngs: nnx.Rngs):
+    """The chosen model for the task's context: the model factory's one call (``run`` builds it
+    with the run's keys, ``check`` as shapes only). The factory gets ``input_shape``, ``rngs``
+    and each other key of the context its signature names (all of them with ``**context``);
+    a 0.2 factory naming ``num_classes`` alone gets ``num_outputs`` as it."""
+    context = dict(context)
+    input_shape = context.pop("input_shape")
+    model = config.model.create(input_shape=input_shape, rngs=rngs, **_keywords(config.model.entry.factory, context))
+    if not isinstance(model, nnx.Module):  # before anything traces it (as shapes, the result must be a pytree)
+        raise broken(config.model, f"returned {type(model).__name__}, not an nnx.Module{_linen_hint(model)}")
+    return model
+
+
+def _linen_hint(model) -> str:
+    """What to do with a flax.linen module, the other flax API."""
+    from flax import linen
+
+    if not isinstance(model, linen.Module):  # flax's own layers and a plugin's linen subclass alike
+        return ""
+    return (" (a flax.linen module: jaxyard trains flax.nnx modules; write it with flax.nnx, or wrap it: "
+            "nnx.bridge.ToNNX(module, rngs=rngs) then nnx.bridge.lazy_init(wrapped, example_input))")
+
+
+def _keywords(factory, context: dict[str, Any]) -> dict[str, Any]:
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return context
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return context
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    out = {k: v for k, v in context.items() if k in names}
+    if "num_classes" in names and "num_classes" not in out and "num_outputs" in context:
+        out["num_classes"] = context["num_outputs"]
+    return out
+
+
+def available_memory() -> tuple[int | None, str]:
+    """Bytes the default device can still take (None if unknown), and the device's name."""
+    device = jax.local_devices()[0]  # (in a job of several processes, jax.devices()[0] may be another's)
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)), f"{device.platform} device {device.id}"
+    try:  # the CPU backend: the host's available memory
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024, "host"
+    except (OSError, KeyError, ValueError):
+        return None, "host"
+
+
+def check_memory(config: RunConfig, abstract_model) -> None:
+    """Refuse a model whose parameters, gradients and two optimizer moments cannot fit, before
+    allocating any of it (a 30 GB allocation would otherwise end in a traceback or the OOM killer)."""
+    leaves = jax.tree.leaves(nnx.state(abstract_model, nnx.Param))
+    count = sum(int(np.prod(p.shape)) for p in leaves)
+    nbytes = sum(int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize for p in leaves)
+    free, where = available_memory()
+    if free is not None and 4 * nbytes > free:
+        raise UsageError(
+            f"model {config.model.name!r} has {count:,} parameters ({nbytes / 2**30:.1f} GiB); training needs at least "
+            f"4x that (parameters, gradients, optimizer state): {4 * nbytes / 2**30:.1f} GiB, but the {where} has "
+            f"{free / 2**30:.1f} GiB available. Choose smaller sizes"
+        )
