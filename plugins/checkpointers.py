@@ -7,6 +7,7 @@ or numpy here; the orbax implementation is imported when the factory is called.
 from __future__ import annotations
 
 import pathlib
+import sys
 import typing
 
 import attrs
@@ -85,6 +86,17 @@ def none(params: NoneParams, *, directory: pathlib.Path) -> Checkpointer:
 
     The directory is never created."""
     return NoneCheckpointer(directory)
+
+
+@hookimpl
+def jaxyard_on_epoch_end(run):
+    """A run on the orbax checkpointer imports orbax in the background once its first epoch is done:
+    the next epochs' steps leave a core idle, and the first save then finds it imported."""
+    choice = getattr(run.config, "checkpointer", None)
+    if getattr(getattr(choice, "entry", None), "factory", None) is orbax and "orbax.checkpoint" not in sys.modules:
+        from jaxyard.plugins._orbax.adapter import prefetch
+
+        prefetch()
 
 
 @hookimpl

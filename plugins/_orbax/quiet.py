@@ -1,7 +1,8 @@
 """Workarounds that reach into orbax's, absl's and CPython's private code, so that a failed
 checkpoint operation is one :class:`CheckpointError` line and nothing else is printed.
 
-Three of them, installed while at least one checkpointer is open (:class:`Quiet`):
+Three of them, installed while at least one checkpointer has orbax open, from its first save or load
+until it is closed (:class:`Quiet`):
 
 - **orbax's log records are dropped** (a filter on the ``absl`` logger): absl prints whole
   tracebacks from orbax's background threads for failures the caller already gets as one line.

@@ -1220,9 +1220,12 @@ def test_orbax_logs_are_dropped_only_while_a_checkpointer_is_open(tmp_path, capl
         leftover.close()
     original = asyncio_utils._run_sync_via_new_loop
     c = OrbaxCheckpointer(tmp_path / "ckpt", async_save=False)
+    assert asyncio_utils._run_sync_via_new_loop is original  # orbax is opened by the first save or load
+    c.save(1, make_arrays(1), make_meta(1))
     assert asyncio_utils._run_sync_via_new_loop is not original
     absl_logging.error("the program's own absl message")  # not orbax's: kept
     c2 = OrbaxCheckpointer(tmp_path / "ckpt2")
+    c2.save(1, make_arrays(1), make_meta(1))
     c.close()
     assert asyncio_utils._run_sync_via_new_loop is not original  # c2 still open
     c2.close()
@@ -1243,11 +1246,11 @@ def test_an_untested_orbax_is_not_patched(tmp_path, monkeypatch):
     monkeypatch.setattr(quiet, "ORBAX_VERSION", "0.13.0")
     monkeypatch.setattr(quiet.Quiet, "_warned", False)
     original, filters = asyncio_utils._run_sync_via_new_loop, list(logging.getLogger("absl").filters)
+    c = OrbaxCheckpointer(tmp_path / "ckpt", async_save=False)
     with pytest.warns(CheckpointWarning, match=r"orbax-checkpoint 0\.13\.0 is not a release jaxyard was tested with \(>=0\.11\.20,<0\.13\)"):
-        c = OrbaxCheckpointer(tmp_path / "ckpt", async_save=False)
+        c.save(1, make_arrays(1), make_meta(1))  # opens orbax
     assert asyncio_utils._run_sync_via_new_loop is original
     assert logging.getLogger("absl").filters == filters
-    c.save(1, make_arrays(1), make_meta(1))
     assert_bit_exact(c.load(1).arrays, make_arrays(1))
     c.close()
     assert asyncio_utils._run_sync_via_new_loop is original
