@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -496,6 +497,42 @@ def _exit_quickly() -> None:
         atexit.register(gc.freeze)
 
 
+# Set by main(): this process is the jaxyard program (not a CliRunner in a test, nor a notebook), and may
+# start helper processes of its own.
+_AS_PROGRAM = False
+
+
+def _prepare_plotting(curves: bool) -> None:
+    """The program's run that will plot its curves starts matplotlib in a process of its own, beside
+    jax's start (one process of a job plots: a job's are left alone). Not ``resume``'s: it may yet
+    refuse a run directory, and must then have started nothing."""
+    from jaxyard.core.scale.processes import joined
+
+    if _AS_PROGRAM and curves and not joined():
+        from jaxyard.core.experiments.plot import prepare
+
+        prepare()
+
+
+@contextlib.contextmanager
+def _imported_for_good():
+    """The program's imports of the engine (jax, flax, optax: about a million objects that live as
+    long as it does) run with the cyclic garbage collector off, and are frozen after: otherwise
+    three full collections walk them during the import and the first compile (~0.1 s on 2
+    cores), and every later one again. The program's choice: a test or a notebook is left alone."""
+    if not _AS_PROGRAM:
+        yield
+        return
+    import gc
+
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def _compile_cache(no_cache: bool):
     if no_cache or env_flag(ENV_NO_CACHE):
         return None
@@ -526,7 +563,9 @@ def run(session, config_file, sets, out, dry_run, no_compile_cache, job, **optio
         click.echo(_resolve(session, config_file, sets, **options).to_toml(), nl=False)
         return
     config = _join(job, lambda: _resolve(session, config_file, sets, **options))  # joined first: a failure is every process's line
-    from jaxyard.core.train.engine import train
+    _prepare_plotting(config.run.curves)
+    with _imported_for_good():
+        from jaxyard.core.train.engine import train
 
     _exit_quickly()
     train(config, out_dir=out, echo=_report_echo(), warn=_warn, progress=_progress(), compile_cache=_compile_cache(no_compile_cache))
@@ -660,7 +699,8 @@ def resume(session, run_dir, epochs, steps, sets, devices, shard_params, no_comp
       jaxyard resume runs/RUN --set logger.mlflow.tracking_uri=http://127.0.0.1:5000
     """
     _join(job)
-    from jaxyard.core.train.engine import resume as resume_run
+    with _imported_for_good():
+        from jaxyard.core.train.engine import resume as resume_run
 
     _exit_quickly()
     resume_run(
@@ -1021,6 +1061,8 @@ def new_plugin(name, kinds, directory, **named):
 
 
 def main(argv=None):
+    global _AS_PROGRAM
+    _AS_PROGRAM = True
     cli.main(args=argv, prog_name="jaxyard")
 
 

@@ -8,6 +8,16 @@ from jaxyard.core.store.rundir import CURVES
 
 
 @hookimpl
+def jaxyard_on_epoch_end(run, record):
+    """After the last epoch, the CLI's plotting process (if any) renders the curves while the run
+    saves its last checkpoint and evaluates the test split; on_run_end then only writes them."""
+    if record.get("epoch") == run.epochs and run.config.run.curves and run.is_main_process:
+        from jaxyard.core.experiments.plot import draw_ahead
+
+        draw_ahead(run.history, run.directory / CURVES, metrics=getattr(run, "metrics", None))
+
+
+@hookimpl
 def jaxyard_on_run_end(run, result):
     if not result.history or not run.config.run.curves or not run.is_main_process:  # one process of a job writes
         return

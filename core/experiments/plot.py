@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -27,11 +31,157 @@ def curve_metrics(history: list[dict], metrics: Mapping[str, str] | Iterable[str
     return sorted(found, key=lambda m: m != LOSS)  # stable: the loss first, the rest in record order
 
 
+HELPER_TIMEOUT = 120  # seconds for the helper's figure; past them it is killed and the figure drawn here
+
+
+class _Helper:
+    """A process of its own with matplotlib imported (``python -m jaxyard.core.experiments.plot``),
+    waiting for figures: ``draw`` renders one in memory as soon as it is asked (it runs beside the
+    caller's work), ``write`` puts the last one rendered on disk, atomically, and answers ``drawn``."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.drawing: str | None = None  # the request of the figure it renders or has rendered
+
+    def draw(self, request: str) -> None:
+        self.proc.stdin.write(f'{{"draw": {request}}}\n')  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        self.drawing = request
+
+    def write(self, request: str) -> bool:
+        """Put ``request``'s figure on disk (rendering it first unless it was drawn ahead); then the helper ends."""
+        if self.drawing != request:
+            self.draw(request)
+        out, _ = self.proc.communicate('{"write": true}\n', timeout=HELPER_TIMEOUT)
+        return self.proc.returncode == 0 and out.strip() == "drawn"
+
+    def end(self) -> None:
+        try:
+            self.proc.communicate(timeout=2)  # end of input: the helper ends, having written nothing
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.kill()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+_helper: _Helper | None = None  # started by prepare()
+
+
+def prepare() -> None:
+    """Start the plotting library now in a process of its own, so that this process's next
+    :func:`plot_curves` draws there: matplotlib's import (~0.25 s on 2 cores) then overlaps this
+    process's start (jax's), on a core it leaves idle, and :func:`draw_ahead` can render the figure
+    while this process finishes. A program's choice (the CLI's ``run`` and ``resume``), not the
+    library's. Whatever goes wrong there, the figure is drawn here instead."""
+    if _helper is None and "matplotlib.figure" not in sys.modules and (os.cpu_count() or 1) >= 2:
+        _start_helper()
+
+
+def _start_helper() -> None:
+    global _helper
+    try:
+        _helper = _Helper()
+    except OSError:
+        return
+    import atexit
+
+    atexit.register(_dismiss)
+
+
+def _dismiss() -> None:
+    """At exit: a helper never asked to write is told so (end of input) and ends."""
+    global _helper
+    helper, _helper = _helper, None
+    if helper is not None:
+        helper.end()
+
+
+def _request(history: list[dict], path: Path, metrics) -> str:
+    """One figure, as the helper reads it (TypeError: a record JSON cannot hold)."""
+    metrics = dict(metrics) if isinstance(metrics, Mapping) else None if metrics is None else list(metrics)
+    return json.dumps({"history": history, "path": str(Path(path).absolute()), "metrics": metrics})
+
+
+def draw_ahead(history: list[dict], path: Path, metrics: Mapping[str, str] | Iterable[str] | None = None) -> None:
+    """Have the prepared helper (if any) render the curves of ``history`` now, in memory: a run does
+    it after its last epoch, and :func:`plot_curves` with the same arguments then only writes them."""
+    global _helper
+    if _helper is None:
+        return
+    try:
+        _helper.draw(_request(history, path, metrics))
+    except (OSError, ValueError, TypeError):
+        _helper.kill()
+        _helper = None
+
+
+def _drawn_by_helper(history: list[dict], path: Path, metrics) -> bool:
+    """Have the prepared helper write the curves (one figure: it ends after it); False if there is
+    none, or it could not (the caller draws them, and meets the same error, if any, itself)."""
+    global _helper
+    helper, _helper = _helper, None
+    if helper is None:
+        return False
+    try:
+        return helper.write(_request(history, path, metrics))
+    except (OSError, ValueError, TypeError, subprocess.TimeoutExpired):
+        helper.kill()
+        return False
+
+
+def _serve() -> None:
+    """The helper: import matplotlib, render a small figure to load its fonts, then read requests
+    (one JSON line each): ``{"draw": FIGURE}`` renders FIGURE in memory, ``{"write": true}`` writes
+    the last one to its path, prints ``drawn`` and ends. End of input: nothing is written."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    warm = Figure(figsize=(2, 2), dpi=DPI)
+    ax = warm.subplots()
+    ax.plot([1, 2], [1, 2], "o-", label="train")
+    ax.set(title="warm", xlabel="epoch")
+    ax.legend()
+    warm.savefig(io.BytesIO(), format="png")
+    figure: tuple[Path, bytes] | None = None
+    for line in sys.stdin:
+        message = json.loads(line)
+        if "draw" in message:
+            request = message["draw"]
+            figure = Path(request["path"]), render_curves(request["history"], request["metrics"])
+        elif message.get("write") and figure is not None:
+            _write_png(*figure)
+            print("drawn", flush=True)
+            os._exit(0)  # the figure is on disk (renamed into place); matplotlib's teardown would only keep the caller waiting
+
+
+def _write_png(path: Path, png: bytes) -> None:
+    write_atomic(path, lambda f: f.write(png))
+
+
 def plot_curves(history: list[dict], path: Path, metrics: Mapping[str, str] | Iterable[str] | None = None) -> Path:
     """Write the curves of ``history`` (metrics.jsonl records) as a PNG, atomically: one panel per
     metric (train and val; the weights' moving average dashed), then the learning rate. The panels
     are those of ``metrics`` (the task's, in order) that the records hold; without it, every
-    ``train_NAME``/``val_NAME`` they hold."""
+    ``train_NAME``/``val_NAME`` they hold. After :func:`prepare`, drawn by its helper process."""
+    if _drawn_by_helper(history, path, metrics):
+        return path
+    return _save(_curves_figure(history, metrics), path)
+
+
+def render_curves(history: list[dict], metrics: Mapping[str, str] | Iterable[str] | None = None) -> bytes:
+    """:func:`plot_curves`'s PNG, as bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    _curves_figure(history, metrics).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _curves_figure(history: list[dict], metrics):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -60,7 +210,7 @@ def plot_curves(history: list[dict], path: Path, metrics: Mapping[str, str] | It
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[panels:]:
         ax.set_visible(False)
-    return _save(fig, path)
+    return fig
 
 
 def _series(history: list[dict], key: str) -> tuple[list, list]:
@@ -85,3 +235,7 @@ def _save(fig, path: Path) -> Path:
     """Render through a temporary file, then rename: a killed process never leaves half a PNG."""
     write_atomic(path, lambda f: fig.savefig(f, format="png"))
     return path
+
+
+if __name__ == "__main__":
+    _serve()

@@ -176,9 +176,13 @@ class Fit:
         """Train one epoch and validate (the averaged weights too, with ``run.ema_decay``); returns its record."""
         loop, settings, built = self.loop, self.settings, self.built
         t0 = time.perf_counter()
-        train = summarize(built, loop.train_epoch(epoch, self.progress))
-        t1 = time.perf_counter()
-        val = summarize(built, loop.evaluate("val"))
+        train_sums = loop.train_epoch(epoch, self.progress)
+        ta = time.perf_counter()
+        val_sums = loop.evaluate("val")  # queued behind the epoch: its dispatch (the first: its compile) while the epoch computes
+        dispatch = time.perf_counter() - ta
+        train = summarize(built, train_sums)
+        t1 = time.perf_counter() - dispatch  # the validation's dispatch is its own time, not training's
+        val = summarize(built, val_sums)
         t2 = time.perf_counter()
         self.run.compile_seconds = loop.compile_seconds
         updates = built.round_ends[epoch] // settings.accumulate_steps  # optimizer updates, not accumulated batches

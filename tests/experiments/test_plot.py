@@ -103,3 +103,55 @@ def test_the_curves_plugin_plots_the_runs_task_metrics(tmp_path):
     del run.metrics  # a run object of 0.2: loss and accuracy
     curves.jaxyard_on_run_end(run, SimpleNamespace(history=history()))
     assert size(tmp_path / CURVES) == (1500, 400)
+
+
+# -- the CLI's plotting process (plot.prepare): a real process, as the point is that it is one --
+
+def pixels(png: bytes):
+    import io
+
+    from matplotlib.image import imread
+
+    return imread(io.BytesIO(png))
+
+
+@pytest.fixture
+def helper(monkeypatch):
+    """A plotting process as the CLI's run starts one (prepare() itself skips a process that has
+    imported matplotlib already, as this one has)."""
+    monkeypatch.setattr(plot, "_helper", None)
+    plot._start_helper()
+    started = plot._helper
+    assert started is not None
+    yield started
+    plot._dismiss()
+    started.proc.wait(timeout=30)
+
+
+def test_the_plotting_process_draws_ahead_and_writes_the_same_figure(tmp_path, helper):
+    path = tmp_path / CURVES
+    plot.draw_ahead(history(), path, {"loss": "min", "acc": "max"})
+    assert not path.exists()  # drawn in memory only: a run that fails after its last epoch writes nothing
+    assert plot.plot_curves(history(), path, {"loss": "min", "acc": "max"}) == path
+    assert helper.proc.wait(timeout=30) == 0 and plot._helper is None  # one figure, then it ends
+    assert (pixels(path.read_bytes()) == pixels(plot.render_curves(history(), {"loss": "min", "acc": "max"}))).all()
+    assert size(path) == (1500, 400)
+
+
+def test_a_history_that_changed_after_drawing_ahead_is_drawn_again(tmp_path, helper):
+    path = tmp_path / CURVES
+    plot.draw_ahead(history(epochs=3), path)
+    plot.plot_curves(history(epochs=4), path)
+    assert (pixels(path.read_bytes()) == pixels(plot.render_curves(history(epochs=4)))).all()
+
+
+def test_a_plotting_process_that_died_leaves_the_figure_to_this_one(tmp_path, helper):
+    helper.kill()
+    path = plot.plot_curves(history(), tmp_path / CURVES)
+    assert size(path) == (1500, 400) and plot._helper is None
+
+
+def test_a_plotting_process_never_asked_to_write_ends_writing_nothing(tmp_path, helper):
+    plot.draw_ahead(history(), tmp_path / CURVES)
+    plot._dismiss()
+    assert helper.proc.wait(timeout=30) == 0 and not (tmp_path / CURVES).exists()
