@@ -7,6 +7,8 @@ import math
 import jax
 from flax import nnx
 
+from jaxyard.plugins.models._precision import embedded
+
 
 class MLP(nnx.Module):
     """Flattens its input, then Linear -> activation -> Dropout per hidden layer, then Linear logits.
@@ -27,7 +29,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         if hasattr(self, "embed"):  # tokens (batch, positions): position by position
-            x = self.dropout(self.embed(x))
+            x = self.dropout(embedded(self.embed, x))
         else:
             x = x.reshape(x.shape[0], -1)
         for layer in self.hidden:

@@ -7,6 +7,8 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxyard.plugins.models._precision import embedded
+
 
 class RNN(nnx.Module):
     """Stacked ``nnx.RNN`` layers of flax's stock GRU or LSTM cells (each optionally an
@@ -43,12 +45,15 @@ class RNN(nnx.Module):
 
     def __call__(self, x):
         if self.tokens:  # (n, T) token ids
-            h = self.embed(x)
+            h = embedded(self.embed, x)
         else:  # (n, L) -> L steps of 1 channel; (n, L, C, ...) -> L steps of C x ... channels
             h = x.reshape(*x.shape[:2], -1) if x.ndim > 2 else x[..., None]
             h = h if jnp.issubdtype(h.dtype, jnp.floating) else h.astype(jnp.float32)  # bf16 stays bf16 (run.precision)
         for i, layer in enumerate(self.layers):
-            h = layer(self.dropout(h) if i else h)
+            h = self.dropout(h) if i else h
+            # bf16 (run.precision): a carry in the sequence's dtype, or flax's (its parameters' dtype at
+            # creation, float32) would make the whole recurrence float32; float32 runs are left as they were
+            h = layer(h) if h.dtype == jnp.float32 else layer(h, initial_carry=_zero_carry(layer, h))
         if not self.tokens:
             if self.pool == "mean":
                 h = h.mean(axis=1)
@@ -58,3 +63,15 @@ class RNN(nnx.Module):
             else:
                 h = h[:, -1]
         return self.head(self.dropout(h))
+
+
+def _zero_carry(layer, h):
+    """Zeros as the initial carry of ``layer`` (an ``nnx.RNN`` or an ``nnx.Bidirectional`` pair), in
+    ``h``'s dtype: what flax's cells start from, without their float32."""
+    def zeros(rnn):
+        z = jnp.zeros((h.shape[0], rnn.cell.hidden_features), h.dtype)
+        return (z, z) if isinstance(rnn.cell, nnx.LSTMCell) else z
+
+    if isinstance(layer, nnx.Bidirectional):
+        return zeros(layer.forward_rnn), zeros(layer.backward_rnn)
+    return zeros(layer)

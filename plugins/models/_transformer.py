@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxyard.plugins.models._precision import embedded
+
 _SMALL = nnx.initializers.normal(0.02)  # GPT-2's embedding initialisation: tied logits start near 0
 
 
@@ -61,8 +63,10 @@ class LanguageModel(_Trunk):
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"the transformer's language model reads integer tokens (batch, T), got {tokens.dtype} "
                              f"of shape {tokens.shape}")
-        h = self.trunk(self.embed(tokens), causal=True)
-        return self.embed.attend(h) if self.head is None else self.head(h)
+        table = self.embed.embedding[...]  # float32, or bfloat16 under run.precision = "bf16"
+        h = self.trunk(embedded(self.embed, tokens), causal=True)
+        # tied: the attend of flax's Embed, in the table's dtype (Embed's own fixes float32 when created)
+        return jnp.dot(h, table.T.astype(h.dtype)) if self.head is None else self.head(h)
 
 
 class SequenceClassifier(_Trunk):

@@ -120,3 +120,26 @@ def test_bad_precision_is_one_line(run_cli):
     """float16 is not a choice: one line naming the key, the value and the choices."""
     result = run_cli(["run", "--set", "run.precision=float16"])
     assert_one_line_error(result, "run.precision", "'float16'", "float32 or bf16")
+
+
+# next_token on the tokens loader: 40 windows of 8 tokens (the models' embeddings read integer inputs)
+TOKENS = ("run.task=next_token", "run.loader=tokens", "loader.train_size=40", "loader.val_size=16", "loader.test_size=16",
+          "loader.seq_len=8")
+SEQUENCE_MODELS = {
+    "mlp": (*TOKENS, "model.hidden_dims=16"),
+    "rnn": (*TOKENS, "model.hidden=8", "model.embed_dim=8"),
+    "rnn-lstm": (*TOKENS, "model.hidden=8", "model.embed_dim=8", "model.cell=lstm"),
+    "transformer": (*TOKENS, "model.dim=16", "model.layers=1", "model.heads=2", "model.max_len=8"),
+    "rnn-bidirectional-classifier": ("model.hidden=8", "model.cell=lstm", "model.bidirectional=true"),  # 16 steps of 1 feature
+}
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_bf16_sequence_models_compute_in_bfloat16(registry, name):
+    """The language models and the rnn too: their embeddings (flax's Embed fixes float32 when
+    created), the recurrence of the rnn's cells (flax's carry is float32, both directions of a
+    bidirectional pair) and the transformer's tied head."""
+    model = name.split("-")[0]
+    sets = tiny(*SEQUENCE_MODELS[name], "run.precision=bf16", without=["model", *(["loader"] if "run.loader=tokens" in SEQUENCE_MODELS[name] else [])])
+    built = build(jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"batch_size": 16, "model": model}, sets=sets))
+    assert compute_dtypes(built) == ({"dot_general": {"bfloat16"}}, {"float32"})
