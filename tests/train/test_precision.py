@@ -140,6 +140,7 @@ def test_bf16_sequence_models_compute_in_bfloat16(registry, name):
     created), the recurrence of the rnn's cells (flax's carry is float32, both directions of a
     bidirectional pair) and the transformer's tied head."""
     model = name.split("-")[0]
-    sets = tiny(*SEQUENCE_MODELS[name], "run.precision=bf16", without=["model", *(["loader"] if "run.loader=tokens" in SEQUENCE_MODELS[name] else [])])
+    tokens = "run.loader=tokens" in SEQUENCE_MODELS[name]
+    sets = tiny(*SEQUENCE_MODELS[name], "run.precision=bf16", without=["model", *(["loader"] if tokens else [])])
     built = build(jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"batch_size": 16, "model": model}, sets=sets))
     assert compute_dtypes(built) == ({"dot_general": {"bfloat16"}}, {"float32"})
