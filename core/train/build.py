@@ -27,7 +27,7 @@ from jaxyard.core.train.averaging import ema_of_params
 from jaxyard.core.train.carve import carve_validation
 from jaxyard.core.train.data import Dataset, Split, StreamingDataset, as_batch, check_splits, close_stream
 from jaxyard.core.train.faults import broken, calling
-from jaxyard.core.train.initialise import Initialiser
+from jaxyard.core.train.initialise import initialiser, make_optimizer
 from jaxyard.core.train.plan import check_plan, round_ends, total_batches
 from jaxyard.core.train.traced import Programs, group_key, replaced, traceable, with_values
 
@@ -111,13 +111,8 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     checked = (group, "checked", repr(sorted(context.items())))  # one static group: one model, one data shape
     schedule, warmup, total = make_schedule(config, steps_per_epoch, compiled_check=not shared)
     tx = make_tx(config, schedule, task)
-    if shared:  # the group's model initialiser, compiled once; each trial's optimizer is its own (its state may hold its values)
-        init = programs.get((*checked, "init"), lambda: Initialiser(config, context, task))
-        model = init(run.seed)
-        optimizer = calling(config.optimizer, "initialising its state", lambda: nnx.Optimizer(model, tx, wrt=nnx.Param))
-    else:
-        init = Initialiser(config, context, task, tx)
-        model, optimizer = init(run.seed)
+    model = initialiser(config, context, task)(run.seed)  # compiled once for any seed (a sweep's trials share it)
+    optimizer = calling(config.optimizer, "initialising its state", lambda: make_optimizer(model, tx, compiled=not shared))
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if checked not in programs:
         check_fit(config, model, data, task=task, context=context, example=example)

@@ -1,10 +1,12 @@
-"""A run's model and optimizer state created: the keys of its random streams, the model factory's
-call, one compiled program from run.seed to both (:class:`Initialiser`), and the check that they
-fit in memory before anything is allocated."""
+"""A run's model created: the keys of its random streams, the model factory's call, one compiled
+program from run.seed to the model (:class:`Initialiser`), and the check that it fits in memory
+before anything is allocated."""
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,9 +14,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxyard.core.errors import JaxyardError, UsageError, one_line
+from jaxyard.core.errors import UsageError
 from jaxyard.core.registry.config import RunConfig
-from jaxyard.core.train.faults import broken, calling
+from jaxyard.core.train.faults import broken
 
 # fold_in constants of the streams derived from run.seed (one place: resume must match); a task's
 # own streams are TASK_STREAMS, TASK_STREAMS + 1, ...
@@ -38,68 +40,84 @@ def model_rngs(seed, task) -> nnx.Rngs:
     return nnx.Rngs(default=seed_key(seed, DEFAULT_STREAM), **streams)
 
 
-# What a JAX array inside a compiled program cannot be turned into (a Python number, a NumPy array, a branch)
-_UNTRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
-
-
 class Initialiser:
-    """A run's model (and, given ``tx``, its optimizer) from run.seed, by one compiled program.
+    """A run's model from run.seed, by one compiled program.
 
-    Built op by op, the default MLP's keys, initialisers and optimizer state were ~35 programs,
-    each lowered and read from the compile cache at every start (~0.25 s on 2 cores); one program
-    is one trace, one lowering and one cache read. The trace also gives the shapes, so the memory
-    check refuses a model too large before anything is compiled or allocated. The values are
-    the op-by-op ones (the built-in models: bit for bit, except the transformer's fixed tables,
-    within float32 rounding). Calling it with another seed reuses the program (a sweep's group).
-
-    An optimizer whose ``init`` cannot be traced (optax's contract is that it can) is initialised
-    op by op, as before.
+    Built op by op, the default MLP's keys and initialisers were ~20 programs, each lowered and
+    read from the compile cache at every start (~0.15 s on 2 cores); one program is one trace,
+    one lowering and one cache read. The trace also gives the shapes, so the memory check
+    refuses a model too large before anything is compiled or allocated. The values are the
+    op-by-op ones (the built-in models: bit for bit, except the transformer's fixed tables,
+    within float32 rounding). Calling it with another seed reuses the program.
     """
 
-    def __init__(self, config: RunConfig, context: Mapping[str, Any], task, tx=None):
-        self.config, self.context, self.task, self.tx = config, context, task, tx
-        self.eager_tx = None  # tx, when its init could not be traced
-        try:
-            self.traced = jax.jit(self._init).trace(np.int32(config.run.seed))
-        except _OptimizerUntraceable:
-            self.eager_tx, self.tx = tx, None
-            self.traced = jax.jit(self._init).trace(np.int32(config.run.seed))
+    def __init__(self, config: RunConfig, context: Mapping[str, Any], task):
+        self.config, self.context, self.task = config, context, task
+        self.traced = jax.jit(self._init).trace(np.int32(config.run.seed))
         self.graphdef = self._graphdef
         check_memory(config, nnx.merge(self.graphdef, self.traced.out_info))  # shapes only: nothing compiled nor allocated yet
         self.program: Any = None  # compiled on the first call
 
     def _init(self, seed):
-        model = create_model(self.config, self.context, model_rngs(seed, self.task))
-        parts = model
-        if self.tx is not None:
-            parts = {"model": model, "optimizer": self._optimizer(model)}
-        self._graphdef, state = nnx.split(parts)
+        self._graphdef, state = nnx.split(create_model(self.config, self.context, model_rngs(seed, self.task)))
         return state
 
-    def _optimizer(self, model):
-        try:
-            return nnx.Optimizer(model, self.tx, wrt=nnx.Param)
-        except _UNTRACEABLE as err:
-            raise _OptimizerUntraceable from err
-        except JaxyardError:
-            raise
-        except Exception as err:
-            raise broken(self.config.optimizer, f"failed initialising its state: {one_line(err)}") from err
-
     def __call__(self, seed: int):
-        """The model, or ``(model, optimizer)`` given ``tx``."""
+        """The model of run.seed ``seed``."""
         if self.program is None:
             self.program = self.traced.lower().compile()
-        parts = nnx.merge(self.graphdef, self.program(np.int32(seed)))
-        if self.eager_tx is not None:
-            optimizer = calling(self.config.optimizer, "initialising its state", lambda: nnx.Optimizer(parts, self.eager_tx, wrt=nnx.Param))
-            return parts, optimizer
-        return (parts["model"], parts["optimizer"]) if self.tx is not None else parts
+        return nnx.merge(self.graphdef, self.program(np.int32(seed)))
 
 
-class _OptimizerUntraceable(Exception):
-    """An optimizer's init that only runs op by op (inside :class:`Initialiser`'s trace)."""
+# What a JAX array inside a compiled program cannot be turned into (a Python number, a NumPy array, a branch)
+_UNTRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
+
+
+def make_optimizer(model, tx, *, compiled: bool = True):
+    """``nnx.Optimizer(model, tx, wrt=nnx.Param)``, its state made by one compiled program (op by
+    op, Adam's is a program per state array, each lowered and loaded at every start). An ``init``
+    that cannot be traced (optax's contract is that it can) runs op by op, as before; so does
+    one not ``compiled`` (a sweep's trial: a program per trial would be one more compile each)."""
+    if not compiled:
+        return nnx.Optimizer(model, tx, wrt=nnx.Param)
+    graphdef, state = nnx.split(model)
+    made: dict[str, Any] = {}
+
+    def init(state):
+        made["graphdef"], optimizer_state = nnx.split(nnx.Optimizer(nnx.merge(graphdef, state), tx, wrt=nnx.Param))
+        return optimizer_state
+
+    try:
+        optimizer_state = jax.jit(init)(state)
+    except _UNTRACEABLE:
+        return nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return nnx.merge(made["graphdef"], optimizer_state)
+
+
+_RECENT: collections.OrderedDict[Any, Initialiser] = collections.OrderedDict()
+_RECENT_LOCK = threading.Lock()
+KEEP_RECENT = 8  # initialisers kept for a process that builds runs again (a notebook, a sweep, a test suite)
+
+
+def initialiser(config: RunConfig, context: Mapping[str, Any], task) -> Initialiser:
+    """An :class:`Initialiser` for ``config``'s model on ``context``: one this process built for the
+    same model factory, parameters, context and random streams (any seed, any other setting), or a
+    new one. A process that builds the model again (another seed, another learning rate, a rerun in
+    a notebook, a sweep's trials) neither traces nor compiles its initialiser again."""
+    streams = tuple(getattr(task, "rng_streams", ()) or ())
+    key = (config.model.entry.factory, repr(config.model.params), repr(sorted(context.items())), streams)
+    with _RECENT_LOCK:
+        found = _RECENT.get(key)
+        if found is not None:
+            _RECENT.move_to_end(key)
+            return found
+    made = Initialiser(config, context, task)
+    with _RECENT_LOCK:
+        _RECENT[key] = made
+        while len(_RECENT) > KEEP_RECENT:
+            _RECENT.popitem(last=False)
+    return made
 
 
 def create_model(config: RunConfig, context: Mapping[str, Any], rngs: nnx.Rngs):
