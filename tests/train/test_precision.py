@@ -128,7 +128,6 @@ TOKENS = ("run.task=next_token", "run.loader=tokens", "loader.train_size=40", "l
 SEQUENCE_MODELS = {
     "mlp": (*TOKENS, "model.hidden_dims=16"),
     "rnn": (*TOKENS, "model.hidden=8", "model.embed_dim=8"),
-    "rnn-lstm": (*TOKENS, "model.hidden=8", "model.embed_dim=8", "model.cell=lstm"),
     "transformer": (*TOKENS, "model.dim=16", "model.layers=1", "model.heads=2", "model.max_len=8"),
     "rnn-bidirectional-classifier": ("model.hidden=8", "model.cell=lstm", "model.bidirectional=true"),  # 16 steps of 1 feature
 }
