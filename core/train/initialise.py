@@ -47,8 +47,8 @@ class Initialiser:
     read from the compile cache at every start (~0.15 s on 2 cores); one program is one trace,
     one lowering and one cache read. The trace also gives the shapes, so the memory check
     refuses a model too large before anything is compiled or allocated. The values are the
-    op-by-op ones (the built-in models: bit for bit, except the transformer's fixed tables,
-    within float32 rounding). Calling it with another seed reuses the program.
+    op-by-op ones up to float32 rounding (the default MLP's: bit for bit; a fused initializer may
+    round its last bit differently at some sizes). Calling it with another seed reuses the program.
     """
 
     def __init__(self, config: RunConfig, context: Mapping[str, Any], task):

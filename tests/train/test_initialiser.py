@@ -15,9 +15,10 @@ from jaxyard.core.train.initialise import Initialiser, create_model, model_rngs
 # model -> (the context its factory is given, --set values that keep it small)
 MODELS = {
     "mlp": ({"input_shape": (16,), "num_outputs": 4}, ["model.hidden_dims=32"]),
-    "cnn": ({"input_shape": (8, 8, 1), "num_outputs": 4}, []),
-    "rnn": ({"input_shape": (8,), "num_outputs": 12, "vocab_size": 12}, []),
-    "transformer": ({"input_shape": (8,), "num_outputs": 12, "vocab_size": 12}, []),
+    "cnn": ({"input_shape": (8, 8, 1), "num_outputs": 4}, ["model.channels=4,8"]),
+    "rnn": ({"input_shape": (8,), "num_outputs": 12, "vocab_size": 12}, ["model.hidden=8", "model.embed_dim=8"]),
+    "transformer": ({"input_shape": (8,), "num_outputs": 12, "vocab_size": 12},
+                    ["model.dim=16", "model.layers=1", "model.heads=2", "model.max_len=8"]),
 }
 
 
@@ -45,10 +46,10 @@ def test_the_compiled_initialiser_gives_the_op_by_op_values(registry, model):
     expected, got = leaves(nnx.state(eager)), leaves(nnx.state(compiled))
     assert [a.shape for a in got] == [a.shape for a in expected] and [a.dtype for a in got] == [a.dtype for a in expected]
     for a, b in zip(got, expected, strict=True):
-        if model == "transformer":  # its fixed position tables: float32 rounding of the fused program
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
-        else:
+        if model == "mlp":  # the default run's model: bit for bit, so its documented numbers hold
             np.testing.assert_array_equal(a, b)
+        else:  # a fused initializer may round its last bit otherwise (the embeddings at some widths)
+            np.testing.assert_allclose(a, b, rtol=3e-7, atol=1e-8)
 
 
 def test_one_program_serves_every_seed(registry):
