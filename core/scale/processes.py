@@ -71,6 +71,10 @@ def join(
 
     # host devices talk over gloo (the default, "none", cannot run a collective across processes)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # jaxyard has no preemption sync points; the service's polling thread only adds a way to die at the
+    # end: when process 0 closes the job first, it fails to reach the closed service, and its error
+    # made a process that was exiting with its one-line error abort with gRPC's lines (seen under load)
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize(
             coordinator, num_processes, process_id, coordinator_bind_address=bind or _loopback(coordinator),
