@@ -93,7 +93,8 @@ def jaxyard_on_epoch_end(run):
     """A run on the orbax checkpointer imports orbax in the background once its first epoch is done:
     the next epochs' steps leave a core idle, and the first save then finds it imported."""
     choice = getattr(run.config, "checkpointer", None)
-    if getattr(getattr(choice, "entry", None), "factory", None) is orbax and "orbax.checkpoint" not in sys.modules:
+    saves = run.is_main_process  # (process 0 of a job saves)
+    if saves and getattr(getattr(choice, "entry", None), "factory", None) is orbax and "orbax.checkpoint" not in sys.modules:
         from jaxyard.plugins._orbax.adapter import prefetch
 
         prefetch()

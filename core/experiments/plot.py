@@ -32,6 +32,7 @@ def curve_metrics(history: list[dict], metrics: Mapping[str, str] | Iterable[str
 
 
 HELPER_TIMEOUT = 120  # seconds for the helper's figure; past them it is killed and the figure drawn here
+DRAW_AHEAD_BYTES = 32 * 1024  # a request drawn ahead fits a pipe's buffer (64 KiB on Linux): writing it never waits
 
 
 class _Helper:
@@ -40,7 +41,8 @@ class _Helper:
     caller's work), ``write`` puts the last one rendered on disk, atomically, and answers ``drawn``."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        # -P: not the working directory first on sys.path (a json.py there must not shadow the helper's imports)
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
         self.drawing: str | None = None  # the request of the figure it renders or has rendered
 
@@ -57,10 +59,8 @@ class _Helper:
         return self.proc.returncode == 0 and out.strip() == "drawn"
 
     def end(self) -> None:
-        try:
-            self.proc.communicate(timeout=2)  # end of input: the helper ends, having written nothing
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            self.kill()
+        """Never asked to write: it has nothing to finish (a run that failed must not wait for its import)."""
+        self.kill()
 
     def kill(self) -> None:
         self.proc.kill()
@@ -112,7 +112,9 @@ def draw_ahead(history: list[dict], path: Path, metrics: Mapping[str, str] | Ite
     if _helper is None:
         return
     try:
-        _helper.draw(_request(history, path, metrics))
+        request = _request(history, path, metrics)
+        if len(request) < DRAW_AHEAD_BYTES:  # a longer one could block on the pipe: plot_curves sends it, with a timeout
+            _helper.draw(request)
     except (OSError, ValueError, TypeError):
         _helper.kill()
         _helper = None

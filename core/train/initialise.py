@@ -95,17 +95,36 @@ def make_optimizer(model, tx, *, compiled: bool = True):
     return nnx.merge(made["graphdef"], optimizer_state)
 
 
+class EagerInitialiser:
+    """A model plugin's model, as :class:`Initialiser` gives one but by the factory's own call at
+    every build (op by op): a plugin's factory may read outside state (pretrained weights from a
+    file), which a compiled program would bake in as constants and a cached one would keep stale."""
+
+    def __init__(self, config: RunConfig, context: Mapping[str, Any], task):
+        self.config, self.context, self.task = config, context, task
+        check_memory(config, nnx.eval_shape(lambda: create_model(config, context, model_rngs(0, task))))  # shapes only
+
+    def __call__(self, seed: int):
+        return create_model(self.config, self.context, model_rngs(seed, self.task))
+
+
 _RECENT: collections.OrderedDict[Any, Initialiser] = collections.OrderedDict()
 _RECENT_LOCK = threading.Lock()
 KEEP_RECENT = 8  # initialisers kept for a process that builds runs again (a notebook, a sweep, a test suite)
+_PLAIN = (bool, int, float, str, type(None))
 
 
-def initialiser(config: RunConfig, context: Mapping[str, Any], task) -> Initialiser:
-    """An :class:`Initialiser` for ``config``'s model on ``context``: one this process built for the
-    same model factory, parameters, context and random streams (any seed, any other setting), or a
-    new one. A process that builds the model again (another seed, another learning rate, a rerun in
-    a notebook, a sweep's trials) neither traces nor compiles its initialiser again."""
+def initialiser(config: RunConfig, context: Mapping[str, Any], task) -> Initialiser | EagerInitialiser:
+    """What makes ``config``'s model on ``context``. A built-in model (its values depend on its
+    parameters, the context and run.seed alone) is one compiled :class:`Initialiser`, kept for the
+    process's next build of the same model: another seed, another learning rate, a rerun in a
+    notebook or a sweep's trials neither trace nor compile it again. A plugin's model is made by
+    its factory's own call, every build (:class:`EagerInitialiser`)."""
+    if config.model.entry.source != "builtin":
+        return EagerInitialiser(config, context, task)
     streams = tuple(getattr(task, "rng_streams", ()) or ())
+    if not all(_plain_value(v) for v in context.values()):  # (an array's repr is shortened: no key)
+        return Initialiser(config, context, task)
     key = (config.model.entry.factory, repr(config.model.params), repr(sorted(context.items())), streams)
     with _RECENT_LOCK:
         found = _RECENT.get(key)
@@ -118,6 +137,12 @@ def initialiser(config: RunConfig, context: Mapping[str, Any], task) -> Initiali
         while len(_RECENT) > KEEP_RECENT:
             _RECENT.popitem(last=False)
     return made
+
+
+def _plain_value(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain_value(v) for v in value)
+    return isinstance(value, _PLAIN)
 
 
 def create_model(config: RunConfig, context: Mapping[str, Any], rngs: nnx.Rngs):

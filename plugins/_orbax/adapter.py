@@ -193,6 +193,7 @@ class OrbaxCheckpointer:
         self._check_open()
         step = arguments.as_step(step)
         self._report_earlier_failure(step)
+        self._mgr  # noqa: B018 - orbax opened first: a failure to open is that, never a step moved aside as damaged
         meta_doc = arguments.json_meta(meta, step=step, directory=self._dir)
         host = arguments.host_arrays(arrays, step=step, directory=self._dir)
         sums_doc = checksum_record(step, host, meta_doc)
@@ -231,6 +232,7 @@ class OrbaxCheckpointer:
         self._check_open()
         step = arguments.as_step(step)
         self._settle_or_defer()
+        self._mgr  # noqa: B018 - orbax opened first: a failure to open is that, never damage of the step
         on_disk = self.steps()
         if step not in on_disk:
             raise CheckpointError(

@@ -153,5 +153,14 @@ def test_a_plotting_process_that_died_leaves_the_figure_to_this_one(tmp_path, he
 
 def test_a_plotting_process_never_asked_to_write_ends_writing_nothing(tmp_path, helper):
     plot.draw_ahead(history(), tmp_path / CURVES)
-    plot._dismiss()
-    assert helper.proc.wait(timeout=30) == 0 and not (tmp_path / CURVES).exists()
+    plot._dismiss()  # (it has nothing to finish: ended at once, not waited for)
+    assert helper.proc.wait(timeout=30) is not None and not (tmp_path / CURVES).exists()
+
+
+def test_a_history_too_long_for_the_pipe_is_not_drawn_ahead_but_written(tmp_path, helper):
+    """Drawing ahead never waits on the helper's pipe: a long history is sent when it is written, with a timeout."""
+    long = history(epochs=400)
+    plot.draw_ahead(long, tmp_path / CURVES)
+    assert helper.drawing is None
+    plot.plot_curves(long, tmp_path / CURVES)
+    assert (pixels((tmp_path / CURVES).read_bytes()) == pixels(plot.render_curves(long))).all()

@@ -1375,3 +1375,26 @@ def test_nothing_is_printed_after_the_error_line(tmp_path):
     # the pending save was finished at exit, not lost
     with OrbaxCheckpointer(tmp_path / "pending") as c:
         assert c.steps() == [1] and c.load(1).meta == {"step": 1}
+
+
+@pytest.mark.parametrize("operation", ["load", "save again"])
+def test_orbax_failing_to_open_is_one_line_and_moves_no_step_aside(tmp_path, monkeypatch, operation):
+    """orbax is opened at the first save or load: its failure to open is named as such, and an
+    intact step is neither passed over as damaged nor moved aside."""
+    import orbax.checkpoint as ocp
+
+    with OrbaxCheckpointer(tmp_path / "ckpt", async_save=False) as c:
+        c.save(1, make_arrays(1), make_meta(1))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ocp, "CheckpointManager", refuse)
+    c = OrbaxCheckpointer(tmp_path / "ckpt", async_save=False)
+    with pytest.raises(CheckpointError, match=r"cannot open checkpoints: .*Permission denied"):
+        c.load(1) if operation == "load" else c.save(1, make_arrays(2), make_meta(1))
+    c.close()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["1", MARKER_NAME]
+    monkeypatch.undo()
+    with OrbaxCheckpointer(tmp_path / "ckpt") as again:
+        assert_bit_exact(again.load(1).arrays, make_arrays(1))

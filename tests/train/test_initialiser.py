@@ -100,3 +100,26 @@ def test_an_optimizer_whose_init_cannot_be_traced_is_initialised_op_by_op(regist
     model = Initialiser(cfg, MODELS["mlp"][0], make_task(cfg))(7)
     first = next(v for path, v in nnx.to_flat_state(nnx.state(make_optimizer(model, tx))) if "first" in path)
     np.testing.assert_array_equal(np.asarray(first[...]), leaves(nnx.state(model, nnx.Param))[0].ravel()[:3])
+
+
+def test_a_plugins_model_is_made_by_its_factory_at_every_build(registry):
+    """A plugin's factory may read outside state (pretrained weights): it is called at each build,
+    as before, never compiled nor cached."""
+    from jaxyard.core.train.initialise import EagerInitialiser, initialiser
+
+    cfg = jaxyard.resolve_config(registry, jaxyard.load_settings(), options={"model": "logreg"})
+    assert cfg.model.entry.source != "builtin"
+    context = MODELS["mlp"][0]
+    first, second = initialiser(cfg, context, make_task(cfg)), initialiser(cfg, context, make_task(cfg))
+    assert isinstance(first, EagerInitialiser) and first is not second
+    for a, b in zip(leaves(nnx.state(first(7))), leaves(nnx.state(create_model(cfg, context, model_rngs(7, make_task(cfg))))), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_context_holding_arrays_is_not_a_cache_key(registry):
+    """The repr of a long array is shortened, so two contexts could print alike: not kept."""
+    from jaxyard.core.train.initialise import initialiser
+
+    cfg = config(registry)
+    context = {**MODELS["mlp"][0], "class_weights": np.ones(2000)}
+    assert initialiser(cfg, context, make_task(cfg)) is not initialiser(cfg, context, make_task(cfg))
