@@ -58,10 +58,6 @@ class _Helper:
         out, _ = self.proc.communicate('{"write": true}\n', timeout=HELPER_TIMEOUT)
         return self.proc.returncode == 0 and out.strip() == "drawn"
 
-    def end(self) -> None:
-        """Never asked to write: it has nothing to finish (a run that failed must not wait for its import)."""
-        self.kill()
-
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -74,8 +70,8 @@ def prepare() -> None:
     """Start the plotting library now in a process of its own, so that this process's next
     :func:`plot_curves` draws there: matplotlib's import (~0.25 s on 2 cores) then overlaps this
     process's start (jax's), on a core it leaves idle, and :func:`draw_ahead` can render the figure
-    while this process finishes. A program's choice (the CLI's ``run`` and ``resume``), not the
-    library's. Whatever goes wrong there, the figure is drawn here instead."""
+    while this process finishes. A program's choice (the CLI's ``run``), not the library's.
+    Whatever goes wrong there, the figure is drawn here instead."""
     if _helper is None and "matplotlib.figure" not in sys.modules and (os.cpu_count() or 1) >= 2:
         _start_helper()
 
@@ -92,11 +88,12 @@ def _start_helper() -> None:
 
 
 def _dismiss() -> None:
-    """At exit: a helper never asked to write is told so (end of input) and ends."""
+    """At exit: a helper never asked to write has nothing to finish; it is ended, not waited for (a
+    run that failed must not wait for its import)."""
     global _helper
     helper, _helper = _helper, None
     if helper is not None:
-        helper.end()
+        helper.kill()
 
 
 def _request(history: list[dict], path: Path, metrics) -> str:

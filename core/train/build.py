@@ -111,7 +111,7 @@ def build(config: RunConfig, programs: Programs | None = None) -> Built:
     checked = (group, "checked", repr(sorted(context.items())))  # one static group: one model, one data shape
     schedule, warmup, total = make_schedule(config, steps_per_epoch, compiled_check=not shared)
     tx = make_tx(config, schedule, task)
-    model = initialiser(config, context, task)(run.seed)  # compiled once for any seed (a sweep's trials share it)
+    model = initialiser(config, context, task)(run.seed)  # a built-in model: compiled once for any seed (a sweep's trials share it)
     optimizer = calling(config.optimizer, "initialising its state", lambda: make_optimizer(model, tx, compiled=not shared))
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if checked not in programs:

@@ -131,6 +131,10 @@ class OrbaxCheckpointer:
 
     @property
     def _mgr(self) -> Any:
+        return self._open()
+
+    def _open(self) -> Any:
+        """orbax's CheckpointManager, opened the first time (CheckpointError if it cannot be)."""
         if self._manager is None:
             self._check_open()
             self._manager = self._open_manager()
@@ -193,7 +197,7 @@ class OrbaxCheckpointer:
         self._check_open()
         step = arguments.as_step(step)
         self._report_earlier_failure(step)
-        self._mgr  # noqa: B018 - orbax opened first: a failure to open is that, never a step moved aside as damaged
+        self._open()  # first: a failure to open orbax is that, never a step moved aside as damaged
         meta_doc = arguments.json_meta(meta, step=step, directory=self._dir)
         host = arguments.host_arrays(arrays, step=step, directory=self._dir)
         sums_doc = checksum_record(step, host, meta_doc)
@@ -201,15 +205,16 @@ class OrbaxCheckpointer:
 
         self._become_writer(step)
         self._make_room(step)
-        items: dict[str, Any] = {_META: _orbax().args.JsonSave(meta_doc), _SUMS: _orbax().args.JsonSave(sums_doc)}
+        args = _orbax().args
+        items: dict[str, Any] = {_META: args.JsonSave(meta_doc), _SUMS: args.JsonSave(sums_doc)}
         if stored:
-            items[_STATE] = _orbax().args.StandardSave(stored)
+            items[_STATE] = args.StandardSave(stored)
         self._sync_step_list()
         try:
             # force=True: without it orbax silently skips (returns False) when a
             # save is still in progress or step <= latest step.
             self._pending = step
-            self._mgr.save(step, args=_orbax().args.Composite(**items), force=True)
+            self._mgr.save(step, args=args.Composite(**items), force=True)
         except Exception as exc:
             raise self._save_failed(step, exc) from exc
         if not self.async_save:
@@ -232,7 +237,7 @@ class OrbaxCheckpointer:
         self._check_open()
         step = arguments.as_step(step)
         self._settle_or_defer()
-        self._mgr  # noqa: B018 - orbax opened first: a failure to open is that, never damage of the step
+        self._open()  # first: a failure to open orbax is that, never damage of the step
         on_disk = self.steps()
         if step not in on_disk:
             raise CheckpointError(
